@@ -1,0 +1,48 @@
+"""Carts as viewers see them: reservations priced from the catalog or the sale they were tapped on.
+
+The units themselves live in the StockStore; this module only turns held reservations into the
+JSON a client renders, and checks the request ids that make taps and checkouts idempotent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from overlays.catalog import Product, check_text
+from overlays.events import DomainError
+from overlays.sales import Sale
+from overlays.stock.base import Reservation
+
+
+def check_request_id(value: Any) -> str:
+    """Client-chosen ids (UUIDs, counters): any non-blank string up to 128 characters."""
+    request_id = check_text("request id", value, 128)
+    if not request_id:
+        raise DomainError("bad_request", "a request id is required")
+    return request_id
+
+
+def cart_line(reservation: Reservation, product: Product, sale: Sale | None) -> dict[str, Any]:
+    """One held reservation; a sale's price wins over the catalog price."""
+    unit = sale.price if sale is not None else product.price
+    return {
+        "reservation": reservation.id,
+        "product": product.id,
+        "sale": None if sale is None else sale.id,
+        "title": product.title,
+        "quantity": reservation.qty,
+        "unit_amount": unit,
+        "amount": unit * reservation.qty,
+        "currency": product.currency,
+        "expires_at": reservation.expires_at,
+    }
+
+
+def cart_view(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """A cart is single-currency because a room's catalog is (the shop enforces it)."""
+    return {
+        "lines": lines,
+        "quantity": sum(line["quantity"] for line in lines),
+        "total": sum(line["amount"] for line in lines),
+        "currency": lines[0]["currency"] if lines else None,
+    }

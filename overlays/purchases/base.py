@@ -1,0 +1,55 @@
+"""The PurchaseLog interface: an append-only, bounded log of CloudEvents that other services read.
+
+Ids are strings that increase with each append and sort as strings (zero-padded integers in the
+memory and SQLite backends). Appends are idempotent on the envelope's (source, id), so a writer that
+retries after a crash cannot log an order transition twice while the first copy is retained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from overlays.events import DomainError
+
+MAX_READ = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    id: str
+    event: dict[str, Any]
+
+
+def format_id(seq: int) -> str:
+    return f"{seq:020d}"
+
+
+def parse_id(log_id: str | None) -> int:
+    """A resume position from a client: None means from the start."""
+    if log_id is None:
+        return 0
+    if not isinstance(log_id, str) or not log_id.isdigit() or len(log_id) > 20:
+        raise DomainError("bad_request", "log ids are strings of up to 20 digits")
+    return int(log_id)
+
+
+def check_limit(limit: int) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_READ:
+        raise DomainError("bad_request", f"limit must be in [1, {MAX_READ}]")
+    return limit
+
+
+class PurchaseLog(Protocol):
+    async def append(self, event: Mapping[str, Any]) -> str:
+        """Append a CloudEvents envelope, durably before returning; its log id. An envelope whose
+        (source, id) is already retained is not added again: its first id is returned."""
+        ...
+
+    async def read(self, after: str | None = None, limit: int = 100) -> list[LogEntry]:
+        """Up to `limit` entries with ids after `after`, oldest first. Entries past retention are
+        gone: a reader too far behind resumes at the oldest retained entry."""
+        ...
+
+    async def last_id(self) -> str | None: ...

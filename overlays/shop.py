@@ -1,0 +1,464 @@
+"""The per-room commerce facade the HTTP and websocket handlers call.
+
+Each mutating call validates, applies the change through the StockStore (atomic units), writes what
+must survive a restart through the RecordStore and PurchaseLog, and returns an `Outcome`: the result
+for the caller plus the DomainEvents to publish. Failures raise DomainError. Time comes from the
+injected clock; `tick()` advances clock-driven state (reservation expiry, sale start and end,
+the "bought in the last minute" window) and returns its events. No sockets, no asyncio here: the
+awaits are only the stores' interface.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from overlays.carts import cart_line, cart_view, check_request_id
+from overlays.catalog import Catalog, Product, check_id, check_int
+from overlays.events import DomainError, DomainEvent, discrete, state
+from overlays.orders import CANCELLED, PAID, PLACED, Order, OrderLine, SalesStats
+from overlays.purchases.base import PurchaseLog
+from overlays.records import RecordStore
+from overlays.sales import ENDED, LIVE, Sale, SaleBook
+from overlays.stock.base import Reservation, StockStore
+from overlays.tags import Tag, TagBoard
+
+T = TypeVar("T")
+
+_STOCK_MESSAGES = {
+    "sold_out": "not enough units left",
+    "limit_reached": "the per-user limit of this sale is reached",
+    "not_found": "this item is no longer on offer",
+    "bad_request": "quantity must be at least 1",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ShopConfig:
+    """Limits of one room's shop (DESIGN principle 4: everything bounded)."""
+
+    hold_seconds: float = 600.0  # how long a tap holds units in a cart
+    max_products: int = 500
+    max_tags: int = 8  # pinned at once
+    max_sales: int = 100  # kept per room; ended sales without held units are pruned to make room
+    max_tap_qty: int = 20
+    remembered_requests: int = 10_000  # tap/checkout outcomes kept for idempotent retries
+    proof_window: float = 60.0  # seconds of "N bought in the last minute"
+    auto_confirm: bool = False  # demos: orders are paid as soon as they are placed
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[T]):
+    result: T
+    events: list[DomainEvent]
+
+
+def _token() -> str:
+    return secrets.token_hex(6)
+
+
+class Shop:
+    def __init__(
+        self,
+        room: str,
+        host: str,
+        *,
+        stock: StockStore,
+        log: PurchaseLog,
+        records: RecordStore,
+        config: ShopConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.room, self.host = room, host
+        self.config = config or ShopConfig()
+        self._stock, self._log, self._records, self._clock = stock, log, records, clock
+        self._catalog = Catalog(self.config.max_products)
+        self._tags = TagBoard(self.config.max_tags)
+        self._sales = SaleBook(self.config.max_sales)
+        self._pools: dict[str, tuple[str, str | None]] = {}  # pool -> (product id, sale id or None)
+        self._sold_out: set[str] = set()  # sales announced sold out
+        self._requests: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+        self.stats = SalesStats(self.config.proof_window, self.config.remembered_requests)
+
+    # -- start --------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Rebuild from the records after a (re)start: catalog, sales, sold units per pool (units
+        that were only reserved return to stock), totals; and append to the purchase log any
+        order transition a crash left unlogged."""
+        now = self._clock()
+        for data in await self._records.products(self.room):
+            product = Product(**data)
+            self._catalog.put(product)
+            self._pools[product.pool] = (product.id, None)
+        for data in await self._records.sales(self.room):
+            sale = Sale(**data)
+            self._sales.add(sale, now)
+            self._pools[sale.pool] = (sale.product_id, sale.id)
+        sold = await self._records.sold(self.room)
+        for pool, (product_id, sale_id) in self._pools.items():
+            quantity = (
+                self._catalog.get(product_id).stock if sale_id is None else self._sales.get(sale_id).quantity
+            )
+            counters = await self._stock.define(self.room, pool, quantity, sold.get(pool, {}))
+            if (
+                sale_id is not None
+                and counters.available == 0
+                and self._sales.get(sale_id).phase(now) == LIVE
+            ):
+                self._sold_out.add(sale_id)
+        self.stats.load(*await self._records.totals(self.room))
+        for data, logged in await self._records.unlogged_orders(self.room):
+            order = Order.from_dict(data)
+            if logged is None:
+                await self._append(order, PLACED)
+            if order.status != PLACED:
+                await self._append(order, order.status)
+
+    # -- catalog and tags (hosts) -------------------------------------------------------------
+
+    async def put_product(self, fields: Mapping[str, Any]) -> Outcome[dict[str, Any]]:
+        """Add a product or update some of its fields; `stock` is the total quantity offered
+        (sold units included) and cannot go below the units sold and held."""
+        if not isinstance(fields, Mapping):
+            raise DomainError("bad_request", "a product is an object")
+        product_id = check_id("id", fields.get("id"))
+        current = self._catalog.find(product_id)
+        if current is None:
+            product = Product.parse(fields, f"p:{product_id}:{_token()}")
+        else:
+            product = Product.parse({**current.to_dict(), **fields}, current.pool)
+        if any(p.currency != product.currency for p in self._catalog if p.id != product_id):
+            raise DomainError("conflict", "all products of a room share one currency")
+        self._catalog.put(product)
+        try:
+            counters = await self._stock.define(self.room, product.pool, product.stock)
+        except DomainError:
+            self._catalog.put(current) if current else self._catalog.remove(product_id)
+            raise
+        await self._records.put_product(self.room, product.to_dict())
+        self._pools[product.pool] = (product.id, None)
+        view = {**product.public(), "available": counters.available}
+        return Outcome(
+            view, [discrete("product.put", view), *self._stock_events(product.pool, counters.available)]
+        )
+
+    async def remove_product(self, product_id: str) -> Outcome[dict[str, Any]]:
+        """Refused (conflict) while the product has units in carts or a sale not yet ended."""
+        product = self._catalog.get(check_id("product id", product_id))
+        now = self._clock()
+        sales = [s for s in self._sales if s.product_id == product.id]
+        for sale in sales:
+            counters = await self._stock.counters(self.room, sale.pool)
+            if sale.phase(now) != ENDED or (counters is not None and counters.reserved):
+                raise DomainError("conflict", f"sale {sale.id} of this product is active or in carts")
+        await self._stock.drop(self.room, product.pool)
+        for sale in sales:
+            await self._drop_sale(sale)
+        self._catalog.remove(product.id)
+        del self._pools[product.pool]
+        await self._records.delete_product(self.room, product.id)
+        events = [discrete("product.removed", {"product": product.id})]
+        events += [discrete("tag.unpinned", {"tag": t.id}) for t in self._tags.unpin_product(product.id)]
+        return Outcome({"product": product.id}, events)
+
+    async def pin(self, fields: Mapping[str, Any]) -> Outcome[dict[str, Any]]:
+        """Pin a tag (or move one already pinned, same id) over the video."""
+        if not isinstance(fields, Mapping):
+            raise DomainError("bad_request", "a tag is an object")
+        tag = Tag.parse(fields)
+        self._catalog.get(tag.product_id)
+        self._tags.pin(tag)
+        view = tag.to_dict()
+        return Outcome(view, [discrete("tag.pinned", view)])
+
+    async def unpin(self, tag_id: str) -> Outcome[dict[str, Any]]:
+        tag = self._tags.unpin(check_id("tag id", tag_id))
+        return Outcome({"tag": tag.id}, [discrete("tag.unpinned", {"tag": tag.id})])
+
+    # -- sales (hosts) ------------------------------------------------------------------------
+
+    async def start_sale(self, fields: Mapping[str, Any]) -> Outcome[dict[str, Any]]:
+        """Create a flash sale: product_id, price, quantity, per_user_limit (default 1), ends_at or
+        duration, optional id, optional starts_at (in the future: the sale is scheduled)."""
+        if not isinstance(fields, Mapping):
+            raise DomainError("bad_request", "a sale is an object")
+        now = self._clock()
+        product = self._catalog.get(check_id("product id", fields.get("product_id")))
+        sale_id = fields.get("id") or f"s_{_token()}"
+        sale = Sale.parse(sale_id, product, fields, now, f"s:{sale_id}:{_token()}")
+        if sale.id in self._sales:
+            raise DomainError("conflict", f"sale {sale.id!r} exists")
+        if len(self._sales) >= self._sales.max_sales:
+            await self._prune_sales(now)
+        self._sales.add(sale, now)
+        counters = await self._stock.define(self.room, sale.pool, sale.quantity)
+        await self._records.put_sale(self.room, sale.to_dict())
+        self._pools[sale.pool] = (product.id, sale.id)
+        view = self._sale_view(sale, counters.available, now)
+        kind = "sale.started" if sale.phase(now) == LIVE else "sale.scheduled"
+        return Outcome(view, [discrete(kind, view), *self._stock_events(sale.pool, counters.available, now)])
+
+    async def end_sale(self, sale_id: str) -> Outcome[dict[str, Any]]:
+        """End a sale now (idempotent). Units already in carts stay checkout-able until they expire."""
+        sale = self._sales.get(check_id("sale id", sale_id))
+        now = self._clock()
+        changed = self._sales.end(sale.id, now)
+        view = self._sale_view(sale, await self._available(sale.pool), now)
+        if not changed:
+            return Outcome(view, [])
+        self._sold_out.discard(sale.id)
+        await self._records.put_sale(self.room, sale.to_dict())
+        return Outcome(view, [discrete("sale.ended", view)])
+
+    async def _prune_sales(self, now: float) -> None:
+        for sale in list(self._sales):
+            counters = await self._stock.counters(self.room, sale.pool)
+            if sale.phase(now) == ENDED and (counters is None or not counters.reserved):
+                await self._drop_sale(sale)
+
+    async def _drop_sale(self, sale: Sale) -> None:
+        await self._stock.drop(self.room, sale.pool)
+        self._sales.discard(sale.id)
+        self._pools.pop(sale.pool, None)
+        self._sold_out.discard(sale.id)
+        await self._records.delete_sale(self.room, sale.id)
+
+    # -- carts (viewers) ----------------------------------------------------------------------
+
+    async def tap(
+        self,
+        user: str,
+        request_id: str,
+        *,
+        product_id: str | None = None,
+        sale_id: str | None = None,
+        qty: int = 1,
+    ) -> Outcome[dict[str, Any]]:
+        """Reserve qty units of a product, or of a live sale, into the user's cart for the hold
+        time. Idempotent on (user, request_id): a retry gets the first outcome (result or error)
+        again, with no events."""
+        key = ("tap", check_request_id(user), check_request_id(request_id))
+        seen = self._requests.get(key)
+        if seen is not None:
+            if isinstance(seen, DomainError):
+                raise DomainError(seen.code, seen.message)
+            return Outcome(seen, [])
+        try:
+            outcome = await self._tap(user, request_id, product_id, sale_id, qty)
+        except DomainError as error:
+            self._remember(key, error)
+            raise
+        self._remember(key, outcome.result)
+        return outcome
+
+    async def _tap(
+        self, user: str, request_id: str, product_id: str | None, sale_id: str | None, qty: int
+    ) -> Outcome[dict[str, Any]]:
+        now = self._clock()
+        qty = check_int("qty", qty, 1, self.config.max_tap_qty)
+        if sale_id is not None:
+            sale = self._sales.get(check_id("sale id", sale_id))
+            if product_id is not None and product_id != sale.product_id:
+                raise DomainError("bad_request", "the sale is for another product")
+            if sale.phase(now) != LIVE:
+                raise DomainError("sale_not_live", f"sale {sale.id} is {sale.phase(now)}")
+            pool, limit = sale.pool, sale.per_user_limit
+        elif product_id is not None:
+            pool, limit = self._catalog.get(check_id("product id", product_id)).pool, None
+        else:
+            raise DomainError("bad_request", "tap a product_id or a sale_id")
+        result = await self._stock.reserve(
+            self.room, pool, user, request_id, qty, limit, now + self.config.hold_seconds
+        )
+        if result.reservation is None:
+            raise DomainError(result.code or "conflict", _STOCK_MESSAGES.get(result.code or "", "refused"))
+        line = self._line(result.reservation)
+        return Outcome(
+            line, [discrete("cart.added", line, user), *self._stock_events(pool, result.available, now)]
+        )
+
+    async def uncart(self, user: str, reservation_id: str) -> Outcome[dict[str, Any]]:
+        """Give a reservation back; not_found if it is not the user's or no longer held."""
+        returned = await self._stock.release(self.room, user, reservation_id)
+        if returned is None:
+            raise DomainError("not_found", "no such reservation in your cart")
+        r = returned.reservation
+        body = {"reservation": r.id}
+        return Outcome(
+            body, [discrete("cart.removed", body, user), *self._stock_events(r.pool, returned.available)]
+        )
+
+    async def cart_of(self, user: str) -> dict[str, Any]:
+        """The user's cart: unexpired reservations, priced, with total."""
+        now = self._clock()
+        held = [r for r in await self._stock.cart(self.room, user) if r.expires_at > now]
+        return cart_view([self._line(r) for r in held])
+
+    # -- orders -------------------------------------------------------------------------------
+
+    async def checkout(self, user: str, request_id: str) -> Outcome[dict[str, Any]]:
+        """Turn the user's unexpired reservations into one order, committed to the records and
+        appended to the purchase log before returning. Idempotent on (user, request_id): a retry
+        gets the same order back (also across restarts), or the same error."""
+        key = ("checkout", check_request_id(user), check_request_id(request_id))
+        seen = self._requests.get(key)
+        if seen is not None:
+            raise DomainError(seen.code, seen.message)
+        found = await self._records.order_for_request(self.room, user, request_id)
+        if found is not None:
+            return Outcome(Order.from_dict(found).public(), [])
+        now = self._clock()
+        held = await self._stock.commit(self.room, user, now)
+        if not held:
+            error = DomainError("cart_empty", "nothing in the cart to check out")
+            self._remember(key, error)
+            raise error
+        lines = [self._order_line(r) for r in held]
+        currency = self._catalog.get(self._pools[held[0].pool][0]).currency
+        order = Order(f"o_{_token()}", self.room, self.host, user, request_id, currency, lines, now)
+        await self._records.put_order(order.to_dict())
+        await self._append(order, PLACED)
+        self.stats.placed(order)
+        self.stats.prune(now)
+        events = [discrete("order.placed", order.public(), user), *self._stats_events()]
+        if self.config.auto_confirm:
+            events += await self._close(order, PAID)
+        return Outcome(order.public(), events)
+
+    async def confirm(self, order_id: str) -> Outcome[dict[str, Any]]:
+        """Payment succeeded: placed -> paid (idempotent; conflict if cancelled)."""
+        order = await self._order(order_id)
+        events = await self._close(order, PAID)
+        return Outcome(order.public(), events)
+
+    async def cancel(self, order_id: str) -> Outcome[dict[str, Any]]:
+        """Payment failed or was abandoned: placed -> cancelled, units return to their pools
+        (idempotent; conflict if paid)."""
+        order = await self._order(order_id)
+        events = await self._close(order, CANCELLED)
+        return Outcome(order.public(), events)
+
+    async def _order(self, order_id: str) -> Order:
+        data = await self._records.order(self.room, check_request_id(order_id))
+        if data is None:
+            raise DomainError("not_found", f"no order {order_id!r}")
+        return Order.from_dict(data)
+
+    async def _close(self, order: Order, status: str) -> list[DomainEvent]:
+        now = self._clock()
+        if not order.close(status, now):
+            return []
+        await self._records.put_order(order.to_dict())
+        events = [discrete(f"order.{status}", order.public(), order.user)]
+        if status == CANCELLED:
+            for pool, available in (await self._stock.refund(self.room, order.reservations())).items():
+                events += self._stock_events(pool, available, now)
+            self.stats.cancelled(order)
+            events += self._stats_events()
+        await self._append(order, status)
+        return events
+
+    async def _append(self, order: Order, status: str) -> None:
+        await self._log.append(order.cloud_event(status))
+        await self._records.mark_logged(self.room, order.id, status)
+
+    # -- time and views -----------------------------------------------------------------------
+
+    async def tick(self, now: float | None = None) -> list[DomainEvent]:
+        """Advance clock-driven state to `now` (default: the clock): expire reservations, start
+        and end sales, slide the recent-purchases window. Returns the events to publish."""
+        now = self._clock() if now is None else now
+        events: list[DomainEvent] = []
+        for returned in await self._stock.expire(self.room, now):
+            r = returned.reservation
+            events.append(discrete("cart.expired", {"reservation": r.id}, r.user))
+            events += self._stock_events(r.pool, returned.available, now)
+        for sale, phase in self._sales.transitions(now):
+            if phase == ENDED:
+                self._sold_out.discard(sale.id)
+            view = self._sale_view(sale, await self._available(sale.pool), now)
+            events.append(discrete("sale.started" if phase == LIVE else "sale.ended", view))
+        if self.stats.prune(now):
+            events.append(state("sales.recent", "sales.recent", self.stats.recent()))
+        return events
+
+    async def snapshot(self, user: str | None = None) -> dict[str, Any]:
+        """Everything a client needs to render the room's shop; with `user`, their cart too."""
+        now = self._clock()
+        snap: dict[str, Any] = {
+            "products": [{**p.public(), "available": await self._available(p.pool)} for p in self._catalog],
+            "tags": [t.to_dict() for t in self._tags],
+            "sales": [self._sale_view(s, await self._available(s.pool), now) for s in self._sales],
+            "totals": self.stats.totals(),
+            "recent": self.stats.recent(),
+        }
+        if user is not None:
+            snap["cart"] = await self.cart_of(user)
+        return snap
+
+    async def _available(self, pool: str) -> int:
+        counters = await self._stock.counters(self.room, pool)
+        return 0 if counters is None else counters.available
+
+    def _sale_view(self, sale: Sale, available: int, now: float) -> dict[str, Any]:
+        view = sale.to_dict()
+        del view["pool"]
+        view["remaining"] = available
+        view["state"] = sale.state(now, available)
+        return view
+
+    def _line(self, reservation: Reservation) -> dict[str, Any]:
+        product_id, sale_id = self._pools[reservation.pool]
+        sale = None if sale_id is None else self._sales.get(sale_id)
+        return cart_line(reservation, self._catalog.get(product_id), sale)
+
+    def _order_line(self, reservation: Reservation) -> OrderLine:
+        line = self._line(reservation)
+        return OrderLine(
+            line["product"],
+            line["sale"],
+            line["title"],
+            reservation.pool,
+            reservation.qty,
+            line["unit_amount"],
+            line["amount"],
+        )
+
+    def _stock_events(self, pool: str, available: int, now: float | None = None) -> list[DomainEvent]:
+        """The pool's new availability (state), and for a live sale sold_out / resumed (discrete)."""
+        product_id, sale_id = self._pools[pool]
+        if sale_id is None:
+            return [
+                state(
+                    "product.stock",
+                    f"product.stock:{product_id}",
+                    {"product": product_id, "available": available},
+                )
+            ]
+        body = {"sale": sale_id, "product": product_id, "remaining": available}
+        events = [state("sale.remaining", f"sale.remaining:{sale_id}", body)]
+        live = self._sales.get(sale_id).phase(self._clock() if now is None else now) == LIVE
+        if available == 0 and live and sale_id not in self._sold_out:
+            self._sold_out.add(sale_id)
+            events.append(discrete("sale.sold_out", body))
+        elif available > 0 and sale_id in self._sold_out:
+            self._sold_out.discard(sale_id)
+            if live:
+                events.append(discrete("sale.resumed", body))
+        return events
+
+    def _stats_events(self) -> list[DomainEvent]:
+        return [
+            state("sales.totals", "sales.totals", self.stats.totals()),
+            state("sales.recent", "sales.recent", self.stats.recent()),
+        ]
+
+    def _remember(self, key: tuple[str, str, str], outcome: Any) -> None:
+        self._requests[key] = outcome
+        if len(self._requests) > self.config.remembered_requests:
+            self._requests.popitem(last=False)

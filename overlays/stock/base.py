@@ -1,0 +1,105 @@
+"""The StockStore interface: atomic unit accounting for stock pools (a product's stock, a sale's quantity).
+
+Every method is one atomic step (one Lua script on Redis, one critical section without awaits in
+memory), scoped to a room so a room's keys can share a Redis Cluster slot. Per pool the store keeps
+`reserved + sold + available == quantity` with `available >= 0`, and per (pool, user) the units
+held (reserved + sold), which a sale's per-user limit bounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    quantity: int
+    available: int
+    reserved: int
+    sold: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Units of one pool held in a user's cart until `expires_at` (or sold, once committed)."""
+
+    id: str
+    pool: str
+    user: str
+    qty: int
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    """`code` is None on success, else sold_out, limit_reached, not_found or bad_request.
+    `available` is the pool's availability after the call (0 when the pool is unknown)."""
+
+    code: str | None
+    reservation: Reservation | None
+    available: int
+
+    @property
+    def ok(self) -> bool:
+        return self.code is None
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """Units that went back to their pool, and the pool's availability afterwards."""
+
+    reservation: Reservation
+    available: int
+
+
+class StockStore(Protocol):
+    async def define(
+        self, room: str, pool: str, quantity: int, sold_by: Mapping[str, int] | None = None
+    ) -> Counters:
+        """Create a pool or change its quantity. Raises DomainError("conflict") if quantity would
+        drop below reserved + sold. With `sold_by` (user -> units sold, rebuilt from orders on
+        start) the pool is reset to those sales and no reservations."""
+        ...
+
+    async def drop(self, room: str, pool: str) -> None:
+        """Forget a pool; DomainError("conflict") while units are reserved in it. Idempotent."""
+        ...
+
+    async def reserve(
+        self,
+        room: str,
+        pool: str,
+        user: str,
+        request_id: str,
+        qty: int,
+        per_user_limit: int | None,
+        expires_at: float,
+    ) -> ReserveResult:
+        """Hold qty units for user, idempotent on (room, user, request_id): a repeat returns the
+        first result unchanged (the memory of requests is bounded, oldest forgotten first)."""
+        ...
+
+    async def release(self, room: str, user: str, reservation_id: str) -> Returned | None:
+        """Give back one of the user's reservations; None if it is not (or no longer) held."""
+        ...
+
+    async def expire(self, room: str, now: float) -> list[Returned]:
+        """Give back every reservation of the room with expires_at <= now."""
+        ...
+
+    async def commit(self, room: str, user: str, now: float) -> list[Reservation]:
+        """Turn the user's unexpired reservations into sold units; returns them (the order lines)."""
+        ...
+
+    async def refund(self, room: str, lines: list[Reservation]) -> dict[str, int]:
+        """Return sold units (a cancelled order) to their pools; pool -> available afterwards.
+        Lines of pools that no longer exist are skipped. The caller calls this once per order."""
+        ...
+
+    async def counters(self, room: str, pool: str) -> Counters | None: ...
+
+    async def cart(self, room: str, user: str) -> list[Reservation]:
+        """The user's reservations in the room, oldest first (expired ones until expire runs)."""
+        ...

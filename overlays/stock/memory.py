@@ -1,0 +1,189 @@
+"""In-process StockStore: the embedded default. Each method runs to completion without awaiting,
+so on one event loop every call is atomic."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from overlays.events import DomainError
+from overlays.stock.base import Counters, Reservation, ReserveResult, Returned
+
+
+class _Pool:
+    __slots__ = ("quantity", "reserved", "sold", "held")
+
+    def __init__(self, quantity: int, sold: int = 0, held: dict[str, int] | None = None) -> None:
+        self.quantity = quantity
+        self.reserved = 0
+        self.sold = sold
+        self.held: dict[str, int] = held or {}  # user -> reserved + sold
+
+    @property
+    def available(self) -> int:
+        return self.quantity - self.reserved - self.sold
+
+    def counters(self) -> Counters:
+        return Counters(self.quantity, self.available, self.reserved, self.sold)
+
+    def add_held(self, user: str, delta: int) -> None:
+        left = self.held.get(user, 0) + delta
+        if left:
+            self.held[user] = left
+        else:
+            self.held.pop(user, None)
+
+
+class MemoryStockStore:
+    """`max_requests` bounds the memory of tap request ids kept for idempotency."""
+
+    def __init__(self, max_requests: int = 100_000) -> None:
+        self.max_requests = max_requests
+        self._pools: dict[tuple[str, str], _Pool] = {}
+        self._reservations: dict[str, tuple[str, Reservation]] = {}  # id -> (room, reservation)
+        self._carts: dict[tuple[str, str], dict[str, Reservation]] = {}
+        self._expiry: dict[str, list[tuple[float, str]]] = {}  # room -> heap, lazily cleaned
+        self._requests: OrderedDict[tuple[str, str, str], ReserveResult] = OrderedDict()
+        self._ids = itertools.count(1)
+
+    async def define(
+        self, room: str, pool: str, quantity: int, sold_by: Mapping[str, int] | None = None
+    ) -> Counters:
+        if quantity < 0:
+            raise DomainError("bad_request", "quantity must not be negative")
+        key = (room, pool)
+        current = self._pools.get(key)
+        if sold_by is not None:
+            sold = sum(sold_by.values())
+            if current is not None and current.reserved:
+                raise DomainError("conflict", "cannot reset a pool with reserved units")
+            if sold > quantity:
+                raise DomainError("conflict", f"{sold} units sold exceed quantity {quantity}")
+            current = self._pools[key] = _Pool(quantity, sold, {u: n for u, n in sold_by.items() if n})
+        elif current is None:
+            current = self._pools[key] = _Pool(quantity)
+        else:
+            if quantity < current.reserved + current.sold:
+                raise DomainError(
+                    "conflict", f"{current.reserved + current.sold} units are held or sold; quantity too low"
+                )
+            current.quantity = quantity
+        return current.counters()
+
+    async def drop(self, room: str, pool: str) -> None:
+        current = self._pools.get((room, pool))
+        if current is None:
+            return
+        if current.reserved:
+            raise DomainError("conflict", "units of this pool are in carts")
+        del self._pools[(room, pool)]
+
+    async def reserve(
+        self,
+        room: str,
+        pool: str,
+        user: str,
+        request_id: str,
+        qty: int,
+        per_user_limit: int | None,
+        expires_at: float,
+    ) -> ReserveResult:
+        request = (room, user, request_id)
+        seen = self._requests.get(request)
+        if seen is not None:
+            return seen
+        result = self._reserve(room, pool, user, qty, per_user_limit, expires_at)
+        self._requests[request] = result
+        if len(self._requests) > self.max_requests:
+            self._requests.popitem(last=False)
+        return result
+
+    def _reserve(
+        self, room: str, pool: str, user: str, qty: int, limit: int | None, expires_at: float
+    ) -> ReserveResult:
+        current = self._pools.get((room, pool))
+        if current is None:
+            return ReserveResult("not_found", None, 0)
+        available = current.quantity - current.reserved - current.sold
+        if qty < 1:
+            return ReserveResult("bad_request", None, available)
+        if qty > available:
+            return ReserveResult("sold_out", None, available)
+        if limit is not None and current.held.get(user, 0) + qty > limit:
+            return ReserveResult("limit_reached", None, available)
+        reservation = Reservation(f"r{next(self._ids)}", pool, user, qty, expires_at)
+        current.reserved += qty
+        current.held[user] = current.held.get(user, 0) + qty
+        self._reservations[reservation.id] = (room, reservation)
+        cart = self._carts.get((room, user))
+        if cart is None:
+            cart = self._carts[(room, user)] = {}
+        cart[reservation.id] = reservation
+        heapq.heappush(self._expiry.setdefault(room, []), (expires_at, reservation.id))
+        return ReserveResult(None, reservation, available - qty)
+
+    def _unhold(self, room: str, reservation: Reservation) -> Returned:
+        """Remove a live reservation and give its units back."""
+        del self._reservations[reservation.id]
+        cart = self._carts[(room, reservation.user)]
+        del cart[reservation.id]
+        if not cart:
+            del self._carts[(room, reservation.user)]
+        current = self._pools[(room, reservation.pool)]  # drop() refuses pools with reservations
+        current.reserved -= reservation.qty
+        current.add_held(reservation.user, -reservation.qty)
+        return Returned(reservation, current.available)
+
+    async def release(self, room: str, user: str, reservation_id: str) -> Returned | None:
+        found = self._reservations.get(reservation_id)
+        if found is None or found[0] != room or found[1].user != user:
+            return None
+        return self._unhold(room, found[1])
+
+    async def expire(self, room: str, now: float) -> list[Returned]:
+        heap = self._expiry.get(room)
+        returned: list[Returned] = []
+        while heap and heap[0][0] <= now:
+            _, reservation_id = heapq.heappop(heap)
+            found = self._reservations.get(reservation_id)
+            if found is not None:
+                returned.append(self._unhold(room, found[1]))
+        if heap is not None and not heap:
+            del self._expiry[room]
+        return returned
+
+    async def commit(self, room: str, user: str, now: float) -> list[Reservation]:
+        cart = self._carts.get((room, user))
+        if not cart:
+            return []
+        lines = [r for r in cart.values() if r.expires_at > now]
+        for reservation in lines:
+            del cart[reservation.id]
+            del self._reservations[reservation.id]
+            current = self._pools[(room, reservation.pool)]
+            current.reserved -= reservation.qty
+            current.sold += reservation.qty
+        if not cart:
+            del self._carts[(room, user)]
+        return lines
+
+    async def refund(self, room: str, lines: list[Reservation]) -> dict[str, int]:
+        available: dict[str, int] = {}
+        for line in lines:
+            current = self._pools.get((room, line.pool))
+            if current is None:
+                continue
+            back = min(line.qty, current.sold)  # never drive sold negative, even on a misuse
+            current.sold -= back
+            current.add_held(line.user, -back)
+            available[line.pool] = current.available
+        return available
+
+    async def counters(self, room: str, pool: str) -> Counters | None:
+        current = self._pools.get((room, pool))
+        return None if current is None else current.counters()
+
+    async def cart(self, room: str, user: str) -> list[Reservation]:
+        return list(self._carts.get((room, user), {}).values())

@@ -1,0 +1,117 @@
+"""StockStore contract: runs against every backend in conftest.STOCK_BACKENDS."""
+
+from __future__ import annotations
+
+import pytest
+
+from overlays.events import DomainError
+
+R = "room1"
+
+
+async def test_define_and_counters(stock) -> None:
+    counters = await stock.define(R, "p", 5)
+    assert (counters.quantity, counters.available, counters.reserved, counters.sold) == (5, 5, 0, 0)
+    assert await stock.counters(R, "missing") is None
+    assert await stock.counters("other-room", "p") is None
+
+
+async def test_reserve_counts_and_idempotency(stock) -> None:
+    await stock.define(R, "p", 5)
+    first = await stock.reserve(R, "p", "u1", "req1", 2, None, 100.0)
+    assert first.ok and first.available == 3 and first.reservation.qty == 2
+    again = await stock.reserve(R, "p", "u1", "req1", 2, None, 100.0)
+    assert again == first
+    assert (await stock.counters(R, "p")).reserved == 2
+    other_user = await stock.reserve(R, "p", "u2", "req1", 1, None, 100.0)
+    assert other_user.ok and other_user.reservation.id != first.reservation.id
+
+
+async def test_reserve_refusals(stock) -> None:
+    await stock.define(R, "p", 3)
+    assert (await stock.reserve(R, "p", "u", "a", 4, None, 1.0)).code == "sold_out"
+    assert (await stock.reserve(R, "p", "u", "b", 0, None, 1.0)).code == "bad_request"
+    assert (await stock.reserve(R, "nope", "u", "c", 1, None, 1.0)).code == "not_found"
+    assert (await stock.reserve(R, "p", "u", "d", 2, 2, 1.0)).ok
+    assert (await stock.reserve(R, "p", "u", "e", 1, 2, 1.0)).code == "limit_reached"
+    failed = await stock.reserve(R, "p", "u", "a", 1, None, 1.0)  # a retried failure stays failed
+    assert failed.code == "sold_out"
+
+
+async def test_release_only_own_reservation(stock) -> None:
+    await stock.define(R, "p", 3)
+    res = (await stock.reserve(R, "p", "u1", "x", 2, None, 10.0)).reservation
+    assert await stock.release(R, "u2", res.id) is None
+    assert await stock.release("other", "u1", res.id) is None
+    returned = await stock.release(R, "u1", res.id)
+    assert returned.reservation == res and returned.available == 3
+    assert await stock.release(R, "u1", res.id) is None
+    assert await stock.cart(R, "u1") == []
+
+
+async def test_expire_returns_units(stock) -> None:
+    await stock.define(R, "p", 4)
+    await stock.reserve(R, "p", "u1", "a", 1, None, 10.0)
+    await stock.reserve(R, "p", "u2", "b", 2, None, 20.0)
+    assert await stock.expire(R, 9.9) == []
+    gone = await stock.expire(R, 10.0)
+    assert [g.reservation.user for g in gone] == ["u1"] and gone[0].available == 2
+    assert [g.reservation.user for g in await stock.expire(R, 100.0)] == ["u2"]
+    assert (await stock.counters(R, "p")).available == 4
+
+
+async def test_commit_and_refund(stock) -> None:
+    await stock.define(R, "p", 5)
+    await stock.define(R, "s", 2)
+    await stock.reserve(R, "p", "u", "a", 2, None, 10.0)
+    await stock.reserve(R, "s", "u", "b", 1, 1, 5.0)
+    lines = await stock.commit(R, "u", 6.0)  # the sale reservation expired at 5.0
+    assert [(x.pool, x.qty) for x in lines] == [("p", 2)]
+    assert (await stock.counters(R, "p")).sold == 2
+    assert await stock.commit(R, "u", 6.0) == []
+    assert [r.pool for r in await stock.cart(R, "u")] == ["s"]
+    assert await stock.refund(R, lines) == {"p": 5}
+    counters = await stock.counters(R, "p")
+    assert (counters.sold, counters.available) == (0, 5)
+
+
+async def test_limit_counts_sold_units(stock) -> None:
+    await stock.define(R, "s", 10)
+    await stock.reserve(R, "s", "u", "a", 2, 2, 10.0)
+    lines = await stock.commit(R, "u", 1.0)
+    assert (await stock.reserve(R, "s", "u", "b", 1, 2, 10.0)).code == "limit_reached"
+    await stock.refund(R, lines)
+    assert (await stock.reserve(R, "s", "u", "c", 1, 2, 10.0)).ok
+
+
+async def test_define_resize_and_conflicts(stock) -> None:
+    await stock.define(R, "p", 5)
+    await stock.reserve(R, "p", "u", "a", 3, None, 10.0)
+    with pytest.raises(DomainError) as err:
+        await stock.define(R, "p", 2)
+    assert err.value.code == "conflict"
+    assert (await stock.define(R, "p", 8)).available == 5
+    with pytest.raises(DomainError):
+        await stock.drop(R, "p")
+    with pytest.raises(DomainError):
+        await stock.define(R, "p", 8, {"u": 1})  # cannot reset a pool with reservations
+    await stock.expire(R, 11.0)
+    await stock.drop(R, "p")
+    await stock.drop(R, "p")
+    assert await stock.counters(R, "p") is None
+
+
+async def test_define_with_sold_by_rebuilds(stock) -> None:
+    counters = await stock.define(R, "s", 5, {"u1": 2, "u2": 1})
+    assert (counters.sold, counters.available) == (3, 2)
+    assert (await stock.reserve(R, "s", "u1", "a", 1, 2, 1.0)).code == "limit_reached"
+    with pytest.raises(DomainError):
+        await stock.define(R, "s", 2, {"u1": 3})
+
+
+async def test_refund_of_dropped_pool_is_skipped(stock) -> None:
+    await stock.define(R, "p", 2)
+    await stock.reserve(R, "p", "u", "a", 1, None, 10.0)
+    lines = await stock.commit(R, "u", 1.0)
+    await stock.drop(R, "p")
+    assert await stock.refund(R, lines) == {}
