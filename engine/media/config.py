@@ -1,0 +1,75 @@
+"""Settings of the media relay.
+
+One frozen dataclass so the CLI and the environment can fill it in one place
+(engine/config.py maps flags onto it) and every limit the relay enforces is
+written down with its default and the reason for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Limits and network settings of the media relay.
+
+    Every field has a default that suits one machine serving a few rooms.
+    """
+
+    #: STUN/TURN URLs handed to aiortc and advertised to WHIP/WHEP clients in
+    #: ``Link: <url>; rel="ice-server"`` headers. Empty by default: the engine
+    #: never contacts a server its operator did not configure.
+    ice_servers: tuple[str, ...] = ()
+
+    #: Addresses announced as ICE host candidates. An address the host owns
+    #: (``127.0.0.1`` in tests, a LAN address) is bound directly; any other
+    #: address (a public IP in front of a 1:1 NAT or a container) is announced
+    #: with the port of a socket bound to ``listen_address``. Empty means
+    #: aioice's default: every non-loopback interface address.
+    announced_addresses: tuple[str, ...] = ()
+
+    #: Local address bound for announced addresses the host does not own.
+    listen_address: str = "0.0.0.0"
+
+    #: Receive buffer (SO_RCVBUF) of each peer's UDP socket, in bytes. aioice
+    #: uses 256 KB, which a keyframe burst to many viewers overflows on the
+    #: publisher's socket; the kernel may cap it at net.core.rmem_max unless
+    #: the process may use SO_RCVBUFFORCE.
+    socket_receive_buffer: int = 4 * 1024 * 1024
+
+    #: Minimum seconds between two keyframe requests (PLI) sent to a room's
+    #: publisher, whatever the number of viewers asking.
+    pli_min_interval: float = 1.0
+
+    #: Frames queued for one viewer track before the viewer counts as behind:
+    #: its video queue is then emptied and refilled from the next keyframe,
+    #: its audio queue drops the oldest frame. Must exceed
+    #: ``keyframe_cache_frames``, since a late joiner starts with the cache.
+    viewer_queue_frames: int = 400
+
+    #: Bounds of the per-room keyframe cache (the frames from the latest
+    #: keyframe on). A group of pictures longer than either bound is dropped,
+    #: and late joiners wait for the next keyframe (a PLI is sent at once).
+    keyframe_cache_frames: int = 300
+    keyframe_cache_bytes: int = 8 * 1024 * 1024
+
+    #: Viewers per room; the next viewer is refused with 503 + Retry-After.
+    max_viewers_per_room: int = 500
+
+    #: Peer connections (publishers and viewers) on this node; past it, new
+    #: sessions are refused with 503 + Retry-After.
+    max_peers: int = 2000
+
+    #: Seconds suggested to refused clients in ``Retry-After``.
+    retry_after: int = 5
+
+    #: Seconds a publisher may take to connect (ICE + DTLS) before its
+    #: session is dropped and the room is free again.
+    connect_timeout: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.viewer_queue_frames <= self.keyframe_cache_frames:
+            raise ValueError("viewer_queue_frames must exceed keyframe_cache_frames")
+        if self.pli_min_interval < 0 or self.connect_timeout <= 0:
+            raise ValueError("pli_min_interval must be >= 0 and connect_timeout > 0")

@@ -1,0 +1,46 @@
+"""Prometheus metrics of the media relay (default registry, labelled by room).
+
+Kept in one module so the names stay stable and documented in one place
+(docs/OPERATIONS.md, "Media relay").
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PUBLISHERS = Gauge("livecart_media_publishers", "Publishers connected", ["room"])
+VIEWERS = Gauge("livecart_media_viewers", "Viewers connected", ["room"])
+PACKETS_IN = Counter("livecart_media_frames_in", "Encoded frames received from publishers", ["room", "kind"])
+BYTES_IN = Counter("livecart_media_bytes_in", "Encoded bytes received from publishers", ["room", "kind"])
+PACKETS_OUT = Counter(
+    "livecart_media_frames_out", "Encoded frames handed to viewer senders", ["room", "kind"]
+)
+BYTES_OUT = Counter("livecart_media_bytes_out", "Encoded bytes handed to viewer senders", ["room", "kind"])
+KEYFRAME_REQUESTS = Counter(
+    "livecart_media_keyframe_requests", "PLIs sent upstream to publishers (after rate limiting)", ["room"]
+)
+NACKS = Counter(
+    "livecart_media_nacks", "Packets NACKed by viewers and looked up for retransmission", ["room"]
+)
+DROPPED = Counter(
+    "livecart_media_frames_dropped", "Frames dropped for viewers that fell behind", ["room", "kind"]
+)
+FIRST_FRAME = Histogram(
+    "livecart_media_join_to_first_frame_seconds",
+    "Time from a viewer's offer to its first video frame handed to its sender",
+    ["room"],
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0),
+)
+
+
+def forget(room: str) -> None:
+    """Drop a room's series once it has no media, so metrics stay bounded."""
+    for metric in (PUBLISHERS, VIEWERS, KEYFRAME_REQUESTS, NACKS, FIRST_FRAME):
+        with suppress(KeyError):
+            metric.remove(room)
+    for metric in (PACKETS_IN, BYTES_IN, PACKETS_OUT, BYTES_OUT, DROPPED):
+        for kind in ("audio", "video"):
+            with suppress(KeyError):
+                metric.remove(room, kind)

@@ -1,0 +1,158 @@
+"""One room's media: its publisher's frames, its keyframe cache and its viewers.
+
+Pure bookkeeping on the event loop (no I/O but the keyframe request task):
+frames come in from the publisher's receivers, get a place on the room's
+timeline, update the keyframe cache and go to every viewer's output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from fractions import Fraction
+
+from aiortc import RTCRtpReceiver
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from engine.media import aiortc_compat, metrics
+from engine.media.config import MediaConfig
+from engine.media.forwarding import ViewerCounters, ViewerOutput
+from engine.media.frames import EncodedFrame, KeyframeCache, h264_is_keyframe, vp8_keyframe_size
+
+
+class Timeline:
+    """Maps each publisher's timestamps (from 0) onto one continuous room clock.
+
+    When a publisher returns, its first frame lands after the previous one
+    by the wall-clock time elapsed, so viewers' jitter buffers see time move
+    forward instead of jumping back.
+    """
+
+    def __init__(self, clock_rate: int) -> None:
+        self.clock_rate = clock_rate
+        self.time_base = Fraction(1, clock_rate)
+        self._offset = 0
+        self._last: int | None = None
+        self._last_wall = 0.0
+        self._rebase = True
+
+    def new_source(self) -> None:
+        self._rebase = True
+
+    def map(self, timestamp: int) -> int:
+        now = time.monotonic()
+        if self._rebase:
+            self._rebase = False
+            if self._last is not None:
+                gap = max(1, int((now - self._last_wall) * self.clock_rate))
+                self._offset = self._last + gap - timestamp
+        mapped = timestamp + self._offset
+        self._last = mapped
+        self._last_wall = now
+        return mapped
+
+
+class MediaRoom:
+    """Media state of one room; owned by ``MediaService``."""
+
+    def __init__(self, room_id: str, config: MediaConfig) -> None:
+        self.id = room_id
+        self._config = config
+        self.publisher_id: str | None = None
+        self.codecs: dict[str, str] = {}
+        self.viewers: dict[str, ViewerOutput] = {}
+        self.cache = KeyframeCache(config.keyframe_cache_frames, config.keyframe_cache_bytes)
+        self.size: tuple[int, int] | None = None
+        self._timelines = {"audio": Timeline(48000), "video": Timeline(90000)}
+        self._video_receiver: RTCRtpReceiver | None = None
+        self._last_pli = float("-inf")
+        self._tasks: set[asyncio.Task[bool]] = set()
+        self.counters = ViewerCounters(metrics.PACKETS_OUT, metrics.BYTES_OUT, metrics.DROPPED, room_id)
+        self._frames_in = {k: metrics.PACKETS_IN.labels(room_id, k) for k in ("audio", "video")}
+        self._bytes_in = {k: metrics.BYTES_IN.labels(room_id, k) for k in ("audio", "video")}
+        self._keyframe_requests = metrics.KEYFRAME_REQUESTS.labels(room_id)
+        self.nacks = metrics.NACKS.labels(room_id)
+
+    # --- publisher side ---
+
+    def begin_source(self, publisher_id: str, codecs: dict[str, str], video: RTCRtpReceiver | None) -> None:
+        """A new publisher: viewers drop what they hold and wait for its first keyframe."""
+        self.publisher_id = publisher_id
+        self.codecs = dict(codecs)
+        self._video_receiver = video
+        self.cache.clear()
+        self.size = None
+        for timeline in self._timelines.values():
+            timeline.new_source()
+        for output in self.viewers.values():
+            output.resync()
+
+    def end_source(self, publisher_id: str) -> bool:
+        """The publisher left; False if ``publisher_id`` was already replaced."""
+        if self.publisher_id != publisher_id:
+            return False
+        self.publisher_id = None
+        self._video_receiver = None
+        self.cache.clear()
+        return True
+
+    def frame_handler(
+        self, publisher_id: str, kind: str
+    ) -> Callable[[RTCRtpCodecParameters, JitterFrame], None]:
+        """The callback for one publisher receiver; frames of a replaced publisher are ignored."""
+
+        def on_frame(codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
+            if self.publisher_id == publisher_id:
+                self.on_frame(kind, codec.name, frame)
+
+        return on_frame
+
+    def on_frame(self, kind: str, codec: str, jitter_frame: JitterFrame) -> None:
+        timeline = self._timelines[kind]
+        data = jitter_frame.data
+        frame = EncodedFrame(kind, codec, data, timeline.map(jitter_frame.timestamp), timeline.time_base)
+        self._frames_in[kind].inc()
+        self._bytes_in[kind].inc(len(data))
+        if kind == "video":
+            name = codec.lower()
+            if name == "h264":
+                frame.keyframe = h264_is_keyframe(data)
+            elif name == "vp8":
+                frame.size = vp8_keyframe_size(data)
+                frame.keyframe = frame.size is not None
+                if frame.size:
+                    self.size = frame.size
+            self.cache.add(frame)
+        for output in self.viewers.values():
+            output.push(frame)
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe (PLI), at most once per ``pli_min_interval``."""
+        receiver = self._video_receiver
+        now = time.monotonic()
+        if receiver is None or now - self._last_pli < self._config.pli_min_interval:
+            return
+        self._last_pli = now
+        self._keyframe_requests.inc()
+        task = asyncio.ensure_future(aiortc_compat.request_keyframe(receiver))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- viewer side ---
+
+    def add_viewer(self, viewer_id: str, output: ViewerOutput) -> None:
+        """Start a viewer at the cached keyframe, or ask the publisher for one."""
+        self.viewers[viewer_id] = output
+        frames = self.cache.frames()
+        output.start(frames)
+        if not frames:
+            self.request_keyframe()
+
+    def remove_viewer(self, viewer_id: str) -> ViewerOutput | None:
+        return self.viewers.pop(viewer_id, None)
+
+    @property
+    def empty(self) -> bool:
+        return self.publisher_id is None and not self.viewers

@@ -1,0 +1,341 @@
+"""MediaService: publisher and viewer sessions of every room on this node.
+
+Signaling (WHIP/WHEP over HTTP, offer/answer over the websocket) calls
+``publish``, ``view``, ``patch`` and ``end``; this module turns them into
+aiortc peer connections wired to a ``MediaRoom``, tells the bus when a room
+goes live or offline, and enforces the node's limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
+
+from engine.media import aiortc_compat, metrics, offer
+from engine.media.config import MediaConfig
+from engine.media.errors import MediaError
+from engine.media.forwarding import StockOutput
+from engine.media.room import MediaRoom
+
+log = logging.getLogger(__name__)
+
+
+class RoomLookup(Protocol):
+    """What the relay needs from ``engine.rooms.Rooms``."""
+
+    def get(self, room_id: str) -> Any: ...
+
+
+class EventBus(Protocol):
+    """What the relay needs from ``engine.bus.base.Bus``."""
+
+    async def publish(self, room: str, type: str, data: dict) -> Any: ...
+
+    def set_state(self, room: str, key: str, data: dict) -> None: ...
+
+
+@dataclass(frozen=True)
+class SessionAnswer:
+    """A created session: its id (the resource name), the SDP answer and its ETag."""
+
+    session_id: str
+    sdp: str
+    etag: str
+
+
+@dataclass
+class _Session:
+    id: str
+    role: str  # "publisher" or "viewer"
+    room: MediaRoom
+    pc: RTCPeerConnection
+    remote_ufrag: str
+    etag: str
+    started: float = field(default_factory=time.monotonic)
+    output: StockOutput | None = None
+    closing: bool = False
+
+
+_CANDIDATE = re.compile(r"^a=(candidate:.+)$", re.M)
+_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.M)
+_MID = re.compile(r"^a=mid:(\S+)", re.M)
+
+
+class MediaService:
+    """The media relay of one node."""
+
+    def __init__(self, config: MediaConfig, rooms: RoomLookup, bus: EventBus) -> None:
+        self.config = config
+        self._rooms = rooms
+        self._bus = bus
+        self._media: dict[str, MediaRoom] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = False
+
+    async def start(self) -> None:
+        self._started = True
+
+    async def stop(self) -> None:
+        """Close every peer connection (viewers first, then publishers)."""
+        self._started = False
+        sessions = sorted(self._sessions.values(), key=lambda s: s.role != "viewer")
+        for session in sessions:
+            await self._close(session)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- queries ---
+
+    def ice_servers(self) -> tuple[str, ...]:
+        return self.config.ice_servers
+
+    def room(self, room_id: str) -> MediaRoom | None:
+        return self._media.get(room_id)
+
+    def session_etag(self, session_id: str) -> str | None:
+        session = self._sessions.get(session_id)
+        return session.etag if session else None
+
+    # --- publishers ---
+
+    async def publish(self, room_id: str, stream_key: str | None, sdp: str) -> SessionAnswer:
+        """Start a publisher session (WHIP ``POST``)."""
+        room = self._rooms.get(room_id)
+        if room is None:
+            raise MediaError(404, "not_found", f"no room {room_id!r}")
+        if not stream_key or not hmac.compare_digest(stream_key.encode(), str(room.stream_key).encode()):
+            raise MediaError(401, "unauthorized", "wrong or missing stream key (Bearer token)")
+        description = offer.parse(sdp)
+        sections = offer.tracks(description, sending=True)
+        codecs = offer.publisher_codecs(sections)
+        media = self._media_room(room_id)
+        if media.publisher_id is not None:
+            raise MediaError(409, "conflict", f"room {room_id!r} already has a publisher")
+        self._check_capacity()
+
+        session_id = secrets.token_urlsafe(16)
+        media.publisher_id = session_id  # claim the room before the first await
+        pc = self._peer_connection()
+        try:
+            receivers: dict[str, RTCRtpReceiver] = {}
+            for kind, name in codecs.items():
+                transceiver = pc.addTransceiver(kind, direction="recvonly")
+                capabilities = RTCRtpReceiver.getCapabilities(kind).codecs
+                transceiver.setCodecPreferences(
+                    [c for c in capabilities if c.name.lower() in (name.lower(), "rtx")]
+                )
+                receivers[kind] = transceiver.receiver
+                aiortc_compat.tap_receiver(transceiver.receiver, media.frame_handler(session_id, kind))
+            answer = await self._answer(pc, sdp)
+        except Exception:
+            media.publisher_id = None
+            await pc.close()
+            raise
+        media.begin_source(session_id, codecs, receivers.get("video"))
+        session = _Session(session_id, "publisher", media, pc, self._ufrag(description), secrets.token_hex(8))
+        self._sessions[session_id] = session
+        metrics.PUBLISHERS.labels(room_id).set(1)
+        self._watch(session)
+        self._spawn(self._connect_deadline(session))
+        return SessionAnswer(session_id, answer, session.etag)
+
+    # --- viewers ---
+
+    async def view(self, room_id: str, sdp: str, session_id: str | None = None) -> SessionAnswer:
+        """Start a viewer session (WHEP ``POST`` or a websocket ``offer``; ``session_id`` = conn id)."""
+        if self._rooms.get(room_id) is None:
+            raise MediaError(404, "not_found", f"no room {room_id!r}")
+        description = offer.parse(sdp)
+        sections = offer.tracks(description, sending=False)
+        media = self._media_room(room_id)
+        codecs = offer.viewer_codecs(sections, media.codecs)
+        if len(media.viewers) >= self.config.max_viewers_per_room:
+            raise self._overloaded(f"room {room_id!r} has its maximum of viewers")
+        self._check_capacity()
+        session_id = session_id or secrets.token_urlsafe(16)
+        if session_id in self._sessions:
+            await self._close(self._sessions[session_id])
+
+        started = time.monotonic()
+        first_frame = metrics.FIRST_FRAME.labels(room_id)
+        output = StockOutput(
+            codecs,
+            self.config.viewer_queue_frames,
+            media.counters,
+            media.request_keyframe,
+            media.nacks.inc,
+            lambda: first_frame.observe(time.monotonic() - started),
+        )
+        pc = self._peer_connection()
+        try:
+            output.add_to(pc)
+            answer = await self._answer(pc, sdp, before_answer=output.bind)
+        except Exception:
+            output.close()
+            await pc.close()
+            self._forget_if_empty(media)
+            raise
+        session = _Session(session_id, "viewer", media, pc, self._ufrag(description), secrets.token_hex(8))
+        session.output = output
+        self._sessions[session_id] = session
+        media.add_viewer(session_id, output)
+        self._viewers_changed(media)
+        self._watch(session)
+        return SessionAnswer(session_id, answer, session.etag)
+
+    async def add_candidate(self, session_id: str, candidate: str, mid: str | None = None) -> None:
+        """Trickle one remote candidate (``candidate:...`` with or without ``a=``)."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise MediaError(404, "not_found", "no such media session")
+        await self._add_candidate(session, candidate, mid)
+
+    async def close_viewer(self, session_id: str) -> None:
+        """End a viewer (its websocket closed); unknown ids are ignored."""
+        session = self._sessions.get(session_id)
+        if session is not None and session.role == "viewer":
+            await self._close(session)
+
+    # --- WHIP/WHEP resources ---
+
+    def _resource(self, role: str, room_id: str, session_id: str) -> _Session:
+        session = self._sessions.get(session_id)
+        if session is None or session.role != role or session.room.id != room_id:
+            raise MediaError(404, "not_found", "no such session")
+        return session
+
+    async def patch(self, role: str, room_id: str, session_id: str, if_match: str | None, body: str) -> str:
+        """Trickle ICE on a session (RFC 9725 section 4.3); returns the session's ETag.
+
+        A fragment with new ICE credentials is an ICE restart, which aiortc
+        cannot perform on a live transport: 501, and the session continues.
+        """
+        session = self._resource(role, room_id, session_id)
+        if if_match is not None and if_match.strip() not in ("*", f'"{session.etag}"', session.etag):
+            raise MediaError(412, "precondition_failed", "If-Match does not match the session's ETag")
+        ufrag = _UFRAG.search(body)
+        if ufrag and ufrag.group(1) != session.remote_ufrag:
+            raise MediaError(501, "not_implemented", "ICE restart is not supported; start a new session")
+        mid = _MID.search(body)
+        for line in _CANDIDATE.findall(body):
+            await self._add_candidate(session, line, mid.group(1) if mid else None)
+        return session.etag
+
+    async def end(self, role: str, room_id: str, session_id: str) -> None:
+        """``DELETE`` of a session resource."""
+        await self._close(self._resource(role, room_id, session_id))
+
+    # --- internals ---
+
+    def _media_room(self, room_id: str) -> MediaRoom:
+        media = self._media.get(room_id)
+        if media is None:
+            media = self._media[room_id] = MediaRoom(room_id, self.config)
+        return media
+
+    def _overloaded(self, message: str) -> MediaError:
+        return MediaError(503, "overloaded", message, {"Retry-After": str(self.config.retry_after)})
+
+    def _check_capacity(self) -> None:
+        if len(self._sessions) >= self.config.max_peers:
+            raise self._overloaded("this node has its maximum of media sessions")
+
+    def _peer_connection(self) -> RTCPeerConnection:
+        servers = [RTCIceServer(urls=url) for url in self.config.ice_servers]
+        return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+
+    async def _answer(self, pc: RTCPeerConnection, sdp: str, before_answer: Any = None) -> str:
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except ValueError as exc:
+            raise MediaError(400, "bad_request", f"SDP offer rejected: {exc}") from exc
+        if before_answer is not None:
+            before_answer()
+        aiortc_compat.answer_as_dtls_server(pc)
+        aiortc_compat.bind_ice(
+            pc, self.config.announced_addresses, self.config.listen_address, self.config.socket_receive_buffer
+        )
+        await pc.setLocalDescription(await pc.createAnswer())
+        return pc.localDescription.sdp
+
+    @staticmethod
+    def _ufrag(description: Any) -> str:
+        return description.media[0].ice.usernameFragment
+
+    async def _add_candidate(self, session: _Session, line: str, mid: str | None) -> None:
+        text = line[2:] if line.startswith("a=") else line
+        try:
+            candidate = candidate_from_sdp(text.removeprefix("candidate:"))
+        except (ValueError, IndexError) as exc:
+            raise MediaError(400, "bad_request", f"unreadable ICE candidate: {exc}") from exc
+        transceivers = session.pc.getTransceivers()
+        candidate.sdpMid = mid if mid is not None else transceivers[0].mid
+        await session.pc.addIceCandidate(candidate)
+
+    def _watch(self, session: _Session) -> None:
+        @session.pc.on("connectionstatechange")
+        async def changed() -> None:
+            state = session.pc.connectionState
+            if state == "connected" and session.role == "publisher":
+                await self._online(session)
+            elif state in ("failed", "closed"):
+                await self._close(session)
+
+    async def _connect_deadline(self, session: _Session) -> None:
+        await asyncio.sleep(self.config.connect_timeout)
+        if session.pc.connectionState != "connected" and session.id in self._sessions:
+            log.info("media session %s did not connect in time", session.id)
+            await self._close(session)
+
+    async def _online(self, session: _Session) -> None:
+        media = session.room
+        data: dict[str, Any] = {"codecs": dict(media.codecs)}
+        await self._bus.publish(media.id, "media.online", data)
+        self._bus.set_state(media.id, "media", {"live": True, "viewers": len(media.viewers)})
+
+    async def _close(self, session: _Session) -> None:
+        if session.closing:
+            return
+        session.closing = True
+        self._sessions.pop(session.id, None)
+        media = session.room
+        if session.role == "viewer":
+            output = media.remove_viewer(session.id)
+            if output is not None:
+                output.close()
+            await session.pc.close()
+            self._viewers_changed(media)
+        else:
+            await session.pc.close()
+            if media.end_source(session.id):
+                metrics.PUBLISHERS.labels(media.id).set(0)
+                await self._bus.publish(media.id, "media.offline", {"reason": "publisher_left"})
+                self._bus.set_state(media.id, "media", {"live": False, "viewers": len(media.viewers)})
+        self._forget_if_empty(media)
+
+    def _viewers_changed(self, media: MediaRoom) -> None:
+        metrics.VIEWERS.labels(media.id).set(len(media.viewers))
+        self._bus.set_state(
+            media.id, "media", {"live": media.publisher_id is not None, "viewers": len(media.viewers)}
+        )
+
+    def _forget_if_empty(self, media: MediaRoom) -> None:
+        if media.empty and self._media.get(media.id) is media:
+            del self._media[media.id]
+            metrics.forget(media.id)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

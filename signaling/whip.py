@@ -1,0 +1,164 @@
+"""WHIP (RFC 9725) and WHEP resources, and the websocket's media actions.
+
+Thin HTTP edge over ``engine.media.MediaService``: parse the request, call
+the service, map ``MediaError`` to its status and JSON body. Publishers POST
+to ``/whip/{room}``, viewers to ``/whep/{room}``; each answer's ``Location``
+names the session resource that takes ``PATCH`` (trickle ICE) and ``DELETE``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from engine.media.errors import MediaError
+from engine.media.service import MediaService
+
+SDP = "application/sdp"
+SDPFRAG = "application/trickle-ice-sdpfrag"
+ALLOW_COLLECTION = "OPTIONS, POST"
+ALLOW_RESOURCE = "OPTIONS, PATCH, DELETE"
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Patch, Retry-After",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers={**CORS, **(headers or {})}
+    )
+
+
+def _guard(handler: Handler) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except MediaError as exc:
+            return _error(exc.status, exc.code, exc.message, exc.headers)
+
+    return guarded
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def _sdp_body(request: web.Request) -> str:
+    if request.content_type != SDP:
+        raise MediaError(415, "unsupported_media_type", f"Content-Type must be {SDP}")
+    return await request.text()
+
+
+def _ice_links(media: MediaService) -> list[str]:
+    return [f'<{url}>; rel="ice-server"' for url in media.ice_servers()]
+
+
+def add_media_routes(app: web.Application, media: MediaService) -> None:
+    """Add ``/whip/{room}``, ``/whep/{room}`` and their session resources to ``app``."""
+    for prefix, role in (("whip", "publisher"), ("whep", "viewer")):
+        collection = f"/{prefix}/{{room}}"
+        resource = f"/{prefix}/{{room}}/{{session}}"
+
+        async def options(request: web.Request, role: str = role) -> web.Response:
+            headers = {
+                **CORS,
+                "Allow": ALLOW_COLLECTION,
+                "Accept-Post": SDP,
+                "Access-Control-Allow-Methods": ALLOW_COLLECTION,
+            }
+            response = web.Response(status=204, headers=headers)
+            for link in _ice_links(media):
+                response.headers.add("Link", link)
+            return response
+
+        async def post(request: web.Request, role: str = role, prefix: str = prefix) -> web.Response:
+            room = request.match_info["room"]
+            sdp = await _sdp_body(request)
+            if role == "publisher":
+                created = await media.publish(room, _bearer(request), sdp)
+            else:
+                created = await media.view(room, sdp)
+            headers = {
+                **CORS,
+                "Content-Type": SDP,
+                "Location": f"/{prefix}/{room}/{created.session_id}",
+                "ETag": f'"{created.etag}"',
+                "Accept-Patch": SDPFRAG,
+            }
+            response = web.Response(status=201, text=created.sdp, headers=headers, content_type=None)
+            for link in _ice_links(media):
+                response.headers.add("Link", link)
+            return response
+
+        async def resource_options(request: web.Request) -> web.Response:
+            headers = {
+                **CORS,
+                "Allow": ALLOW_RESOURCE,
+                "Accept-Patch": SDPFRAG,
+                "Access-Control-Allow-Methods": ALLOW_RESOURCE,
+            }
+            return web.Response(status=204, headers=headers)
+
+        async def patch(request: web.Request, role: str = role) -> web.Response:
+            if request.content_type != SDPFRAG:
+                raise MediaError(415, "unsupported_media_type", f"Content-Type must be {SDPFRAG}")
+            etag = await media.patch(
+                role,
+                request.match_info["room"],
+                request.match_info["session"],
+                request.headers.get("If-Match"),
+                await request.text(),
+            )
+            return web.Response(status=204, headers={**CORS, "ETag": f'"{etag}"'})
+
+        async def delete(request: web.Request, role: str = role) -> web.Response:
+            await media.end(role, request.match_info["room"], request.match_info["session"])
+            return web.Response(status=200, headers=CORS)
+
+        app.router.add_route("OPTIONS", collection, _guard(options))
+        app.router.add_route("POST", collection, _guard(post))
+        app.router.add_route("OPTIONS", resource, _guard(resource_options))
+        app.router.add_route("PATCH", resource, _guard(patch))
+        app.router.add_route("DELETE", resource, _guard(delete))
+
+
+def media_actions(media: MediaService) -> dict[str, Callable[[Any, dict], Awaitable[dict]]]:
+    """Websocket handlers for viewers: ``offer`` (answer in the ack) and ``candidate``.
+
+    Register each with the channel (``actions.register(type, {"viewer", "host"}, handler)``)
+    and call ``media.close_viewer(conn_id)`` when the connection closes. ``MediaError``
+    becomes ``ProtocolError`` with the same code and message.
+    """
+    from signaling.protocol import ProtocolError
+
+    async def on_offer(session: Any, msg: dict) -> dict:
+        sdp = msg.get("sdp")
+        if not isinstance(sdp, str):
+            raise ProtocolError("bad_request", "offer needs an sdp string")
+        try:
+            created = await media.view(session.room, sdp, session_id=session.conn_id)
+        except MediaError as exc:
+            raise ProtocolError(exc.code, exc.message) from exc
+        return {"sdp": created.sdp, "sdp_type": "answer"}
+
+    async def on_candidate(session: Any, msg: dict) -> dict:
+        candidate = msg.get("candidate")
+        if not isinstance(candidate, str):
+            raise ProtocolError("bad_request", "candidate needs a candidate string")
+        if not candidate:
+            return {}
+        try:
+            await media.add_candidate(session.conn_id, candidate, msg.get("sdpMid"))
+        except MediaError as exc:
+            raise ProtocolError(exc.code, exc.message) from exc
+        return {}
+
+    return {"offer": on_offer, "candidate": on_candidate}

@@ -1,0 +1,321 @@
+"""Test peers for the media relay: pre-encoded streams and aiortc clients.
+
+Encoding happens here, on the client side, once per test session; the
+server under test only ever sees encoded packets. Every client binds its ICE
+sockets on 127.0.0.1 (through the same compat hook as the server), so every
+packet stays on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from engine.media import aiortc_compat
+from engine.media.frames import h264_is_keyframe, vp8_keyframe_size
+
+LOOPBACK = ("127.0.0.1",)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One pre-encoded frame."""
+
+    data: bytes
+    pts: int
+    keyframe: bool
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A looping pre-encoded stream."""
+
+    kind: str
+    frames: tuple[Encoded, ...]
+    time_base: Fraction
+    duration: int  # one loop, in time_base units
+
+
+def encode_video(
+    codec: str, frames: int = 120, fps: int = 30, gop: int = 60, size: tuple[int, int] = (320, 240)
+) -> Stream:
+    """A moving test pattern encoded with libx264 or libvpx, keyframes every ``gop`` frames only."""
+    width, height = size
+    ctx = av.CodecContext.create({"h264": "libx264", "vp8": "libvpx"}[codec], "w")
+    ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
+    ctx.time_base = Fraction(1, fps)
+    ctx.framerate = fps
+    ctx.gop_size = gop
+    ctx.bit_rate = 500_000
+    if codec == "h264":
+        ctx.profile = "Constrained Baseline"
+        ctx.options = {
+            "preset": "ultrafast",
+            "tune": "zerolatency",
+            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:repeat-headers=1",
+        }
+    else:
+        ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    out = []
+    y, x = np.mgrid[0:height, 0:width]
+    for i in range(frames):
+        image = np.stack([(x + 4 * i) % 256, (y + 2 * i) % 256, (x + y) % 256], axis=-1).astype(np.uint8)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+        frame.pts = i
+        frame.time_base = ctx.time_base
+        for packet in ctx.encode(frame):
+            out.append(Encoded(bytes(packet), int(packet.pts), bool(packet.is_keyframe)))
+    for packet in ctx.encode(None):
+        out.append(Encoded(bytes(packet), int(packet.pts), bool(packet.is_keyframe)))
+    return Stream("video", tuple(out), Fraction(1, fps), frames)
+
+
+def encode_opus(seconds: float = 2.0) -> Stream:
+    """A 440 Hz tone in 20 ms Opus packets."""
+    ctx = av.CodecContext.create("libopus", "w")
+    ctx.sample_rate, ctx.layout, ctx.format = 48000, "stereo", "s16"
+    ctx.time_base = Fraction(1, 48000)
+    out = []
+    samples = 960
+    for i in range(int(seconds * 50)):
+        t = (np.arange(samples) + i * samples) / 48000
+        tone = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(np.repeat(tone, 2).reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate = 48000
+        frame.pts = i * samples
+        frame.time_base = ctx.time_base
+        for packet in ctx.encode(frame):
+            out.append(Encoded(bytes(packet), int(packet.pts), False))
+    first = out[0].pts
+    frames = tuple(Encoded(e.data, e.pts - first, False) for e in out)
+    return Stream("audio", frames, Fraction(1, 48000), len(frames) * samples)
+
+
+class PacketTrack(MediaStreamTrack):
+    """Plays a pre-encoded stream in real time, looping, as ``av.Packet``s."""
+
+    def __init__(self, stream: Stream) -> None:
+        super().__init__()
+        self.kind = stream.kind
+        self._stream = stream
+        self._index = 0
+        self._start: float | None = None
+        self.sent = 0
+
+    async def recv(self) -> av.Packet:
+        stream = self._stream
+        loop, index = divmod(self._index, len(stream.frames))
+        self._index += 1
+        encoded = stream.frames[index]
+        pts = encoded.pts + loop * stream.duration
+        if self._start is None:
+            self._start = time.monotonic()
+        delay = self._start + float(pts * stream.time_base) - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        packet = av.Packet(encoded.data)
+        packet.pts = pts
+        packet.time_base = stream.time_base
+        self.sent += 1
+        return packet
+
+
+class FrameLog:
+    """Encoded frames one client received, read without decoding."""
+
+    def __init__(self) -> None:
+        self.frames: dict[str, list[tuple[float, bytes, bool]]] = {"audio": [], "video": []}
+        self.codecs: dict[str, str] = {}
+        self.arrived = asyncio.Event()
+
+    def handler(self, kind: str):
+        def on_frame(codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
+            self.codecs[kind] = codec.name
+            keyframe = False
+            if kind == "video":
+                name = codec.name.lower()
+                keyframe = (
+                    h264_is_keyframe(frame.data)
+                    if name == "h264"
+                    else vp8_keyframe_size(frame.data) is not None
+                )
+            self.frames[kind].append((time.monotonic(), frame.data, keyframe))
+            if kind == "video":
+                self.arrived.set()
+
+        return on_frame
+
+    def count(self, kind: str) -> int:
+        return len(self.frames[kind])
+
+
+def new_pc() -> RTCPeerConnection:
+    """A client peer connection that contacts no STUN server."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+async def post_offer(
+    session: aiohttp.ClientSession, url: str, sdp: str, token: str | None = None
+) -> aiohttp.ClientResponse:
+    headers = {"Content-Type": "application/sdp"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    response = await session.post(url, data=sdp, headers=headers)
+    await response.read()
+    return response
+
+
+class Publisher:
+    """A WHIP publisher sending pre-encoded streams, like OBS (it ignores PLI)."""
+
+    def __init__(self, *streams: Stream, obs_offer: bool = False) -> None:
+        self.pc = new_pc()
+        self.tracks = [PacketTrack(s) for s in streams]
+        self.obs_offer = obs_offer
+        self.location: str | None = None
+        self.keyframe_requests = 0
+
+    def offer_sdp(self) -> str:
+        sdp = self.pc.localDescription.sdp
+        return obs_style(sdp) if self.obs_offer else sdp
+
+    async def prepare(self, codecs: dict[str, str]) -> str:
+        for track in self.tracks:
+            transceiver = self.pc.addTransceiver(track, direction="sendonly")
+            caps = [
+                c
+                for c in transceiver.sender.getCapabilities(track.kind).codecs
+                if c.name.lower() == codecs[track.kind].lower()
+            ]
+            transceiver.setCodecPreferences(caps)
+        aiortc_compat.bind_ice(self.pc, LOOPBACK)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.offer_sdp()
+
+    async def publish(
+        self, http: aiohttp.ClientSession, base: str, room: str, key: str, codecs: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        sdp = await self.prepare(codecs)
+        response = await post_offer(http, f"{base}/whip/{room}", sdp, key)
+        if response.status == 201:
+            self.location = response.headers["Location"]
+            await self.pc.setRemoteDescription(
+                RTCSessionDescription(sdp=await response.text(), type="answer")
+            )
+        return response
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+class Viewer:
+    """A viewer; with ``decode`` it decodes like a player, else it reads encoded frames only."""
+
+    def __init__(self, kinds: tuple[str, ...] = ("audio", "video"), decode: bool = False) -> None:
+        self.pc = new_pc()
+        self.log = FrameLog()
+        self.decoded: list[av.VideoFrame] = []
+        self.first_decoded = asyncio.Event()
+        self.created = time.monotonic()
+        self._decode = decode
+        self._tasks: list[asyncio.Task[None]] = []
+        for kind in kinds:
+            transceiver = self.pc.addTransceiver(kind, direction="recvonly")
+            if not decode:
+                aiortc_compat.tap_receiver(transceiver.receiver, self.log.handler(kind))
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if decode and track.kind == "video":
+                self._tasks.append(asyncio.ensure_future(self._pull(track)))
+
+    async def _pull(self, track: MediaStreamTrack) -> None:
+        while True:
+            frame = await track.recv()
+            self.decoded.append(frame)
+            self.first_decoded.set()
+
+    async def offer(self) -> str:
+        aiortc_compat.bind_ice(self.pc, LOOPBACK)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription.sdp
+
+    async def accept(self, answer: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+    async def whep(self, http: aiohttp.ClientSession, base: str, room: str) -> aiohttp.ClientResponse:
+        response = await post_offer(http, f"{base}/whep/{room}", await self.offer())
+        if response.status == 201:
+            await self.accept(await response.text())
+        return response
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.pc.close()
+
+
+def obs_style(sdp: str) -> str:
+    """Rewrite an aiortc offer the way OBS (libdatachannel) writes its WHIP offer.
+
+    No candidates, ICE credentials at session level, ``a=group:LS``, Opus
+    spelled ``OPUS`` on payload type 111, H264 on payload type 96.
+    """
+    lines = sdp.strip().split("\r\n")
+    ufrag = next(line for line in lines if line.startswith("a=ice-ufrag:"))
+    pwd = next(line for line in lines if line.startswith("a=ice-pwd:"))
+    out: list[str] = []
+    first_media = next(i for i, line in enumerate(lines) if line.startswith("m="))
+    mids = [line[6:] for line in lines if line.startswith("a=mid:")]
+    for i, line in enumerate(lines):
+        if i == first_media:
+            out += [ufrag, pwd, "a=group:LS " + " ".join(mids)]
+        if line.startswith(("a=candidate:", "a=end-of-candidates", "a=ice-ufrag:", "a=ice-pwd:")):
+            continue
+        if line.startswith("c=IN IP4") and i > first_media:
+            out.append("c=IN IP4 0.0.0.0")
+            continue
+        out.append(line)
+    text = "\r\n".join(out) + "\r\n"
+    text = re.sub(r"a=rtpmap:(\d+) opus/", r"a=rtpmap:\1 OPUS/", text)
+    return _renumber(text)
+
+
+def _renumber(sdp: str) -> str:
+    """Move Opus to PT 111 and H264 to PT 96 (OBS's numbers), keeping others."""
+    mapping: dict[str, str] = {}
+    for pt, name in re.findall(r"a=rtpmap:(\d+) (\w+)/", sdp):
+        if name.upper() == "OPUS":
+            mapping[pt] = "111"
+        elif name.upper() == "H264":
+            mapping.setdefault(pt, "96")
+    if not mapping:
+        return sdp
+    taken = set(mapping.values())
+    for pt in re.findall(r"a=rtpmap:(\d+) ", sdp):
+        if pt not in mapping and pt in taken:
+            mapping[pt] = str(100 + int(pt) % 20)
+
+    def swap(match: re.Match[str]) -> str:
+        return mapping.get(match.group(0), match.group(0))
+
+    out = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            head, _, fmts = line.partition(" UDP/TLS/RTP/SAVPF ")
+            line = f"{head} UDP/TLS/RTP/SAVPF " + " ".join(mapping.get(p, p) for p in fmts.split())
+        elif line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")):
+            line = re.sub(r"(?<=:)\d+", swap, line, count=1)
+            line = re.sub(r"apt=(\d+)", lambda m: "apt=" + mapping.get(m.group(1), m.group(1)), line)
+        out.append(line)
+    return "\r\n".join(out)
