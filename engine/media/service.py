@@ -40,7 +40,7 @@ class EventBus(Protocol):
 
     async def publish(self, room: str, type: str, data: dict) -> Any: ...
 
-    def set_state(self, room: str, key: str, data: dict) -> None: ...
+    def set_state(self, room: str, key: str, type: str, data: dict) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -302,7 +302,7 @@ class MediaService:
         media = session.room
         data: dict[str, Any] = {"codecs": dict(media.codecs)}
         await self._bus.publish(media.id, "media.online", data)
-        self._bus.set_state(media.id, "media", {"live": True, "viewers": len(media.viewers)})
+        self._bus.set_state(media.id, "media", "media.status", {"live": True, "viewers": len(media.viewers)})
 
     async def _close(self, session: _Session) -> None:
         if session.closing:
@@ -321,14 +321,15 @@ class MediaService:
             if media.end_source(session.id):
                 metrics.PUBLISHERS.labels(media.id).set(0)
                 await self._bus.publish(media.id, "media.offline", {"reason": "publisher_left"})
-                self._bus.set_state(media.id, "media", {"live": False, "viewers": len(media.viewers)})
+                self._bus.set_state(
+                    media.id, "media", "media.status", {"live": False, "viewers": len(media.viewers)}
+                )
         self._forget_if_empty(media)
 
     def _viewers_changed(self, media: MediaRoom) -> None:
         metrics.VIEWERS.labels(media.id).set(len(media.viewers))
-        self._bus.set_state(
-            media.id, "media", {"live": media.publisher_id is not None, "viewers": len(media.viewers)}
-        )
+        status = {"live": media.publisher_id is not None, "viewers": len(media.viewers)}
+        self._bus.set_state(media.id, "media", "media.status", status)
 
     def _forget_if_empty(self, media: MediaRoom) -> None:
         if media.empty and self._media.get(media.id) is media:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,50 +13,43 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from media_peers import encode_opus, encode_video
 
+from engine.bus.base import Event
+from engine.bus.memory import MemoryBus
 from engine.media.config import MediaConfig
 from engine.media.service import MediaService
+from engine.rooms import Rooms
+from engine.storage import Storage
 from signaling.whip import add_media_routes
 
 
-@dataclass
-class Room:
-    id: str
-    stream_key: str
+class BusRecorder:
+    """A bus listener keeping every event one room emitted (discrete and state)."""
 
+    def __init__(self, bus: MemoryBus, room: str) -> None:
+        self.events: list[Event] = []
+        bus.subscribe(room, self)
 
-class Rooms:
-    """Just enough of engine.rooms.Rooms: lookup by id."""
+    def on_events(self, events: list[Event]) -> None:
+        self.events.extend(events)
 
-    def __init__(self, *rooms: Room) -> None:
-        self._rooms = {r.id: r for r in rooms}
+    def on_direct(self, user: str, message: dict[str, Any]) -> None:
+        """Direct messages are not media events."""
 
-    def get(self, room_id: str) -> Room | None:
-        return self._rooms.get(room_id)
-
-
-@dataclass
-class RecordingBus:
-    """Records what the relay publishes, as the bus would deliver it."""
-
-    events: list[tuple[str, str, dict]] = field(default_factory=list)
-    state: dict[tuple[str, str], dict] = field(default_factory=dict)
-
-    async def publish(self, room: str, type: str, data: dict) -> Any:
-        self.events.append((room, type, data))
-
-    def set_state(self, room: str, key: str, data: dict) -> None:
-        self.state[(room, key)] = data
-
-    def types(self, room: str) -> list[str]:
-        return [t for r, t, _ in self.events if r == room]
+    def types(self) -> list[str]:
+        return [e.type for e in self.events]
 
 
 @dataclass
 class Relay:
     media: MediaService
-    bus: RecordingBus
+    bus: MemoryBus
+    events: BusRecorder
+    rooms: Rooms
     base: str
     http: aiohttp.ClientSession
+
+    def key(self, room: str) -> str:
+        return self.rooms.get(room).stream_key
 
 
 @pytest.fixture(scope="session")
@@ -79,9 +73,13 @@ def media_config() -> MediaConfig:
 
 
 @pytest.fixture
-async def relay(media_config: MediaConfig) -> AsyncIterator[Relay]:
-    bus = RecordingBus()
-    rooms = Rooms(Room("shop", "key-shop"), Room("other", "key-other"))
+async def relay(media_config: MediaConfig, tmp_path: Path) -> AsyncIterator[Relay]:
+    bus = MemoryBus(tick_ms=20)
+    await bus.start()
+    storage = Storage(tmp_path)
+    rooms = Rooms(storage)
+    rooms.ensure("shop")
+    rooms.ensure("other")
     media = MediaService(config=media_config, rooms=rooms, bus=bus)
     await media.start()
     app = web.Application()
@@ -89,6 +87,13 @@ async def relay(media_config: MediaConfig) -> AsyncIterator[Relay]:
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     async with aiohttp.ClientSession() as http:
-        yield Relay(media, bus, str(server.make_url("")).rstrip("/"), http)
+        yield Relay(media, bus, BusRecorder(bus, "shop"), rooms, str(server.make_url("")).rstrip("/"), http)
     await media.stop()
     await server.close()
+    await bus.stop()
+    storage.close()
+
+
+@pytest.fixture(scope="session")
+def h264_large() -> Any:
+    return encode_video("h264", size=(480, 360))

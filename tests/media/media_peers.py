@@ -9,6 +9,7 @@ packet stays on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from engine.media import aiortc_compat
@@ -184,6 +186,11 @@ class Publisher:
         self.obs_offer = obs_offer
         self.location: str | None = None
         self.keyframe_requests = 0
+        self.nacks: list[int] = []
+
+    def _on_pli(self) -> None:
+        """Counted and ignored, as OBS does."""
+        self.keyframe_requests += 1
 
     def offer_sdp(self) -> str:
         sdp = self.pc.localDescription.sdp
@@ -192,6 +199,7 @@ class Publisher:
     async def prepare(self, codecs: dict[str, str]) -> str:
         for track in self.tracks:
             transceiver = self.pc.addTransceiver(track, direction="sendonly")
+            aiortc_compat.tap_sender(transceiver.sender, codecs[track.kind], self._on_pli, self.nacks.append)
             caps = [
                 c
                 for c in transceiver.sender.getCapabilities(track.kind).codecs
@@ -240,10 +248,11 @@ class Viewer:
                 self._tasks.append(asyncio.ensure_future(self._pull(track)))
 
     async def _pull(self, track: MediaStreamTrack) -> None:
-        while True:
-            frame = await track.recv()
-            self.decoded.append(frame)
-            self.first_decoded.set()
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                self.decoded.append(frame)
+                self.first_decoded.set()
 
     async def offer(self) -> str:
         aiortc_compat.bind_ice(self.pc, LOOPBACK)
