@@ -93,7 +93,7 @@ def add_media_routes(app: web.Application, media: MediaService) -> None:
                 "ETag": f'"{created.etag}"',
                 "Accept-Patch": SDPFRAG,
             }
-            response = web.Response(status=201, text=created.sdp, headers=headers, content_type=None)
+            response = web.Response(status=201, body=created.sdp.encode(), headers=headers)
             for link in _ice_links(media):
                 response.headers.add("Link", link)
             return response

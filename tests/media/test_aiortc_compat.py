@@ -1,0 +1,77 @@
+"""Fails loudly when aiortc or aioice change what engine.media.aiortc_compat relies on."""
+
+from __future__ import annotations
+
+import inspect
+
+import aioice.ice
+import aiortc
+import pytest
+from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc.rtcrtpreceiver import decoder_worker
+from media_peers import new_pc
+
+from engine.media import aiortc_compat
+
+
+def test_version_check_refuses_unchecked_versions(monkeypatch):
+    aiortc_compat.check_versions()
+    monkeypatch.setattr(aiortc, "__version__", "9.9.0")
+    with pytest.raises(RuntimeError, match="aiortc_compat"):
+        aiortc_compat.check_versions()
+
+
+async def test_receiver_hands_frames_to_its_decoder_queue():
+    pc = new_pc()
+    receiver = pc.addTransceiver("video", direction="recvonly").receiver
+    assert hasattr(receiver, "_RTCRtpReceiver__decoder_queue")
+    assert hasattr(receiver, "_RTCRtpReceiver__decoder_thread")
+    source = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__decoder_queue.put((codec, encoded_frame))" in source
+    assert "input_q.get()" in inspect.getsource(decoder_worker)
+    assert "if task is None" in inspect.getsource(decoder_worker)
+    assert callable(receiver._send_rtcp_pli)
+    await pc.close()
+
+
+async def test_sender_hooks_exist():
+    pc = new_pc()
+    sender = pc.addTransceiver("video", direction="sendonly").sender
+    assert hasattr(sender, "_RTCRtpSender__encoder")
+    assert "self.__encoder is None" in inspect.getsource(RTCRtpSender._next_encoded_frame)
+    assert "self.__encoder.pack(data)" in inspect.getsource(RTCRtpSender._next_encoded_frame)
+    assert "_handle_rtcp_packet" in inspect.getsource(type(sender.transport)._handle_rtcp_data)
+    await pc.close()
+
+
+async def test_ice_and_dtls_hooks_exist():
+    pc = new_pc()
+    transceiver = pc.addTransceiver("audio")
+    connection = transceiver.sender.transport.transport.iceGatherer._connection
+    assert isinstance(connection, aioice.ice.Connection)
+    params = inspect.signature(connection.get_component_candidates).parameters
+    assert list(params)[:3] == ["component", "addresses", "timeout"]
+    assert hasattr(connection, "_protocols")
+    assert transceiver.receiver.transport._role == "auto"
+    aiortc_compat.answer_as_dtls_server(pc)
+    assert transceiver.receiver.transport._role == "server"
+    await pc.close()
+
+
+async def test_bind_ice_announces_loopback():
+    pc = new_pc()
+    pc.addTransceiver("audio")
+    aiortc_compat.bind_ice(pc, ("127.0.0.1",), receive_buffer=1 << 20)
+    await pc.setLocalDescription(await pc.createOffer())
+    candidates = [line for line in pc.localDescription.sdp.split("\r\n") if line.startswith("a=candidate")]
+    assert candidates and all(" 127.0.0.1 " in line for line in candidates)
+    await pc.close()
+
+
+async def test_bind_ice_announces_an_address_the_host_does_not_own():
+    pc = new_pc()
+    pc.addTransceiver("audio")
+    aiortc_compat.bind_ice(pc, ("203.0.113.7",), listen_address="127.0.0.1")
+    await pc.setLocalDescription(await pc.createOffer())
+    assert " 203.0.113.7 " in pc.localDescription.sdp
+    await pc.close()
