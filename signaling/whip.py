@@ -130,35 +130,44 @@ def add_media_routes(app: web.Application, media: MediaService) -> None:
         app.router.add_route("DELETE", resource, _guard(delete))
 
 
-def media_actions(media: MediaService) -> dict[str, Callable[[Any, dict], Awaitable[dict]]]:
-    """Websocket handlers for viewers: ``offer`` (answer in the ack) and ``candidate``.
+def register_media(channel: Any, media: MediaService) -> None:
+    """Websocket viewers: ``offer`` (the answer SDP comes back in the ack), ``candidate``
+    (trickle), and the viewer's peer connection closed with its websocket.
 
-    Register each with the channel (``actions.register(type, {"viewer", "host"}, handler)``)
-    and call ``media.close_viewer(conn_id)`` when the connection closes. ``MediaError``
-    becomes ``ProtocolError`` with the same code and message.
+    ``channel`` is a ``signaling.channel.Channel``; ``MediaError`` becomes
+    ``ProtocolError`` with the same code and message.
     """
     from signaling.protocol import ProtocolError
+
+    roles = frozenset({"viewer", "host"})
+
+    def viewer_id(session: Any) -> str:
+        return f"ws-{session.conn_id}"
 
     async def on_offer(session: Any, msg: dict) -> dict:
         sdp = msg.get("sdp")
         if not isinstance(sdp, str):
             raise ProtocolError("bad_request", "offer needs an sdp string")
         try:
-            created = await media.view(session.room, sdp, session_id=session.conn_id)
+            created = await media.view(session.room, sdp, session_id=viewer_id(session))
         except MediaError as exc:
             raise ProtocolError(exc.code, exc.message) from exc
-        return {"sdp": created.sdp, "sdp_type": "answer"}
+        return {"sdp": created.sdp}
 
     async def on_candidate(session: Any, msg: dict) -> dict:
         candidate = msg.get("candidate")
         if not isinstance(candidate, str):
             raise ProtocolError("bad_request", "candidate needs a candidate string")
-        if not candidate:
-            return {}
-        try:
-            await media.add_candidate(session.conn_id, candidate, msg.get("sdpMid"))
-        except MediaError as exc:
-            raise ProtocolError(exc.code, exc.message) from exc
+        if candidate:
+            try:
+                await media.add_candidate(viewer_id(session), candidate, msg.get("sdpMid"))
+            except MediaError as exc:
+                raise ProtocolError(exc.code, exc.message) from exc
         return {}
 
-    return {"offer": on_offer, "candidate": on_candidate}
+    async def on_close(session: Any) -> None:
+        await media.close_viewer(viewer_id(session))
+
+    channel.actions.register("offer", roles, on_offer)
+    channel.actions.register("candidate", roles, on_candidate)
+    channel.on_close.append(on_close)
