@@ -6,9 +6,8 @@ them in one module makes the wire vocabulary (codes, event kinds) easy to audit 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 #: Stable error codes; clients switch on these, so they never change meaning.
 CODES = frozenset(
@@ -38,13 +37,12 @@ class DomainError(Exception):
         return {"code": self.code, "message": self.message}
 
 
-@dataclass(frozen=True, slots=True)
-class DomainEvent:
+class DomainEvent(NamedTuple):
     """One room event for the bus.
 
     `state` events carry a latest value under `key` and may be coalesced (latest wins); discrete
     events (state=False) must each be delivered in order. `user` set means "deliver to this user
-    only" (cart and order events are private).
+    only" (cart and order events are private). A NamedTuple because taps build two per call.
     """
 
     type: str

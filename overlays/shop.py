@@ -6,6 +6,13 @@ for the caller plus the DomainEvents to publish. Failures raise DomainError. Tim
 injected clock; `tick()` advances clock-driven state (reservation expiry, sale start and end,
 the "bought in the last minute" window) and returns its events. No sockets, no asyncio here: the
 awaits are only the stores' interface.
+
+Events (DomainEvent.type; S = state, coalesced per key; D = discrete; U = to one user only):
+  product.put D, product.removed D, product.stock S (key product.stock:{id}), tag.pinned D,
+  tag.unpinned D, sale.scheduled D, sale.started D, sale.sold_out D, sale.resumed D, sale.ended D,
+  sale.remaining S (key sale.remaining:{id}), cart.added DU, cart.removed DU, cart.expired DU,
+  order.placed DU, order.paid DU, order.cancelled DU, sales.totals S, sales.recent S.
+Purchase log (CloudEvents type): livecart.order.placed / .paid / .cancelled, id "{order}.{status}".
 """
 
 from __future__ import annotations
@@ -15,10 +22,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from overlays.carts import cart_line, cart_view, check_request_id
-from overlays.catalog import Catalog, Product, check_id, check_int
+from overlays.catalog import Catalog, Product, check_id
 from overlays.events import DomainError, DomainEvent, discrete, state
 from overlays.orders import CANCELLED, PAID, PLACED, Order, OrderLine, SalesStats
 from overlays.purchases.base import PurchaseLog
@@ -51,8 +58,7 @@ class ShopConfig:
     auto_confirm: bool = False  # demos: orders are paid as soon as they are placed
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome(Generic[T]):
+class Outcome(NamedTuple, Generic[T]):
     result: T
     events: list[DomainEvent]
 
@@ -241,46 +247,49 @@ class Shop:
     ) -> Outcome[dict[str, Any]]:
         """Reserve qty units of a product, or of a live sale, into the user's cart for the hold
         time. Idempotent on (user, request_id): a retry gets the first outcome (result or error)
-        again, with no events."""
+        again, with no events. This is the hot path: keep it to lookups and one store call."""
         key = ("tap", check_request_id(user), check_request_id(request_id))
         seen = self._requests.get(key)
         if seen is not None:
-            if isinstance(seen, DomainError):
+            if type(seen) is DomainError:
                 raise DomainError(seen.code, seen.message)
             return Outcome(seen, [])
+        now = self._clock()
         try:
-            outcome = await self._tap(user, request_id, product_id, sale_id, qty)
+            pool, limit = self._tap_target(product_id, sale_id, qty, now)
+            result = await self._stock.reserve(
+                self.room, pool, user, request_id, qty, limit, now + self.config.hold_seconds
+            )
+            if result.reservation is None:
+                code = result.code or "conflict"
+                raise DomainError(code, _STOCK_MESSAGES.get(code, "refused"))
         except DomainError as error:
             self._remember(key, error)
             raise
-        self._remember(key, outcome.result)
-        return outcome
+        line = self._line(result.reservation)
+        self._remember(key, line)
+        events = self._stock_events(pool, result.available, now)
+        events.insert(0, discrete("cart.added", line, user))
+        return Outcome(line, events)
 
-    async def _tap(
-        self, user: str, request_id: str, product_id: str | None, sale_id: str | None, qty: int
-    ) -> Outcome[dict[str, Any]]:
-        now = self._clock()
-        qty = check_int("qty", qty, 1, self.config.max_tap_qty)
+    def _tap_target(
+        self, product_id: str | None, sale_id: str | None, qty: int, now: float
+    ) -> tuple[str, int | None]:
+        """The pool a tap draws from and its per-user limit, or why the tap is refused."""
+        if type(qty) is not int or not 1 <= qty <= self.config.max_tap_qty:
+            raise DomainError("bad_request", f"qty must be an integer in [1, {self.config.max_tap_qty}]")
         if sale_id is not None:
-            sale = self._sales.get(check_id("sale id", sale_id))
+            if type(sale_id) is not str:
+                raise DomainError("bad_request", "sale_id must be a string")
+            sale = self._sales.get(sale_id)
             if product_id is not None and product_id != sale.product_id:
                 raise DomainError("bad_request", "the sale is for another product")
             if sale.phase(now) != LIVE:
                 raise DomainError("sale_not_live", f"sale {sale.id} is {sale.phase(now)}")
-            pool, limit = sale.pool, sale.per_user_limit
-        elif product_id is not None:
-            pool, limit = self._catalog.get(check_id("product id", product_id)).pool, None
-        else:
+            return sale.pool, sale.per_user_limit
+        if type(product_id) is not str:
             raise DomainError("bad_request", "tap a product_id or a sale_id")
-        result = await self._stock.reserve(
-            self.room, pool, user, request_id, qty, limit, now + self.config.hold_seconds
-        )
-        if result.reservation is None:
-            raise DomainError(result.code or "conflict", _STOCK_MESSAGES.get(result.code or "", "refused"))
-        line = self._line(result.reservation)
-        return Outcome(
-            line, [discrete("cart.added", line, user), *self._stock_events(pool, result.available, now)]
-        )
+        return self._catalog.get(product_id).pool, None
 
     async def uncart(self, user: str, reservation_id: str) -> Outcome[dict[str, Any]]:
         """Give a reservation back; not_found if it is not the user's or no longer held."""

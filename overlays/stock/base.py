@@ -3,26 +3,24 @@
 Every method is one atomic step (one Lua script on Redis, one critical section without awaits in
 memory), scoped to a room so a room's keys can share a Redis Cluster slot. Per pool the store keeps
 `reserved + sold + available == quantity` with `available >= 0`, and per (pool, user) the units
-held (reserved + sold), which a sale's per-user limit bounds.
+held (reserved + sold), which a sale's per-user limit bounds. Results are NamedTuples: immutable
+(an idempotent replay hands out the same value) and cheap to build on the tap hot path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class Counters:
+class Counters(NamedTuple):
     quantity: int
     available: int
     reserved: int
     sold: int
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
+class Reservation(NamedTuple):
     """Units of one pool held in a user's cart until `expires_at` (or sold, once committed)."""
 
     id: str
@@ -32,8 +30,7 @@ class Reservation:
     expires_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class ReserveResult:
+class ReserveResult(NamedTuple):
     """`code` is None on success, else sold_out, limit_reached, not_found or bad_request.
     `available` is the pool's availability after the call (0 when the pool is unknown)."""
 
@@ -46,8 +43,7 @@ class ReserveResult:
         return self.code is None
 
 
-@dataclass(frozen=True, slots=True)
-class Returned:
+class Returned(NamedTuple):
     """Units that went back to their pool, and the pool's availability afterwards."""
 
     reservation: Reservation

@@ -91,28 +91,31 @@ class MemoryStockStore:
         expires_at: float,
     ) -> ReserveResult:
         request = (room, user, request_id)
-        seen = self._requests.get(request)
-        if seen is not None:
-            return seen
-        result = self._reserve(room, pool, user, qty, per_user_limit, expires_at)
+        result = self._requests.get(request)
+        if result is not None:
+            return result
+        current = self._pools.get((room, pool))
+        if current is None:
+            result = ReserveResult("not_found", None, 0)
+        else:
+            available = current.quantity - current.reserved - current.sold
+            if qty < 1:
+                result = ReserveResult("bad_request", None, available)
+            elif qty > available:
+                result = ReserveResult("sold_out", None, available)
+            elif per_user_limit is not None and current.held.get(user, 0) + qty > per_user_limit:
+                result = ReserveResult("limit_reached", None, available)
+            else:
+                reservation = self._hold(room, current, pool, user, qty, expires_at)
+                result = ReserveResult(None, reservation, available - qty)
         self._requests[request] = result
         if len(self._requests) > self.max_requests:
             self._requests.popitem(last=False)
         return result
 
-    def _reserve(
-        self, room: str, pool: str, user: str, qty: int, limit: int | None, expires_at: float
-    ) -> ReserveResult:
-        current = self._pools.get((room, pool))
-        if current is None:
-            return ReserveResult("not_found", None, 0)
-        available = current.quantity - current.reserved - current.sold
-        if qty < 1:
-            return ReserveResult("bad_request", None, available)
-        if qty > available:
-            return ReserveResult("sold_out", None, available)
-        if limit is not None and current.held.get(user, 0) + qty > limit:
-            return ReserveResult("limit_reached", None, available)
+    def _hold(
+        self, room: str, current: _Pool, pool: str, user: str, qty: int, expires_at: float
+    ) -> Reservation:
         reservation = Reservation(f"r{next(self._ids)}", pool, user, qty, expires_at)
         current.reserved += qty
         current.held[user] = current.held.get(user, 0) + qty
@@ -121,8 +124,11 @@ class MemoryStockStore:
         if cart is None:
             cart = self._carts[(room, user)] = {}
         cart[reservation.id] = reservation
-        heapq.heappush(self._expiry.setdefault(room, []), (expires_at, reservation.id))
-        return ReserveResult(None, reservation, available - qty)
+        heap = self._expiry.get(room)
+        if heap is None:
+            heap = self._expiry[room] = []
+        heapq.heappush(heap, (expires_at, reservation.id))
+        return reservation
 
     def _unhold(self, room: str, reservation: Reservation) -> Returned:
         """Remove a live reservation and give its units back."""

@@ -70,6 +70,10 @@ async def test_tap_errors(stocked: Shop) -> None:
     assert await code_of(stocked.tap("u", "f")) == "bad_request"
     assert await code_of(stocked.tap("u", "", product_id="mug")) == "bad_request"
     assert await code_of(stocked.tap("u", "g", sale_id="nope")) == "not_found"
+    assert await code_of(stocked.tap("u", "h", sale_id=5)) == "bad_request"
+    assert await code_of(stocked.tap("u", "i", product_id=["mug"])) == "bad_request"
+    assert await code_of(stocked.tap("u", "j", product_id="mug", qty=True)) == "bad_request"
+    assert await code_of(stocked.tap(7, "k", product_id="mug")) == "bad_request"
     # a failed request id keeps failing even once it could succeed
     assert await code_of(stocked.tap("u", "e", product_id="mug", qty=1)) == "sold_out"
 
