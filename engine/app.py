@@ -1,0 +1,61 @@
+"""Wiring: builds the backends, the HTTP and websocket servers and the features, starts and stops them."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from engine import metrics
+from engine.bus.memory import MemoryBus
+from engine.config import Config
+from engine.rooms import Rooms
+from engine.storage import Storage
+from signaling.channel import Channel
+from signaling.chat import register_chat
+from signaling.http import Auth, errors_as_json, room_routes
+
+log = logging.getLogger(__name__)
+
+
+class App:
+    """One engine process. ``await start()`` serves; ``await stop()`` closes clients resumably."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.storage = Storage(config.data_path)
+        self.secret = config.secret or self.storage.secret_setting("secret")
+        self.admin_key = config.admin_key or self.storage.secret_setting("admin_key")
+        self.rooms = Rooms(self.storage)
+        self.bus = MemoryBus(config.tick_ms, config.history_size, config.history_age)
+        self.channel = Channel(config, self.bus, self.rooms, self.secret)
+        register_chat(self.channel, self.bus, config)
+        self.http = web.Application(middlewares=[errors_as_json], client_max_size=1 << 20)
+        room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key), self.viewers)
+        self._runner: web.AppRunner | None = None
+        self.http_port = config.http_port
+        self.ws_port = config.ws_port
+
+    def viewers(self, room: str) -> int:
+        hub = self.channel.hubs.get(room)
+        return hub.viewers if hub else 0
+
+    async def start(self) -> None:
+        if self.config.demo_room:
+            self.rooms.ensure(self.config.demo_room, "Demo room")
+        metrics.ROOMS.set(len(self.rooms.list()))
+        await self.bus.start()
+        await self.channel.start()
+        self.ws_port = self.channel.port
+        self._runner = web.AppRunner(self.http, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.http_port)
+        await site.start()
+        self.http_port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        await self.channel.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.bus.stop()
+        self.storage.close()

@@ -1,0 +1,107 @@
+"""The engine's configuration: one frozen dataclass built from flags and environment.
+
+Every limit the engine enforces lives here so that operators can find, document and tune
+them in one place (DESIGN.md, "Bounded everything"). Flags win over ``LIVECART_*``
+environment variables, which win over the defaults below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """All settings of one engine process. Field docs double as ``--help`` text."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "bind address for HTTP and websocket"})
+    http_port: int = field(default=8080, metadata={"help": "HTTP port (REST API, WHIP/WHEP, pages)"})
+    ws_port: int = field(default=8081, metadata={"help": "websocket port (path /ws)"})
+    public_url: str = field(default="", metadata={"help": "base URL printed in links (default from host)"})
+    data_dir: str = field(default="./livecart-data", metadata={"help": "SQLite data directory"})
+    secret: str = field(default="", metadata={"help": "token signing secret (default: kept in data dir)"})
+    admin_key: str = field(default="", metadata={"help": "admin API key (default: kept in data dir)"})
+    redis_url: str = field(default="", metadata={"help": "switch every backend to this Redis"})
+    demo_room: str = field(default="demo", metadata={"help": "room created on start ('' for none)"})
+    guest_tokens: bool = field(default=True, metadata={"help": "let the watch page mint viewer tokens"})
+    token_ttl: int = field(default=86400, metadata={"help": "default token lifetime, seconds"})
+
+    tick_ms: int = field(default=50, metadata={"help": "state-event coalescing tick, ms"})
+    history_size: int = field(default=1024, metadata={"help": "events kept per room for resume"})
+    history_age: float = field(default=300.0, metadata={"help": "max age of replayable events, s"})
+    fanout_slice: int = field(default=256, metadata={"help": "connections written before yielding"})
+    send_queue_bytes: int = field(default=1 << 20, metadata={"help": "per-connection send buffer limit"})
+    slow_close_after: float = field(default=10.0, metadata={"help": "close a lagging client after, s"})
+    max_frame: int = field(default=64 * 1024, metadata={"help": "largest websocket frame accepted"})
+    max_connections: int = field(default=20000, metadata={"help": "websocket connections per process"})
+    msg_rate: float = field(default=50.0, metadata={"help": "client messages per second per connection"})
+    msg_burst: int = field(default=100, metadata={"help": "client message burst per connection"})
+    chat_max_len: int = field(default=500, metadata={"help": "longest chat message, characters"})
+    chat_rate: float = field(default=1.0, metadata={"help": "chat messages per second per connection"})
+    chat_burst: int = field(default=5, metadata={"help": "chat burst per connection"})
+    permessage_deflate: bool = field(default=False, metadata={"help": "offer websocket compression"})
+    shutdown_grace: float = field(default=3.0, metadata={"help": "seconds to close clients on stop"})
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.http_port}"
+
+    @property
+    def ws_url(self) -> str:
+        scheme_host = self.base_url.replace("http://", "ws://").replace("https://", "wss://")
+        return scheme_host.rsplit(":", 1)[0] + f":{self.ws_port}/ws"
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (tests and the CLI use it)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Config(**values)
+
+
+def _parse_value(kind: type, raw: str) -> Any:
+    if kind is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return kind(raw)
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Expose every Config field as ``--kebab-name`` with its env variable named in the help."""
+    for f in fields(Config):
+        kind = _TYPES[str(f.type)]
+        flag = "--" + f.name.replace("_", "-")
+        env = "LIVECART_" + f.name.upper()
+        help_text = f"{f.metadata.get('help', '')} (env {env}, default {f.default!r})"
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, type=kind, help=help_text)
+
+
+def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
+    """Build the Config: flag, else environment variable, else default."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Config):
+        kind = _TYPES[str(f.type)]
+        flag_value = getattr(args, f.name, None)
+        env_value = env.get("LIVECART_" + f.name.upper())
+        if flag_value is not None:
+            values[f.name] = flag_value
+        elif env_value is not None:
+            values[f.name] = _parse_value(kind, env_value)
+    return Config(**values)

@@ -1,0 +1,25 @@
+"""Prometheus metrics of the engine core (rooms, connections, events, rejections).
+
+Module-level collectors on the default registry, so every part of the process shows up
+on one ``/metrics`` page; feature packages (media, commerce) keep their own modules.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ROOMS = Gauge("livecart_rooms", "Rooms known to this process")
+CONNECTIONS = Gauge("livecart_connections", "Open websocket connections", ["role"])
+EVENTS_PUBLISHED = Counter("livecart_events_published_total", "Room events published (seq assigned)")
+EVENTS_DELIVERED = Counter("livecart_events_delivered_total", "Room event frames written to connections")
+DELIVERY_LATENCY = Histogram(
+    "livecart_event_delivery_seconds",
+    "Publish to write on the last connection of the room, per event",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+SEND_QUEUE = Counter(
+    "livecart_send_queue_total",
+    "Slow-connection handling: 'lagged' (events skipped), 'resynced' (snapshot sent), 'closed'",
+    ["outcome"],
+)
+REJECTED = Counter("livecart_rejected_messages_total", "Client messages answered with an error", ["code"])

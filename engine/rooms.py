@@ -1,0 +1,91 @@
+"""Rooms: the unit everything else hangs off (media, events, commerce).
+
+A room has an id (used in URLs and tokens), a title and a stream key, the publisher's
+WHIP bearer secret. The embedded default keeps rooms in SQLite so stream keys and links
+survive a restart.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from engine.storage import Storage
+
+ROOM_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class RoomError(Exception):
+    """A room request that cannot be honoured; ``code`` is the stable API error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    id: str
+    title: str
+    stream_key: str
+    created_at: float
+
+    def public(self) -> dict[str, object]:
+        """What anyone may see: never the stream key."""
+        return {"id": self.id, "title": self.title, "created_at": self.created_at}
+
+
+def new_stream_key() -> str:
+    return "sk_" + secrets.token_urlsafe(24)
+
+
+class Rooms:
+    """The room directory, cached in memory and written through to SQLite."""
+
+    def __init__(self, storage: Storage, max_rooms: int = 10000) -> None:
+        self._db = storage.db
+        self._max = max_rooms
+        self._rooms: dict[str, Room] = {
+            row[0]: Room(*row)
+            for row in self._db.execute("SELECT id, title, stream_key, created_at FROM rooms")
+        }
+
+    def get(self, room_id: str) -> Room | None:
+        return self._rooms.get(room_id)
+
+    def list(self) -> list[Room]:
+        return sorted(self._rooms.values(), key=lambda r: r.created_at)
+
+    def create(self, room_id: str | None = None, title: str = "") -> Room:
+        room_id = room_id or "r" + secrets.token_hex(5)
+        if not isinstance(room_id, str) or not ROOM_ID.match(room_id):
+            raise RoomError("bad_request", "room id must be 1-64 of a-z, 0-9, '_' or '-'")
+        if not isinstance(title, str) or len(title) > 200:
+            raise RoomError("bad_request", "title must be a string of at most 200 characters")
+        if room_id in self._rooms:
+            raise RoomError("conflict", f"room {room_id!r} exists")
+        if len(self._rooms) >= self._max:
+            raise RoomError("limit_reached", "too many rooms")
+        room = Room(room_id, title or room_id, new_stream_key(), time.time())
+        self._db.execute(
+            "INSERT INTO rooms (id, title, stream_key, created_at) VALUES (?, ?, ?, ?)",
+            (room.id, room.title, room.stream_key, room.created_at),
+        )
+        self._rooms[room.id] = room
+        return room
+
+    def ensure(self, room_id: str, title: str = "") -> Room:
+        """The room, created if missing (the demo room on start)."""
+        return self._rooms.get(room_id) or self.create(room_id, title)
+
+    def rotate_key(self, room_id: str) -> Room:
+        room = self._rooms.get(room_id)
+        if room is None:
+            raise RoomError("not_found", f"no room {room_id!r}")
+        room = Room(room.id, room.title, new_stream_key(), room.created_at)
+        self._db.execute("UPDATE rooms SET stream_key = ? WHERE id = ?", (room.stream_key, room.id))
+        self._rooms[room.id] = room
+        return room

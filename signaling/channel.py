@@ -1,0 +1,365 @@
+"""The realtime channel: one websocket per client, joined to one room by its token.
+
+A connection gets a snapshot (or the events it missed), then the room's events in seq
+order through the room's hub (signaling.fanout), and sends actions that are answered by
+request id. Feature packages plug in through three hooks: ``actions`` (message handlers
+with roles and rate limits), ``snapshot_parts`` (their share of the room snapshot) and
+``on_close`` (cleanup when a connection ends, e.g. a websocket viewer's peer connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import msgpack
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from engine import metrics
+from engine.bus.base import Bus
+from engine.config import Config
+from engine.rooms import Rooms
+from signaling import protocol
+from signaling.fanout import BINARY, TEXT, Frames, RoomHub, frame
+from signaling.protocol import ProtocolError
+from signaling.ratelimit import TokenBucket
+from signaling.tokens import Identity, TokenError, verify
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    handler: Handler
+    roles: frozenset[str]
+    rate: tuple[float, int] | None
+
+
+class Actions:
+    """Message type -> handler, with the roles allowed to send it and its own rate limit."""
+
+    def __init__(self) -> None:
+        self._actions: dict[str, Action] = {}
+
+    def register(self, type: str, roles: frozenset[str], handler: Handler,
+                 rate: tuple[float, int] | None = None) -> None:
+        if type in self._actions:
+            raise ValueError(f"action {type!r} registered twice")
+        self._actions[type] = Action(handler, roles, rate)
+
+    def get(self, type: str) -> Action | None:
+        return self._actions.get(type)
+
+
+class Session:
+    """One client connection: its identity, its place in the room's order, its limits."""
+
+    def __init__(self, channel: Channel, connection: ServerConnection, identity: Identity,
+                 room: str, conn_id: int) -> None:
+        self.channel = channel
+        self.connection = connection
+        self.transport = connection.transport
+        self.identity = identity
+        self.room = room
+        self.role = identity.role
+        self.sub = identity.sub
+        self.conn_id = conn_id
+        self.packed = connection.subprotocol == protocol.MSGPACK_SUBPROTOCOL
+        # Without a compression extension every client gets the same pre-framed bytes.
+        self.raw = not connection.protocol.extensions
+        self.last_seq = 0
+        self.lagging_since: float | None = None
+        self.bucket = TokenBucket(channel.config.msg_rate, channel.config.msg_burst)
+        self.flood = 0
+        self.action_buckets: dict[str, TokenBucket] = {}
+
+    @property
+    def open(self) -> bool:
+        return self.connection.protocol.state is State.OPEN and not self.transport.is_closing()
+
+    def deliver(self, frames: Frames) -> int:
+        """Write the room events this connection has not seen; returns how many."""
+        if self.lagging_since is not None or self.last_seq >= frames.last or not self.open:
+            return 0
+        if self.transport.get_write_buffer_size() > self.channel.config.send_queue_bytes:
+            self.mark_lagging()
+            return 0
+        if self.raw:
+            data, count = frames.after(self.last_seq, self.packed)
+            self.transport.write(data)
+        else:
+            count = 0
+            for event in frames.events:
+                if event.seq > self.last_seq:
+                    self._send_payload(event.packed if self.packed else event.json)
+                    count += 1
+            self.connection.send_data()
+        self.last_seq = frames.last
+        return count
+
+    def _send_payload(self, payload: bytes) -> None:
+        if self.packed:
+            self.connection.protocol.send_binary(payload)
+        else:
+            self.connection.protocol.send_text(payload)
+
+    def encode(self, message: dict[str, Any]) -> bytes:
+        return msgpack.packb(message) if self.packed else orjson.dumps(message)
+
+    def send_now(self, message: dict[str, Any]) -> None:
+        """Write one message to this connection now (acks, errors, direct messages)."""
+        if not self.open:
+            return
+        payload = self.encode(message)
+        if self.raw:
+            self.transport.write(frame(BINARY if self.packed else TEXT, payload))
+        else:
+            self._send_payload(payload)
+            self.connection.send_data()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Awaitable form of send_now for handlers that push several messages."""
+        self.send_now(message)
+
+    def mark_lagging(self) -> None:
+        if self.lagging_since is None:
+            self.lagging_since = time.monotonic()
+            metrics.SEND_QUEUE.labels("lagged").inc()
+
+    def recover_or_close(self, now: float) -> None:
+        config = self.channel.config
+        if not self.open:
+            return
+        if self.transport.get_write_buffer_size() <= config.send_queue_bytes // 4:
+            self.lagging_since = None
+            self.send_now(self.channel.snapshot(self, resync=True))
+            metrics.SEND_QUEUE.labels("resynced").inc()
+        elif self.lagging_since is not None and now - self.lagging_since > config.slow_close_after:
+            self.lagging_since = None
+            metrics.SEND_QUEUE.labels("closed").inc()
+            self.close(protocol.CLOSE_TOO_SLOW, "too slow: reconnect with since")
+
+    def close(self, code: int, reason: str) -> None:
+        asyncio.get_running_loop().create_task(self.connection.close(code, reason))
+
+
+class Channel:
+    """The websocket server and the registry of rooms' hubs on this node."""
+
+    def __init__(self, config: Config, bus: Bus, rooms: Rooms, secret: str) -> None:
+        self.config = config
+        self.bus = bus
+        self.rooms = rooms
+        self.secret = secret
+        self.actions = Actions()
+        self.snapshot_parts: list[Callable[[Session], dict[str, Any]]] = []
+        self.on_close: list[Callable[[Session], Awaitable[None]]] = []
+        self.hubs: dict[str, RoomHub] = {}
+        self.sessions: dict[int, Session] = {}
+        self._ids = itertools.count(1)
+        self._server: Server | None = None
+        self._lag_task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.ws_port,
+            process_request=self._check_path,
+            subprotocols=[protocol.MSGPACK_SUBPROTOCOL],
+            select_subprotocol=_select_subprotocol,
+            compression="deflate" if self.config.permessage_deflate else None,
+            max_size=self.config.max_frame,
+            max_queue=16,
+            close_timeout=2,
+        )
+        self._lag_task = asyncio.get_running_loop().create_task(self._watch_laggards())
+
+    async def stop(self) -> None:
+        """Close every client with a resumable code, then the server."""
+        if self._server is None:
+            return
+        self._server.close(close_connections=False)
+        closing = [
+            asyncio.ensure_future(s.connection.close(protocol.CLOSE_RESUMABLE_RESTART, "server restart"))
+            for s in list(self.sessions.values())
+        ]
+        if closing:
+            await asyncio.wait(closing, timeout=self.config.shutdown_grace)
+        for session in list(self.sessions.values()):
+            session.transport.abort()
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+        await self._server.wait_closed()
+        for hub in list(self.hubs.values()):
+            await hub.close()
+        self.hubs.clear()
+
+    def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
+        if urlsplit(request.path).path != "/ws":
+            return connection.respond(404, "not found: the websocket path is /ws\n")
+        return None
+
+    def snapshot(self, session: Session, resync: bool = False) -> dict[str, Any]:
+        """The room as it is now, with the seq it reflects; later events follow it."""
+        room = session.room
+        hub = self.hubs.get(room)
+        body: dict[str, Any] = {
+            "type": "snapshot",
+            "room": room,
+            "seq": self.bus.seq(room),
+            "viewers": hub.viewers if hub else 0,
+            "state": self.bus.state(room),
+            "you": {"sub": session.sub, "role": session.role},
+        }
+        if resync:
+            body["resync"] = True
+        for part in self.snapshot_parts:
+            body.update(part(session))
+        session.last_seq = body["seq"]
+        return body
+
+    def _hub(self, room: str) -> RoomHub:
+        hub = self.hubs.get(room)
+        if hub is None:
+            bus = self.bus
+
+            def on_viewers(count: int) -> None:
+                bus.set_state(room, "viewers", "viewers", {"count": count})
+
+            hub = self.hubs[room] = RoomHub(room, bus, self.config.fanout_slice,
+                                            self.config.history_size, on_viewers)
+        return hub
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        assert connection.request is not None
+        params = {k: v[-1] for k, v in parse_qs(urlsplit(connection.request.path).query).items()}
+        try:
+            identity, room = self._admit(params)
+        except protocol.Refusal as refusal:
+            metrics.REJECTED.labels(refusal.code).inc()
+            await connection.send(orjson.dumps(protocol.error(refusal.code, refusal.message)).decode())
+            await connection.close(refusal.close_code, refusal.message[:120])
+            return
+        session = Session(self, connection, identity, room, next(self._ids))
+        self.sessions[session.conn_id] = session
+        metrics.CONNECTIONS.labels(session.role).inc()
+        hub = self._hub(room)
+        hub.add(session)
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, identity.exp - time.time()), session.close, protocol.CLOSE_UNAUTHORIZED, "token expired")
+        try:
+            self._greet(session, params.get("since"))
+            async for message in connection:
+                await self._on_message(session, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            expiry.cancel()
+            hub.remove(session)
+            del self.sessions[session.conn_id]
+            metrics.CONNECTIONS.labels(session.role).dec()
+            for cleanup in self.on_close:
+                try:
+                    await cleanup(session)
+                except Exception:
+                    log.exception("connection cleanup failed")
+            if not hub.sessions and self.hubs.get(room) is hub:
+                del self.hubs[room]
+                await hub.close()
+
+    def _admit(self, params: dict[str, str]) -> tuple[Identity, str]:
+        """The connecting client's identity and room, or a Refusal saying why not."""
+        if len(self.sessions) >= self.config.max_connections:
+            raise protocol.Refusal("overloaded", protocol.CLOSE_FULL, "server is full, retry later")
+        token = params.get("token")
+        if not token:
+            raise protocol.Refusal("unauthorized", protocol.CLOSE_UNAUTHORIZED, "connect with ?token=...")
+        try:
+            identity = verify(self.secret, token)
+        except TokenError as exc:
+            raise protocol.Refusal(exc.code, protocol.CLOSE_UNAUTHORIZED, exc.message) from None
+        room = params.get("room") or identity.room
+        if not identity.may_enter(room) or room == "*":
+            raise protocol.Refusal("unauthorized", protocol.CLOSE_UNAUTHORIZED, "token is not valid for this room")
+        if self.rooms.get(room) is None:
+            raise protocol.Refusal("not_found", protocol.CLOSE_NOT_FOUND, f"no room {room!r}")
+        since = params.get("since")
+        if since is not None and not since.isdigit():
+            raise protocol.Refusal("bad_request", protocol.CLOSE_BAD_REQUEST, "since must be a non-negative integer")
+        return identity, room
+
+    def _greet(self, session: Session, since: str | None) -> None:
+        """Replay what the client missed, or send a snapshot when that is not possible."""
+        if since is not None:
+            events = self.bus.history(session.room, int(since))
+            if events is not None:
+                session.last_seq = int(since)
+                if events:
+                    session.deliver(Frames(events))
+                return
+        session.send_now(self.snapshot(session))
+
+    async def _on_message(self, session: Session, message: str | bytes) -> None:
+        request_id = None
+        try:
+            if not session.bucket.take():
+                session.flood += 1
+                if session.flood > self.config.msg_burst:
+                    session.close(protocol.CLOSE_FLOOD, "message flood")
+                raise ProtocolError("rate_limited", "too many messages, slow down")
+            session.flood = 0
+            body = protocol.decode(message, session.packed)
+            request_id = body.get("id")
+            action = self.actions.get(body["type"])
+            if action is None:
+                raise ProtocolError("unknown_type", f"unknown message type {body['type']!r}")
+            if session.role not in action.roles:
+                raise ProtocolError("forbidden", f"a {session.role} may not send {body['type']!r}")
+            if action.rate is not None:
+                bucket = session.action_buckets.get(body["type"])
+                if bucket is None:
+                    bucket = session.action_buckets[body["type"]] = TokenBucket(*action.rate)
+                if not bucket.take():
+                    raise ProtocolError("rate_limited", f"too many {body['type']!r} messages, slow down")
+            result = await action.handler(session, body)
+            ack: dict[str, Any] = {"type": "ack", "re": request_id}
+            if result:
+                ack.update(result)
+            session.send_now(ack)
+        except ProtocolError as exc:
+            metrics.REJECTED.labels(exc.code).inc()
+            session.send_now(protocol.error(exc.code, exc.message, request_id))
+        except Exception:
+            log.exception("action failed")
+            metrics.REJECTED.labels("internal").inc()
+            session.send_now(protocol.error("internal", "the server failed on this request", request_id))
+
+    async def _watch_laggards(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            for hub in list(self.hubs.values()):
+                hub.check_lagging(now)
+
+
+def _select_subprotocol(connection: ServerConnection, subprotocols: Any) -> str | None:
+    """msgpack when the client asks for it, plain JSON (no subprotocol) otherwise."""
+    return protocol.MSGPACK_SUBPROTOCOL if protocol.MSGPACK_SUBPROTOCOL in subprotocols else None

@@ -1,0 +1,127 @@
+"""Shared fixtures: a real engine on free ports, real websocket clients, a real Redis."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from engine.app import App
+from engine.config import Config
+from signaling.tokens import mint
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return Config(host="127.0.0.1", http_port=0, ws_port=0, data_dir=str(tmp_path / "data"),
+                  secret="test-secret-" + "x" * 32, admin_key="test-admin", tick_ms=20)
+
+
+@pytest.fixture
+async def engine(config: Config) -> AsyncIterator[App]:
+    app = App(config)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+class Client:
+    """A websocket client that speaks the channel's JSON envelope."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        import asyncio
+
+        return orjson.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+
+    async def recv_type(self, type: str, timeout: float = 5.0) -> dict[str, Any]:
+        while True:
+            message = await self.recv(timeout)
+            if message["type"] == type:
+                return message
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send(orjson.dumps(message).decode())
+
+    async def request(self, message: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """Send an action and return its ack or error, skipping room events in between."""
+        await self.send(message)
+        while True:
+            reply = await self.recv(timeout)
+            if reply.get("re") == message.get("id") and reply["type"] in ("ack", "error"):
+                return reply
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+def token(app: App, room: str = "demo", role: str = "viewer", sub: str | None = None, ttl: int = 3600) -> str:
+    return mint(app.secret, room, role, sub, ttl)
+
+
+async def connect(app: App, tok: str | None = None, query: str = "", **kwargs: Any) -> Client:
+    tok = tok if tok is not None else token(app)
+    url = f"ws://127.0.0.1:{app.ws_port}/ws?token={tok}{query}"
+    return Client(await websockets.connect(url, **kwargs))
+
+
+# Redis: the machine's server on 6379 when it answers, else a private redis-server on a free port.
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    if _redis_answers(6379) and not os.environ.get("LIVECART_TEST_OWN_REDIS"):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no Redis answers on 6379 and redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while not _redis_answers(port):
+        if time.time() > deadline:
+            proc.kill()
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of this test's own, so tests never see each other's keys."""
+    return f"livecart-test:{uuid.uuid4().hex[:12]}:"
