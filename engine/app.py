@@ -9,11 +9,14 @@ from aiohttp import web
 from engine import metrics
 from engine.bus.memory import MemoryBus
 from engine.config import Config
+from engine.media.config import MediaConfig
+from engine.media.service import MediaService
 from engine.rooms import Rooms
 from engine.storage import Storage
 from signaling.channel import Channel
 from signaling.chat import register_chat
 from signaling.http import Auth, errors_as_json, room_routes
+from signaling.whip import add_media_routes, register_media
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,9 @@ class App:
         register_chat(self.channel, self.bus, config)
         self.http = web.Application(middlewares=[errors_as_json], client_max_size=1 << 20)
         room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key), self.viewers)
+        self.media = MediaService(config=media_config(config), rooms=self.rooms, bus=self.bus)
+        add_media_routes(self.http, self.media)
+        register_media(self.channel, self.media)
         self._runner: web.AppRunner | None = None
         self.http_port = config.http_port
         self.ws_port = config.ws_port
@@ -45,6 +51,7 @@ class App:
             self.rooms.ensure(self.config.demo_room, "Demo room")
         metrics.ROOMS.set(len(self.rooms.list()))
         await self.bus.start()
+        await self.media.start()
         await self.channel.start()
         self.ws_port = self.channel.port
         self._runner = web.AppRunner(self.http, access_log=None, handle_signals=False)
@@ -57,5 +64,23 @@ class App:
         await self.channel.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.media.stop()
         await self.bus.stop()
         self.storage.close()
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def media_config(config: Config) -> MediaConfig:
+    """The relay's settings from the engine's flags and environment."""
+    return MediaConfig(
+        ice_servers=_csv(config.ice_servers),
+        announced_addresses=_csv(config.announce),
+        listen_address=config.media_listen,
+        socket_receive_buffer=config.media_rcvbuf,
+        max_viewers_per_room=config.max_viewers_per_room,
+        max_peers=config.max_peers,
+        pli_min_interval=config.pli_interval,
+    )

@@ -44,6 +44,13 @@ class Config:
     chat_rate: float = field(default=1.0, metadata={"help": "chat messages per second per connection"})
     chat_burst: int = field(default=5, metadata={"help": "chat burst per connection"})
     permessage_deflate: bool = field(default=False, metadata={"help": "offer websocket compression"})
+    ice_servers: str = field(default="", metadata={"help": "comma-separated STUN/TURN URLs (none by default)"})
+    announce: str = field(default="", metadata={"help": "comma-separated addresses announced as ICE candidates"})
+    media_listen: str = field(default="0.0.0.0", metadata={"help": "UDP bind address for announced foreign IPs"})
+    media_rcvbuf: int = field(default=4 << 20, metadata={"help": "UDP receive buffer per peer, bytes"})
+    max_viewers_per_room: int = field(default=500, metadata={"help": "media viewers per room (then 503)"})
+    max_peers: int = field(default=2000, metadata={"help": "media peer connections per process (then 503)"})
+    pli_interval: float = field(default=1.0, metadata={"help": "min seconds between keyframe requests"})
     shutdown_grace: float = field(default=3.0, metadata={"help": "seconds to close clients on stop"})
 
     @property

@@ -83,6 +83,9 @@ def token(app: App, room: str = "demo", role: str = "viewer", sub: str | None = 
 async def connect(app: App, tok: str | None = None, query: str = "", **kwargs: Any) -> Client:
     tok = tok if tok is not None else token(app)
     url = f"ws://127.0.0.1:{app.ws_port}/ws?token={tok}{query}"
+    # An unbounded client queue: a test that reads its clients one after the other must not
+    # leave the others paused (a paused client cannot see the server's close frame).
+    kwargs.setdefault("max_queue", None)
     return Client(await websockets.connect(url, **kwargs))
 
 

@@ -15,10 +15,8 @@ from media_peers import Publisher, Viewer
 
 from engine.app import App
 from engine.config import Config
-from engine.media.config import MediaConfig
 from engine.media.service import MediaService
 from signaling.tokens import mint
-from signaling.whip import add_media_routes, register_media
 
 H264_OPUS = {"video": "H264", "audio": "opus"}
 
@@ -33,18 +31,12 @@ async def app(tmp_path: Path) -> AsyncIterator[tuple[App, MediaService]]:
         secret="test-secret-for-media-tests-32-bytes!",
         admin_key="test-admin",
         tick_ms=20,
+        announce="127.0.0.1",
     )
     engine = App(config)
-    media = MediaService(
-        config=MediaConfig(announced_addresses=("127.0.0.1",)), rooms=engine.rooms, bus=engine.bus
-    )
-    register_media(engine.channel, media)
-    add_media_routes(engine.http, media)
     engine.rooms.ensure("shop")
     await engine.start()
-    await media.start()
-    yield engine, media
-    await media.stop()
+    yield engine, engine.media
     await engine.stop()
 
 
