@@ -13,9 +13,16 @@ from engine.media.config import MediaConfig
 from engine.media.service import MediaService
 from engine.rooms import Rooms
 from engine.storage import Storage
+from overlays.purchases.sqlite import SqlitePurchaseLog, open_db
+from overlays.records import SqliteRecords
+from overlays.runtime import Commerce
+from overlays.shop import ShopConfig
+from overlays.stock.memory import MemoryStockStore
 from signaling.channel import Channel
 from signaling.chat import register_chat
+from signaling.commerce import commerce_routes, register_commerce
 from signaling.http import Auth, errors_as_json, room_routes
+from signaling.purchases import purchase_routes, register_purchases
 from signaling.whip import add_media_routes, register_media
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,17 @@ class App:
         register_chat(self.channel, self.bus, config)
         self.http = web.Application(middlewares=[errors_as_json], client_max_size=1 << 20)
         room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key), self.viewers)
+        # Commerce records get their own connection to the same file: an order and its lines are
+        # written in one transaction, which the storage's autocommit connection does not give.
+        self._commerce_db = open_db(self.storage.path)
+        self.commerce = Commerce(
+            self.bus, stock=MemoryStockStore(), log=SqlitePurchaseLog(self._commerce_db, config.purchase_log_size),
+            records=SqliteRecords(self._commerce_db), config=shop_config(config),
+            room_exists=lambda room: self.rooms.get(room) is not None, tick_seconds=config.commerce_tick_ms / 1000)
+        register_commerce(self.channel, self.commerce, config)
+        self.purchases = register_purchases(self.channel, self.commerce.log, config)
+        commerce_routes(self.http, self.commerce, Auth(self.secret, self.admin_key))
+        purchase_routes(self.http, self.commerce.log, Auth(self.secret, self.admin_key))
         self.media = MediaService(config=media_config(config), rooms=self.rooms, bus=self.bus)
         add_media_routes(self.http, self.media)
         register_media(self.channel, self.media)
@@ -51,6 +69,7 @@ class App:
             self.rooms.ensure(self.config.demo_room, "Demo room")
         metrics.ROOMS.set(len(self.rooms.list()))
         await self.bus.start()
+        await self.commerce.start(room.id for room in self.rooms.list())
         await self.media.start()
         await self.channel.start()
         self.ws_port = self.channel.port
@@ -65,7 +84,10 @@ class App:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.media.stop()
+        await self.purchases.stop()
+        await self.commerce.stop()
         await self.bus.stop()
+        self._commerce_db.close()
         self.storage.close()
 
 
@@ -83,4 +105,16 @@ def media_config(config: Config) -> MediaConfig:
         max_viewers_per_room=config.max_viewers_per_room,
         max_peers=config.max_peers,
         pli_min_interval=config.pli_interval,
+    )
+
+
+def shop_config(config: Config) -> ShopConfig:
+    """Each room's shop limits from the engine's flags and environment."""
+    return ShopConfig(
+        hold_seconds=config.hold_seconds,
+        max_products=config.max_products,
+        max_tags=config.max_tags,
+        max_sales=config.max_sales,
+        max_tap_qty=config.max_tap_qty,
+        auto_confirm=config.auto_confirm,
     )

@@ -52,6 +52,16 @@ class Config:
     max_peers: int = field(default=2000, metadata={"help": "media peer connections per process (then 503)"})
     pli_interval: float = field(default=1.0, metadata={"help": "min seconds between keyframe requests"})
     shutdown_grace: float = field(default=3.0, metadata={"help": "seconds to close clients on stop"})
+    hold_seconds: float = field(default=600.0, metadata={"help": "how long a tap holds units in a cart, s"})
+    tap_rate: float = field(default=5.0, metadata={"help": "taps, uncarts and checkouts per second per connection"})
+    tap_burst: int = field(default=10, metadata={"help": "tap burst per connection"})
+    max_tap_qty: int = field(default=20, metadata={"help": "largest quantity one tap may reserve"})
+    max_products: int = field(default=500, metadata={"help": "products in one room's catalog"})
+    max_tags: int = field(default=8, metadata={"help": "product tags pinned at once per room"})
+    max_sales: int = field(default=100, metadata={"help": "flash sales kept per room"})
+    auto_confirm: bool = field(default=False, metadata={"help": "mark orders paid when placed (demos, no payment)"})
+    purchase_log_size: int = field(default=1_000_000, metadata={"help": "purchase events kept for readers"})
+    commerce_tick_ms: int = field(default=200, metadata={"help": "room clock tick: expiry, sale start/end, ms"})
 
     @property
     def data_path(self) -> Path:

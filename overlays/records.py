@@ -54,6 +54,10 @@ class RecordStore(Protocol):
     async def order(self, room: str, order_id: str) -> dict[str, Any] | None: ...
     async def order_for_request(self, room: str, user: str, request_id: str) -> dict[str, Any] | None: ...
 
+    async def orders(self, room: str, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
+        """The room's orders, newest first, optionally of one status (host and payment listings)."""
+        ...
+
     async def unlogged_orders(self, room: str) -> list[tuple[dict[str, Any], str | None]]:
         """(order, last logged status) for orders whose current status is not yet logged."""
         ...
@@ -152,6 +156,14 @@ class SqliteRecords:
             "SELECT body FROM orders WHERE room = ? AND user = ? AND request_id = ?", (room, user, request_id)
         ).fetchone()
         return None if row is None else orjson.loads(row[0])
+
+    async def orders(self, room: str, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
+        rows = self._conn.execute(
+            "SELECT body FROM orders WHERE room = ? AND (? IS NULL OR status = ?)"
+            " ORDER BY placed_at DESC, id LIMIT ? OFFSET ?",
+            (room, status, status, limit, offset),
+        )
+        return [orjson.loads(body) for (body,) in rows]
 
     async def unlogged_orders(self, room: str) -> list[tuple[dict[str, Any], str | None]]:
         rows = self._conn.execute(

@@ -261,19 +261,24 @@ class Channel:
         session = Session(self, connection, identity, room, next(self._ids))
         self.sessions[session.conn_id] = session
         metrics.CONNECTIONS.labels(session.role).inc()
-        hub = self._hub(room)
-        hub.add(session)
+        hub = None if room == "*" else self._hub(room)  # "*": a service in no room (purchase events)
+        if hub is not None:
+            hub.add(session)
         expiry = asyncio.get_running_loop().call_later(
             max(0.0, identity.exp - time.time()), session.close, protocol.CLOSE_UNAUTHORIZED, "token expired")
         try:
-            self._greet(session, params.get("since"))
+            if hub is None:
+                session.send_now({"type": "hello", "you": {"sub": session.sub, "role": session.role}})
+            else:
+                self._greet(session, params.get("since"))
             async for message in connection:
                 await self._on_message(session, message)
         except ConnectionClosed:
             pass
         finally:
             expiry.cancel()
-            hub.remove(session)
+            if hub is not None:
+                hub.remove(session)
             del self.sessions[session.conn_id]
             metrics.CONNECTIONS.labels(session.role).dec()
             for cleanup in self.on_close:
@@ -281,7 +286,7 @@ class Channel:
                     await cleanup(session)
                 except Exception:
                     log.exception("connection cleanup failed")
-            if not hub.sessions and self.hubs.get(room) is hub:
+            if hub is not None and not hub.sessions and self.hubs.get(room) is hub:
                 del self.hubs[room]
                 await hub.close()
 
@@ -297,8 +302,12 @@ class Channel:
         except TokenError as exc:
             raise protocol.Refusal(exc.code, protocol.CLOSE_UNAUTHORIZED, exc.message) from None
         room = params.get("room") or identity.room
-        if not identity.may_enter(room) or room == "*":
+        if not identity.may_enter(room):
             raise protocol.Refusal("unauthorized", protocol.CLOSE_UNAUTHORIZED, "token is not valid for this room")
+        if room == "*":  # no room: only a service reading every room's purchase events
+            if identity.role != "service":
+                raise protocol.Refusal("unauthorized", protocol.CLOSE_UNAUTHORIZED, "only services may join no room")
+            return identity, room
         if self.rooms.get(room) is None:
             raise protocol.Refusal("not_found", protocol.CLOSE_NOT_FOUND, f"no room {room!r}")
         since = params.get("since")

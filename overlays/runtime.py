@@ -1,0 +1,319 @@
+"""The asyncio edge of the commerce domain: one Shop per room, its events onto the bus, the room clock.
+
+The Shop is pure (no sockets, no tasks); this module is where time passes and events travel:
+- each DomainEvent goes to the bus by kind: state -> `set_state` (coalesced per key at the bus tick),
+  to one user -> `send_direct`, otherwise -> `publish` (ordered, kept in history);
+- a task ticks every room's shop on the room clock (reservation expiry, scheduled sales starting
+  and ending, the "bought in the last minute" window);
+- calls that read then write across awaits (checkout, payment transitions, host edits, the tick)
+  are serialised per user, order or room, so a backend whose calls really suspend (Redis) cannot
+  interleave two of them. Taps are not: each is one atomic store call, and the hot path stays lean.
+
+`clock` is a plain attribute so tests can swap in a controllable clock at any time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
+
+from overlays.events import DomainError, DomainEvent
+from overlays.purchases.base import LogEntry, PurchaseLog
+from overlays.records import RecordStore
+from overlays.shop import Shop, ShopConfig
+from overlays.stock.base import StockStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class EventSink(Protocol):
+    """The part of the engine's Bus the commerce edge uses."""
+
+    async def publish(self, room: str, type: str, data: dict[str, Any]) -> Any: ...
+    def set_state(self, room: str, key: str, type: str, data: dict[str, Any]) -> None: ...
+    async def send_direct(self, room: str, user: str, type: str, data: dict[str, Any]) -> None: ...
+
+
+def run_now(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that completes without suspending, synchronously.
+
+    For the channel's synchronous snapshot hook: the memory stock store never suspends, so a
+    shop snapshot is plain computation. A backend that does suspend raises here instead of
+    handing out a half-built snapshot."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("this stock backend suspends: snapshots need an async hook")
+
+
+class WatchedLog:
+    """A PurchaseLog that wakes waiting readers after each append (the websocket subscriptions)."""
+
+    def __init__(self, inner: PurchaseLog) -> None:
+        self.inner = inner
+        self._wake = asyncio.Event()
+
+    async def append(self, event: Mapping[str, Any]) -> str:
+        log_id = await self.inner.append(event)
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+        return log_id
+
+    async def read(self, after: str | None = None, limit: int = 100) -> list[LogEntry]:
+        return await self.inner.read(after, limit)
+
+    async def last_id(self) -> str | None:
+        return await self.inner.last_id()
+
+    def waiter(self) -> asyncio.Event:
+        """Set by the next append. Take it *before* reading so no append slips in between."""
+        return self._wake
+
+
+class KeyedLocks:
+    """One asyncio.Lock per key while someone holds or waits for it (bounded by callers in flight)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class Commerce:
+    """Every room's shop on this node, and the calls the HTTP and websocket handlers make.
+
+    Each call returns the caller's result after the events it caused are handed to the bus, so
+    a client sees its cart event before its ack. Failures raise DomainError."""
+
+    def __init__(
+        self,
+        bus: EventSink,
+        *,
+        stock: StockStore,
+        log: PurchaseLog,
+        records: RecordStore,
+        config: ShopConfig,
+        room_exists: Callable[[str], bool],
+        tick_seconds: float = 0.2,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bus = bus
+        self.stock = stock
+        self.log = WatchedLog(log)
+        self.records = records
+        self.config = config
+        self.clock = clock
+        self._room_exists = room_exists
+        self._tick_seconds = tick_seconds
+        self._shops: dict[str, Shop] = {}
+        self._loading: dict[str, asyncio.Task[Shop]] = {}
+        self._locks = KeyedLocks()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def _now(self) -> float:
+        return self.clock()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, rooms: Iterable[str]) -> None:
+        """Load every known room (this also logs order transitions a crash left unlogged)."""
+        for room in rooms:
+            await self.shop(room)
+        self._ticker = asyncio.get_running_loop().create_task(self._run_ticker(), name="commerce-tick")
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+
+    async def shop(self, room: str) -> Shop:
+        """The room's shop, loaded from the records on first use; not_found for unknown rooms."""
+        shop = self._shops.get(room)
+        if shop is not None:
+            return shop
+        if not self._room_exists(room):
+            raise DomainError("not_found", f"no room {room!r}")
+        task = self._loading.get(room)
+        if task is None:  # concurrent first uses share one load
+            task = self._loading[room] = asyncio.get_running_loop().create_task(self._load(room))
+        return await asyncio.shield(task)
+
+    async def _load(self, room: str) -> Shop:
+        try:
+            shop = self._shops.get(room)  # the snapshot hook may have loaded it meanwhile
+            if shop is None:
+                shop = self._new_shop(room)
+                await shop.load()
+                self._shops[room] = shop
+            return shop
+        finally:
+            del self._loading[room]
+
+    def _new_shop(self, room: str) -> Shop:
+        # Rooms have no owner account yet: the room id is the host the purchase events name.
+        return Shop(room, room, stock=self.stock, log=self.log, records=self.records,
+                    config=self.config, clock=self._now)
+
+    def loaded(self, room: str) -> Shop | None:
+        """The shop if this node has loaded it (a room never used since start has an empty shop)."""
+        return self._shops.get(room)
+
+    # -- delivery and the clock ---------------------------------------------------------------
+
+    async def deliver(self, room: str, events: list[DomainEvent]) -> None:
+        bus = self.bus
+        for event in events:
+            if event.state:
+                bus.set_state(room, event.key, event.type, event.data)
+            elif event.user is None:
+                await bus.publish(room, event.type, event.data)
+            else:
+                await bus.send_direct(room, event.user, event.type, event.data)
+
+    async def tick(self) -> None:
+        """Advance every loaded shop to the clock's now and publish what changed."""
+        for room, shop in list(self._shops.items()):
+            try:
+                async with self._locks.hold(("room", room)):
+                    events = await shop.tick()
+                await self.deliver(room, events)
+            except Exception:  # one room's failure must not stop the clock of the others
+                log.exception("commerce tick failed in room %s", room)
+
+    async def _run_ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_seconds)
+            await self.tick()
+
+    # -- viewers ------------------------------------------------------------------------------
+
+    async def tap(
+        self, room: str, user: str, request_id: str, *,
+        product_id: Any = None, sale_id: Any = None, qty: Any = 1,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the new cart line, the whole cart). The hot path: one store call, no lock."""
+        shop = self._shops.get(room) or await self.shop(room)
+        line, events = await shop.tap(user, request_id, product_id=product_id, sale_id=sale_id, qty=qty)
+        if events:
+            await self.deliver(room, events)
+        return line, await shop.cart_of(user)
+
+    async def uncart(self, room: str, user: str, reservation_id: Any) -> dict[str, Any]:
+        if type(reservation_id) is not str:
+            raise DomainError("bad_request", "reservation must be a reservation id string")
+        shop = await self.shop(room)
+        async with self._locks.hold(("user", room, user)):
+            outcome = await shop.uncart(user, reservation_id)
+            await self.deliver(room, outcome.events)
+            return await shop.cart_of(user)
+
+    async def cart(self, room: str, user: str) -> dict[str, Any]:
+        return await (await self.shop(room)).cart_of(user)
+
+    async def checkout(self, room: str, user: str, request_id: str) -> dict[str, Any]:
+        """The order, committed and logged before this returns. Serialised per user so a retry
+        racing its original cannot see an emptied cart and answer cart_empty."""
+        shop = await self.shop(room)
+        async with self._locks.hold(("user", room, user)):
+            outcome = await shop.checkout(user, request_id)
+            await self.deliver(room, outcome.events)
+            return outcome.result
+
+    # -- payment (services) -------------------------------------------------------------------
+
+    async def confirm(self, room: str, order_id: Any) -> dict[str, Any]:
+        return await self._transition(room, order_id, paid=True)
+
+    async def cancel(self, room: str, order_id: Any) -> dict[str, Any]:
+        return await self._transition(room, order_id, paid=False)
+
+    async def _transition(self, room: str, order_id: Any, *, paid: bool) -> dict[str, Any]:
+        shop = await self.shop(room)
+        async with self._locks.hold(("order", room, order_id)):
+            outcome = await (shop.confirm(order_id) if paid else shop.cancel(order_id))
+            await self.deliver(room, outcome.events)
+            return outcome.result
+
+    # -- hosts --------------------------------------------------------------------------------
+
+    async def host(self, room: str, call: Callable[[Shop], Coroutine[Any, Any, Any]]) -> Any:
+        """Run one host edit (catalog, tags, sales) under the room's lock and publish its events."""
+        shop = await self.shop(room)
+        async with self._locks.hold(("room", room)):
+            outcome = await call(shop)
+            await self.deliver(room, outcome.events)
+            return outcome.result
+
+    async def put_product(self, room: str, fields: Any) -> dict[str, Any]:
+        return await self.host(room, lambda shop: shop.put_product(fields))
+
+    async def remove_product(self, room: str, product_id: Any) -> dict[str, Any]:
+        return await self.host(room, lambda shop: shop.remove_product(product_id))
+
+    async def pin(self, room: str, fields: Any) -> dict[str, Any]:
+        """Pin a tag; one without an id gets a fresh one (ids let a host move or unpin it later)."""
+        if isinstance(fields, Mapping) and fields.get("id") is None:
+            fields = {**fields, "id": f"t_{secrets.token_hex(4)}"}
+        return await self.host(room, lambda shop: shop.pin(fields))
+
+    async def unpin(self, room: str, tag_id: Any) -> dict[str, Any]:
+        return await self.host(room, lambda shop: shop.unpin(tag_id))
+
+    async def start_sale(self, room: str, fields: Any) -> dict[str, Any]:
+        return await self.host(room, lambda shop: shop.start_sale(fields))
+
+    async def end_sale(self, room: str, sale_id: Any) -> dict[str, Any]:
+        return await self.host(room, lambda shop: shop.end_sale(sale_id))
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def view(self, room: str, user: str | None = None) -> dict[str, Any]:
+        """The shop part of the room snapshot (products, tags, sales, totals, recent, cart)."""
+        return await (await self.shop(room)).snapshot(user)
+
+    def snapshot_now(self, room: str, user: str | None) -> dict[str, Any]:
+        """The same, synchronously, for the channel's snapshot hook (a room not used since start
+        is loaded here: the SQLite records and the memory stock store never suspend)."""
+        shop = self._shops.get(room)
+        if shop is None:
+            shop = self._new_shop(room)
+            run_now(shop.load())
+            self._shops[room] = shop
+        return run_now(shop.snapshot(user))
+
+    async def order(self, room: str, order_id: Any) -> dict[str, Any]:
+        """One order of the room as stored (with its buyer), or not_found."""
+        await self.shop(room)
+        data = await self.records.order(room, order_id) if type(order_id) is str else None
+        if data is None:
+            raise DomainError("not_found", f"no order {order_id!r}")
+        return data
+
+    async def orders(self, room: str, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
+        await self.shop(room)
+        return await self.records.orders(room, status, limit, offset)
