@@ -1,0 +1,579 @@
+"""Media fan-out bench: one publisher, N viewers, the relay pinned to one core.
+
+For each N the bench starts ``livecart serve`` on core 0 (its own data dir
+and ports, ICE on 127.0.0.1), publishes a pre-encoded 1280x720 ~2.5 Mbit/s
+H264 + Opus stream over WHIP from this process, and joins N WHEP viewers from
+worker processes (bench/media_viewer.py) on core 1, one every
+``--join-interval`` seconds. After the last join and a settling pause it
+measures a steady window:
+
+- server CPU (utime + stime from /proc/PID/stat) over the window, and over a
+  publisher-only window before any viewer joined (the baseline);
+- frames delivered: per viewer, the share of the video frames the publisher
+  sent during the window that arrived complete (every RTP packet);
+- added lag: per delivered frame, arrival of its last packet at the viewer
+  minus the moment the publisher handed it to its sender (one machine, one
+  monotonic clock). Viewers identify frames without decoding: RTP timestamps
+  give their order, and each frame's packet count and payload bytes say which
+  frame of the loop it is;
+- memory per viewer: (server RSS in the window - RSS with the publisher only) / N;
+- join to first frame: from the viewer's WHEP ``POST`` to the last packet of
+  its first complete video frame.
+
+N passes when every viewer joined, received >= 99 % of the frames and the
+p99 added lag (all viewers' frames pooled) is under 150 ms. ``--find-max``
+then bisects between the largest passing and the smallest failing N.
+
+    python bench/media_fanout.py --viewers 10,25,50,100 --find-max --path stock
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvloop
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+
+from engine.media import aiortc_compat
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from media_stream import ReplayTrack, Stream, StreamSpec, load, signature  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+TICKS = os.sysconf("SC_CLK_TCK")
+FRAME_TICKS = 3000  # 90 kHz RTP clock / 30 fps
+SRTP_TAGS = (16, 10)  # AEAD_AES_*_GCM, AES128_CM_HMAC_SHA1_80
+LOOPBACK = ("127.0.0.1",)
+ROOM = "bench"
+
+
+@dataclass
+class Result:
+    """One N on one forwarding path."""
+
+    path: str
+    viewers: int
+    joined: int = 0
+    server_cpu: float = 0.0  # % of one core over the window
+    baseline_cpu: float = 0.0  # % of one core, publisher only
+    core0_busy: float = 0.0  # % of core 0 busy, every process (noise check)
+    core1_busy: float = 0.0
+    rss_baseline_mb: float = 0.0
+    rss_mb: float = 0.0
+    kb_per_viewer: float = 0.0
+    frames_sent: int = 0
+    delivered_min: float = 0.0  # share of sent frames, worst viewer
+    delivered_median: float = 0.0
+    audio_min: float = 0.0
+    lag_p50_ms: float = 0.0
+    lag_p99_ms: float = 0.0
+    lag_worst_viewer_p99_ms: float = 0.0
+    first_frame_p50_ms: float = 0.0
+    first_frame_p99_ms: float = 0.0
+    dropped_frames: float = 0.0  # relay metric: frames dropped for slow viewers
+    nacks: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.joined == self.viewers and self.delivered_min >= 0.99 and self.lag_p99_ms < 150
+
+
+# --- server ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def forwarding_flag() -> str | None:
+    """The ``livecart serve`` flag that picks the forwarding path, if this build has one."""
+    usage = subprocess.run(["livecart", "serve", "--help"], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"--(?:media-)?forwarding\b", usage)
+    return match.group(0) if match else None
+
+
+class Server:
+    """``livecart serve`` on core 0 with its own data dir and ports."""
+
+    def __init__(self, path: str, flag: str | None, workdir: Path) -> None:
+        self.http_port, self.ws_port = free_port(), free_port()
+        self.data = workdir / "data"
+        self.log = workdir / "server.log"
+        command = [
+            "taskset", "-c", "0", "livecart", "serve",
+            "--host", "127.0.0.1", "--http-port", str(self.http_port), "--ws-port", str(self.ws_port),
+            "--data-dir", str(self.data), "--announce", "127.0.0.1", "--demo-room", ROOM,
+        ]  # fmt: skip
+        if flag:
+            command += [flag, path]
+        self.command = command
+        self.base = f"http://127.0.0.1:{self.http_port}"
+        self.process: subprocess.Popen[str] | None = None
+        self.stream_key = ""
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True)
+        deadline = time.monotonic() + 30
+        assert self.process.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"livecart serve exited; see {self.log}")
+            match = re.search(r"stream key:\s+(\S+)", line)
+            if match:
+                self.stream_key = match.group(1)
+                return
+        raise RuntimeError("livecart serve did not print the demo room's stream key")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
+    def rss_mb(self) -> float:
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+
+    def metrics(self) -> dict[str, float]:
+        """Sums of the relay's counters for the bench room, by metric name."""
+        text = urllib.request.urlopen(f"{self.base}/metrics", timeout=10).read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("#") or f'room="{ROOM}"' not in line:
+                continue
+            name, value = line.rsplit(" ", 1)
+            key = name.split("{", 1)[0]
+            out[key] = out.get(key, 0.0) + float(value)
+        return out
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def core_busy() -> dict[int, tuple[int, int]]:
+    """(busy, total) jiffies per core from /proc/stat."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if re.match(r"cpu\d", line):
+            name, *values = line.split()
+            numbers = [int(v) for v in values]
+            idle = numbers[3] + numbers[4]
+            out[int(name[3:])] = (sum(numbers[:8]) - idle, sum(numbers[:8]))
+    return out
+
+
+def busy_share(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], core: int) -> float:
+    busy = after[core][0] - before[core][0]
+    total = after[core][1] - before[core][1]
+    return 100 * busy / total if total else 0.0
+
+
+# --- publisher -------------------------------------------------------------
+
+
+class Publisher:
+    """A WHIP publisher replaying the pre-encoded streams; ignores PLI as OBS does."""
+
+    def __init__(self, video: Stream, audio: Stream) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.video = ReplayTrack(video)
+        self.audio = ReplayTrack(audio)
+        self.connected = asyncio.Event()
+
+        @self.pc.on("connectionstatechange")
+        def changed() -> None:
+            if self.pc.connectionState == "connected":
+                self.connected.set()
+
+    async def publish(self, http: aiohttp.ClientSession, server: Server) -> None:
+        for track, codec in ((self.audio, "opus"), (self.video, "h264")):
+            transceiver = self.pc.addTransceiver(track, direction="sendonly")
+            aiortc_compat.tap_sender(transceiver.sender, codec, lambda: None, lambda _: None)
+            caps = [c for c in RTCRtpSender.getCapabilities(track.kind).codecs if c.name.lower() == codec]
+            transceiver.setCodecPreferences(caps)
+        aiortc_compat.bind_ice(self.pc, LOOPBACK)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {server.stream_key}"}
+        response = await http.post(f"{server.base}/whip/{ROOM}", data=self.pc.localDescription.sdp, headers=headers)
+        answer = await response.text()
+        if response.status != 201:
+            raise RuntimeError(f"WHIP publish failed: {response.status} {answer}")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await asyncio.wait_for(self.connected.wait(), 20)
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+# --- viewers ---------------------------------------------------------------
+
+
+async def start_workers(args: argparse.Namespace, server: Server, n: int, workdir: Path) -> list[Any]:
+    """Launch the viewer processes on core 1; returns (process, output path) pairs, not yet joining."""
+    count = math.ceil(n / args.per_process)
+    workers = []
+    for w in range(count):
+        out = workdir / f"viewers-{w}.json"
+        process = await asyncio.create_subprocess_exec(
+            "taskset", "-c", "1", sys.executable, str(HERE / "media_viewer.py"),
+            "--base", server.base, "--room", ROOM,
+            "--first", str(w), "--stride", str(count), "--count", str(len(range(w, n, count))),
+            "--join-interval", str(args.join_interval), "--rcvbuf", str(args.viewer_rcvbuf), "--out", str(out),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        workers.append((process, out))
+    for process, _ in workers:
+        line = await asyncio.wait_for(process.stdout.readline(), 60)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"viewer process did not start: {line!r}")
+    return workers
+
+
+# --- analysis --------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def unwrap(frames: list[list[float]]) -> list[list[float]]:
+    """Frames in arrival order with 32-bit RTP timestamps unwrapped."""
+    frames = sorted(frames, key=lambda f: f[1])
+    offset, previous = 0, None
+    for frame in frames:
+        ts = int(frame[0])
+        if previous is not None and ts - previous < -(1 << 31):
+            offset += 1 << 32
+        elif previous is not None and ts - previous > 1 << 31:
+            offset -= 1 << 32
+        previous = ts
+        frame[0] = ts + offset
+    return frames
+
+
+class FrameMatcher:
+    """Finds which published frame each received frame is (see module docstring)."""
+
+    def __init__(self, video: Stream, sent: list[float]) -> None:
+        self.signatures = signature(video)
+        self.loop = len(self.signatures)
+        self.sent = sent
+        self.tag: int | None = None
+
+    def _positions(self, tag: int) -> dict[tuple[int, int], list[int]]:
+        out: dict[tuple[int, int], list[int]] = {}
+        for i, (packets, size) in enumerate(self.signatures):
+            out.setdefault((packets, size + packets * tag), []).append(i)
+        return out
+
+    def match(self, frames: list[list[float]]) -> dict[int, tuple[float, bool]]:
+        """Published frame index -> (arrival of its last packet, complete) for one viewer."""
+        if self.tag is None:
+            self.tag = max(SRTP_TAGS, key=lambda t: self._votes(frames, self._positions(t))[1])
+        positions = self._positions(self.tag)
+        base, votes = self._votes(frames, positions)
+        if not votes:
+            return {}
+        out: dict[int, tuple[float, bool]] = {}
+        for ts, _first, last, packets, size, marker in frames:
+            delta = int(ts) - base
+            if delta % FRAME_TICKS:
+                continue  # a cached frame replayed with packed timestamps at join
+            position = (delta // FRAME_TICKS) % self.loop
+            index = self._latest_sent(position, last)
+            if index is None:
+                continue
+            complete = bool(marker) and position in positions.get((int(packets), int(size)), ())
+            out[index] = (last, complete)
+        return out
+
+    def _votes(self, frames: list[list[float]], positions: dict[tuple[int, int], list[int]]) -> tuple[int, int]:
+        """(timestamp of loop position 0, modulo one loop; votes for it)."""
+        period = self.loop * FRAME_TICKS
+        tally: dict[int, int] = {}
+        for ts, _first, _last, packets, size, marker in frames:
+            candidates = positions.get((int(packets), int(size)), ()) if marker else ()
+            if len(candidates) == 1:
+                key = (int(ts) - candidates[0] * FRAME_TICKS) % period
+                tally[key] = tally.get(key, 0) + 1
+        if not tally:
+            return 0, 0
+        base = max(tally, key=tally.__getitem__)
+        return base, tally[base]
+
+    def _latest_sent(self, position: int, arrival: float) -> int | None:
+        """The last frame at ``position`` of the loop the publisher sent before ``arrival``."""
+        sent = self.sent
+        index = position + self.loop * ((len(sent) - 1 - position) // self.loop) if position < len(sent) else None
+        while index is not None and index >= 0 and sent[index] > arrival:
+            index -= self.loop
+        return index if index is not None and index >= 0 else None
+
+
+def analyse(
+    result: Result,
+    viewers: list[dict[str, Any]],
+    matcher: FrameMatcher,
+    window: tuple[float, float],
+    audio_sent: list[float],
+) -> None:
+    w0, w1 = window
+    counted = [g for g, t in enumerate(matcher.sent) if w0 <= t <= w1]
+    result.frames_sent = len(counted)
+    audio_expected = sum(1 for t in audio_sent if w0 <= t <= w1)
+    lags: list[float] = []
+    shares, audio_shares, worst_p99, first_frames = [], [], [], []
+    for viewer in viewers:
+        if viewer["status"] != 201:
+            result.errors.append(f"viewer {viewer['index']}: {viewer['status']} {viewer['error']}")
+            continue
+        result.joined += 1
+        if viewer["first_frame"]:
+            first_frames.append(1000 * (viewer["first_frame"] - viewer["asked"]))
+        received = matcher.match(unwrap(viewer["frames"]))
+        own = [1000 * (received[g][0] - matcher.sent[g]) for g in counted if g in received and received[g][1]]
+        lags += own
+        shares.append(len(own) / len(counted) if counted else 0.0)
+        worst_p99.append(percentile(own, 99) if own else float("inf"))
+        audio = sum(1 for t in viewer["audio"] if w0 <= t <= w1 + 0.2)
+        audio_shares.append(min(1.0, audio / audio_expected) if audio_expected else 0.0)
+    if shares:
+        result.delivered_min = min(shares)
+        result.delivered_median = statistics.median(shares)
+        result.audio_min = min(audio_shares)
+        result.lag_worst_viewer_p99_ms = max(worst_p99)
+    result.lag_p50_ms = percentile(lags, 50)
+    result.lag_p99_ms = percentile(lags, 99)
+    result.first_frame_p50_ms = percentile(first_frames, 50)
+    result.first_frame_p99_ms = percentile(first_frames, 99)
+    if len(first_frames) < result.joined:
+        result.errors.append(f"{result.joined - len(first_frames)} joined viewers never got a frame")
+
+
+# --- one run ---------------------------------------------------------------
+
+
+async def sleep_until(moment: float) -> None:
+    await asyncio.sleep(max(0.0, moment - time.monotonic()))
+
+
+async def run_once(
+    args: argparse.Namespace, path: str, flag: str | None, n: int, streams: tuple[Stream, Stream], matcher_video: Stream
+) -> Result:
+    result = Result(path, n)
+    workdir = Path(tempfile.mkdtemp(prefix=f"media-fanout-{path}-{n}-"))
+    server = Server(path, flag, workdir)
+    server.start()
+    publisher = Publisher(*streams)
+    workers: list[Any] = []
+    profiler: subprocess.Popen[bytes] | None = None
+    try:
+        async with aiohttp.ClientSession() as http:
+            await publisher.publish(http, server)
+        await asyncio.sleep(1.0)
+        cpu0, t0 = server.cpu_seconds(), time.monotonic()
+        await asyncio.sleep(args.baseline)
+        result.baseline_cpu = 100 * (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+        result.rss_baseline_mb = server.rss_mb()
+
+        workers = await start_workers(args, server, n, workdir)
+        join_at = time.monotonic() + 0.5
+        w0 = join_at + n * args.join_interval + args.settle
+        w1 = w0 + args.window
+        stop_at = w1 + 1.5
+        for process, _ in workers:
+            process.stdin.write(f"{json.dumps({'join_at': join_at, 'stop_at': stop_at})}\n".encode())
+            await process.stdin.drain()
+
+        await sleep_until(w0)
+        cpu0, cores0, t0 = server.cpu_seconds(), core_busy(), time.monotonic()
+        result.rss_mb = server.rss_mb()
+        if args.py_spy:
+            profile = Path(args.py_spy) / f"py-spy-{path}-{n}.txt"
+            profiler = subprocess.Popen(
+                ["taskset", "-c", "1", "py-spy", "record", "--pid", str(server.pid), "--duration",
+                 str(int(args.window)), "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(profile)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        await sleep_until(w1)
+        result.server_cpu = 100 * (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+        cores1 = core_busy()
+        result.core0_busy = busy_share(cores0, cores1, 0)
+        result.core1_busy = busy_share(cores0, cores1, 1)
+        result.kb_per_viewer = 1024 * (result.rss_mb - result.rss_baseline_mb) / n
+        metrics = server.metrics()
+        result.dropped_frames = metrics.get("livecart_media_frames_dropped_total", 0.0)
+        result.nacks = metrics.get("livecart_media_nacks_total", 0.0)
+
+        viewers: list[dict[str, Any]] = []
+        for process, out in workers:
+            await asyncio.wait_for(process.wait(), 60)
+            viewers += json.loads(out.read_text())
+        matcher = FrameMatcher(matcher_video, publisher.video.sent)
+        analyse(result, viewers, matcher, (w0, w1 - 0.3), publisher.audio.sent)
+    finally:
+        if profiler is not None:
+            profiler.wait(timeout=60)
+        for process, _ in workers:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(publisher.close(), 5)
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+# --- report ----------------------------------------------------------------
+
+COLUMNS = (
+    ("path", "path", "{}"),
+    ("N", "viewers", "{}"),
+    ("joined", "joined", "{}"),
+    ("server CPU %", "server_cpu", "{:.0f}"),
+    ("CPU % pub only", "baseline_cpu", "{:.1f}"),
+    ("core0 busy %", "core0_busy", "{:.0f}"),
+    ("frames min / median %", None, None),
+    ("audio min %", "audio_min", "{:.1%}"),
+    ("lag p50 / p99 ms", None, None),
+    ("worst viewer p99 ms", "lag_worst_viewer_p99_ms", "{:.0f}"),
+    ("first frame p50 / p99 ms", None, None),
+    ("KB / viewer", "kb_per_viewer", "{:.0f}"),
+    ("dropped", "dropped_frames", "{:.0f}"),
+    ("pass", None, None),
+)
+
+
+def row(r: Result) -> str:
+    cells = []
+    for title, key, fmt in COLUMNS:
+        if key is not None:
+            cells.append(fmt.format(getattr(r, key)).replace("%", ""))
+        elif title.startswith("frames"):
+            cells.append(f"{100 * r.delivered_min:.1f} / {100 * r.delivered_median:.1f}")
+        elif title.startswith("lag"):
+            cells.append(f"{r.lag_p50_ms:.0f} / {r.lag_p99_ms:.0f}")
+        elif title.startswith("first"):
+            cells.append(f"{r.first_frame_p50_ms:.0f} / {r.first_frame_p99_ms:.0f}")
+        else:
+            cells.append("yes" if r.passed else "no")
+    return "| " + " | ".join(cells) + " |"
+
+
+def table(results: list[Result]) -> str:
+    head = "| " + " | ".join(t for t, _, _ in COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    return "\n".join([head, rule, *(row(r) for r in sorted(results, key=lambda r: (r.path, r.viewers)))])
+
+
+# --- main ------------------------------------------------------------------
+
+
+async def bench(args: argparse.Namespace) -> list[Result]:
+    os.sched_setaffinity(0, {1})
+    flag = forwarding_flag()
+    paths = ["stock", "fast"] if args.path == "both" else [args.path]
+    if flag is None and paths != ["stock"]:
+        raise SystemExit("this livecart has no forwarding-path flag: only --path stock can run")
+    spec = StreamSpec()
+    video, audio = load(spec, Path(args.cache))
+    print(
+        f"stream: {spec.width}x{spec.height} {spec.fps} fps, H264 {video.bitrate / 1e6:.2f} Mbit/s, "
+        f"keyframe every {spec.gop} frames; Opus {audio.bitrate / 1e3:.0f} kbit/s",
+        flush=True,
+    )
+    results: list[Result] = []
+
+    async def measure(path: str, n: int) -> Result:
+        result = await run_once(args, path, flag, n, (video, audio), video)
+        results.append(result)
+        print(row(result), *result.errors[:3], sep="\n  ", flush=True)
+        return result
+
+    print(table([]), flush=True)
+    for path in paths:
+        done = {n: await measure(path, n) for n in args.viewers}
+        if args.find_max:
+            passing = [n for n, r in done.items() if r.passed]
+            low = max(passing, default=0)
+            failing = [n for n, r in done.items() if not r.passed and n > low]
+            high = min(failing, default=None)
+            while high is not None and high - low > args.step:
+                middle = low + (high - low) // 2 // args.step * args.step
+                middle = max(middle, low + args.step)
+                if (await measure(path, middle)).passed:
+                    low = middle
+                else:
+                    high = middle
+            print(f"{path}: largest N passing = {low}" + (f" (fails at {high})" if high else ""), flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--viewers", default="10,25,50,100", help="comma-separated N to run")
+    parser.add_argument("--path", choices=("stock", "fast", "both"), default="stock", help="forwarding path")
+    parser.add_argument("--find-max", action="store_true", help="bisect the largest passing N")
+    parser.add_argument("--step", type=int, default=5, help="granularity of --find-max")
+    parser.add_argument("--join-interval", type=float, default=0.1, help="seconds between viewer joins")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds after the last join before measuring")
+    parser.add_argument("--window", type=float, default=15.0, help="seconds measured")
+    parser.add_argument("--baseline", type=float, default=3.0, help="seconds measured with the publisher only")
+    parser.add_argument("--per-process", type=int, default=25, help="viewers per viewer process")
+    parser.add_argument("--viewer-rcvbuf", type=int, default=4 * 1024 * 1024, help="viewers' UDP receive buffer")
+    parser.add_argument(
+        "--cache",
+        default=str(Path(tempfile.gettempdir()) / "livecart-bench"),
+        help="where the encoded stream is kept between runs",
+    )
+    parser.add_argument("--py-spy", default="", help="directory for py-spy raw profiles of each window")
+    parser.add_argument("--keep", action="store_true", help="keep each run's server log and viewer data")
+    parser.add_argument("--json", default="", help="write every result here")
+    args = parser.parse_args()
+    args.viewers = [int(n) for n in args.viewers.split(",")]
+    results = uvloop.run(bench(args))
+    print("\n" + table(results))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps([asdict(r) | {"passed": r.passed} for r in results], indent=1))
+
+
+if __name__ == "__main__":
+    main()
