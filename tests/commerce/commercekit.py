@@ -81,3 +81,11 @@ async def no_message(client: Client, type: str, wait: float = 0.3) -> None:
             while True:
                 message = await client.recv(wait)
                 assert message["type"] != type, message
+
+
+async def request_seen(client: Client, message: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Send an action; its ack or error, and the messages that arrived before it (events it caused
+    to this user, such as cart.added or order.placed, come before the ack)."""
+    await client.send(message)
+    seen = await events_until(client, lambda m: m.get("re") == message["id"] and m["type"] in ("ack", "error"))
+    return seen[-1], seen[:-1]
