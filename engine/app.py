@@ -22,6 +22,7 @@ from signaling.channel import Channel
 from signaling.chat import register_chat
 from signaling.commerce import commerce_routes, register_commerce
 from signaling.http import Auth, errors_as_json, room_routes
+from signaling.pages import add_page_routes
 from signaling.purchases import purchase_routes, register_purchases
 from signaling.whip import add_media_routes, register_media
 
@@ -56,6 +57,7 @@ class App:
         self.media = MediaService(config=media_config(config), rooms=self.rooms, bus=self.bus)
         add_media_routes(self.http, self.media)
         register_media(self.channel, self.media)
+        add_page_routes(self.http, config, self.rooms, lambda: self.ws_port)
         self._runner: web.AppRunner | None = None
         self.http_port = config.http_port
         self.ws_port = config.ws_port

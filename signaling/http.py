@@ -59,7 +59,8 @@ async def errors_as_json(request: web.Request,
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "bad_request")
-        return error_response(code, exc.reason, exc.status, headers=dict(exc.headers))
+        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}  # ours is JSON
+        return error_response(code, exc.reason, exc.status, headers=headers)
     except Exception:
         log.exception("request failed: %s %s", request.method, request.path)
         return error_response("internal", "the server failed on this request", 500)

@@ -1,0 +1,309 @@
+// The viewer's page: plays the room (WHEP, or the websocket's offer action with ?via=ws), shows the
+// pinned product tags over the picture, flash sales with their live counters, the shop, the cart
+// with its hold countdown, checkout and chat.
+'use strict';
+
+(() => {
+  const {settings, params, $, el, toast, errorText, money, clock, serverNow, RoomState} = LC;
+  const room = settings.room;
+  const video = $('#video');
+  const tagLayer = $('#tags');
+  let channel = null;
+
+  $('#room-title').textContent = room.title;
+  document.title = `${room.title} · livecart`;
+
+  const state = new RoomState(render);
+
+  // ---- token: ?token=, else a guest token kept per room so a reload keeps the same cart ------
+  const storeKey = `livecart.guest.${room.id}`;
+  const tokenExp = (token) => {
+    try {
+      const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      return JSON.parse(atob(payload)).exp || 0;
+    } catch (e) { return 0; }
+  };
+  async function guestToken(fresh) {
+    const kept = !fresh && localStorage.getItem(storeKey);
+    if (kept && tokenExp(kept) - Date.now() / 1000 > 300) return kept;
+    const response = await fetch(`/api/rooms/${encodeURIComponent(room.id)}/guest`, {method: 'POST'});
+    const body = await response.json();
+    if (!response.ok) throw body.error || {message: 'no guest access'};
+    localStorage.setItem(storeKey, body.token);
+    return body.token;
+  }
+
+  // ---- rendering ----------------------------------------------------------------------------
+  function render(what) {
+    if (what === 'chat') return LC.renderChat($('#chat-log'), state.chat, state.you && state.you.sub);
+    renderRoom();
+    if (what === 'room') return;
+    if (what === 'all') LC.renderChat($('#chat-log'), state.chat, state.you && state.you.sub);
+    renderCart();
+    if (what === 'cart' || what === 'order' || what === 'totals') return;
+    LC.renderTags(tagLayer, state, {onTag: (tag, product, sale) => tap(product, sale)});
+    renderSales();
+    renderProducts();
+  }
+
+  function renderRoom() {
+    const live = $('#live');
+    live.textContent = state.live ? 'Live' : 'Offline';
+    live.className = 'pill ' + (state.live ? 'live' : 'offline');
+    $('#viewers').textContent = `${state.viewers} watching`;
+    updateStageMessage();
+  }
+
+  let playing = false;
+  function updateStageMessage() {
+    const msg = $('#stage-msg');
+    if (state.live && playing) { msg.hidden = true; return; }
+    msg.hidden = false;
+    msg.textContent = state.live ? 'Loading the stream…' : 'The stream is offline — it starts when the host goes live.';
+  }
+  video.addEventListener('playing', () => { playing = true; updateStageMessage(); });
+  video.addEventListener('emptied', () => { playing = false; updateStageMessage(); });
+
+  function renderSales() {
+    const box = $('#sales');
+    box.replaceChildren(...state.activeSales().map((sale) => {
+      const product = state.products.get(sale.product_id) || {id: sale.product_id, title: sale.product_id};
+      const phase = RoomState.phase(sale);
+      const left = Math.max(0, sale.remaining);
+      const button = el('button.primary.grab', {
+        type: 'button', disabled: phase !== 'live', onclick: () => tap(product, sale),
+      }, phase === 'live' ? 'Grab it' : phase === 'sold_out' ? 'Sold out' : 'Starting soon');
+      return el('div.sale-card.' + phase, {dataset: {sale: sale.id}},
+        LC.productImage(product, 'sale-thumb'),
+        el('div.sale-body', {},
+          el('div.sale-head', {}, el('span.badge.flash', {}, 'Flash sale'),
+            el('span.countdown', {dataset: {until: phase === 'scheduled' ? sale.starts_at : sale.ends_at,
+              prefix: phase === 'scheduled' ? 'starts in ' : 'ends in '}})),
+          el('div.sale-title', {}, product.title),
+          el('div.sale-price', {}, el('b', {}, money(sale.price, sale.currency)),
+            product.price > sale.price ? el('s', {}, money(product.price, product.currency)) : null),
+          el('div.meter', {}, el('div', {style: `width:${(100 * left) / sale.quantity}%`})),
+          el('div.sale-left', {}, el('b.sale-remaining', {}, String(left)), ` of ${sale.quantity} left`,
+            sale.per_user_limit ? ` · limit ${sale.per_user_limit} per person` : '')),
+        button);
+    }));
+    tick();
+  }
+
+  function renderProducts() {
+    const box = $('#products');
+    if (!state.products.size) {
+      box.replaceChildren(el('p.empty', {}, 'No products yet — the host will add them during the show.'));
+      return;
+    }
+    box.replaceChildren(...[...state.products.values()].map((product) => {
+      const sale = state.saleFor(product.id);
+      const onSale = sale && RoomState.phase(sale) === 'live';
+      const left = onSale ? sale.remaining : product.available;
+      return el('div.product', {dataset: {product: product.id}},
+        LC.productImage(product),
+        el('div.product-body', {},
+          el('div.product-title', {}, product.title),
+          product.description ? el('div.product-desc', {}, product.description) : null,
+          el('div.product-price', {},
+            el('b', {}, money(onSale ? sale.price : product.price, product.currency)),
+            onSale ? el('s', {}, money(product.price, product.currency)) : null,
+            el('span.muted', {}, left > 0 ? ` · ${left} left` : ' · sold out'))),
+        el('button.add', {type: 'button', disabled: left <= 0, onclick: () => tap(product, onSale ? sale : null)},
+          left > 0 ? 'Add' : 'Sold out'));
+    }));
+  }
+
+  function renderCart() {
+    const cart = state.cart;
+    $('#cart-count').textContent = cart.quantity;
+    $('#cart-tab-count').textContent = cart.quantity;
+    $('#cart-total').textContent = cart.lines.length ? money(cart.total, cart.currency) : '—';
+    $('#checkout').disabled = !cart.lines.length;
+    const box = $('#cart-lines');
+    if (!cart.lines.length) {
+      box.replaceChildren(el('p.empty', {}, 'Your cart is empty. Tap a product on the video to add it.'));
+      return;
+    }
+    box.replaceChildren(...cart.lines.map((line) => el('div.cart-line', {dataset: {reservation: line.reservation}},
+      el('div.cart-line-body', {},
+        el('div.product-title', {}, line.title, line.sale ? el('span.badge.flash', {}, 'Flash') : null),
+        el('div.muted', {}, `${line.quantity} × ${money(line.unit_amount, line.currency)}`),
+        el('div.hold', {}, 'held for ', el('span.countdown', {dataset: {until: line.expires_at, expired: 'releasing…'}}))),
+      el('b.amount', {}, money(line.amount, line.currency)),
+      el('button.remove', {type: 'button', 'aria-label': `Remove ${line.title}`, onclick: () => uncart(line)}, 'Remove'))));
+    tick();
+  }
+
+  /** Every countdown on the page, once a second, against the server's clock. */
+  function tick() {
+    const now = serverNow();
+    for (const node of document.querySelectorAll('.countdown[data-until]')) {
+      const left = Number(node.dataset.until) - now;
+      node.textContent = left > 0 ? (node.dataset.prefix || '') + clock(left) : (node.dataset.expired || 'now');
+      node.classList.toggle('urgent', left > 0 && left < 30);
+    }
+  }
+  let lastPhases = '';
+  setInterval(() => {
+    tick();
+    // A sale starting or ending by the clock changes buttons even before the server's event arrives.
+    const phases = [...state.sales.values()].map((s) => RoomState.phase(s)).join();
+    if (phases !== lastPhases) { lastPhases = phases; render('shop'); }
+  }, 1000);
+
+  // ---- actions ------------------------------------------------------------------------------
+  async function tap(product, sale) {
+    try {
+      const ack = await channel.request('tap', sale ? {sale_id: sale.id, qty: 1} : {product_id: product.id, qty: 1});
+      state.setCart(ack.cart);
+      toast(`Added ${product.title} — held for ${clock(ack.line.expires_at - serverNow())}`, 'ok');
+      const button = $('#cart-button');
+      button.classList.remove('bump');
+      void button.offsetWidth;
+      button.classList.add('bump');
+    } catch (err) { toast(errorText(err), 'error'); }
+  }
+
+  async function uncart(line) {
+    try {
+      const ack = await channel.request('uncart', {reservation: line.reservation});
+      state.setCart(ack.cart);
+    } catch (err) { toast(errorText(err), 'error'); }
+  }
+
+  $('#checkout').addEventListener('click', async () => {
+    const button = $('#checkout');
+    button.disabled = true;
+    button.textContent = 'Placing order…';
+    try {
+      const ack = await channel.request('checkout', {});
+      state.cart = {lines: [], quantity: 0, total: 0, currency: null};
+      renderCart();
+      showOrder(ack.order);
+    } catch (err) { toast(errorText(err), 'error'); } finally {
+      button.textContent = 'Check out';
+      button.disabled = !state.cart.lines.length;
+    }
+  });
+
+  let shownOrder = null;
+  function showOrder(order) {
+    shownOrder = order.id;
+    $('#order-id').textContent = order.id;
+    const status = $('#order-status');
+    status.textContent = order.status === 'paid' ? 'Paid' : order.status === 'cancelled' ? 'Cancelled' : 'Awaiting payment';
+    status.className = 'pill ' + order.status;
+    $('#order-lines').replaceChildren(...order.lines.map((line) => el('div.order-line', {},
+      el('span', {}, `${line.quantity} × ${line.title}`), el('b', {}, money(line.amount, order.currency)))));
+    $('#order-total').textContent = money(order.total, order.currency);
+    const dialog = $('#order-dialog');
+    if (!dialog.open) dialog.showModal();
+  }
+
+  function onDirect(msg) {
+    if (msg.type === 'error') { toast(errorText(msg), 'error'); return; }
+    if (!state.direct(msg)) return;
+    if (msg.type === 'cart.expired') toast('An item’s hold ran out and it went back on sale.', 'info');
+    if (msg.type.startsWith('order.') && (msg.id === shownOrder || msg.type === 'order.placed')) showOrder(msg);
+  }
+
+  // ---- tabs and bits --------------------------------------------------------------------------
+  function showTab(name) {
+    for (const button of document.querySelectorAll('.tabs button')) {
+      button.classList.toggle('active', button.dataset.tab === name);
+    }
+    for (const tab of document.querySelectorAll('.tab')) tab.hidden = tab.id !== `tab-${name}`;
+    if (name === 'chat') $('#chat-log').scrollTop = $('#chat-log').scrollHeight;
+  }
+  for (const button of document.querySelectorAll('.tabs button')) {
+    button.addEventListener('click', () => showTab(button.dataset.tab));
+  }
+  $('#cart-button').addEventListener('click', () => {
+    showTab('cart');
+    $('.panel').scrollIntoView({behavior: 'smooth', block: 'start'});
+  });
+  $('#unmute').addEventListener('click', () => {
+    video.muted = false;
+    $('#unmute').hidden = true;
+  });
+  LC.trackPicture(video, tagLayer);
+
+  function connStatus(status, detail) {
+    const conn = $('#conn');
+    conn.textContent = {open: '', connecting: 'connecting…', reconnecting: 'reconnecting…', refused: detail}[status] || '';
+    conn.className = 'conn ' + status;
+  }
+
+  // ---- media --------------------------------------------------------------------------------
+  const viaChannel = params.get('via') === 'ws';
+  let media = null;
+  let mediaRetry = 0;
+
+  function onStream(stream) {
+    if (video.srcObject !== stream) video.srcObject = stream;
+    $('#unmute').hidden = !stream.getAudioTracks().length || !video.muted;
+  }
+
+  async function startMedia() {
+    clearTimeout(mediaRetry);
+    media?.end();
+    media = null;
+    try {
+      media = viaChannel ? await LC.playOverChannel(room.id, channel, onStream) : await LC.playWhep(room.id, onStream);
+      const pc = media.pc;
+      pc.addEventListener('connectionstatechange', () => {
+        if (pc.connectionState === 'failed' && media && media.pc === pc) retryMedia();
+      });
+    } catch (err) {
+      retryMedia(err);
+    }
+  }
+  function retryMedia(err) {
+    if (err) console.warn('playback failed', err);
+    mediaRetry = setTimeout(startMedia, 3000);
+  }
+
+  // ---- start --------------------------------------------------------------------------------
+  async function main() {
+    let token = params.get('token');
+    const guest = !token;
+    try {
+      if (guest) token = await guestToken(false);
+    } catch (err) {
+      connStatus('refused', errorText(err));
+      return;
+    }
+    let retriedGuest = false;
+    let joined = false;
+    channel = new LC.Channel(token, {
+      snapshot: (msg) => {
+        state.snapshot(msg);
+        if (viaChannel && !joined) startMedia();
+        joined = true;
+      },
+      event: (msg) => state.apply(msg),
+      direct: onDirect,
+      status: async (status, detail) => {
+        if (status === 'refused' && guest && !retriedGuest) {
+          // A kept guest token may have been signed by an earlier server secret: get a new one once.
+          retriedGuest = true;
+          channel.token = await guestToken(true);
+          channel.connect();
+          return;
+        }
+        // The websocket's peer connection ends with the socket it was negotiated on.
+        if (status === 'open' && viaChannel && joined) startMedia();
+        connStatus(status, detail);
+      },
+    });
+    channel.connect();
+    LC.chatForm($('#chat-form'), channel);
+    if (!viaChannel) startMedia();
+  }
+
+  renderRoom();
+  renderCart();
+  renderProducts();
+  main();
+})();
