@@ -107,6 +107,7 @@ def media_config(config: Config) -> MediaConfig:
         max_viewers_per_room=config.max_viewers_per_room,
         max_peers=config.max_peers,
         pli_min_interval=config.pli_interval,
+        forwarding=config.forwarding,
     )
 
 

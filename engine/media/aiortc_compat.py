@@ -2,7 +2,7 @@
 
 aiortc is built as a media endpoint (it decodes what it receives and encodes
 what it sends) and aioice as a client library (it never offers loopback, binds
-only interface addresses). A relay needs five small changes, all here, all
+only interface addresses). A relay needs six small changes, all here, all
 per connection (nothing is patched globally, so aiortc peers in the same
 process, such as test clients, keep their stock behaviour):
 
@@ -25,6 +25,13 @@ process, such as test clients, keep their stock behaviour):
    gets a pack-only "encoder" so it can only packetize ``av.Packet``s (no
    codec context is ever created, not even aiortc's Opus encoder).
 5. ``request_keyframe``: sends a PLI on a receiver.
+6. ``take_over_sender`` and ``send_path`` (the fast forwarding path,
+   engine/media/fastpath.py): aiortc negotiates the sender (SSRCs, payload
+   types, header extension ids, DTLS-SRTP keys) but never runs its RTP and
+   RTCP tasks; the relay writes packets itself, protected with the DTLS
+   transport's outbound SRTP session and sent on the socket of the ICE pair
+   aioice nominated. The viewer's RTCP still arrives through aiortc's DTLS
+   transport and is handed over as plain callbacks.
 
 ``check_versions`` runs at import: a different aiortc or aioice minor version
 stops the engine with a message instead of failing subtly; the tests in
@@ -36,8 +43,9 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
 import aioice
 import aiortc
@@ -48,8 +56,18 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcpeerconnection import is_codec_compatible
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    unpack_remb_fci,
+)
 
 #: (aiortc, aioice) minor versions whose internals this module was checked against.
 SUPPORTED_VERSIONS = {("1.16", "0.13")}
@@ -267,3 +285,127 @@ def tap_sender(
         await original(packet)
 
     sender._handle_rtcp_packet = handle
+
+
+# --- 6. Senders written by the relay itself ---------------------------------
+
+
+@dataclass(frozen=True)
+class SendParameters:
+    """What aiortc negotiated for one sender, as the fast path needs it."""
+
+    kind: str
+    codec: str
+    payload_type: int
+    clock_rate: int
+    rtx_payload_type: int | None
+    ssrc: int
+    rtx_ssrc: int
+    cname: str
+    mid: str | None
+    extension_ids: dict[str, int]
+
+
+class SenderFeedback(Protocol):
+    """The viewer's RTCP for one sender, decoded by aiortc, as plain calls."""
+
+    def on_nack(self, kind: str, lost: list[int]) -> None: ...
+
+    def on_keyframe_request(self) -> None: ...
+
+    def on_report(self, kind: str, fraction_lost: int, jitter: int, lsr: int, dlsr: int) -> None: ...
+
+    def on_remb(self, kind: str, bitrate: int) -> None: ...
+
+
+def _send_parameters(sender: RTCRtpSender, parameters: RTCRtpSendParameters) -> SendParameters:
+    codec = parameters.codecs[0]
+    rtx = next(
+        (
+            c.payloadType
+            for c in parameters.codecs
+            if c.name.lower() == "rtx" and str(c.parameters.get("apt")) == str(codec.payloadType)
+        ),
+        None,
+    )
+    return SendParameters(
+        kind=sender.kind,
+        codec=codec.name,
+        payload_type=codec.payloadType,
+        clock_rate=codec.clockRate,
+        rtx_payload_type=rtx,
+        ssrc=sender._ssrc,
+        rtx_ssrc=sender._rtx_ssrc,
+        cname=parameters.rtcp.cname or "",
+        mid=parameters.muxId or None,
+        extension_ids={e.uri: e.id for e in parameters.headerExtensions},
+    )
+
+
+def take_over_sender(
+    sender: RTCRtpSender, on_ready: Callable[[SendParameters], None], feedback: SenderFeedback
+) -> None:
+    """Let aiortc negotiate ``sender`` but never send on it: the relay writes its packets.
+
+    Call before ``setRemoteDescription`` completes the connection. When
+    aiortc starts the sender (DTLS connected), the sender is registered with
+    its transport's RTCP router (so the viewer's RTCP for its SSRC reaches
+    ``feedback``) and ``on_ready`` receives the negotiated parameters; no RTP
+    or RTCP task is started. ``send_path`` then gives the SRTP session and
+    socket to write on.
+    """
+    kind = sender.kind
+    transport = sender.transport
+
+    async def send(parameters: RTCRtpSendParameters) -> None:
+        transport._register_rtp_sender(sender, parameters)
+        on_ready(_send_parameters(sender, parameters))
+
+    async def stop() -> None:
+        sender.transport._unregister_rtp_sender(sender)
+
+    async def handle(packet: Any) -> None:
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            feedback.on_nack(kind, list(packet.lost))
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            feedback.on_keyframe_request()
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                return
+            if sender._ssrc in ssrcs:
+                feedback.on_remb(kind, bitrate)
+        elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == sender._ssrc:
+                    feedback.on_report(kind, report.fraction_lost, report.jitter, report.lsr, report.dlsr)
+
+    sender.send = send
+    sender.stop = stop
+    sender._handle_rtcp_packet = handle
+
+
+class SrtpSession(Protocol):
+    """pylibsrtp's ``Session`` as the relay uses it."""
+
+    def protect(self, packet: bytes) -> bytes: ...
+
+    def protect_rtcp(self, packet: bytes) -> bytes: ...
+
+
+def send_path(sender: RTCRtpSender) -> tuple[SrtpSession, int, tuple[str, int]]:
+    """After ``on_ready``: the outbound SRTP session, the ICE socket's descriptor and the remote address.
+
+    The SRTP session is the one aiortc protects its own RTCP with, so the
+    relay's packets and aiortc's share one rollover state per SSRC.
+    """
+    dtls = sender.transport
+    session = dtls._tx_srtp
+    if session is None:
+        raise ConnectionError("DTLS-SRTP is not established on this sender's transport")
+    pair = dtls.transport._connection._nominated.get(1)
+    if pair is None:
+        raise ConnectionError("ICE has no nominated pair for this sender")
+    sock = pair.protocol.transport.get_extra_info("socket")
+    return session, sock.fileno(), pair.remote_addr

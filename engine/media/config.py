@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: Values of ``MediaConfig.forwarding`` (and of the engine's ``--forwarding`` flag).
+FORWARDING = ("fast", "stock")
+
 
 @dataclass(frozen=True)
 class MediaConfig:
@@ -64,6 +67,25 @@ class MediaConfig:
     #: Seconds suggested to refused clients in ``Retry-After``.
     retry_after: int = 5
 
+    #: How frames reach viewers: ``"fast"`` packetizes each frame once per room
+    #: and writes every viewer's RTP itself (engine/media/fastpath.py); ``"stock"``
+    #: feeds one aiortc ``RTCRtpSender`` per viewer track (engine/media/forwarding.py),
+    #: about a third of the fast path's viewers per core.
+    forwarding: str = "fast"
+
+    #: Fast path: packets of each kind kept per room to answer viewers' NACKs
+    #: (shared by all viewers; 2048 video packets is about 6 s at 2.5 Mbit/s).
+    nack_history_packets: int = 2048
+
+    #: Fast path: packets sent to viewers before the room's pacer yields to the
+    #: event loop, so a keyframe burst to many viewers never stalls the loop
+    #: (the publisher's socket, RTCP and websockets are served in between).
+    send_slice_packets: int = 256
+
+    #: Fast path: send each frame's packets with one UDP GSO system call
+    #: (Linux); off, or when the kernel refuses it, one ``sendto`` per packet.
+    udp_gso: bool = True
+
     #: Seconds a publisher may take to connect (ICE + DTLS) before its
     #: session is dropped and the room is free again.
     connect_timeout: float = 20.0
@@ -71,5 +93,9 @@ class MediaConfig:
     def __post_init__(self) -> None:
         if self.viewer_queue_frames <= self.keyframe_cache_frames:
             raise ValueError("viewer_queue_frames must exceed keyframe_cache_frames")
+        if self.forwarding not in FORWARDING:
+            raise ValueError(f"forwarding must be one of {FORWARDING}, not {self.forwarding!r}")
+        if self.nack_history_packets < 1 or self.send_slice_packets < 1:
+            raise ValueError("nack_history_packets and send_slice_packets must be positive")
         if self.pli_min_interval < 0 or self.connect_timeout <= 0:
             raise ValueError("pli_min_interval must be >= 0 and connect_timeout > 0")

@@ -55,6 +55,54 @@ class ViewerCounters:
         self.dropped = {k: dropped.labels(room, k) for k in ("audio", "video")}
 
 
+class FrameQueue:
+    """One viewer track's bounded queue of ``(frame, rtp timestamp)``, shared by both forwarding paths.
+
+    Video that overflows the queue is dropped until the next keyframe (the
+    viewer is behind: ``on_behind`` asks the room for a keyframe); audio
+    drops its oldest frame.
+    """
+
+    def __init__(self, kind: str, limit: int, counters: ViewerCounters, on_behind: Callable[[], None]) -> None:
+        self.kind = kind
+        self._limit = limit
+        self._counters = counters
+        self._on_behind = on_behind
+        self.frames: deque[tuple[EncodedFrame, int]] = deque()
+        self.need_keyframe = kind == "video"
+
+    def enqueue(self, frame: EncodedFrame, pts: int) -> bool:
+        """Queue ``frame``; False if it was dropped."""
+        if self.need_keyframe and not frame.keyframe:
+            return False
+        if len(self.frames) >= self._limit:
+            if self.kind == "video":
+                self.drop_until_keyframe()
+                if not frame.keyframe:
+                    return False
+            else:
+                self.frames.popleft()
+                self._counters.dropped["audio"].inc()
+        self.need_keyframe = False
+        self.frames.append((frame, pts))
+        return True
+
+    def drop_until_keyframe(self) -> None:
+        """The viewer fell behind: drop queued video and wait for the next keyframe."""
+        self._counters.dropped[self.kind].inc(len(self.frames))
+        self.frames.clear()
+        self.need_keyframe = True
+        self._on_behind()
+
+    def resync(self) -> None:
+        if self.kind == "video":
+            self.frames.clear()
+            self.need_keyframe = True
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
 class RelayTrack(MediaStreamTrack):
     """A track whose frames are encoded ``av.Packet``s taken from a bounded queue."""
 
@@ -68,38 +116,18 @@ class RelayTrack(MediaStreamTrack):
     ) -> None:
         super().__init__()
         self.kind = kind
-        self._limit = limit
         self._counters = counters
-        self._on_behind = on_behind
         self._on_first_frame = on_first_frame
-        self._queue: deque[tuple[EncodedFrame, int]] = deque()
+        self._queue = FrameQueue(kind, limit, counters, on_behind)
         self._waiter: asyncio.Future[None] | None = None
-        self._need_keyframe = kind == "video"
         self._sent_first = False
 
     def enqueue(self, frame: EncodedFrame, pts: int) -> None:
-        if self._need_keyframe and not frame.keyframe:
-            return
-        if len(self._queue) >= self._limit:
-            if self.kind == "video":
-                self._counters.dropped["video"].inc(len(self._queue))
-                self._queue.clear()
-                self._on_behind()
-                if not frame.keyframe:
-                    self._need_keyframe = True
-                    return
-            else:
-                self._queue.popleft()
-                self._counters.dropped["audio"].inc()
-        self._need_keyframe = False
-        self._queue.append((frame, pts))
-        if self._waiter is not None and not self._waiter.done():
+        if self._queue.enqueue(frame, pts) and self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
     def resync(self) -> None:
-        if self.kind == "video":
-            self._queue.clear()
-            self._need_keyframe = True
+        self._queue.resync()
 
     async def recv(self) -> av.Packet:
         while not self._queue:
@@ -107,7 +135,7 @@ class RelayTrack(MediaStreamTrack):
                 raise MediaStreamError
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
-        frame, pts = self._queue.popleft()
+        frame, pts = self._queue.frames.popleft()
         packet = av.Packet(frame.data)
         packet.pts = pts
         packet.time_base = frame.time_base

@@ -19,6 +19,9 @@ class EncodedFrame:
 
     ``timestamp`` is in ``time_base`` units (RTP clock), continuous across
     publisher changes so viewers' decoders see time moving forward.
+    The fast forwarding path packetizes each frame once for the whole room:
+    ``packets`` are its RTP payloads, numbered from ``first_index`` in the
+    room's packet history (engine/media/fanout.py), ``payload_bytes`` their sum.
     """
 
     kind: str
@@ -28,6 +31,9 @@ class EncodedFrame:
     time_base: Fraction
     keyframe: bool = False
     size: tuple[int, int] | None = field(default=None)
+    packets: list[bytes] | None = field(default=None)
+    first_index: int = 0
+    payload_bytes: int = 0
 
 
 def h264_is_keyframe(data: bytes) -> bool:

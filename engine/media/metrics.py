@@ -24,6 +24,21 @@ KEYFRAME_REQUESTS = Counter(
 NACKS = Counter(
     "livecart_media_nacks", "Packets NACKed by viewers and looked up for retransmission", ["room"]
 )
+RETRANSMITS = Counter(
+    "livecart_media_retransmits", "Packets re-sent to viewers from the room's history (fast path)", ["room"]
+)
+VIEWER_LOSS = Histogram(
+    "livecart_media_viewer_fraction_lost",
+    "Fraction of packets lost that viewers report in RTCP receiver reports (fast path)",
+    ["room"],
+    buckets=(0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+VIEWER_RTT = Histogram(
+    "livecart_media_viewer_rtt_seconds",
+    "Round-trip time to viewers from RTCP receiver reports (fast path)",
+    ["room"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
 DROPPED = Counter(
     "livecart_media_frames_dropped", "Frames dropped for viewers that fell behind", ["room", "kind"]
 )
@@ -37,7 +52,7 @@ FIRST_FRAME = Histogram(
 
 def forget(room: str) -> None:
     """Drop a room's series once it has no media, so metrics stay bounded."""
-    for metric in (PUBLISHERS, VIEWERS, KEYFRAME_REQUESTS, NACKS, FIRST_FRAME):
+    for metric in (PUBLISHERS, VIEWERS, KEYFRAME_REQUESTS, NACKS, FIRST_FRAME, RETRANSMITS, VIEWER_LOSS, VIEWER_RTT):
         with suppress(KeyError):
             metric.remove(room)
     for metric in (PACKETS_IN, BYTES_IN, PACKETS_OUT, BYTES_OUT, DROPPED):

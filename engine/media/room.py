@@ -18,6 +18,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from engine.media import aiortc_compat, metrics
 from engine.media.config import MediaConfig
+from engine.media.fanout import RoomFanout
 from engine.media.forwarding import ViewerCounters, ViewerOutput
 from engine.media.frames import EncodedFrame, KeyframeCache, h264_is_keyframe, vp8_keyframe_size
 
@@ -74,6 +75,15 @@ class MediaRoom:
         self._bytes_in = {k: metrics.BYTES_IN.labels(room_id, k) for k in ("audio", "video")}
         self._keyframe_requests = metrics.KEYFRAME_REQUESTS.labels(room_id)
         self.nacks = metrics.NACKS.labels(room_id)
+        #: The fast forwarding path's per-room half (packetize once, history, pacer); None on the stock path.
+        self.fanout: RoomFanout | None = None
+        if config.forwarding == "fast":
+            self.fanout = RoomFanout(
+                self.counters,
+                metrics.RETRANSMITS.labels(room_id),
+                config.nack_history_packets,
+                config.send_slice_packets,
+            )
 
     # --- publisher side ---
 
@@ -115,6 +125,8 @@ class MediaRoom:
         frame = EncodedFrame(kind, codec, data, timeline.map(jitter_frame.timestamp), timeline.time_base)
         self._frames_in[kind].inc()
         self._bytes_in[kind].inc(len(data))
+        if self.fanout is not None:
+            self.fanout.packetize(frame)
         if kind == "video":
             name = codec.lower()
             if name == "h264":
@@ -152,6 +164,11 @@ class MediaRoom:
 
     def remove_viewer(self, viewer_id: str) -> ViewerOutput | None:
         return self.viewers.pop(viewer_id, None)
+
+    def close(self) -> None:
+        """The room has no media left: stop its pacer."""
+        if self.fanout is not None:
+            self.fanout.close()
 
     @property
     def empty(self) -> bool:

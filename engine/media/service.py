@@ -23,6 +23,7 @@ from aiortc.sdp import candidate_from_sdp
 from engine.media import aiortc_compat, metrics, offer
 from engine.media.config import MediaConfig
 from engine.media.errors import MediaError
+from engine.media.fastpath import FastOutput
 from engine.media.forwarding import StockOutput
 from engine.media.room import MediaRoom
 
@@ -61,7 +62,7 @@ class _Session:
     remote_ufrag: str
     etag: str
     started: float = field(default_factory=time.monotonic)
-    output: StockOutput | None = None
+    output: StockOutput | FastOutput | None = None
     closing: bool = False
 
 
@@ -169,14 +170,31 @@ class MediaService:
 
         started = time.monotonic()
         first_frame = metrics.FIRST_FRAME.labels(room_id)
-        output = StockOutput(
-            codecs,
-            self.config.viewer_queue_frames,
-            media.counters,
-            media.request_keyframe,
-            media.nacks.inc,
-            lambda: first_frame.observe(time.monotonic() - started),
-        )
+        def on_first_frame() -> None:
+            first_frame.observe(time.monotonic() - started)
+
+        output: StockOutput | FastOutput
+        if media.fanout is not None:
+            output = FastOutput(
+                media.fanout,
+                room_id,
+                codecs,
+                self.config.viewer_queue_frames,
+                media.counters,
+                media.request_keyframe,
+                media.nacks.inc,
+                on_first_frame,
+                gso=self.config.udp_gso,
+            )
+        else:
+            output = StockOutput(
+                codecs,
+                self.config.viewer_queue_frames,
+                media.counters,
+                media.request_keyframe,
+                media.nacks.inc,
+                on_first_frame,
+            )
         pc = self._peer_connection()
         try:
             output.add_to(pc)
@@ -334,6 +352,7 @@ class MediaService:
     def _forget_if_empty(self, media: MediaRoom) -> None:
         if media.empty and self._media.get(media.id) is media:
             del self._media[media.id]
+            media.close()
             metrics.forget(media.id)
 
     def _spawn(self, coro: Any) -> None:

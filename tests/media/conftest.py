@@ -15,7 +15,7 @@ from media_peers import encode_opus, encode_video
 
 from engine.bus.base import Event
 from engine.bus.memory import MemoryBus
-from engine.media.config import MediaConfig
+from engine.media.config import FORWARDING, MediaConfig
 from engine.media.service import MediaService
 from engine.rooms import Rooms
 from engine.storage import Storage
@@ -67,9 +67,15 @@ def opus() -> Any:
     return encode_opus()
 
 
+@pytest.fixture(params=FORWARDING)
+def forwarding(request: pytest.FixtureRequest) -> str:
+    """Every relay test runs on both forwarding paths (``-k fast`` or ``-k stock`` picks one)."""
+    return request.param
+
+
 @pytest.fixture
-def media_config() -> MediaConfig:
-    return MediaConfig(announced_addresses=("127.0.0.1",))
+def media_config(forwarding: str) -> MediaConfig:
+    return MediaConfig(announced_addresses=("127.0.0.1",), forwarding=forwarding)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ H264_OPUS = {"video": "H264", "audio": "opus"}
 
 
 @pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[tuple[App, MediaService]]:
+async def app(tmp_path: Path, forwarding: str) -> AsyncIterator[tuple[App, MediaService]]:
     config = Config(
         host="127.0.0.1",
         http_port=0,
@@ -32,6 +32,7 @@ async def app(tmp_path: Path) -> AsyncIterator[tuple[App, MediaService]]:
         admin_key="test-admin",
         tick_ms=20,
         announce="127.0.0.1",
+        forwarding=forwarding,
     )
     engine = App(config)
     engine.rooms.ensure("shop")
