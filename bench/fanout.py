@@ -1,0 +1,378 @@
+"""Event fan-out bench: one room, N websocket viewers, the engine against a bare broadcast floor.
+
+For each ``N x R`` in ``--matrix`` and each server in ``--servers`` (in the same run):
+
+1. start the server pinned to core 0: the engine (``livecart serve``) or the floor
+   (``bench/fanout_floor.py``: ``websockets.broadcast`` of each published message);
+2. open N viewers from ``--procs`` client processes pinned to core 1
+   (``bench/fanout_client.py``: raw uvloop sockets, orjson only to read seq and time);
+3. publish discrete events at R per second from this process (also on core 1): to the
+   engine as a host's ``chat`` action over the websocket, to the floor as the same JSON
+   the engine would send (same keys, same size, ~``--size`` bytes); each carries its
+   index and its send time (``time.time()``) in the chat text;
+4. over the measured events (after ``--warmup`` seconds) record, at every viewer, the
+   publish-to-receive latency and every missed event (index count and seq gaps), and the
+   server's CPU time (utime + stime from /proc/PID/stat) from the first measured publish
+   until the last viewer has the last event; divide by the deliveries;
+5. meanwhile a probe connection (SCHED_FIFO on core 1, so the busy clients do not delay
+   it) pings the server every 5 ms: its round trip is how long the server's loop was
+   blocked.
+
+Usage (as root, from the repository root):
+
+    python bench/fanout.py --matrix 1000x10,5000x10,10000x10 --duration 10
+
+Prints a markdown table (medians over ``--repeat``) and writes every run to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import secrets
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import uvloop
+from websockets.asyncio.client import ClientConnection, connect
+
+from signaling.tokens import mint
+
+HERE = Path(__file__).resolve().parent
+CLIENT = str(HERE / "fanout_client.py")
+FLOOR = str(HERE / "fanout_floor.py")
+ROOM = "demo"
+HOST_SUB = "bench-host"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds (fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+async def wait_listening(port: int, proc: asyncio.subprocess.Process, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"server not listening on {port} after {timeout}s")
+
+
+class Child:
+    """A helper process spoken to with one JSON line per command."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, *argv: str) -> Child:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=HERE.parent)
+        return cls(proc)
+
+    async def read(self, timeout: float = 60) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError(f"helper {self.proc.pid} exited ({await self.proc.wait()})")
+        return orjson.loads(line)
+
+    async def ask(self, command: str, timeout: float = 60) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        await self.proc.stdin.drain()
+        return await self.read(timeout)
+
+    def tell(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+
+    async def end(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.proc.wait()
+
+
+class Server:
+    """The engine or the floor, pinned to core 0."""
+
+    def __init__(self, kind: str, args: argparse.Namespace, workdir: Path) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.secret = secrets.token_hex(16) if kind == "engine" else ""
+        self.log = workdir / f"{kind}-{self.port}.log"
+        if kind == "engine":
+            self.argv = [
+                "taskset", "-c", "0", "livecart", "serve", "--host", "127.0.0.1",
+                "--http-port", str(free_port()), "--ws-port", str(self.port),
+                "--data-dir", str(workdir / f"data-{self.port}"), "--secret", self.secret,
+                "--admin-key", secrets.token_hex(8), "--demo-room", ROOM,
+                "--max-connections", str(args.max_n + 100),
+                "--chat-rate", "100000", "--chat-burst", "100000",
+                "--msg-rate", "100000", "--msg-burst", "100000",
+                *args.engine_arg,
+            ]
+        else:
+            self.argv = ["taskset", "-c", "0", sys.executable, FLOOR, "--port", str(self.port)]
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with open(self.log, "wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(*self.argv, stdout=log, stderr=log, cwd=HERE.parent)
+        await wait_listening(self.port, self.proc)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def query(self, role: str, sub: str) -> str:
+        return f"token={mint(self.secret, ROOM, role, sub, 3600)}" if self.secret else "publisher=1"
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), 15)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+class Publisher:
+    """Sends the bench's events: chat actions to the engine, the engine's event JSON to the floor."""
+
+    def __init__(self, server: Server, size: int) -> None:
+        self.server = server
+        self.ws: ClientConnection | None = None
+        self.seq_base = int(time.time() * 1_000_000)
+        sample = self._floor_event(0, time.time(), f"{10**5} {time.time():.6f} ")
+        self.pad = "x" * max(0, size - len(orjson.dumps(sample)))
+        self._drain: asyncio.Task[None] | None = None
+        self.errors = 0
+
+    def _floor_event(self, k: int, now: float, text: str) -> dict[str, Any]:
+        # The same keys, in the same order, as engine.bus.base.Event.wire() for a host's chat.
+        return {"user": HOST_SUB, "role": "host", "text": text, "type": "chat",
+                "seq": self.seq_base + k, "ts": round(now * 1000, 3)}
+
+    async def open(self) -> None:
+        url = f"ws://127.0.0.1:{self.server.port}/ws?{self.server.query('host', HOST_SUB)}"
+        self.ws = await connect(url, compression=None, max_size=None)
+        self._drain = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for message in self.ws:
+            if b'"error"' in (message.encode() if isinstance(message, str) else message):
+                self.errors += 1
+
+    async def publish(self, k: int) -> None:
+        assert self.ws is not None
+        now = time.time()
+        text = f"{k} {now:.6f} {self.pad}"
+        if self.server.kind == "engine":
+            await self.ws.send(orjson.dumps({"type": "chat", "id": k, "text": text}).decode())
+        else:
+            await self.ws.send(orjson.dumps(self._floor_event(k, now, text)).decode())
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._drain is not None:
+            self._drain.cancel()
+
+
+async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    server = Server(kind, args, workdir)
+    await server.start()
+    python = sys.executable
+    procs = max(1, min(args.procs, n))
+    warm = max(3, int(rate * args.warmup))
+    measured = max(1, int(rate * args.duration))
+    workers: list[Child] = []
+    probe: Child | None = None
+    publisher = Publisher(server, args.size)
+    lat_files = [workdir / f"lat-{kind}-{n}-{i}.f32" for i in range(procs)]
+    try:
+        for i in range(procs):
+            count = n // procs + (1 if i < n % procs else 0)
+            argv = ["taskset", "-c", "1", python, CLIENT, "viewers", "--port", str(server.port),
+                    "--secret", server.secret, "--room", ROOM, "--count", str(count), "--worker", str(i),
+                    "--concurrency", str(max(4, args.concurrency // procs)), "--warmup", str(warm),
+                    "--lat-file", str(lat_files[i])]
+            if args.src_ips:
+                argv += ["--src", f"127.0.0.{2 + i}"]
+            workers.append(await Child.start(*argv))
+        ready = [await w.read(timeout=120) for w in workers]
+        connected = sum(r["ready"] for r in ready)
+        if connected < n:
+            raise RuntimeError(f"{kind}: only {connected} of {n} viewers connected: {ready}")
+        probe = await Child.start("chrt", "-f", "20", "taskset", "-c", "1", python, CLIENT, "probe",
+                                  "--port", str(server.port), "--secret", server.secret, "--room", ROOM,
+                                  "--interval", str(args.probe_interval), "--pid", str(server.pid))
+        await probe.read()
+        await publisher.open()
+        await asyncio.sleep(1.0)  # let the joins' viewer-count events go out before publishing
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.05
+        cpu0 = wall0 = 0.0
+        for k in range(warm + measured):
+            delay = start + k / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if k == warm:
+                probe.tell("start")
+                cpu0, wall0 = cpu_seconds(server.pid), time.monotonic()
+            await publisher.publish(k)
+        expected = n * measured
+        deadline = time.monotonic() + args.drain
+        got = 0
+        while time.monotonic() < deadline:
+            got = sum([(await w.ask("count"))["got"] for w in workers])
+            if got >= expected:
+                break
+            await asyncio.sleep(0.02)
+        cpu1, wall1 = cpu_seconds(server.pid), time.monotonic()
+        lag = await probe.ask("stop")
+        reports = [await w.ask(f"report {measured}") for w in workers]
+        lat = np.concatenate([np.fromfile(f, dtype=np.float32) for f in lat_files])
+        deliveries = sum(r["got"] for r in reports)
+        result = {
+            "server": kind, "n": n, "rate": rate, "events": measured, "procs": procs,
+            "payload_bytes": max(r["size"] for r in reports),
+            "deliveries": deliveries,
+            "window_s": round(wall1 - wall0, 3),
+            "deliveries_per_s": round(deliveries / (wall1 - wall0)),
+            "server_cpu_s": round(cpu1 - cpu0, 3),
+            "server_cpu_pct": round(100 * (cpu1 - cpu0) / (wall1 - wall0), 1),
+            "us_per_delivery": round((cpu1 - cpu0) / deliveries * 1e6, 2) if deliveries else None,
+            "p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
+            "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+            "max_ms": round(float(lat.max()), 2) if lat.size else None,
+            "missed": sum(r["missing"] for r in reports),
+            "clients_missing": sum(r["clients_missing"] for r in reports),
+            "seq_gaps": sum(r["seq_gaps"] for r in reports),
+            "closed": sum(r["closed"] for r in reports),
+            "client_errors": sum(r["errors"] for r in reports) + publisher.errors,
+            "probe_pings": lag["pings"],
+            **{f"probe_rtt_{k}": v for k, v in lag["rtt"].items()},
+            **{f"probe_busy_{k}": v for k, v in lag["busy"].items()},
+        }
+        for f in lat_files:
+            f.unlink(missing_ok=True)
+        return result
+    finally:
+        await publisher.close()
+        for child in [*workers, *([probe] if probe else [])]:
+            await child.end()
+        await server.stop()
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """Medians over repeats per (N, R, server), with the engine/floor CPU ratio."""
+    groups: dict[tuple[int, float, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["n"], r["rate"], r["server"]), []).append(r)
+
+    def med(rows: list[dict[str, Any]], key: str) -> Any:
+        values = [r[key] for r in rows if r[key] is not None]
+        return statistics.median(values) if values else None
+
+    lines = [
+        "| N | R/s | server | deliveries/s | CPU µs/delivery | x floor | server CPU % | p50 ms | p99 ms | max ms "
+        "| missed | probe RTT p99 / max ms | loop busy p99 / max ms | pings busy > 20 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (n, rate, kind), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "engine")):
+        cost = med(rows, "us_per_delivery")
+        floor = groups.get((n, rate, "floor"))
+        ratio = cost / med(floor, "us_per_delivery") if floor and cost and kind == "engine" else None
+        lines.append(
+            f"| {n} | {rate:g} | {kind} | {_fmt(med(rows, 'deliveries_per_s'), 0)} | {_fmt(cost, 2)} "
+            f"| {_fmt(ratio, 2)} | {_fmt(med(rows, 'server_cpu_pct'))} | {_fmt(med(rows, 'p50_ms'))} "
+            f"| {_fmt(med(rows, 'p99_ms'))} | {_fmt(med(rows, 'max_ms'))} | {sum(r['missed'] for r in rows)} "
+            f"| {_fmt(med(rows, 'probe_rtt_p99'))} / {_fmt(med(rows, 'probe_rtt_max'))} "
+            f"| {_fmt(med(rows, 'probe_busy_p99'))} / {_fmt(med(rows, 'probe_busy_max'))} "
+            f"| {sum(r['probe_busy_over20'] for r in rows)} |"
+        )
+    return "\n".join(lines)
+
+
+async def main(args: argparse.Namespace) -> None:
+    matrix = [(int(n), float(r)) for n, r in (item.split("x") for item in args.matrix.split(","))]
+    args.max_n = max(n for n, _ in matrix)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
+        workdir = Path(tmp)
+        for rep in range(args.repeat):
+            for n, rate in matrix:
+                kinds = args.servers.split(",")
+                for kind in kinds if rep % 2 == 0 else kinds[::-1]:
+                    result = await run_one(kind, n, rate, args, workdir)
+                    result["repeat"] = rep
+                    results.append(result)
+                    print(orjson.dumps(result).decode(), flush=True)
+                    await asyncio.sleep(args.pause)
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    print(table(results))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--matrix", default="1000x10,5000x10,10000x10", help="comma-separated NxR (viewers x events/s)")
+    parser.add_argument("--servers", default="engine,floor")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds of publishing per run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured events first")
+    parser.add_argument("--size", type=int, default=200, help="event JSON bytes (the websocket payload)")
+    parser.add_argument("--procs", type=int, default=4, help="client processes (all on core 1)")
+    parser.add_argument("--concurrency", type=int, default=64, help="handshakes in flight over all processes")
+    parser.add_argument("--src-ips", action="store_true", help="one source address 127.0.0.x per client process")
+    parser.add_argument("--probe-interval", type=float, default=0.005)
+    parser.add_argument("--drain", type=float, default=30.0, help="longest wait for the last deliveries, s")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--pause", type=float, default=2.0, help="seconds between runs")
+    parser.add_argument("--engine-arg", action="append", default=[], help="extra livecart serve flag (repeatable)")
+    parser.add_argument("--json", default="", help="write every run's figures here")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # 20,000 here: enough for 10,000 viewers
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    os.sched_setaffinity(0, {1})
+    uvloop.run(main(parse_args()))
