@@ -269,7 +269,7 @@
       });
       publishState(pc.connectionState);
       button.textContent = 'End stream';
-      button.classList.add('on-air');
+      button.classList.replace('primary', 'on-air');
     } catch (err) {
       session = null;
       const message = err && err.name === 'NotAllowedError' ? 'Camera or microphone access was refused.'
@@ -292,7 +292,7 @@
     session = null;
     const button = $('#go-live');
     button.textContent = 'Go live';
-    button.classList.remove('on-air');
+    button.classList.replace('on-air', 'primary');
     publishStatus('Stream ended.');
   }
 

@@ -141,7 +141,6 @@ async def test_studio_publishes_the_camera_and_viewers_play_it(app: App, pages: 
         await viewer.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=WAIT_MS)
         await viewer.locator("#live", has_text="Live").wait_for()
         await viewer.locator("#stage-msg").wait_for(state="hidden")
-    assert await whep.evaluate("document.getElementById('video').videoWidth") == 640
 
     await studio.click("#go-live")  # end the stream: DELETE of the WHIP session
     await whep.locator("#live", has_text="Offline").wait_for()
