@@ -281,6 +281,7 @@
         state.snapshot(msg);
         if (viaChannel && !joined) startMedia();
         joined = true;
+        retriedGuest = false;
       },
       event: (msg) => state.apply(msg),
       direct: onDirect,
@@ -292,8 +293,12 @@
           channel.connect();
           return;
         }
-        // The websocket's peer connection ends with the socket it was negotiated on.
-        if (status === 'open' && viaChannel && joined) startMedia();
+        if (status === 'open' && joined) {
+          // Cart updates go to the user's open connections only: ask for the cart a drop may have missed.
+          channel.request('cart').then((ack) => state.setCart(ack.cart), () => {});
+          // The websocket's peer connection ends with the socket it was negotiated on.
+          if (viaChannel) startMedia();
+        }
         connStatus(status, detail);
       },
     });
