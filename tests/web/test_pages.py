@@ -17,6 +17,7 @@ import pytest
 
 from engine.app import App
 from engine.config import Config
+from signaling.protocol import CLOSE_TOO_SLOW
 from signaling.tokens import mint
 
 CHROMIUM = "/usr/bin/chromium"
@@ -205,3 +206,28 @@ async def test_host_pins_and_sells_viewers_tap_and_check_out(app: App, pages: Pa
     assert await buyer.locator("#cart-count").inner_text() == "0"
     await studio.locator("#stat-orders", has_text="1").wait_for()
     await studio.locator("#stat-revenue", has_text="29.90").wait_for()
+
+
+async def test_watch_page_resumes_after_the_server_drops_it(app: App, pages: Pages) -> None:
+    """Closed as too slow, the page reconnects with since=<last seq>: what it missed is replayed once."""
+    from conftest import connect
+
+    viewer = await pages.open("/watch/demo")
+    await viewer.locator("#conn.open").wait_for(state="attached")
+    await viewer.click("[data-tab=chat]")
+    host = await connect(app, host_token(app))
+    await host.recv_type("snapshot")
+    assert (await host.request({"type": "chat", "id": 1, "text": "before the drop"}))["type"] == "ack"
+    await viewer.locator("#chat-log .chat-line", has_text="before the drop").wait_for()
+
+    dropped = [s for s in app.channel.sessions.values() if s.role == "viewer"]
+    assert len(dropped) == 1
+    dropped[0].close(CLOSE_TOO_SLOW, "too slow: reconnect with since")
+    await viewer.locator("#conn.reconnecting").wait_for(state="attached")
+    assert (await host.request({"type": "chat", "id": 2, "text": "while away"}))["type"] == "ack"
+    await viewer.locator("#conn.open").wait_for(state="attached")
+    assert (await host.request({"type": "chat", "id": 3, "text": "after the return"}))["type"] == "ack"
+    await viewer.locator("#chat-log .chat-line", has_text="after the return").wait_for()
+    texts = await viewer.locator("#chat-log .chat-line span").all_inner_texts()
+    assert texts == ["before the drop", "while away", "after the return"]
+    await host.close()
