@@ -149,10 +149,20 @@ class Session:
         elif self.lagging_since is not None and now - self.lagging_since > config.slow_close_after:
             self.lagging_since = None
             metrics.SEND_QUEUE.labels("closed").inc()
-            self.close(protocol.CLOSE_TOO_SLOW, "too slow: reconnect with since")
+            self._drop(protocol.CLOSE_TOO_SLOW, "too slow: reconnect with since")
 
     def close(self, code: int, reason: str) -> None:
         asyncio.get_running_loop().create_task(self.connection.close(code, reason))
+
+    def _drop(self, code: int, reason: str) -> None:
+        """Close a client that does not read: a close handshake would wait behind its backlog.
+
+        The close frame goes after what is already buffered (a client that catches up reads
+        it), and the connection is cut after the close timeout either way.
+        """
+        self.connection.protocol.send_close(code, reason)
+        self.connection.send_data()
+        asyncio.get_running_loop().call_later(self.channel.close_timeout, self.transport.abort)
 
 
 class Channel:
@@ -168,6 +178,7 @@ class Channel:
         self.on_close: list[Callable[[Session], Awaitable[None]]] = []
         self.hubs: dict[str, RoomHub] = {}
         self.sessions: dict[int, Session] = {}
+        self.close_timeout = 2.0
         self._ids = itertools.count(1)
         self._server: Server | None = None
         self._lag_task: asyncio.Task[None] | None = None
@@ -188,7 +199,7 @@ class Channel:
             compression="deflate" if self.config.permessage_deflate else None,
             max_size=self.config.max_frame,
             max_queue=16,
-            close_timeout=2,
+            close_timeout=self.close_timeout,
         )
         self._lag_task = asyncio.get_running_loop().create_task(self._watch_laggards())
 

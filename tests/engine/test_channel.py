@@ -11,6 +11,7 @@ import msgpack
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from engine.app import App
 from signaling.tokens import mint
@@ -167,35 +168,45 @@ async def _stalled_client(app: App, tok: str) -> socket.socket:
     return sock
 
 
+async def _flood_until_lagging(app: App, fast: Client | None) -> int:
+    """Publish 16 KB events until the stalled session is skipped; the fast client keeps reading."""
+    stalled = next(iter(app.channel.sessions.values()))
+    sent = 0
+    while stalled.lagging_since is None and sent < 2000:
+        await app.bus.publish("demo", "test.bulk", {"n": sent, "pad": "x" * 16000})
+        sent += 1
+        if fast is not None:
+            assert (await fast.recv_type("test.bulk"))["n"] == sent - 1
+        else:
+            await asyncio.sleep(0)
+    assert stalled.lagging_since is not None, "the stalled client was never skipped"
+    return sent
+
+
 async def test_slow_client_is_resynced_and_does_not_delay_others(tmp_path) -> None:
     from engine.config import Config
 
     config = Config(http_port=0, ws_port=0, data_dir=str(tmp_path), secret="s" * 32, admin_key="a",
-                    send_queue_bytes=64 * 1024, slow_close_after=30)
+                    send_queue_bytes=256 * 1024, slow_close_after=30)
     app = App(config)
     await app.start()
     try:
         stalled = await _stalled_client(app, token(app))
         fast = await connect(app)
         await fast.recv_type("snapshot")
-        payload = "x" * 4000
-        started = time.perf_counter()
-        for i in range(300):
-            await app.bus.publish("demo", "test.bulk", {"n": i, "pad": payload})
-            await asyncio.sleep(0)
-        for i in range(300):
-            assert (await fast.recv_type("test.bulk"))["n"] == i
-        assert time.perf_counter() - started < 10
-        session = next(s for s in app.channel.sessions.values() if s.sub != "x" and s.last_seq < app.bus.seq("demo"))
-        assert session.lagging_since is not None
+        # The fast client receives every event at once although the other one stopped reading.
+        await _flood_until_lagging(app, fast)
+        session = next(iter(app.channel.sessions.values()))
+        assert session.transport.get_write_buffer_size() <= config.send_queue_bytes + 17000
+        for i in range(20):
+            await app.bus.publish("demo", "test.bulk", {"n": -i})
+            assert (await fast.recv_type("test.bulk"))["n"] == -i
         # The stalled client reads again: it drains and is resynced with a snapshot.
-        deadline = time.time() + 10
+        loop = asyncio.get_running_loop()
         seen = b""
+        deadline = time.time() + 20
         while b'"resync":true' not in seen and time.time() < deadline:
-            try:
-                seen = seen[-100000:] + stalled.recv(1 << 20)
-            except BlockingIOError:
-                await asyncio.sleep(0.02)
+            seen = seen[-100000:] + await asyncio.wait_for(loop.sock_recv(stalled, 1 << 20), 5)
         assert b'"resync":true' in seen
         assert session.lagging_since is None
         stalled.close()
@@ -208,32 +219,30 @@ async def test_client_that_stays_behind_is_closed_resumably(tmp_path) -> None:
     from engine.config import Config
 
     config = Config(http_port=0, ws_port=0, data_dir=str(tmp_path), secret="s" * 32, admin_key="a",
-                    send_queue_bytes=32 * 1024, slow_close_after=0.3)
+                    send_queue_bytes=64 * 1024, slow_close_after=0.3)
     app = App(config)
     await app.start()
     try:
+        app.channel.close_timeout = 5.0
         stalled = await _stalled_client(app, token(app))
-        for i in range(200):
-            await app.bus.publish("demo", "test.bulk", {"n": i, "pad": "y" * 4000})
-            await asyncio.sleep(0)
+        await _flood_until_lagging(app, None)
+        session = next(iter(app.channel.sessions.values()))
+        deadline = time.time() + 10
+        while session.connection.protocol.state is not State.CLOSING and time.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert session.connection.protocol.state is State.CLOSING
+        # A client that reads its backlog before the cut finds the close frame with code 4008.
+        loop = asyncio.get_running_loop()
+        data = b""
+        reason = b"too slow: reconnect with since"
+        close_frame = struct.pack("!BBH", 0x88, len(reason) + 2, 4008) + reason
+        while not data.endswith(close_frame):
+            data = data[-100:] + await asyncio.wait_for(loop.sock_recv(stalled, 1 << 20), 5)
+        stalled.close()
         deadline = time.time() + 10
         while app.channel.sessions and time.time() < deadline:
             await asyncio.sleep(0.1)
         assert not app.channel.sessions
-        # Read what reached the socket: the last frame is a close frame with code 4008.
-        data = b""
-        while True:
-            try:
-                chunk = stalled.recv(1 << 20)
-            except (BlockingIOError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            data += chunk
-        stalled.close()
-        close_at = data.rfind(b"\x88")
-        if close_at >= 0 and len(data) >= close_at + 4:
-            assert struct.unpack("!H", data[close_at + 2 : close_at + 4])[0] == 4008
     finally:
         await app.stop()
 
@@ -254,7 +263,7 @@ async def test_bad_tokens_are_refused_with_codes(engine: App) -> None:
     assert message["code"] == "unauthorized" and code == 4401
     message, code = await _refused(engine, "token=not-a-jwt")
     assert message["code"] == "unauthorized" and code == 4401
-    forged = mint("another-secret", "demo", "host", "mallory")
+    forged = mint("another-secret-that-is-long-enough-32b", "demo", "host", "mallory")
     message, code = await _refused(engine, f"token={forged}")
     assert message["code"] == "unauthorized" and code == 4401
     expired = mint(engine.secret, "demo", "viewer", "late", ttl=1)
