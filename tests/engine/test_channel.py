@@ -15,7 +15,7 @@ from websockets.protocol import State
 
 from engine.app import App
 from signaling.tokens import mint
-from tests.conftest import connect, token
+from tests.conftest import Client, connect, token
 
 
 async def test_join_gets_snapshot_first(engine: App) -> None:
