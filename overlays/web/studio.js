@@ -106,6 +106,7 @@
     const sales = [...state.sales.values()].sort((a, b) => b.starts_at - a.starts_at);
     const active = sales.filter((s) => RoomState.phase(s) !== 'ended');
     $('#sales-count').textContent = active.length;
+    $('#sales-count').hidden = !active.length;
     const box = $('#sales');
     if (!sales.length) {
       box.replaceChildren(el('p.empty', {}, 'No flash sales yet. Start one from a product’s “Flash sale” button.'));
@@ -317,19 +318,15 @@
     const conn = $('#conn');
     conn.textContent = {open: '', connecting: 'connecting…', reconnecting: 'reconnecting…', refused: detail}[status] || '';
     conn.className = 'conn ' + status;
-    if (status === 'refused') $('#signin').hidden = false;
+    if (status === 'refused') signedIn(false);
   }
 
   function join(token) {
     channel?.close();
     channel = new LC.Channel(token, {
       snapshot: (msg) => {
-        if (msg.you.role !== 'host') {
-          toast('This token is a viewer’s: products and sales need a host token.', 'error');
-          $('#signin').hidden = false;
-        } else {
-          $('#signin').hidden = true;
-        }
+        if (msg.you.role !== 'host') toast('This token is a viewer’s: products and sales need a host token.', 'error');
+        signedIn(msg.you.role === 'host');
         state.snapshot(msg);
       },
       event: (msg) => state.apply(msg),
@@ -337,6 +334,12 @@
       status: connStatus,
     });
     channel.connect();
+  }
+
+  /** Without a host token only the sign-in form shows in the panel. */
+  function signedIn(yes) {
+    $('#signin').hidden = yes;
+    document.body.classList.toggle('signed-out', !yes);
   }
 
   $('#signin').addEventListener('submit', (e) => {
@@ -348,5 +351,5 @@
 
   render('all');
   if (params.get('token')) join(params.get('token'));
-  else $('#signin').hidden = false;
+  else signedIn(false);
 })();

@@ -57,6 +57,8 @@
   let playing = false;
   function updateStageMessage() {
     const msg = $('#stage-msg');
+    const audible = video.srcObject && video.srcObject.getAudioTracks().length;
+    $('#unmute').hidden = !(state.live && playing && audible && video.muted);
     if (state.live && playing) { msg.hidden = true; return; }
     msg.hidden = false;
     msg.textContent = state.live ? 'Loading the stream…' : 'The stream is offline — it starts when the host goes live.';
@@ -242,7 +244,7 @@
 
   function onStream(stream) {
     if (video.srcObject !== stream) video.srcObject = stream;
-    $('#unmute').hidden = !stream.getAudioTracks().length || !video.muted;
+    updateStageMessage();
   }
 
   async function startMedia() {

@@ -131,8 +131,14 @@ async def test_lobby_lists_rooms_and_pages_carry_the_websocket_url(app: App, pag
 
 
 async def test_studio_publishes_the_camera_and_viewers_play_it(app: App, pages: Pages) -> None:
-    key = app.rooms.get("demo").stream_key
-    studio = await pages.open(f"/studio/demo?token={host_token(app)}&key={key}")
+    studio = await pages.open("/studio/demo")  # the host types the token and the stream key
+    await studio.fill("#host-token", host_token(app))
+    await studio.click("#signin button[type=submit]")
+    await studio.locator("#signin").wait_for(state="hidden")
+    await studio.fill("#stream-key", "sk_wrong")
+    await studio.click("#go-live")
+    await studio.locator("#publish-status.error", has_text="stream key is wrong").wait_for()
+    await studio.fill("#stream-key", app.rooms.get("demo").stream_key)
     await studio.click("#go-live")
     await studio.locator("#publish-status", has_text="You are live").wait_for()
 
