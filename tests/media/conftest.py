@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +79,9 @@ def media_config(forwarding: str) -> MediaConfig:
     return MediaConfig(announced_addresses=("127.0.0.1",), forwarding=forwarding)
 
 
-@pytest.fixture
-async def relay(media_config: MediaConfig, tmp_path: Path) -> AsyncIterator[Relay]:
+@contextlib.asynccontextmanager
+async def relay_for(media_config: MediaConfig, tmp_path: Path) -> AsyncIterator[Relay]:
+    """A relay with ``media_config`` on a loopback HTTP server, rooms "shop" and "other"."""
     bus = MemoryBus(tick_ms=20)
     await bus.start()
     storage = Storage(tmp_path)
@@ -92,12 +94,20 @@ async def relay(media_config: MediaConfig, tmp_path: Path) -> AsyncIterator[Rela
     add_media_routes(app, media)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    async with aiohttp.ClientSession() as http:
-        yield Relay(media, bus, BusRecorder(bus, "shop"), rooms, str(server.make_url("")).rstrip("/"), http)
-    await media.stop()
-    await server.close()
-    await bus.stop()
-    storage.close()
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Relay(media, bus, BusRecorder(bus, "shop"), rooms, str(server.make_url("")).rstrip("/"), http)
+    finally:
+        await media.stop()
+        await server.close()
+        await bus.stop()
+        storage.close()
+
+
+@pytest.fixture
+async def relay(media_config: MediaConfig, tmp_path: Path) -> AsyncIterator[Relay]:
+    async with relay_for(media_config, tmp_path) as relay:
+        yield relay
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,8 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtcpPacket
+from aiortc.sdp import SessionDescription
 
 from engine.media import aiortc_compat
 from engine.media.frames import h264_is_keyframe, vp8_keyframe_size
@@ -227,10 +229,24 @@ class Publisher:
 
 
 class Viewer:
-    """A viewer; with ``decode`` it decodes like a player, else it reads encoded frames only."""
+    """A viewer; with ``decode`` it decodes like a player, else it reads encoded frames only.
 
-    def __init__(self, kinds: tuple[str, ...] = ("audio", "video"), decode: bool = False) -> None:
+    With ``drop_every`` it loses each video RTP packet whose sequence number is
+    a multiple of it, the first time it arrives (retransmissions get through;
+    the first 30 packets all pass),
+    so its frames are complete only if the relay answers its NACKs. It records
+    the RTCP it receives and the last RTP timestamp per SSRC.
+    """
+
+    def __init__(
+        self, kinds: tuple[str, ...] = ("audio", "video"), decode: bool = False, drop_every: int = 0
+    ) -> None:
         self.pc = new_pc()
+        self.drop_every = drop_every
+        self.dropped = 0
+        self.video_packets = 0
+        self.rtcp: list[tuple[float, object]] = []
+        self.last_rtp: dict[int, tuple[float, int]] = {}
         self.log = FrameLog()
         self.decoded: list[av.VideoFrame] = []
         self.first_decoded = asyncio.Event()
@@ -261,6 +277,35 @@ class Viewer:
 
     async def accept(self, answer: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        video = [m for m in SessionDescription.parse(answer).media if m.kind == "video"]
+        self._watch_transport(video[0].rtp.codecs[0].payloadType if video else -1)
+
+    def _watch_transport(self, video_pt: int) -> None:
+        """Test-side hooks on this client's DTLS transport (aiortc private methods, client only)."""
+        transport = self.pc.getTransceivers()[0].receiver.transport
+        handle_rtp, handle_rtcp = transport._handle_rtp_data, transport._handle_rtcp_data
+        seen: set[int] = set()
+
+        async def on_rtp(data: bytes, arrival_time_ms: int) -> None:
+            seq = int.from_bytes(data[2:4], "big")
+            video = data[1] & 0x7F == video_pt
+            if video:
+                self.video_packets += 1
+            # the first packets all pass: no receiver can NACK a loss before its first packet
+            if video and self.video_packets > 30 and self.drop_every and seq % self.drop_every == 0 and seq not in seen:
+                seen.add(seq)
+                self.dropped += 1
+                return
+            self.last_rtp[int.from_bytes(data[8:12], "big")] = (time.time(), int.from_bytes(data[4:8], "big"))
+            await handle_rtp(data, arrival_time_ms)
+
+        async def on_rtcp(data: bytes) -> None:
+            with contextlib.suppress(ValueError):
+                self.rtcp.extend((time.time(), packet) for packet in RtcpPacket.parse(data))
+            await handle_rtcp(data)
+
+        transport._handle_rtp_data = on_rtp
+        transport._handle_rtcp_data = on_rtcp
 
     async def whep(self, http: aiohttp.ClientSession, base: str, room: str) -> aiohttp.ClientResponse:
         response = await post_offer(http, f"{base}/whep/{room}", await self.offer())

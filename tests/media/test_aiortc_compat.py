@@ -75,3 +75,26 @@ async def test_bind_ice_announces_an_address_the_host_does_not_own():
     await pc.setLocalDescription(await pc.createOffer())
     assert " 203.0.113.7 " in pc.localDescription.sdp
     await pc.close()
+
+
+async def test_fast_path_sender_hooks_exist():
+    """``take_over_sender`` and ``send_path`` rely on these names and on who calls what."""
+    from aiortc import RTCDtlsTransport, RTCRtpTransceiver
+    from aiortc.rtcpeerconnection import RTCPeerConnection as PC
+
+    connect = inspect.getsource(PC._RTCPeerConnection__connect)
+    assert "await transceiver.sender.send(self.__localRtp(transceiver))" in connect
+    assert "await self.__sender.stop()" in inspect.getsource(RTCRtpTransceiver.stop)
+    assert "await recipient._handle_rtcp_packet(packet)" in inspect.getsource(RTCDtlsTransport._handle_rtcp_data)
+    assert "self._tx_srtp = Session(tx_policy)" in inspect.getsource(RTCDtlsTransport._setup_srtp)
+    assert "active_pair = self._nominated.get(component)" in inspect.getsource(aioice.ice.Connection.sendto)
+    assert "self.transport.sendto(data, addr)" in inspect.getsource(aioice.ice.StunProtocol.send_data)
+    pc = new_pc()
+    sender = pc.addTransceiver("video", direction="sendonly").sender
+    assert isinstance(sender._ssrc, int) and isinstance(sender._rtx_ssrc, int)
+    transport = sender.transport
+    assert callable(transport._register_rtp_sender) and callable(transport._unregister_rtp_sender)
+    assert transport._tx_srtp is None  # set up by the DTLS handshake
+    assert isinstance(transport.transport._connection, aioice.ice.Connection)
+    assert transport.transport._connection._nominated == {}
+    await pc.close()
