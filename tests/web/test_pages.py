@@ -7,13 +7,16 @@ they must in production). Each test is bounded by a timeout and by Playwright's 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+import websockets
 
 from engine.app import App
 from engine.config import Config
@@ -216,23 +219,30 @@ async def test_host_pins_and_sells_viewers_tap_and_check_out(app: App, pages: Pa
 
 async def test_watch_page_resumes_after_the_server_drops_it(app: App, pages: Pages) -> None:
     """Closed as too slow, the page reconnects with since=<last seq>: what it missed is replayed once."""
-    from conftest import connect
-
     viewer = await pages.open("/watch/demo")
     await viewer.locator("#conn.open").wait_for(state="attached")
     await viewer.click("[data-tab=chat]")
-    host = await connect(app, host_token(app))
-    await host.recv_type("snapshot")
-    assert (await host.request({"type": "chat", "id": 1, "text": "before the drop"}))["type"] == "ack"
+    host = await websockets.connect(f"ws://127.0.0.1:{app.ws_port}/ws?token={host_token(app)}", max_queue=None)
+    assert orjson.loads(await host.recv())["type"] == "snapshot"
+
+    async def say(request_id: int, text: str) -> None:
+        await host.send(orjson.dumps({"type": "chat", "id": request_id, "text": text}).decode())
+        while True:
+            reply = orjson.loads(await asyncio.wait_for(host.recv(), 5))
+            if reply.get("re") == request_id:
+                assert reply["type"] == "ack", reply
+                return
+
+    await say(1, "before the drop")
     await viewer.locator("#chat-log .chat-line", has_text="before the drop").wait_for()
 
     dropped = [s for s in app.channel.sessions.values() if s.role == "viewer"]
     assert len(dropped) == 1
     dropped[0].close(CLOSE_TOO_SLOW, "too slow: reconnect with since")
     await viewer.locator("#conn.reconnecting").wait_for(state="attached")
-    assert (await host.request({"type": "chat", "id": 2, "text": "while away"}))["type"] == "ack"
+    await say(2, "while away")
     await viewer.locator("#conn.open").wait_for(state="attached")
-    assert (await host.request({"type": "chat", "id": 3, "text": "after the return"}))["type"] == "ack"
+    await say(3, "after the return")
     await viewer.locator("#chat-log .chat-line", has_text="after the return").wait_for()
     texts = await viewer.locator("#chat-log .chat-line span").all_inner_texts()
     assert texts == ["before the drop", "while away", "after the return"]
