@@ -12,18 +12,14 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from engine.errors import CodedError
 from engine.storage import Storage
 
 ROOM_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
-class RoomError(Exception):
-    """A room request that cannot be honoured; ``code`` is the stable API error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class RoomError(CodedError):
+    """A room request that cannot be honoured."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from engine.errors import CodedError
+
 #: Stable error codes; clients switch on these, so they never change meaning.
 CODES = frozenset(
     {
@@ -24,14 +26,12 @@ CODES = frozenset(
 )
 
 
-class DomainError(Exception):
+class DomainError(CodedError):
     """A refused request: `code` is one of CODES, `message` is for humans."""
 
     def __init__(self, code: str, message: str) -> None:
         assert code in CODES, code
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}

@@ -28,6 +28,7 @@ from websockets.protocol import State
 from engine import metrics
 from engine.bus.base import Bus
 from engine.config import Config
+from engine.errors import CodedError
 from engine.rooms import Rooms
 from signaling import protocol
 from signaling.fanout import BINARY, TEXT, Frames, RoomHub, frame
@@ -364,7 +365,7 @@ class Channel:
             if result:
                 ack.update(result)
             session.send_now(ack)
-        except ProtocolError as exc:
+        except CodedError as exc:  # ProtocolError, or a domain/media refusal raised by a handler
             metrics.REJECTED.labels(exc.code).inc()
             session.send_now(protocol.error(exc.code, exc.message, request_id))
         except Exception:

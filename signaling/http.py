@@ -17,7 +17,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.config import Config
-from engine.rooms import RoomError, Rooms
+from engine.errors import CodedError
+from engine.rooms import Rooms
 from signaling.tokens import ROLES, Identity, TokenError, mint, verify
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,12 @@ STATUS = {
 }
 
 
-class ApiError(Exception):
+class ApiError(CodedError):
+    """A refusal raised by the HTTP layer itself (auth, body parsing)."""
+
     def __init__(self, code: str, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status or STATUS.get(code, 400)
+        super().__init__(code, message)
+        self.status = status
 
 
 def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
@@ -51,10 +52,9 @@ async def errors_as_json(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.code, exc.message, exc.status)
-    except RoomError as exc:
-        return error_response(exc.code, exc.message, STATUS.get(exc.code, 400))
+    except CodedError as exc:
+        return error_response(exc.code, exc.message, exc.status or STATUS.get(exc.code, 400),
+                              headers=getattr(exc, "headers", None))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

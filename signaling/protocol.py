@@ -11,6 +11,8 @@ from typing import Any
 import msgpack
 import orjson
 
+from engine.errors import CodedError
+
 MSGPACK_SUBPROTOCOL = "livecart.msgpack"
 
 # Close codes (RFC 6455 private range 4000-4999 for ours).
@@ -25,13 +27,8 @@ CLOSE_FULL = 1013  # the server has no room for more connections: retry later
 MAX_REQUEST_ID = 128
 
 
-class ProtocolError(Exception):
+class ProtocolError(CodedError):
     """A client message that cannot be honoured; sent back as ``{"type": "error", ...}``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class Refusal(ProtocolError):

@@ -13,16 +13,13 @@ from dataclasses import dataclass
 
 import jwt
 
+from engine.errors import CodedError
+
 ROLES = ("viewer", "host", "service")
 
 
-class TokenError(Exception):
+class TokenError(CodedError):
     """Why a token was refused; ``code`` is ``unauthorized`` or ``token_expired``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
