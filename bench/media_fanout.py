@@ -59,7 +59,6 @@ from media_stream import ReplayTrack, Stream, StreamSpec, load, signature  # noq
 
 HERE = Path(__file__).resolve().parent
 TICKS = os.sysconf("SC_CLK_TCK")
-FRAME_TICKS = 3000  # 90 kHz RTP clock / 30 fps
 SRTP_TAGS = (16, 10)  # AEAD_AES_*_GCM, AES128_CM_HMAC_SHA1_80
 LOOPBACK = ("127.0.0.1",)
 ROOM = "bench"
@@ -86,11 +85,22 @@ class Result:
     lag_p50_ms: float = 0.0
     lag_p99_ms: float = 0.0
     lag_worst_viewer_p99_ms: float = 0.0
+    audio_lag_p50_ms: float = 0.0
+    audio_lag_p99_ms: float = 0.0
     first_frame_p50_ms: float = 0.0
     first_frame_p99_ms: float = 0.0
     dropped_frames: float = 0.0  # relay metric: frames dropped for slow viewers
     nacks: float = 0.0
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def cpu_per_viewer(self) -> float:
+        """% of a core per viewer: all the server's CPU (publisher included) over N, the conservative share."""
+        return self.server_cpu / self.viewers
+
+    @property
+    def viewers_per_core(self) -> float:
+        return 100 / self.cpu_per_viewer if self.cpu_per_viewer else float("inf")
 
     @property
     def passed(self) -> bool:
@@ -286,80 +296,105 @@ def unwrap(frames: list[list[float]]) -> list[list[float]]:
     return frames
 
 
-class FrameMatcher:
-    """Finds which published frame each received frame is (see module docstring)."""
+class Matcher:
+    """Finds which published frame each received frame is, for one kind (see module docstring).
 
-    def __init__(self, video: Stream, sent: list[float]) -> None:
-        self.signatures = signature(video)
+    A received frame is known by its RTP timestamp, packet count and payload
+    bytes. The signatures of ``gram`` consecutive frames (one RTP timestamp
+    step apart) are looked up among the loop's; where they fit one place only
+    they vote for the timestamp of the loop's start, and the winner places
+    every frame. The loop is then chosen by time: the latest one the
+    publisher sent before the frame arrived.
+    """
+
+    def __init__(self, stream: Stream, sent: list[float], gram: int) -> None:
+        self.signatures = signature(stream)
         self.loop = len(self.signatures)
+        self.step = stream.duration // self.loop
+        self.period = stream.duration
         self.sent = sent
+        self.gram = gram
         self.tag: int | None = None
 
-    def _positions(self, tag: int) -> dict[tuple[int, int], list[int]]:
-        out: dict[tuple[int, int], list[int]] = {}
-        for i, (packets, size) in enumerate(self.signatures):
-            out.setdefault((packets, size + packets * tag), []).append(i)
+    def _tagged(self, tag: int) -> list[tuple[int, int]]:
+        return [(packets, size + packets * tag) for packets, size in self.signatures]
+
+    def _grams(self, tag: int) -> dict[tuple[tuple[int, int], ...], list[int]]:
+        tagged = self._tagged(tag)
+        out: dict[tuple[tuple[int, int], ...], list[int]] = {}
+        for i in range(self.loop):
+            key = tuple(tagged[(i + k) % self.loop] for k in range(self.gram))
+            out.setdefault(key, []).append(i)
         return out
 
-    def match(self, frames: list[list[float]]) -> dict[int, tuple[float, bool]]:
-        """Published frame index -> (arrival of its last packet, complete) for one viewer."""
-        if self.tag is None:
-            self.tag = max(SRTP_TAGS, key=lambda t: self._votes(frames, self._positions(t))[1])
-        positions = self._positions(self.tag)
-        base, votes = self._votes(frames, positions)
-        if not votes:
-            return {}
-        out: dict[int, tuple[float, bool]] = {}
-        for ts, _first, last, packets, size, marker in frames:
-            delta = int(ts) - base
-            if delta % FRAME_TICKS:
-                continue  # a cached frame replayed with packed timestamps at join
-            position = (delta // FRAME_TICKS) % self.loop
-            index = self._latest_sent(position, last)
-            if index is None:
-                continue
-            complete = bool(marker) and position in positions.get((int(packets), int(size)), ())
-            out[index] = (last, complete)
-        return out
-
-    def _votes(self, frames: list[list[float]], positions: dict[tuple[int, int], list[int]]) -> tuple[int, int]:
-        """(timestamp of loop position 0, modulo one loop; votes for it)."""
-        period = self.loop * FRAME_TICKS
+    def _votes(self, frames: list[list[float]], tag: int) -> tuple[int, int]:
+        """(timestamp of loop position 0 modulo one loop, votes for it)."""
+        grams = self._grams(tag)
+        complete = {int(f[0]): (int(f[3]), int(f[4])) for f in frames if f[5]}
         tally: dict[int, int] = {}
-        for ts, _first, _last, packets, size, marker in frames:
-            candidates = positions.get((int(packets), int(size)), ()) if marker else ()
-            if len(candidates) == 1:
-                key = (int(ts) - candidates[0] * FRAME_TICKS) % period
-                tally[key] = tally.get(key, 0) + 1
+        for ts in complete:
+            key = tuple(complete.get(ts + k * self.step) for k in range(self.gram))
+            places = grams.get(key, ()) if None not in key else ()
+            if len(places) == 1:
+                base = (ts - places[0] * self.step) % self.period
+                tally[base] = tally.get(base, 0) + 1
         if not tally:
             return 0, 0
         base = max(tally, key=tally.__getitem__)
         return base, tally[base]
 
+    def match(self, frames: list[list[float]]) -> dict[int, tuple[float, bool]]:
+        """Published frame index -> (arrival of its last packet, complete) for one viewer."""
+        if self.tag is None:
+            self.tag = max(SRTP_TAGS, key=lambda t: self._votes(frames, t)[1])
+        base, votes = self._votes(frames, self.tag)
+        if not votes:
+            return {}
+        tagged = self._tagged(self.tag)
+        out: dict[int, tuple[float, bool]] = {}
+        for ts, _first, last, packets, size, marker in frames:
+            delta = int(ts) - base
+            if delta % self.step:
+                continue  # a cached frame replayed with packed timestamps at join
+            position = (delta // self.step) % self.loop
+            index = self._latest_sent(position, last)
+            if index is not None:
+                out[index] = (last, bool(marker) and tagged[position] == (int(packets), int(size)))
+        return out
+
     def _latest_sent(self, position: int, arrival: float) -> int | None:
         """The last frame at ``position`` of the loop the publisher sent before ``arrival``."""
         sent = self.sent
-        index = position + self.loop * ((len(sent) - 1 - position) // self.loop) if position < len(sent) else None
-        while index is not None and index >= 0 and sent[index] > arrival:
+        if position >= len(sent):
+            return None
+        index = position + self.loop * ((len(sent) - 1 - position) // self.loop)
+        while index >= 0 and sent[index] > arrival:
             index -= self.loop
-        return index if index is not None and index >= 0 else None
+        return index if index >= 0 else None
+
+
+def delivered(matcher: Matcher, frames: list[list[float]], counted: list[int]) -> list[float]:
+    """Added lag (ms) of each counted frame this viewer received complete."""
+    received = matcher.match(unwrap(frames))
+    return [1000 * (received[g][0] - matcher.sent[g]) for g in counted if g in received and received[g][1]]
 
 
 def analyse(
     result: Result,
     viewers: list[dict[str, Any]],
-    matcher: FrameMatcher,
+    video: Matcher,
+    audio: Matcher,
     window: tuple[float, float],
-    audio_sent: list[float],
 ) -> None:
     w0, w1 = window
     late = [v["index"] for v in viewers if v["answered"] > w0]
     if late:
         result.errors.append(f"{len(late)} viewers joined after the window began (client or server starved)")
-    counted = [g for g, t in enumerate(matcher.sent) if w0 <= t <= w1]
+    counted = [g for g, t in enumerate(video.sent) if w0 <= t <= w1]
+    audio_counted = [g for g, t in enumerate(audio.sent) if w0 <= t <= w1]
     result.frames_sent = len(counted)
-    audio_expected = sum(1 for t in audio_sent if w0 <= t <= w1)
     lags: list[float] = []
+    audio_lags: list[float] = []
     shares, audio_shares, worst_p99, first_frames = [], [], [], []
     for viewer in viewers:
         if viewer["status"] != 201:
@@ -368,13 +403,13 @@ def analyse(
         result.joined += 1
         if viewer["first_frame"]:
             first_frames.append(1000 * (viewer["first_frame"] - viewer["asked"]))
-        received = matcher.match(unwrap(viewer["frames"]))
-        own = [1000 * (received[g][0] - matcher.sent[g]) for g in counted if g in received and received[g][1]]
+        own = delivered(video, viewer["frames"], counted)
         lags += own
         shares.append(len(own) / len(counted) if counted else 0.0)
         worst_p99.append(percentile(own, 99) if own else float("inf"))
-        audio = sum(1 for t in viewer["audio"] if w0 <= t <= w1 + 0.2)
-        audio_shares.append(min(1.0, audio / audio_expected) if audio_expected else 0.0)
+        own_audio = delivered(audio, viewer["audio"], audio_counted)
+        audio_lags += own_audio
+        audio_shares.append(len(own_audio) / len(audio_counted) if audio_counted else 0.0)
     if shares:
         result.delivered_min = min(shares)
         result.delivered_median = statistics.median(shares)
@@ -382,6 +417,8 @@ def analyse(
         result.lag_worst_viewer_p99_ms = max(worst_p99)
     result.lag_p50_ms = percentile(lags, 50)
     result.lag_p99_ms = percentile(lags, 99)
+    result.audio_lag_p50_ms = percentile(audio_lags, 50)
+    result.audio_lag_p99_ms = percentile(audio_lags, 99)
     result.first_frame_p50_ms = percentile(first_frames, 50)
     result.first_frame_p99_ms = percentile(first_frames, 99)
     if len(first_frames) < result.joined:
@@ -409,7 +446,7 @@ async def wait_for_quiet_core0(limit: float, timeout: float) -> None:
 
 
 async def run_once(
-    args: argparse.Namespace, path: str, flag: str | None, n: int, streams: tuple[Stream, Stream], matcher_video: Stream
+    args: argparse.Namespace, path: str, flag: str | None, n: int, streams: tuple[Stream, Stream]
 ) -> Result:
     result = Result(path, n)
     await wait_for_quiet_core0(args.quiet, args.quiet_timeout)
@@ -465,8 +502,14 @@ async def run_once(
                 viewers += json.loads(out.read_text())
             else:
                 result.errors.append(f"viewer process {process.pid} wrote no results")
-        matcher = FrameMatcher(matcher_video, publisher.video.sent)
-        analyse(result, viewers, matcher, (w0, w1 - 0.3), publisher.audio.sent)
+        video, audio = streams
+        analyse(
+            result,
+            viewers,
+            Matcher(video, publisher.video.sent, gram=2),
+            Matcher(audio, publisher.audio.sent, gram=8),
+            (w0, w1 - 0.3),
+        )
     finally:
         if profiler is not None:
             profiler.wait(timeout=60)
@@ -490,12 +533,15 @@ COLUMNS = (
     ("joined", "joined", "{}"),
     ("server CPU %", "server_cpu", "{:.0f}"),
     ("CPU % pub only", "baseline_cpu", "{:.1f}"),
+    ("CPU % / viewer", "cpu_per_viewer", "{:.2f}"),
+    ("viewers / core", "viewers_per_core", "{:.0f}"),
     ("others on core 0 %", "core0_others", "{:.0f}"),
     ("core 1 busy %", "core1_busy", "{:.0f}"),
     ("frames min / median %", None, None),
-    ("audio min %", "audio_min", "{:.1%}"),
+    ("audio min %", None, None),
     ("lag p50 / p99 ms", None, None),
     ("worst viewer p99 ms", "lag_worst_viewer_p99_ms", "{:.0f}"),
+    ("audio lag p50 / p99 ms", None, None),
     ("first frame p50 / p99 ms", None, None),
     ("KB / viewer", "kb_per_viewer", "{:.0f}"),
     ("dropped", "dropped_frames", "{:.0f}"),
@@ -508,8 +554,12 @@ def row(r: Result) -> str:
     for title, key, fmt in COLUMNS:
         if key is not None:
             cells.append(fmt.format(getattr(r, key)).replace("%", ""))
+        elif title.startswith("audio min"):
+            cells.append(f"{100 * r.audio_min:.1f}")
         elif title.startswith("frames"):
             cells.append(f"{100 * r.delivered_min:.1f} / {100 * r.delivered_median:.1f}")
+        elif title.startswith("audio lag"):
+            cells.append(f"{r.audio_lag_p50_ms:.0f} / {r.audio_lag_p99_ms:.0f}")
         elif title.startswith("lag"):
             cells.append(f"{r.lag_p50_ms:.0f} / {r.lag_p99_ms:.0f}")
         elif title.startswith("first"):
@@ -544,7 +594,7 @@ async def bench(args: argparse.Namespace) -> list[Result]:
     results: list[Result] = []
 
     async def measure(path: str, n: int) -> Result:
-        result = await run_once(args, path, flag, n, (video, audio), video)
+        result = await run_once(args, path, flag, n, (video, audio))
         results.append(result)
         print(row(result), *result.errors[:3], sep="\n  ", flush=True)
         return result
@@ -596,7 +646,8 @@ def main() -> None:
     print("\n" + table(results))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps([asdict(r) | {"passed": r.passed} for r in results], indent=1))
+        rows = [asdict(r) | {"passed": r.passed, "cpu_per_viewer": r.cpu_per_viewer} for r in results]
+        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

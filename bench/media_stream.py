@@ -6,9 +6,8 @@ own CPU encoding while it measures, so the 1280x720 H264 (about 2.5 Mbit/s,
 encoded once with libx264/libopus, pickled, and replayed from memory.
 
 Viewers never decode either: they recognise a frame by its RTP packet count
-and payload bytes, so ``signature`` gives, for each frame of the loop, what
-aiortc's H264 packetizer (the server's, which re-packetizes every frame)
-turns it into.
+and payload bytes (and those of the frames after it), so ``signature``
+gives, for each frame of the loop, what the server's packetizer turns it into.
 """
 
 from __future__ import annotations
@@ -161,7 +160,13 @@ def load(spec: StreamSpec, cache_dir: Path) -> tuple[Stream, Stream]:
 
 
 def signature(stream: Stream) -> list[tuple[int, int]]:
-    """Per frame of the loop: (RTP packets, payload bytes) after aiortc's H264 packetizer."""
+    """Per frame of the loop: (RTP packets, payload bytes) as the server's packetizer sends it.
+
+    H264 goes through aiortc's packetizer (the server re-packetizes every
+    frame); an Opus packet is one RTP payload as it is.
+    """
+    if stream.kind == "audio":
+        return [(1, len(payload)) for payload in stream.payloads]
     packer = H264Encoder()
     out = []
     for payload, pts in zip(stream.payloads, stream.pts, strict=True):

@@ -8,10 +8,10 @@ handed to aiortc's receiver. STUN (consent checks), DTLS and RTCP still go to
 aiortc. A viewer then costs a few microseconds per packet, so a handful of
 processes on one core can take the output of a server that owns another.
 
-Per viewer the output holds, per video RTP timestamp, the first and last
-arrival (monotonic, shared by every process on the machine), packets, and
+Per viewer the output holds, per RTP timestamp of each kind, the first and
+last arrival (monotonic, shared by every process on the machine), packets,
 payload bytes (packet length minus RTP header; the SRTP tag is still
-included); plus audio packet arrivals and when the viewer asked to join.
+included) and whether the marker packet came; plus when it asked to join.
 
     python bench/media_viewer.py --base http://127.0.0.1:8080 --room demo \\
         --first 0 --stride 4 --count 25 --join-interval 0.1 --out out.json
@@ -52,9 +52,9 @@ class Record:
     status: int = 0
     error: str = ""
     first_frame: float = 0.0
-    frames: dict[int, list[float]] = field(default_factory=dict)  # ts -> [first, last, packets, bytes, marker]
-    audio: list[float] = field(default_factory=list)
-    video_packets: int = 0
+    # RTP timestamp -> [first arrival, last arrival, packets, bytes, marker seen], video and audio
+    frames: dict[int, list[float]] = field(default_factory=dict)
+    audio: dict[int, list[float]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -65,8 +65,7 @@ class Record:
             "error": self.error,
             "first_frame": self.first_frame,
             "frames": [[ts, *values] for ts, values in self.frames.items()],
-            "audio": self.audio,
-            "video_packets": self.video_packets,
+            "audio": [[ts, *values] for ts, values in self.audio.items()],
         }
 
 
@@ -78,22 +77,19 @@ def _video_payload_types(answer: str) -> frozenset[int]:
 
 def _header_reader(record: Record, video_pts: set[int], original: Any) -> Any:
     """A ``datagram_received`` that records RTP headers and passes everything else on."""
-    frames = record.frames
-    audio = record.audio
+    video, audio = record.frames, record.audio
     monotonic = time.monotonic
 
     def received(data: bytes, addr: Any) -> None:
         first, second = data[0], data[1]
         if 127 < first < 192 and not 191 < second < 224:
             now = monotonic()
-            if (second & 0x7F) not in video_pts:
-                audio.append(now)
-                return
-            record.video_packets += 1
+            is_video = (second & 0x7F) in video_pts
             header = 12 + 4 * (first & 0x0F)
             if first & 0x10:
                 header += 4 + 4 * int.from_bytes(data[header + 2 : header + 4], "big")
             ts = int.from_bytes(data[4:8], "big")
+            frames = video if is_video else audio
             entry = frames.get(ts)
             if entry is None:
                 entry = frames[ts] = [now, now, 0, 0, 0]
@@ -102,7 +98,7 @@ def _header_reader(record: Record, video_pts: set[int], original: Any) -> Any:
             entry[3] += len(data) - header
             if second & 0x80:
                 entry[4] = 1
-                if not record.first_frame:
+                if is_video and not record.first_frame:
                     record.first_frame = now
             return
         original(data, addr)
