@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -66,6 +67,7 @@ class Tapper(RawSocket):
         self.units = 0
         self.codes: dict[str, int] = {}
         self.order: dict[str, Any] | None = None
+        self.retry = False  # the checkout was rate limited: send it again
 
     def send(self, n: int, kind: str) -> None:
         body = (b'{"type":"tap","id":%d,"sale_id":"flash"}' if kind == "tap" else b'{"type":"floor","id":%d}') % n
@@ -84,7 +86,8 @@ class Tapper(RawSocket):
             reply = orjson.loads(payload)
             self.codes[reply["code"]] = self.codes.get(reply["code"], 0) + 1
             if reply.get("re") == "checkout":
-                self.order = {}
+                self.order = None if reply["code"] == "rate_limited" else {}
+                self.retry = reply["code"] == "rate_limited"
                 return
         else:
             return
@@ -105,6 +108,11 @@ class Watcher(RawSocket):
 
     def on_text(self, payload: bytes, now: float) -> None:
         self.frames += 1
+        if payload.startswith(b'{"type":"snapshot"'):  # a resync after lagging: read the sale from it
+            sales = orjson.loads(payload).get("sales", [])
+            if self.zero_at is None and any(s["id"] == SALE and s["remaining"] == 0 for s in sales):
+                self.zero_at = now
+            return
         if b'"remaining":0,' not in payload or b'"sale":"flash"' not in payload:
             return
         if self.zero_at is None:
@@ -167,11 +175,16 @@ async def client_main(args: argparse.Namespace) -> None:
     await asyncio.sleep(max(0.0, plan["checkout_at"] - time.time()))
     replies = sum(t.replies for t in tappers)  # taps answered (a late reply after this is not counted)
     buyers = [t for t in tappers if t.units]
+    checkout = masked(TEXT, b'{"type":"checkout","id":"checkout"}')
     for t in buyers:
-        t.transport.write(masked(TEXT, b'{"type":"checkout","id":"checkout"}'))
-    deadline = time.time() + 30
+        t.transport.write(checkout)
+    deadline = time.time() + 60
     while any(t.order is None for t in buyers) and time.time() < deadline:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        for t in buyers:
+            if t.retry:
+                t.retry = False
+                t.transport.write(checkout)
     print(json.dumps({
         "floor": floor, "floor_lat": list(lat_floor),
         "replies": replies, "codes": merge(t.codes for t in tappers), "lat": list(lat_storm),
@@ -188,6 +201,55 @@ def merge(counts: Any) -> dict[str, int]:
         for key, value in count.items():
             out[key] = out.get(key, 0) + value
     return out
+
+
+# -- the domain alone (no sockets) -----------------------------------------------------------
+
+
+async def domain_main(count: int) -> dict[str, float]:
+    """CPU microseconds per Commerce.tap, in process: runtime + shop + memory stock store + memory bus
+    (one listener that drops what it gets), for each answer a storm produces."""
+    import sqlite3
+
+    from engine.bus.memory import MemoryBus
+    from overlays.events import DomainError
+    from overlays.purchases.memory import MemoryPurchaseLog
+    from overlays.records import SqliteRecords
+    from overlays.runtime import Commerce
+    from overlays.shop import ShopConfig
+    from overlays.stock.memory import MemoryStockStore
+
+    class Drop:
+        def on_events(self, events: Any) -> None: ...
+        def on_direct(self, user: str, message: Any) -> None: ...
+
+    bus = MemoryBus()
+    bus.subscribe(ROOM, Drop())
+    commerce = Commerce(bus, stock=MemoryStockStore(), log=MemoryPurchaseLog(),
+                        records=SqliteRecords(sqlite3.connect(":memory:")), config=ShopConfig(),
+                        room_exists=lambda room: True)
+    await commerce.put_product(ROOM, {"id": "mug", "title": "Mug", "price": 1200, "currency": "EUR", "stock": 10})
+    now = time.time()
+    await commerce.start_sale(ROOM, {"id": "later", "product_id": "mug", "price": 5, "quantity": 10,
+                                     "starts_at": now + 3600, "duration": 60})
+    await commerce.start_sale(ROOM, {"id": SALE, "product_id": "mug", "price": 5, "quantity": count,
+                                     "per_user_limit": 1, "duration": 3600})
+
+    async def timed(sale: str, prefix: str) -> float:
+        users = [f"u{n}" for n in range(count)]
+        ids = [f"{prefix}{n}" for n in range(count)]
+        start = time.thread_time()  # CPU time: other processes on the core do not count
+        for n in range(count):
+            with contextlib.suppress(DomainError):
+                await commerce.tap(ROOM, users[n], ids[n], sale_id=sale)
+        return (time.thread_time() - start) * 1e6 / count
+
+    return {
+        "reserved": await timed(SALE, "a"),  # each user's first unit: all succeed
+        "retried": await timed(SALE, "a"),  # the same request ids again: idempotent replays
+        "limit_reached": await timed(SALE, "b"),  # the same users again: the limit is 1
+        "sale_not_live": await timed("later", "c"),
+    }
 
 
 # -- orchestration ----------------------------------------------------------------------------
@@ -340,7 +402,7 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", nargs="?", default="run", choices=("run", "client"))
+    parser.add_argument("mode", nargs="?", default="run", choices=("run", "client", "domain"))
     parser.add_argument("--tappers", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=15.0, help="taps per second per tapper")
     parser.add_argument("--watchers", type=int, default=1000)
@@ -358,6 +420,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "client":
         uvloop.run(client_main(args))
+        return
+    if args.mode == "domain":
+        print(json.dumps({"us_per_tap": uvloop.run(domain_main(args.quantity))}), flush=True)
         return
     runs = []
     for k in range(args.runs):

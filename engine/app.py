@@ -45,7 +45,9 @@ class App:
         room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key), self.viewers)
         # Commerce records get their own connection to the same file: an order and its lines are
         # written in one transaction, which the storage's autocommit connection does not give.
+        # WAL with synchronous=NORMAL already survives a killed process; FULL adds power loss.
         self._commerce_db = open_db(self.storage.path)
+        self._commerce_db.execute(f"PRAGMA synchronous={'FULL' if config.fsync_orders else 'NORMAL'}")
         self.commerce = Commerce(
             self.bus, stock=MemoryStockStore(), log=SqlitePurchaseLog(self._commerce_db, config.purchase_log_size),
             records=SqliteRecords(self._commerce_db), config=shop_config(config),

@@ -62,6 +62,8 @@ class Config:
     max_sales: int = field(default=100, metadata={"help": "flash sales kept per room"})
     auto_confirm: bool = field(default=False, metadata={"help": "mark orders paid when placed (demos, no payment)"})
     purchase_log_size: int = field(default=1_000_000, metadata={"help": "purchase events kept for readers"})
+    fsync_orders: bool = field(default=False, metadata={
+        "help": "fsync every order commit: survives power loss, not just a crash (~4 ms each, on the loop)"})
     commerce_tick_ms: int = field(default=200, metadata={"help": "room clock tick: expiry, sale start/end, ms"})
 
     @property
