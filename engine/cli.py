@@ -43,7 +43,7 @@ def _announce(config: Config, app: object) -> None:
         lines += [
             f"  demo room:   {room.id}",
             f"  stream key:  {room.stream_key}   (WHIP: {base}/whip/{room.id})",
-            f"  studio:      {base}/studio/{room.id}?token={host}",
+            f"  studio:      {base}/studio/{room.id}?token={host}&key={room.stream_key}",
             f"  watch:       {base}/watch/{room.id}",
             f"  viewer token: {viewer}",
             f"  host token:   {host}",
