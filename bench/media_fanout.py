@@ -55,6 +55,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from engine.media import aiortc_compat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from media_lossy import LossyViewer  # noqa: E402
 from media_stream import ReplayTrack, Stream, StreamSpec, load, signature  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -91,6 +92,9 @@ class Result:
     first_frame_p99_ms: float = 0.0
     dropped_frames: float = 0.0  # relay metric: frames dropped for slow viewers
     nacks: float = 0.0
+    retransmits: float = 0.0  # relay metric (fast path): packets re-sent from the room's history
+    lossy_dropped: int = 0  # packets the one lossy viewer (bench/media_lossy.py) dropped in the window
+    lossy_delivered: float = 0.0  # its complete video frames in the window / frames published
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -307,8 +311,8 @@ class Matcher:
     publisher sent before the frame arrived.
     """
 
-    def __init__(self, stream: Stream, sent: list[float], gram: int) -> None:
-        self.signatures = signature(stream)
+    def __init__(self, stream: Stream, sent: list[float], gram: int, path: str = "stock") -> None:
+        self.signatures = signature(stream, path)
         self.loop = len(self.signatures)
         self.step = stream.duration // self.loop
         self.period = stream.duration
@@ -456,6 +460,7 @@ async def run_once(
     publisher = Publisher(*streams)
     workers: list[Any] = []
     profiler: subprocess.Popen[bytes] | None = None
+    lossy: LossyViewer | None = None
     try:
         async with aiohttp.ClientSession() as http:
             await publisher.publish(http, server)
@@ -466,6 +471,10 @@ async def run_once(
         result.rss_baseline_mb = server.rss_mb()
 
         workers = await start_workers(args, server, n, workdir)
+        lossy = LossyViewer(args.lossy) if args.lossy else None
+        if lossy is not None:
+            async with aiohttp.ClientSession() as http:
+                await lossy.join(http, f"{server.base}/whep/{ROOM}")
         join_at = time.monotonic() + 0.5
         w0 = join_at + n * args.join_interval + args.settle
         w1 = w0 + args.window
@@ -476,6 +485,7 @@ async def run_once(
 
         await sleep_until(w0)
         cpu0, cores0, t0 = server.cpu_seconds(), core_busy(), time.monotonic()
+        lossy_dropped0 = lossy.dropped if lossy is not None else 0
         result.rss_mb = server.rss_mb()
         if args.py_spy:
             profile = Path(args.py_spy) / f"py-spy-{path}-{n}.txt"
@@ -493,6 +503,11 @@ async def run_once(
         metrics = server.metrics()
         result.dropped_frames = metrics.get("livecart_media_frames_dropped_total", 0.0)
         result.nacks = metrics.get("livecart_media_nacks_total", 0.0)
+        result.retransmits = metrics.get("livecart_media_retransmits_total", 0.0)
+        if lossy is not None:
+            result.lossy_dropped = lossy.dropped - lossy_dropped0
+            sent = sum(w0 <= t < w1 - 0.3 for t in publisher.video.sent)
+            result.lossy_delivered = lossy.frames_between(w0, w1) / max(1, sent)
 
         viewers: list[dict[str, Any]] = []
         for process, out in workers:
@@ -506,7 +521,7 @@ async def run_once(
         analyse(
             result,
             viewers,
-            Matcher(video, publisher.video.sent, gram=2),
+            Matcher(video, publisher.video.sent, gram=2, path=path),
             Matcher(audio, publisher.audio.sent, gram=8),
             (w0, w1 - 0.3),
         )
@@ -517,6 +532,9 @@ async def run_once(
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+        if lossy is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(lossy.close(), 5)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(publisher.close(), 5)
         server.stop()
@@ -545,6 +563,7 @@ COLUMNS = (
     ("first frame p50 / p99 ms", None, None),
     ("KB / viewer", "kb_per_viewer", "{:.0f}"),
     ("dropped", "dropped_frames", "{:.0f}"),
+    ("lossy viewer: lost / NACKed / re-sent / frames %", None, None),
     ("pass", None, None),
 )
 
@@ -562,6 +581,8 @@ def row(r: Result) -> str:
             cells.append(f"{r.audio_lag_p50_ms:.0f} / {r.audio_lag_p99_ms:.0f}")
         elif title.startswith("lag"):
             cells.append(f"{r.lag_p50_ms:.0f} / {r.lag_p99_ms:.0f}")
+        elif title.startswith("lossy"):
+            cells.append(f"{r.lossy_dropped} / {r.nacks:.0f} / {r.retransmits:.0f} / {100 * r.lossy_delivered:.1f}")
         elif title.startswith("first"):
             cells.append(f"{r.first_frame_p50_ms:.0f} / {r.first_frame_p99_ms:.0f}")
         else:
@@ -629,6 +650,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=15.0, help="seconds measured")
     parser.add_argument("--baseline", type=float, default=3.0, help="seconds measured with the publisher only")
     parser.add_argument("--per-process", type=int, default=25, help="viewers per viewer process")
+    parser.add_argument("--lossy", type=float, default=0.01, help="one more viewer losing this share (0: none)")
     parser.add_argument("--viewer-rcvbuf", type=int, default=4 * 1024 * 1024, help="viewers' UDP receive buffer")
     parser.add_argument(
         "--cache",

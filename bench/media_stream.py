@@ -25,6 +25,8 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.codecs.h264 import H264Encoder
 
+from engine.media.rtp import packetize_h264
+
 VIDEO_CLOCK = 90000
 AUDIO_CLOCK = 48000
 
@@ -159,14 +161,18 @@ def load(spec: StreamSpec, cache_dir: Path) -> tuple[Stream, Stream]:
     return streams
 
 
-def signature(stream: Stream) -> list[tuple[int, int]]:
+def signature(stream: Stream, path: str = "stock") -> list[tuple[int, int]]:
     """Per frame of the loop: (RTP packets, payload bytes) as the server's packetizer sends it.
 
-    H264 goes through aiortc's packetizer (the server re-packetizes every
-    frame); an Opus packet is one RTP payload as it is.
+    H264 goes through aiortc's packetizer on the stock path (the server
+    re-packetizes every frame per viewer) and through engine/media/rtp.py on
+    the fast path (once per room); an Opus packet is one RTP payload as it is.
     """
     if stream.kind == "audio":
         return [(1, len(payload)) for payload in stream.payloads]
+    if path == "fast":
+        fast = [packetize_h264(payload) for payload in stream.payloads]
+        return [(len(payloads), sum(map(len, payloads))) for payloads in fast]
     packer = H264Encoder()
     out = []
     for payload, pts in zip(stream.payloads, stream.pts, strict=True):
