@@ -1,8 +1,9 @@
 """The forwarding path: from a room's encoded frames to one viewer's connection.
 
-This is the hot path and the one place to swap for a faster one: a room only
-talks to a viewer through ``ViewerOutput`` (``start``, ``push``, ``resync``,
-``close``). ``StockOutput`` feeds stock aiortc ``RTCRtpSender``s from
+A room only talks to a viewer through ``ViewerOutput`` (``start``, ``push``,
+``resync``, ``close``), which has two implementations: ``FastOutput``
+(engine/media/fastpath.py, the default) and, here, ``StockOutput``
+(``MediaConfig.forwarding == "stock"``), which feeds stock aiortc ``RTCRtpSender``s from
 ``av.Packet`` tracks: aiortc packetizes each frame per viewer, keeps a
 128-packet history per sender to answer NACKs, and sends RTCP sender reports.
 
