@@ -37,6 +37,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -615,7 +616,14 @@ async def bench(args: argparse.Namespace) -> list[Result]:
     results: list[Result] = []
 
     async def measure(path: str, n: int) -> Result:
-        result = await run_once(args, path, flag, n, (video, audio))
+        """One N; rerun (up to ``--retries``) when other work took core 0 during the window."""
+        attempts = []
+        for _ in range(args.retries + 1):
+            attempts.append(await run_once(args, path, flag, n, (video, audio)))
+            if attempts[-1].core0_others <= args.noise:
+                break
+            print(f"  ({path}, N={n}: others used {attempts[-1].core0_others:.0f}% of core 0; again)", flush=True)
+        result = min(attempts, key=lambda r: r.core0_others)
         results.append(result)
         print(row(result), *result.errors[:3], sep="\n  ", flush=True)
         return result
@@ -659,10 +667,13 @@ def main() -> None:
     )
     parser.add_argument("--quiet", type=float, default=10.0, help="max %% of core 0 busy before a run starts")
     parser.add_argument("--quiet-timeout", type=float, default=180.0, help="seconds to wait for a quiet core 0")
+    parser.add_argument("--noise", type=float, default=10.0, help="max %% of core 0 others may use in a window")
+    parser.add_argument("--retries", type=int, default=2, help="reruns of an N whose window was noisier")
     parser.add_argument("--py-spy", default="", help="directory for py-spy raw profiles of each window")
     parser.add_argument("--keep", action="store_true", help="keep each run's server log and viewer data")
     parser.add_argument("--json", default="", help="write every result here")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the server and viewers on the way out
     args.viewers = [int(n) for n in args.viewers.split(",")]
     results = uvloop.run(bench(args))
     print("\n" + table(results))
