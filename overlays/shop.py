@@ -42,6 +42,8 @@ _STOCK_MESSAGES = {
     "not_found": "this item is no longer on offer",
     "bad_request": "quantity must be at least 1",
 }
+#: The store's refusals as values, built once: they are returned (never raised), so sharing is safe.
+_STOCK_REFUSALS = {code: DomainError(code, message) for code, message in _STOCK_MESSAGES.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,25 +249,45 @@ class Shop:
     ) -> Outcome[dict[str, Any]]:
         """Reserve qty units of a product, or of a live sale, into the user's cart for the hold
         time. Idempotent on (user, request_id): a retry gets the first outcome (result or error)
-        again, with no events. This is the hot path: keep it to lookups and one store call."""
+        again, with no events. Raises the refusal; see `tap_or_refusal`."""
+        outcome = await self.tap_or_refusal(user, request_id, product_id=product_id, sale_id=sale_id, qty=qty)
+        if type(outcome) is DomainError:
+            raise DomainError(outcome.code, outcome.message)
+        return outcome
+
+    async def tap_or_refusal(
+        self,
+        user: str,
+        request_id: str,
+        *,
+        product_id: str | None = None,
+        sale_id: str | None = None,
+        qty: int = 1,
+    ) -> Outcome[dict[str, Any]] | DomainError:
+        """`tap` with the refusal returned, not raised. This is the hot path, and in a storm most
+        taps are refused (not live yet, sold out, over the limit): unwinding an exception through
+        the handler's frames would cost more than deciding. Keep it to lookups and one store call."""
         key = ("tap", check_request_id(user), check_request_id(request_id))
         seen = self._requests.get(key)
         if seen is not None:
-            if type(seen) is DomainError:
-                raise DomainError(seen.code, seen.message)
-            return Outcome(seen, [])
+            return seen if type(seen) is DomainError else Outcome(seen, [])
         now = self._clock()
         try:
-            pool, limit = self._tap_target(product_id, sale_id, qty, now)
+            target = self._tap_target(product_id, sale_id, qty, now)
+            if type(target) is DomainError:
+                self._remember(key, target)
+                return target
+            pool, limit = target
             result = await self._stock.reserve(
                 self.room, pool, user, request_id, qty, limit, now + self.config.hold_seconds
             )
-            if result.reservation is None:
-                code = result.code or "conflict"
-                raise DomainError(code, _STOCK_MESSAGES.get(code, "refused"))
         except DomainError as error:
             self._remember(key, error)
-            raise
+            return error
+        if result.reservation is None:
+            refusal = _STOCK_REFUSALS.get(result.code or "conflict") or DomainError("conflict", "refused")
+            self._remember(key, refusal)
+            return refusal
         line = self._line(result.reservation)
         self._remember(key, line)
         events = self._stock_events(pool, result.available, now)
@@ -274,8 +296,9 @@ class Shop:
 
     def _tap_target(
         self, product_id: str | None, sale_id: str | None, qty: int, now: float
-    ) -> tuple[str, int | None]:
-        """The pool a tap draws from and its per-user limit, or why the tap is refused."""
+    ) -> tuple[str, int | None] | DomainError:
+        """The pool a tap draws from and its per-user limit, or why the tap is refused (a tap
+        before the sale opens is returned, being the common refusal; malformed ones raise)."""
         if type(qty) is not int or not 1 <= qty <= self.config.max_tap_qty:
             raise DomainError("bad_request", f"qty must be an integer in [1, {self.config.max_tap_qty}]")
         if sale_id is not None:
@@ -284,8 +307,9 @@ class Shop:
             sale = self._sales.get(sale_id)
             if product_id is not None and product_id != sale.product_id:
                 raise DomainError("bad_request", "the sale is for another product")
-            if sale.phase(now) != LIVE:
-                raise DomainError("sale_not_live", f"sale {sale.id} is {sale.phase(now)}")
+            phase = sale.phase(now)
+            if phase != LIVE:
+                return DomainError("sale_not_live", f"sale {sale.id} is {phase}")
             return sale.pool, sale.per_user_limit
         if type(product_id) is not str:
             raise DomainError("bad_request", "tap a product_id or a sale_id")

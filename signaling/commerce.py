@@ -60,11 +60,13 @@ def register_commerce(channel: Channel, commerce: Commerce, config: Config) -> N
     cart_rate = (config.tap_rate, config.tap_burst)
 
     async def tap(session: Session, message: dict[str, Any]) -> dict[str, Any]:
-        line, cart = await commerce.tap(
+        result = await commerce.tap(
             session.room, session.sub, _request_id(message, "tap"),
             product_id=message.get("product_id"), sale_id=message.get("sale_id"), qty=message.get("qty", 1),
         )
-        return {"line": line, "cart": cart}
+        if type(result) is DomainError:
+            raise ProtocolError(result.code, result.message)
+        return {"line": result[0], "cart": result[1]}
 
     async def uncart(session: Session, message: dict[str, Any]) -> dict[str, Any]:
         return {"cart": await commerce.uncart(session.room, session.sub, message.get("reservation"))}
