@@ -14,7 +14,10 @@ For each ``N x R`` in ``--matrix`` and each server in ``--servers`` (in the same
    publish-to-receive latency and every missed event (index count and seq gaps), and the
    server's CPU time (utime + stime from /proc/PID/stat) from the first measured publish
    until the last viewer has the last event; divide by the deliveries;
-5. meanwhile a probe connection (SCHED_FIFO on core 1, so the busy clients do not delay
+5. the publisher (this process) runs SCHED_FIFO so its events leave on time however
+   busy the viewers keep core 1; the viewers' CPU share is reported so a run whose
+   clients were saturated can be told apart;
+6. meanwhile a probe connection (SCHED_FIFO on core 1, so the busy clients do not delay
    it) pings the server every 5 ms: its round trip is how long the server's loop was
    blocked.
 
@@ -229,7 +232,7 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
             if args.src_ips:
                 argv += ["--src", f"127.0.0.{2 + i}"]
             workers.append(await Child.start(*argv))
-        ready = [await w.read(timeout=120) for w in workers]
+        ready = [await w.read(timeout=300) for w in workers]
         connected = sum(r["ready"] for r in ready)
         if connected < n:
             raise RuntimeError(f"{kind}: only {connected} of {n} viewers connected: {ready}")
@@ -241,7 +244,8 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
         await asyncio.sleep(1.0)  # let the joins' viewer-count events go out before publishing
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.05
-        cpu0 = wall0 = 0.0
+        cpu0 = wall0 = clients0 = 0.0
+        spy: asyncio.subprocess.Process | None = None
         for k in range(warm + measured):
             delay = start + k / rate - loop.time()
             if delay > 0:
@@ -249,6 +253,13 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
             if k == warm:
                 probe.tell("start")
                 cpu0, wall0 = cpu_seconds(server.pid), time.monotonic()
+                clients0 = sum(cpu_seconds(w.proc.pid) for w in workers)
+                if args.py_spy:
+                    spy = await asyncio.create_subprocess_exec(
+                        "taskset", "-c", "1", "py-spy", "record", "--pid", str(server.pid), "--rate", "250",
+                        "--nonblocking", "--format", "raw", "--duration", str(int(args.duration)),
+                        "-o", str(Path(args.py_spy) / f"{kind}-{n}x{rate:g}.txt"),
+                        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
             await publisher.publish(k)
         expected = n * measured
         deadline = time.monotonic() + args.drain
@@ -259,7 +270,10 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
                 break
             await asyncio.sleep(0.02)
         cpu1, wall1 = cpu_seconds(server.pid), time.monotonic()
+        clients1 = sum(cpu_seconds(w.proc.pid) for w in workers)
         lag = await probe.ask("stop")
+        if spy is not None:
+            await spy.wait()
         reports = [await w.ask(f"report {measured}") for w in workers]
         lat = np.concatenate([np.fromfile(f, dtype=np.float32) for f in lat_files])
         deliveries = sum(r["got"] for r in reports)
@@ -271,6 +285,7 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
             "deliveries_per_s": round(deliveries / (wall1 - wall0)),
             "server_cpu_s": round(cpu1 - cpu0, 3),
             "server_cpu_pct": round(100 * (cpu1 - cpu0) / (wall1 - wall0), 1),
+            "client_cpu_pct": round(100 * (clients1 - clients0) / (wall1 - wall0), 1),
             "us_per_delivery": round((cpu1 - cpu0) / deliveries * 1e6, 2) if deliveries else None,
             "p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
             "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
@@ -283,6 +298,7 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
             "probe_pings": lag["pings"],
             **{f"probe_rtt_{k}": v for k, v in lag["rtt"].items()},
             **{f"probe_busy_{k}": v for k, v in lag["busy"].items()},
+            "probe_stalls": lag["stalls"],
         }
         for f in lat_files:
             f.unlink(missing_ok=True)
@@ -313,9 +329,10 @@ def table(results: list[dict[str, Any]]) -> str:
         return statistics.median(values) if values else None
 
     lines = [
-        "| N | R/s | server | deliveries/s | CPU µs/delivery | x floor | server CPU % | p50 ms | p99 ms | max ms "
+        "| N | R/s | server | deliveries/s | CPU µs/delivery | x floor | server CPU % | clients CPU % "
+        "| p50 ms | p99 ms | max ms "
         "| missed | probe RTT p99 / max ms | loop busy p99 / max ms | pings busy > 20 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (n, rate, kind), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "engine")):
         cost = med(rows, "us_per_delivery")
@@ -323,7 +340,8 @@ def table(results: list[dict[str, Any]]) -> str:
         ratio = cost / med(floor, "us_per_delivery") if floor and cost and kind == "engine" else None
         lines.append(
             f"| {n} | {rate:g} | {kind} | {_fmt(med(rows, 'deliveries_per_s'), 0)} | {_fmt(cost, 2)} "
-            f"| {_fmt(ratio, 2)} | {_fmt(med(rows, 'server_cpu_pct'))} | {_fmt(med(rows, 'p50_ms'))} "
+            f"| {_fmt(ratio, 2)} | {_fmt(med(rows, 'server_cpu_pct'))} | {_fmt(med(rows, 'client_cpu_pct'))} "
+            f"| {_fmt(med(rows, 'p50_ms'))} "
             f"| {_fmt(med(rows, 'p99_ms'))} | {_fmt(med(rows, 'max_ms'))} | {sum(r['missed'] for r in rows)} "
             f"| {_fmt(med(rows, 'probe_rtt_p99'))} / {_fmt(med(rows, 'probe_rtt_max'))} "
             f"| {_fmt(med(rows, 'probe_busy_p99'))} / {_fmt(med(rows, 'probe_busy_max'))} "
@@ -367,6 +385,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between runs")
     parser.add_argument("--engine-arg", action="append", default=[], help="extra livecart serve flag (repeatable)")
+    parser.add_argument("--py-spy", default="", help="profile each server's measured window into this directory")
     parser.add_argument("--json", default="", help="write every run's figures here")
     return parser.parse_args(argv)
 
@@ -375,4 +394,6 @@ if __name__ == "__main__":
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # 20,000 here: enough for 10,000 viewers
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     os.sched_setaffinity(0, {1})
+    # The publisher sends on time even while the viewers keep core 1 busy (children reset to normal).
+    os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(10))
     uvloop.run(main(parse_args()))

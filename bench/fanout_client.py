@@ -242,6 +242,7 @@ class Probe(RawSocket):
         self.recording = False
         self.rtts = array("d")
         self.busy = array("d")
+        self.stalls: list[tuple[float, float, float]] = []  # (wall time, rtt ms, busy ms) of pings busy > 20 ms
         self.counter = 0
 
     def ping(self) -> None:
@@ -258,7 +259,10 @@ class Probe(RawSocket):
         if self.recording:
             self.rtts.append((time.perf_counter() - self.sent_at) * 1000.0)
             if self.pid:
-                self.busy.append((on_cpu_ns(self.pid) - self.sent_cpu) / 1e6)
+                busy = (on_cpu_ns(self.pid) - self.sent_cpu) / 1e6
+                self.busy.append(busy)
+                if busy > 20.0 and len(self.stalls) < 50:
+                    self.stalls.append((round(time.time(), 3), round(self.rtts[-1], 1), round(busy, 1)))
         asyncio.get_running_loop().call_later(self.interval, self.ping)
 
 
@@ -291,6 +295,7 @@ async def run_probe(args: argparse.Namespace) -> None:
                 "seconds": round(time.perf_counter() - started, 2),
                 "rtt": _summary(probe.rtts),
                 "busy": _summary(probe.busy),
+                "stalls": probe.stalls,
                 "closed": probe.closed,
             })
             return
