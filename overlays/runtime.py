@@ -304,6 +304,8 @@ class Commerce:
         is loaded here: the SQLite records and the memory stock store never suspend)."""
         shop = self._shops.get(room)
         if shop is None:
+            if not self._room_exists(room):  # e.g. a service connected to no room
+                return {}
             shop = self._new_shop(room)
             run_now(shop.load())
             self._shops[room] = shop
