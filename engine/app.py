@@ -9,6 +9,7 @@ from aiohttp import web
 from engine import metrics
 from engine.bus.memory import MemoryBus
 from engine.config import Config
+from engine.demo import seed_demo_catalog
 from engine.media.config import MediaConfig
 from engine.media.service import MediaService
 from engine.rooms import Rooms
@@ -69,11 +70,14 @@ class App:
         return hub.viewers if hub else 0
 
     async def start(self) -> None:
-        if self.config.demo_room:
-            self.rooms.ensure(self.config.demo_room, "Demo room")
+        new_demo = bool(self.config.demo_room) and self.rooms.get(self.config.demo_room) is None
+        if new_demo:
+            self.rooms.create(self.config.demo_room, "Demo room")
         metrics.ROOMS.set(len(self.rooms.list()))
         await self.bus.start()
         await self.commerce.start(room.id for room in self.rooms.list())
+        if new_demo and self.config.demo_catalog:
+            await seed_demo_catalog(self.commerce, self.config.demo_room)
         await self.media.start()
         await self.channel.start()
         self.ws_port = self.channel.port

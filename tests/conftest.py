@@ -31,7 +31,8 @@ def free_port() -> int:
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     return Config(host="127.0.0.1", http_port=0, ws_port=0, data_dir=str(tmp_path / "data"),
-                  secret="test-secret-" + "x" * 32, admin_key="test-admin", tick_ms=20)
+                  secret="test-secret-" + "x" * 32, admin_key="test-admin", tick_ms=20,
+                  demo_catalog=False)
 
 
 @pytest.fixture

@@ -111,3 +111,22 @@ async def test_health_and_metrics(engine: App) -> None:
                  "livecart_send_queue_total", 'livecart_rejected_messages_total{code="unknown_type"}'):
         assert name in text, name
     await client.close()
+
+
+async def test_first_start_seeds_the_demo_room_once(config) -> None:
+    seeded = config.replace(demo_catalog=True)
+    app = App(seeded)
+    await app.start()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base(app)}/api/rooms/demo/products") as resp:
+            products = (await resp.json())["products"]
+        assert [p["id"] for p in products] == ["sneaker", "hoodie", "cap"]
+        async with http.delete(f"{base(app)}/api/rooms/demo/products/cap", headers=ADMIN) as resp:
+            assert resp.status == 200
+    await app.stop()
+    # A restart keeps what the host did with the demo room instead of seeding it again.
+    again = App(seeded)
+    await again.start()
+    async with aiohttp.ClientSession() as http, http.get(f"{base(again)}/api/rooms/demo/products") as resp:
+        assert [p["id"] for p in (await resp.json())["products"]] == ["sneaker", "hoodie"]
+    await again.stop()
