@@ -460,7 +460,8 @@ def main() -> None:
     keys = ("taps_per_s", "p50", "p99", "floor_per_s", "floor_p50", "floor_p99", "last_watcher_ms",
             "median_watcher_ms", "client_cpu_storm", "server_cpu_storm", "server_cpu_floor", "server_us_per_tap",
             "server_us_per_floor", "core0_others_storm")
-    summary = {key: statistics.median(r[key] for r in runs) for key in keys}
+    summary = {key: statistics.median([r[key] for r in runs if r[key] == r[key]] or [float("nan")]) for key in keys}
+    summary["watchers_saw_zero"] = min(r["watchers_saw_zero"] for r in runs)
     summary["sold_equals_q"] = all(r["sold"] == args.quantity and r["remaining"] == 0 for r in runs)
     summary["p99_vs_floor"] = summary["p99"] / summary["floor_p99"]
     print(json.dumps({"median": summary}), flush=True)
