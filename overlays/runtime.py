@@ -98,9 +98,6 @@ class KeyedLocks:
             else:
                 self._locks[key] = (lock, users - 1)
 
-    def __len__(self) -> int:
-        return len(self._locks)
-
 
 class Commerce:
     """Every room's shop on this node, and the calls the HTTP and websocket handlers make.
