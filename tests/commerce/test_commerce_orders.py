@@ -127,3 +127,20 @@ async def test_totals_and_bought_in_the_last_minute_are_state_events(app: App, r
     assert body["totals"]["orders"] == 3 and body["recent"]["units"] == 0
     for client in (host, *buyers):
         await client.close()
+
+
+async def test_a_checkout_retried_on_another_connection_at_once_places_one_order(app: App, rest: Rest) -> None:
+    host = await _sale(app)
+    phone, _ = await joined(app, sub="alice")
+    laptop, _ = await joined(app, sub="alice")
+    await phone.request({"type": "tap", "id": "t", "sale_id": "flash", "qty": 2})
+    for client in (phone, laptop):  # both in flight before either is answered
+        await client.send({"type": "checkout", "id": "same"})
+    first = (await events_until(phone, lambda m: m.get("re") == "same"))[-1]
+    second = (await events_until(laptop, lambda m: m.get("re") == "same"))[-1]
+    assert first["type"] == second["type"] == "ack"
+    assert first["order"]["id"] == second["order"]["id"] and first["order"]["quantity"] == 2
+    status, body = await rest.call("GET", "/api/rooms/demo/orders", app.admin_key)
+    assert [o["id"] for o in body["orders"]] == [first["order"]["id"]]
+    for client in (host, phone, laptop):
+        await client.close()
