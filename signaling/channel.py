@@ -137,18 +137,22 @@ class Session:
     def mark_lagging(self) -> None:
         if self.lagging_since is None:
             self.lagging_since = time.monotonic()
+            self.channel.lagging.add(self)
             metrics.SEND_QUEUE.labels("lagged").inc()
 
     def recover_or_close(self, now: float) -> None:
         config = self.channel.config
         if not self.open:
+            self.channel.lagging.discard(self)
             return
         if self.transport.get_write_buffer_size() <= config.send_queue_bytes // 4:
             self.lagging_since = None
+            self.channel.lagging.discard(self)
             self.send_now(self.channel.snapshot(self, resync=True))
             metrics.SEND_QUEUE.labels("resynced").inc()
         elif self.lagging_since is not None and now - self.lagging_since > config.slow_close_after:
             self.lagging_since = None
+            self.channel.lagging.discard(self)
             metrics.SEND_QUEUE.labels("closed").inc()
             self._drop(protocol.CLOSE_TOO_SLOW, "too slow: reconnect with since")
 
@@ -179,6 +183,7 @@ class Channel:
         self.on_close: list[Callable[[Session], Awaitable[None]]] = []
         self.hubs: dict[str, RoomHub] = {}
         self.sessions: dict[int, Session] = {}
+        self.lagging: set[Session] = set()  # checked every 100 ms, so the check never scans everyone
         self.close_timeout = 2.0
         self._ids = itertools.count(1)
         self._server: Server | None = None
@@ -292,6 +297,7 @@ class Channel:
             if hub is not None:
                 hub.remove(session)
             del self.sessions[session.conn_id]
+            self.lagging.discard(session)
             metrics.CONNECTIONS.labels(session.role).dec()
             for cleanup in self.on_close:
                 try:
@@ -377,8 +383,8 @@ class Channel:
         while True:
             await asyncio.sleep(0.1)
             now = time.monotonic()
-            for hub in list(self.hubs.values()):
-                hub.check_lagging(now)
+            for session in list(self.lagging):
+                session.recover_or_close(now)
 
 
 def _select_subprotocol(connection: ServerConnection, subprotocols: Any) -> str | None:

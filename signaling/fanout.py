@@ -134,11 +134,6 @@ class RoomHub:
             metrics.DELIVERY_LATENCY.observe(now - event.ts)
         metrics.EVENTS_DELIVERED.inc(delivered)
 
-    def check_lagging(self, now: float) -> None:
-        """Resync drained laggards, close the ones that stayed behind too long."""
-        for session in list(self.sessions.values()):
-            if session.lagging_since is not None:
-                session.recover_or_close(now)
 
 
 class Frames:
