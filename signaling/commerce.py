@@ -60,10 +60,14 @@ def register_commerce(channel: Channel, commerce: Commerce, config: Config) -> N
     cart_rate = (config.tap_rate, config.tap_burst)
 
     async def tap(session: Session, message: dict[str, Any]) -> dict[str, Any]:
-        result = await commerce.tap(
-            session.room, session.sub, _request_id(message, "tap"),
-            product_id=message.get("product_id"), sale_id=message.get("sale_id"), qty=message.get("qty", 1),
-        )
+        """Registered without the `_domain` wrapper: one coroutine frame less on the hot path."""
+        try:
+            result = await commerce.tap(
+                session.room, session.sub, _request_id(message, "tap"),
+                product_id=message.get("product_id"), sale_id=message.get("sale_id"), qty=message.get("qty", 1),
+            )
+        except DomainError as exc:  # malformed ids, unknown room: refusals come back as values
+            raise ProtocolError(exc.code, exc.message) from None
         if type(result) is DomainError:
             raise ProtocolError(result.code, result.message)
         return {"line": result[0], "cart": result[1]}
@@ -97,7 +101,7 @@ def register_commerce(channel: Channel, commerce: Commerce, config: Config) -> N
         return {"sale": await commerce.end_sale(session.room, message.get("sale_id"))}
 
     register = channel.actions.register
-    register("tap", SHOPPERS, _domain(tap), rate=cart_rate)
+    register("tap", SHOPPERS, tap, rate=cart_rate)
     register("uncart", SHOPPERS, _domain(uncart), rate=cart_rate)
     register("cart", SHOPPERS, _domain(cart))
     register("checkout", SHOPPERS, _domain(checkout), rate=cart_rate)
