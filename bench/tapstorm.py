@@ -311,6 +311,7 @@ def start_server(args: argparse.Namespace, data_dir: str) -> tuple[subprocess.Po
         # The limits the storm runs at: taps at --rate per connection are all admitted.
         "--tap-rate", str(args.rate * 1.5), "--tap-burst", str(int(args.rate * 2) + 5),
         "--msg-rate", str(args.rate * 2 + 10), "--msg-burst", str(int(args.rate * 4) + 20),
+        *args.server_arg,
     ]
     with open(os.path.join(data_dir, "server.log"), "wb") as log:
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, cwd=os.path.dirname(HERE))
@@ -441,6 +442,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quiet", type=float, default=120.0,
                         help="wait up to this many seconds for core 0 to be idle before each run")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra `livecart serve` argument, repeatable (e.g. --server-arg=--fanout-slice=2048)")
     parser.add_argument("--profile", default="", help="py-spy the server during the storm into this file")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--tap-subs", default="")
