@@ -202,6 +202,7 @@ class Channel:
             process_request=self._check_path,
             subprotocols=[protocol.MSGPACK_SUBPROTOCOL],
             select_subprotocol=_select_subprotocol,
+            create_connection=_Connection,
             compression="deflate" if self.config.permessage_deflate else None,
             max_size=self.config.max_frame,
             max_queue=16,
@@ -390,3 +391,38 @@ class Channel:
 def _select_subprotocol(connection: ServerConnection, subprotocols: Any) -> str | None:
     """msgpack when the client asks for it, plain JSON (no subprotocol) otherwise."""
     return protocol.MSGPACK_SUBPROTOCOL if protocol.MSGPACK_SUBPROTOCOL in subprotocols else None
+
+
+class _Connection(ServerConnection):
+    """A websocket connection that reference counting alone frees once it is closed.
+
+    Left alone, websockets keeps reference cycles in every connection: ``select_subprotocol``
+    is bound onto the sans-I/O protocol, and the bound callback's closure holds the connection;
+    the protocol's parser is a generator that stays suspended after the close, its frame holding
+    the protocol; a connection that ended without a close frame (a dropped viewer) also keeps the
+    parser's error, whose traceback holds a frame that holds the protocol. Such garbage waits for a
+    full cyclic collection, which takes most of a second with 10,000 viewers connected and holds
+    the loop all that time (bench/RESULTS.md, "Event fan-out"), and it cannot be frozen away
+    (engine.gcpolicy). Once the transport is gone the callback and the parser are unused and the
+    tracebacks are only diagnostics: dropping them here breaks every cycle, however the
+    connection ended.
+    """
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        vars(self.protocol).pop("select_subprotocol", None)
+        self.protocol.parser.close()  # its suspended frame holds the protocol
+        _drop_tracebacks(self.protocol.parser_exc, self.protocol.handshake_exc, self.connection_exc)
+
+
+def _drop_tracebacks(*errors: BaseException | None) -> None:
+    """Clear the tracebacks of these exceptions and of their causes and contexts."""
+    stack = [error for error in errors if error is not None]
+    seen: set[int] = set()
+    while stack:
+        error = stack.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        error.__traceback__ = None
+        stack += [e for e in (error.__cause__, error.__context__) if e is not None]
