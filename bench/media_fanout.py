@@ -87,6 +87,7 @@ class Result:
     lag_p50_ms: float = 0.0
     lag_p99_ms: float = 0.0
     lag_worst_viewer_p99_ms: float = 0.0
+    keyframe_lag_p50_ms: float = 0.0
     audio_lag_p50_ms: float = 0.0
     audio_lag_p99_ms: float = 0.0
     first_frame_p50_ms: float = 0.0
@@ -314,6 +315,7 @@ class Matcher:
 
     def __init__(self, stream: Stream, sent: list[float], gram: int, path: str = "stock") -> None:
         self.signatures = signature(stream, path)
+        self.keyframes = stream.keyframes
         self.loop = len(self.signatures)
         self.step = stream.duration // self.loop
         self.period = stream.duration
@@ -378,10 +380,10 @@ class Matcher:
         return index if index >= 0 else None
 
 
-def delivered(matcher: Matcher, frames: list[list[float]], counted: list[int]) -> list[float]:
-    """Added lag (ms) of each counted frame this viewer received complete."""
+def delivered(matcher: Matcher, frames: list[list[float]], counted: list[int]) -> dict[int, float]:
+    """Added lag (ms) of each counted frame this viewer received complete, by published frame index."""
     received = matcher.match(unwrap(frames))
-    return [1000 * (received[g][0] - matcher.sent[g]) for g in counted if g in received and received[g][1]]
+    return {g: 1000 * (received[g][0] - matcher.sent[g]) for g in counted if g in received and received[g][1]}
 
 
 def analyse(
@@ -400,6 +402,8 @@ def analyse(
     result.frames_sent = len(counted)
     lags: list[float] = []
     audio_lags: list[float] = []
+    keyframe_lags: list[float] = []  # keyframes are ~1.7 % of frames: their burst to every viewer sets the p99
+    keyframes = video.keyframes
     shares, audio_shares, worst_p99, first_frames = [], [], [], []
     for viewer in viewers:
         if viewer["status"] != 201:
@@ -408,11 +412,13 @@ def analyse(
         result.joined += 1
         if viewer["first_frame"]:
             first_frames.append(1000 * (viewer["first_frame"] - viewer["asked"]))
-        own = delivered(video, viewer["frames"], counted)
+        by_frame = delivered(video, viewer["frames"], counted)
+        own = list(by_frame.values())
         lags += own
+        keyframe_lags += [lag for g, lag in by_frame.items() if keyframes[g % len(keyframes)]]
         shares.append(len(own) / len(counted) if counted else 0.0)
         worst_p99.append(percentile(own, 99) if own else float("inf"))
-        own_audio = delivered(audio, viewer["audio"], audio_counted)
+        own_audio = list(delivered(audio, viewer["audio"], audio_counted).values())
         audio_lags += own_audio
         audio_shares.append(len(own_audio) / len(audio_counted) if audio_counted else 0.0)
     if shares:
@@ -422,6 +428,7 @@ def analyse(
         result.lag_worst_viewer_p99_ms = max(worst_p99)
     result.lag_p50_ms = percentile(lags, 50)
     result.lag_p99_ms = percentile(lags, 99)
+    result.keyframe_lag_p50_ms = percentile(keyframe_lags, 50)
     result.audio_lag_p50_ms = percentile(audio_lags, 50)
     result.audio_lag_p99_ms = percentile(audio_lags, 99)
     result.first_frame_p50_ms = percentile(first_frames, 50)
@@ -560,6 +567,7 @@ COLUMNS = (
     ("audio min %", None, None),
     ("lag p50 / p99 ms", None, None),
     ("worst viewer p99 ms", "lag_worst_viewer_p99_ms", "{:.0f}"),
+    ("keyframe lag p50 ms", "keyframe_lag_p50_ms", "{:.0f}"),
     ("audio lag p50 / p99 ms", None, None),
     ("first frame p50 / p99 ms", None, None),
     ("KB / viewer", "kb_per_viewer", "{:.0f}"),
