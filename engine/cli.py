@@ -11,6 +11,7 @@ import sys
 import uvloop
 
 from engine.config import Config, add_arguments, from_args
+from engine.gcpolicy import GcPolicy
 from engine.storage import Storage
 from signaling.tokens import ROLES, mint
 
@@ -51,11 +52,12 @@ def _announce(config: Config, app: object) -> None:
     print("\n".join(lines), flush=True)
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, gc_policy: GcPolicy) -> None:
     from engine.app import App
 
     app = App(config)
     await app.start()
+    gc_policy.start(lambda: len(app.channel.sessions))
     _announce(config, app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -64,6 +66,7 @@ async def _serve(config: Config) -> None:
     await stop.wait()
     print("livecart stopping: closing clients with a resumable code", flush=True)
     await app.stop()
+    gc_policy.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvloop.run(_serve(config))
+    try:
+        gc_policy = GcPolicy(config.gc_policy, config.gc_thaw_below, config.gc_warn_ms)
+    except ValueError as exc:
+        print(f"livecart serve: {exc}", file=sys.stderr)
+        return 2
+    uvloop.run(_serve(config, gc_policy))
     return 0
 
 

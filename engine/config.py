@@ -34,7 +34,8 @@ class Config:
     tick_ms: int = field(default=50, metadata={"help": "state-event coalescing tick, ms"})
     history_size: int = field(default=1024, metadata={"help": "events kept per room for resume"})
     history_age: float = field(default=300.0, metadata={"help": "max age of replayable events, s"})
-    fanout_slice: int = field(default=256, metadata={"help": "connections written before yielding"})
+    fanout_slice: int = field(default=128, metadata={"help": "connections written between clock checks"})
+    fanout_budget_ms: float = field(default=8.0, metadata={"help": "loop time one broadcast holds before yielding"})
     send_queue_bytes: int = field(default=1 << 20, metadata={"help": "per-connection send buffer limit"})
     slow_close_after: float = field(default=10.0, metadata={"help": "close a lagging client after, s"})
     max_frame: int = field(default=64 * 1024, metadata={"help": "largest websocket frame accepted"})
@@ -66,6 +67,11 @@ class Config:
     fsync_orders: bool = field(default=False, metadata={
         "help": "fsync every order commit: survives power loss, not just a crash (~4 ms each, on the loop)"})
     commerce_tick_ms: int = field(default=200, metadata={"help": "room clock tick: expiry, sale start/end, ms"})
+    gc_policy: str = field(default="freeze", metadata={
+        "help": "garbage collector policy of livecart serve: freeze (no long pauses with big rooms) or default"})
+    gc_thaw_below: int = field(default=0, metadata={
+        "help": "freeze policy: thaw and fully collect when at most this many websocket connections are open"})
+    gc_warn_ms: float = field(default=20.0, metadata={"help": "log collections that hold the loop this long, ms"})
 
     @property
     def data_path(self) -> Path:

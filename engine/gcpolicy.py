@@ -1,0 +1,134 @@
+"""How the engine uses CPython's cyclic garbage collector, so that a big room never stalls the loop.
+
+A collection holds the event loop for as long as it walks the objects of the generations it
+collects: about 1 µs per object on the bench machine. A young collection walks a few thousand
+objects; a full one walks the whole heap, and with 10,000 websocket viewers (~80 tracked objects
+each) that is ~0.9 s with no event, tap or pong going out (bench/RESULTS.md, "Event fan-out").
+
+The ``freeze`` policy (the default) keeps full collections small:
+
+- after start-up it collects once and ``gc.freeze()``s what is left: imports, config, start-up
+  state are never walked again;
+- after every collection of the middle generation it freezes again. That collection has just
+  freed every unreachable young object, so only live objects are frozen: whatever lives that long
+  (connections, sessions, history) is never walked again, and the next full collection walks only
+  what arrived since. Pauses are bounded by young collections whatever the size of the heap.
+
+Frozen objects are still freed by reference counting when they die. Only a *cycle* among frozen
+objects would outlive its use: websocket connections have none (signaling.channel._Connection
+breaks the library's on close, which tests/engine/test_gc_policy.py checks), other parts (media
+peers, HTTP requests) may have some. So when the node is idle (at most ``gc_thaw_below`` websocket
+connections) the policy thaws: it unfreezes, runs one full collection (a pause as long as the idle
+heap is big) and freezes again, which bounds any such garbage to one busy period.
+
+The ``default`` policy leaves CPython's collector as it is (for comparison in benches). Both
+record every collection's pause in ``livecart_gc_pause_seconds`` and log the ones of at least
+``gc_warn_ms`` ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("freeze", "default")
+IDLE_CHECK_SECONDS = 10.0
+
+GC_PAUSE = Histogram(
+    "livecart_gc_pause_seconds",
+    "Time the cyclic garbage collector held the process, per collection",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+GC_FREEZES = Counter("livecart_gc_freezes_total", "gc.freeze() calls by the freeze policy, by reason", ["reason"])
+GC_FROZEN = Gauge("livecart_gc_frozen_objects", "Objects in the collector's permanent generation (sampled every 10 s)")
+
+
+class GcPolicy:
+    """Installs a collector policy on this process; ``stop()`` restores CPython's own."""
+
+    def __init__(self, policy: str, thaw_below: int = 0, warn_ms: float = 20.0) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"gc policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+        self.policy = policy
+        self.thaw_below = thaw_below
+        self.warn_seconds = warn_ms / 1000
+        self._connections: Callable[[], int] = lambda: 0
+        self._started: float | None = None
+        self._frozen_since_thaw = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def freezing(self) -> bool:
+        return self.policy == "freeze"
+
+    def start(self, connections: Callable[[], int]) -> None:
+        """Apply the policy; with ``freeze``, freeze what start-up left and check idleness periodically.
+
+        ``connections`` counts the open websocket connections (the idleness test).
+        """
+        self._connections = connections
+        gc.callbacks.append(self._on_gc)
+        if self.freezing:
+            gc.collect()
+            gc.freeze()
+            GC_FREEZES.labels("start").inc()
+            self._schedule()
+
+    def stop(self) -> None:
+        """Remove the callback and unfreeze: the process is back to CPython's collector."""
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.freezing:
+            gc.unfreeze()
+
+    def check_idle(self) -> bool:
+        """Thaw (unfreeze, full collection, freeze) when the node is idle; True when it did."""
+        GC_FROZEN.set(gc.get_freeze_count())
+        if not (self.freezing and self._frozen_since_thaw and self._connections() <= self.thaw_below):
+            return False
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        self._frozen_since_thaw = False
+        GC_FREEZES.labels("thaw").inc()
+        GC_FROZEN.set(gc.get_freeze_count())
+        return True
+
+    def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(IDLE_CHECK_SECONDS, self._tick)
+
+    def _tick(self) -> None:
+        self.check_idle()
+        self._schedule()
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        if self._started is None:  # installed during a collection
+            return
+        pause = time.perf_counter() - self._started
+        self._started = None
+        generation = info["generation"]
+        GC_PAUSE.labels(str(generation)).observe(pause)
+        if pause >= self.warn_seconds:
+            log.warning("gc: a generation %d collection held the loop %.1f ms (%d collected)",
+                        generation, pause * 1000, info["collected"])
+        if self.freezing and generation >= 1:
+            # Young generations were just emptied of garbage: everything left is alive.
+            gc.freeze()
+            self._frozen_since_thaw = True
+            GC_FREEZES.labels("collection").inc()

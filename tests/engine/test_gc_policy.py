@@ -1,0 +1,192 @@
+"""The garbage collector policy: closed connections need no cycle collector, frozen or not.
+
+The freeze policy (engine.gcpolicy) is only safe because a closed websocket connection is freed
+by reference counting: a frozen cycle would never be collected. These tests open and close
+thousands of real websocket connections (from a client process of their own, so that the
+clients' objects do not mix with the server's) with the policy on and check that the tracked
+objects and the memory come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import resource
+import sys
+import weakref
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import uvloop
+
+from engine.app import App
+from engine.gcpolicy import GcPolicy
+from tests.conftest import token
+
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def event_loop_policy() -> uvloop.EventLoopPolicy:
+    """uvloop, as under ``livecart serve``: the stdlib loop's socket transports hold cycles of their own."""
+    return uvloop.EventLoopPolicy()
+
+CLIENTS = r"""
+import asyncio, resource, sys
+import websockets
+
+async def main(url):
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    conns = []
+    while True:
+        command = (await reader.readline()).decode().split()
+        if not command or command[0] == "quit":
+            break
+        if command[0] == "open":
+            limit = asyncio.Semaphore(64)
+            async def one():
+                async with limit:
+                    ws = await websockets.connect(url, compression=None, max_queue=None)
+                    await ws.recv()  # the snapshot: the server has the session
+                    return ws
+            conns += await asyncio.gather(*[one() for _ in range(int(command[1]))])
+        elif command[0] == "close":  # close handshake
+            await asyncio.gather(*[ws.close() for ws in conns])
+            conns = []
+        elif command[0] == "drop":  # the network goes away: no close frame
+            for ws in conns:
+                ws.transport.abort()
+            conns = []
+        print("done", flush=True)
+
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+class Viewers:
+    """A client process holding real websocket viewers, driven one command at a time."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    async def do(self, command: str) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        await self.proc.stdin.drain()
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 120)
+        assert line == b"done\n", f"client process failed: {line!r}"
+
+
+@pytest.fixture
+async def viewers(engine: App) -> AsyncIterator[Viewers]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2 * N + 500:
+        pytest.skip(f"needs {2 * N + 500} open files, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    url = f"ws://127.0.0.1:{engine.ws_port}/ws?token={token(engine)}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CLIENTS, url, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    try:
+        yield Viewers(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def tracked() -> int:
+    """Every object the collector tracks, frozen ones included (gc.get_objects() skips those)."""
+    return len(gc.get_objects()) + gc.get_freeze_count()
+
+
+def rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+
+async def all_gone(engine: App) -> None:
+    for _ in range(500):
+        if not engine.channel.sessions and not engine.channel.hubs:
+            break
+        await asyncio.sleep(0.02)
+    assert not engine.channel.sessions
+    await asyncio.sleep(0.2)  # the transports' last callbacks
+
+
+async def test_closed_connections_come_back_with_the_freeze_policy_on(engine: App, viewers: Viewers) -> None:
+    policy = GcPolicy("freeze", thaw_below=-1)  # never thaw: only reference counting may free them
+    policy.start(lambda: len(engine.channel.sessions))
+    try:
+        await viewers.do("open 100")
+        await viewers.do("close")
+        await all_gone(engine)
+        base_tracked, base_frozen = tracked(), gc.get_freeze_count()
+        rss_after: list[int] = []
+        for ending in ("close", "drop", "close"):
+            await viewers.do(f"open {N}")
+            assert len(engine.channel.sessions) == N
+            # The connections are tracked objects, and the policy froze most of them.
+            assert tracked() - base_tracked > 40 * N
+            assert gc.get_freeze_count() - base_frozen > 20 * N
+            await viewers.do(ending)
+            await all_gone(engine)
+            left = tracked() - base_tracked
+            assert left < N // 2, f"{left} tracked objects left after {N} connections ended by {ending}"
+            assert gc.get_freeze_count() - base_frozen < N // 2
+            rss_after.append(rss_bytes())
+        # Memory is reused from one wave to the next instead of piling up.
+        assert rss_after[2] - rss_after[0] < 8 << 20, rss_after
+    finally:
+        policy.stop()
+
+
+async def test_a_frozen_cycle_waits_for_the_thaw_when_idle(engine: App) -> None:
+    class Node:
+        other: Node
+
+    connections = [5]
+    policy = GcPolicy("freeze", thaw_below=0)
+    policy.start(lambda: connections[0])
+    try:
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        alive = weakref.ref(a)
+        gc.collect(1)  # a middle-generation collection: the policy freezes the survivors
+        del a, b
+        gc.collect()
+        assert alive() is not None  # frozen: even a full collection does not see the cycle
+        assert not policy.check_idle()  # 5 connections open: not idle
+        assert alive() is not None
+        connections[0] = 0
+        assert policy.check_idle()
+        assert alive() is None
+    finally:
+        policy.stop()
+
+
+async def test_collections_are_measured_on_the_metrics_page(engine: App) -> None:
+    policy = GcPolicy("default")
+    policy.start(lambda: len(engine.channel.sessions))
+    try:
+        thresholds = gc.get_threshold()
+        gc.collect()
+        assert gc.get_threshold() == thresholds and gc.get_freeze_count() == 0  # default: CPython's own
+        url = f"http://127.0.0.1:{engine.http_port}/metrics"
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            page = await response.text()
+        full = 'livecart_gc_pause_seconds_count{generation="2"}'
+        counts = [line for line in page.splitlines() if line.startswith(full)]
+        assert counts and float(counts[0].split()[-1]) >= 1
+    finally:
+        policy.stop()
+
+
+def test_an_unknown_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="freeze, default"):
+        GcPolicy("off")
