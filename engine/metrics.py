@@ -6,6 +6,8 @@ on one ``/metrics`` page; feature packages (media, commerce) keep their own modu
 
 from __future__ import annotations
 
+from functools import cache
+
 from prometheus_client import Counter, Gauge, Histogram
 
 ROOMS = Gauge("livecart_rooms", "Rooms known to this process")
@@ -23,3 +25,9 @@ SEND_QUEUE = Counter(
     ["outcome"],
 )
 REJECTED = Counter("livecart_rejected_messages_total", "Client messages answered with an error", ["code"])
+
+
+@cache
+def rejected(code: str) -> Counter:
+    """The REJECTED child for ``code``, looked up once: ``labels()`` is costly on a hot refusal path."""
+    return REJECTED.labels(code)

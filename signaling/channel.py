@@ -38,7 +38,8 @@ from signaling.tokens import Identity, TokenError, verify
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any] | None]]
+# A handler answers with the ack's fields, or returns (or raises) a CodedError for an error reply.
+Handler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any] | CodedError | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +263,7 @@ class Channel:
             def on_viewers(count: int) -> None:
                 bus.set_state(room, "viewers", "viewers", {"count": count})
 
-            hub = self.hubs[room] = RoomHub(room, bus, self.config.fanout_slice,
+            hub = self.hubs[room] = RoomHub(room, bus, self.config.fanout_slice, self.config.fanout_budget_ms / 1000,
                                             self.config.history_size, on_viewers)
         return hub
 
@@ -272,7 +273,7 @@ class Channel:
         try:
             identity, room = self._admit(params)
         except protocol.Refusal as refusal:
-            metrics.REJECTED.labels(refusal.code).inc()
+            metrics.rejected(refusal.code).inc()
             await connection.send(orjson.dumps(protocol.error(refusal.code, refusal.message)).decode())
             await connection.close(refusal.close_code, refusal.message[:120])
             return
@@ -368,17 +369,18 @@ class Channel:
                 if not bucket.take():
                     raise ProtocolError("rate_limited", f"too many {body['type']!r} messages, slow down")
             result = await action.handler(session, body)
+            if isinstance(result, CodedError):
+                _refuse(session, result, request_id)
+                return
             ack: dict[str, Any] = {"type": "ack", "re": request_id}
             if result:
                 ack.update(result)
             session.send_now(ack)
         except CodedError as exc:  # ProtocolError, or a domain/media refusal raised by a handler
-            metrics.REJECTED.labels(exc.code).inc()
-            session.send_now(protocol.error(exc.code, exc.message, request_id))
+            _refuse(session, exc, request_id)
         except Exception:
             log.exception("action failed")
-            metrics.REJECTED.labels("internal").inc()
-            session.send_now(protocol.error("internal", "the server failed on this request", request_id))
+            _refuse(session, CodedError("internal", "the server failed on this request"), request_id)
 
     async def _watch_laggards(self) -> None:
         while True:
@@ -386,6 +388,11 @@ class Channel:
             now = time.monotonic()
             for session in list(self.lagging):
                 session.recover_or_close(now)
+
+
+def _refuse(session: Session, error: CodedError, request_id: Any) -> None:
+    metrics.rejected(error.code).inc()
+    session.send_now(protocol.error(error.code, error.message, request_id))
 
 
 def _select_subprotocol(connection: ServerConnection, subprotocols: Any) -> str | None:

@@ -4,8 +4,9 @@ The costs that matter when a room has 10,000 viewers:
 - each event is framed once (server frames are unmasked, so every connection without a
   compression extension gets the very same bytes) and written straight to the transport;
 - events that arrive together go out together, one ``write`` per connection per batch;
-- connections are written in slices, yielding to the loop between slices, so one
-  broadcast never holds the loop for long (taps stay responsive in a huge room);
+- connections are written in slices; once a broadcast has held the loop for its time budget
+  it yields before the next slice, so one broadcast never holds the loop for long (taps stay
+  responsive in a huge room) yet a busy loop does not make a big room wait behind every tap;
 - a connection whose kernel buffer is past its limit is skipped ("lagging") instead of
   buffered without bound; once it drains it gets a fresh snapshot, and if it stays
   behind it is closed with a resumable code.
@@ -45,13 +46,14 @@ def frame(opcode: int, payload: bytes) -> bytes:
 class RoomHub:
     """Implements the bus's RoomListener for one room on this node."""
 
-    def __init__(self, room: str, bus: Bus, fanout_slice: int, max_pending: int,
+    def __init__(self, room: str, bus: Bus, fanout_slice: int, fanout_budget: float, max_pending: int,
                  on_viewers: Callable[[int], None]) -> None:
         self.room = room
         self.sessions: dict[int, Session] = {}
         self._by_user: dict[str, set[Session]] = {}
         self._bus = bus
         self._slice = fanout_slice
+        self._budget = fanout_budget
         self._max_pending = max_pending
         self._on_viewers = on_viewers
         self._viewers = 0
@@ -124,9 +126,11 @@ class RoomHub:
         frames = Frames(batch)
         sessions = list(self.sessions.values())
         delivered = 0
+        started = time.perf_counter()
         for start in range(0, len(sessions), self._slice):
-            if start:
+            if time.perf_counter() - started > self._budget:
                 await asyncio.sleep(0)
+                started = time.perf_counter()
             for session in sessions[start : start + self._slice]:
                 delivered += session.deliver(frames)
         now = time.time()

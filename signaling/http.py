@@ -27,6 +27,8 @@ STATUS = {
     "bad_request": 400, "unauthorized": 401, "token_expired": 401, "forbidden": 403, "not_found": 404,
     "method_not_allowed": 405, "conflict": 409, "unsupported": 422, "limit_reached": 409,
     "rate_limited": 429, "internal": 500, "overloaded": 503,
+    # commerce refusals: the room's state says no
+    "sold_out": 409, "full": 409, "sale_not_live": 409, "cart_empty": 409, "too_old": 410,
 }
 
 
