@@ -1,14 +1,9 @@
-"""Shared fixtures: a real engine on free ports, real websocket clients, a real Redis."""
+"""Shared fixtures: a real engine on free ports and real websocket clients."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import subprocess
-import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -88,44 +83,3 @@ async def connect(app: App, tok: str | None = None, query: str = "", **kwargs: A
     # leave the others paused (a paused client cannot see the server's close frame).
     kwargs.setdefault("max_queue", None)
     return Client(await websockets.connect(url, **kwargs))
-
-
-# Redis: the machine's server on 6379 when it answers, else a private redis-server on a free port.
-
-def _redis_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[str]:
-    if _redis_answers(6379) and not os.environ.get("LIVECART_TEST_OWN_REDIS"):
-        yield "redis://127.0.0.1:6379/0"
-        return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("no Redis answers on 6379 and redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while not _redis_answers(port):
-        if time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(5)
-
-
-@pytest.fixture
-def redis_prefix() -> str:
-    """A key prefix of this test's own, so tests never see each other's keys."""
-    return f"livecart-test:{uuid.uuid4().hex[:12]}:"
