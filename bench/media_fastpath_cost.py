@@ -3,7 +3,7 @@
 For ``--viewers`` streams (each its own SRTP session, AEAD_AES_256_GCM as
 aiortc prefers), one 720p-sized H264 delta frame (about 10.7 KB, 9 packets) is
 sent ``--frames`` times to every viewer: header rewrite with the MID and
-abs-send-time extensions, SRTP protect, and one UDP GSO ``sendmsg`` per frame
+abs-send-time extensions, SRTP protect in place (engine/media/srtp.py), and one UDP GSO ``sendmsg`` per frame
 (or one ``sendto`` per packet with ``--no-gso``) to a loopback socket nobody
 reads (the kernel drops what overflows, after doing the send). Prints the
 process CPU per packet, first without the send, then with it: the floor of
@@ -26,6 +26,7 @@ from engine.media import rtp
 from engine.media.aiortc_compat import SendParameters
 from engine.media.fastpath import Stream
 from engine.media.frames import EncodedFrame
+from engine.media.srtp import PacketBuffer
 from engine.media.udp import DatagramSender
 
 
@@ -53,15 +54,16 @@ def main() -> None:
     frame.packets = rtp.packetize_h264(data)
     frame.payload_bytes = len(data)
     count = args.frames * args.viewers * len(frame.packets)
+    buffer = PacketBuffer()
 
     def run(send: bool) -> float:
         start = time.process_time()
         for k in range(args.frames):
             frame.first_index = k * len(frame.packets)
             for stream in streams:
-                packets = stream.packets_of(frame, k * 3000, rtp.ntp_now())
+                lengths = stream.write_frame(frame, k * 3000, rtp.ntp_now(), buffer)
                 if send:
-                    stream.path.send(packets)
+                    stream.path.send_packed(buffer.view, lengths)
         return (time.process_time() - start) / count * 1e6
 
     print(f"{len(frame.packets)} packets per frame, {args.viewers} viewers, {args.frames} frames")

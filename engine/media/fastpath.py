@@ -41,6 +41,8 @@ from engine.media.aiortc_compat import SendParameters, SrtpSession
 from engine.media.fanout import RoomFanout
 from engine.media.forwarding import FrameQueue, ViewerCounters
 from engine.media.frames import EncodedFrame
+from engine.media.srtp import MAX_TRAILER, PacketBuffer
+from engine.media.srtp import context as srtp_context
 from engine.media.udp import DatagramSender
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,9 @@ log = logging.getLogger(__name__)
 SEGMENTS = 64
 
 _pack = rtp.RTP_HEADER.pack
+_pack_into = rtp.RTP_HEADER.pack_into
+#: Where every viewer's packets of a frame are written and protected, one frame at a time.
+_BUFFER = PacketBuffer()
 
 
 def _random_sequence() -> int:
@@ -62,7 +67,7 @@ class Stream:
     __slots__ = (
         "abs_offset", "b0", "clock_rate", "cname", "expect", "ext", "fraction_lost", "jitter", "kind",
         "last_send", "last_ts", "lsr", "lsr_time", "octets", "packets", "path", "pt", "remb", "rtt",
-        "rtx_pt", "rtx_seq", "rtx_ssrc", "segments", "seq", "srtp", "ssrc", "ts_origin",
+        "rtx_pt", "rtx_seq", "rtx_ssrc", "segments", "seq", "srtp", "srtp_context", "ssrc", "ts_origin",
     )  # fmt: skip
 
     def __init__(self, params: SendParameters, srtp: SrtpSession, path: DatagramSender) -> None:
@@ -75,6 +80,7 @@ class Stream:
         self.rtx_seq = _random_sequence()
         self.cname = params.cname
         self.srtp = srtp
+        self.srtp_context = srtp_context(srtp)
         self.path = path
         self.ext, self.abs_offset = rtp.header_extensions(params.extension_ids, params.mid)
         self.b0 = rtp.RTP_V2_EXT if self.ext else rtp.RTP_V2
@@ -96,8 +102,11 @@ class Stream:
         offset = self.abs_offset
         return self.ext[:offset] + rtp.abs_send_time(ntp) + self.ext[offset + 3 :]
 
-    def packets_of(self, frame: EncodedFrame, timestamp: int, ntp: int) -> list[bytes]:
-        """The frame's packets for this viewer, protected; advances the sequence number."""
+    def write_frame(self, frame: EncodedFrame, timestamp: int, ntp: int, buffer: PacketBuffer) -> list[int]:
+        """Write the frame's packets for this viewer into ``buffer``, protected, back to back from 0.
+
+        Returns their lengths; advances the sequence number.
+        """
         payloads = frame.packets or ()
         seq = self.seq
         if frame.first_index != self.expect:
@@ -106,17 +115,36 @@ class Stream:
         self.expect = frame.first_index + count
         ts = (timestamp + self.ts_origin) & 0xFFFFFFFF
         ext = self.header_extension(ntp)
-        protect = self.srtp.protect
+        head = 12 + len(ext)
+        view = buffer.reserve(frame.payload_bytes + count * (head + MAX_TRAILER))
+        protect = buffer.protect
+        context = self.srtp_context
         b0, pt, ssrc = self.b0, self.pt, self.ssrc
         last = count - 1
-        out = [
-            protect(_pack(b0, pt | 0x80 if i == last else pt, (seq + i) & 0xFFFF, ts, ssrc) + ext + payload)
-            for i, payload in enumerate(payloads)
-        ]
+        lengths = []
+        offset = 0
+        for i, payload in enumerate(payloads):
+            _pack_into(view, offset, b0, pt | 0x80 if i == last else pt, (seq + i) & 0xFFFF, ts, ssrc)
+            body = offset + head
+            view[offset + 12 : body] = ext
+            end = body + len(payload)
+            view[body:end] = payload
+            length = protect(context, offset, end - offset)
+            lengths.append(length)
+            offset += length
         self.seq = seq + count
         self.packets += count
         self.octets += frame.payload_bytes
         self.last_ts = ts
+        return lengths
+
+    def packets_of(self, frame: EncodedFrame, timestamp: int, ntp: int) -> list[bytes]:
+        """``write_frame`` as separate packets (for callers that keep them)."""
+        lengths = self.write_frame(frame, timestamp, ntp, _BUFFER)
+        view, out, offset = _BUFFER.view, [], 0
+        for length in lengths:
+            out.append(bytes(view[offset : offset + length]))
+            offset += length
         return out
 
     def room_index(self, lost: int) -> int | None:
@@ -258,34 +286,39 @@ class FastOutput:
     # --- the pacer's side ---
 
     def _wake(self) -> None:
-        if not self.scheduled and self.streams and self.pending():
+        if not self.scheduled and self.streams:
             self._fanout.schedule(self)
 
     def pending(self) -> bool:
-        return any(queue and kind in self.streams for kind, queue in self._queues.items())
+        streams = self.streams
+        for kind, queue in self._queues.items():  # noqa: SIM110 (no generator per call on the hot path)
+            if queue.frames and kind in streams:
+                return True
+        return False
 
     def flush(self) -> int:
         """Send the next queued frame of each kind (called by the room's pacer)."""
         sent = 0
         fanout = self._fanout
+        now = time.time()
+        ntp = int((now + rtp.NTP_EPOCH_OFFSET) * (1 << 32)) & 0xFFFFFFFFFFFFFFFF
         for kind, queue in self._queues.items():
+            frames = queue.frames
             stream = self.streams.get(kind)
-            if stream is None or not queue:
+            if stream is None or not frames:
                 continue
-            frame, timestamp = queue.frames.popleft()
-            now = time.time()
-            ntp = int((now + rtp.NTP_EPOCH_OFFSET) * (1 << 32)) & 0xFFFFFFFFFFFFFFFF
-            packets = stream.packets_of(frame, timestamp, ntp)
+            frame, timestamp = frames.popleft()
+            lengths = stream.write_frame(frame, timestamp, ntp, _BUFFER)
             stream.last_send = now
             try:
-                delivered = stream.path.send(packets)
+                delivered = stream.path.send_packed(_BUFFER.view, lengths)
             except OSError as exc:
                 log.info("viewer send failed (%s): stopping this viewer's media", exc)
                 self._stop_sending()
                 return sent
             if not delivered:
                 queue.drop_until_keyframe()  # the socket buffer is full: this viewer is behind
-            sent += len(packets)
+            sent += len(lengths)
             fanout.frames[kind] += 1
             fanout.bytes[kind] += frame.payload_bytes
             if kind == "video" and not self._sent_first:

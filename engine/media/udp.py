@@ -53,47 +53,60 @@ class DatagramSender:
 
     def send(self, datagrams: Sequence[bytes]) -> bool:
         """Send ``datagrams`` in order; False if the socket dropped any (send buffer full)."""
-        if not (self.gso and DatagramSender.gso_available) or len(datagrams) == 1:
-            return self._send_each(datagrams, 0)
-        count = len(datagrams)
-        start = 0
+        if len(datagrams) == 1:
+            return self._send_each(memoryview(datagrams[0]), [len(datagrams[0])])
+        return self.send_packed(memoryview(b"".join(datagrams)), [len(d) for d in datagrams])
+
+    def send_packed(self, buffer: memoryview, lengths: Sequence[int]) -> bool:
+        """Send the datagrams lying back to back in ``buffer`` (their ``lengths``, in order).
+
+        Runs of equal length (the last of a run may be shorter) go out in one
+        GSO call each; False if the socket dropped any (send buffer full).
+        """
+        count = len(lengths)
+        if count == 1 or not (self.gso and DatagramSender.gso_available):
+            return self._send_each(buffer, lengths)
+        start = offset = 0
         while start < count:
-            size = len(datagrams[start])
+            size = lengths[start]
             end = start + 1
             limit = min(count, start + GSO_MAX_SEGMENTS, start + GSO_MAX_BYTES // size)
-            while end < limit and len(datagrams[end]) == size:
+            while end < limit and lengths[end] == size:
                 end += 1
-            if end < limit and len(datagrams[end]) < size:
+            if end < limit and lengths[end] < size:
                 end += 1  # the shorter last segment
+            stop = offset + sum(lengths[start:end])
             if end - start == 1:
-                ok = self._send_each(datagrams[start:end], 0)
+                ok = self._send_each(buffer[offset:stop], lengths[start:end])
             else:
-                ok = self._send_gso(datagrams, start, end, size)
+                ok = self._send_gso(buffer[offset:stop], lengths[start:end], size)
             if not ok:
                 return False
-            start = end
+            start, offset = end, stop
         return True
 
-    def _send_gso(self, datagrams: Sequence[bytes], start: int, end: int, size: int) -> bool:
+    def _send_gso(self, run: memoryview, lengths: Sequence[int], size: int) -> bool:
         self.calls += 1
         try:
-            self._sock.sendmsg([b"".join(datagrams[start:end])], _segment_option(size), 0, self.address)
+            self._sock.sendmsg([run], _segment_option(size), 0, self.address)
         except OSError as exc:
             if exc.errno in _FULL:
                 return False
             if exc.errno in _GSO_REFUSED:
                 DatagramSender.gso_available = False
-                return self._send_each(datagrams[start:end], 0)
+                return self._send_each(run, lengths)
             raise
         return True
 
-    def _send_each(self, datagrams: Sequence[bytes], start: int) -> bool:
+    def _send_each(self, buffer: memoryview, lengths: Sequence[int]) -> bool:
         sendto = self._sock.sendto
         address = self.address
+        offset = 0
         try:
-            for index in range(start, len(datagrams)):
+            for length in lengths:
                 self.calls += 1
-                sendto(datagrams[index], address)
+                sendto(buffer[offset : offset + length], address)
+                offset += length
         except OSError as exc:
             if exc.errno in _FULL:
                 return False

@@ -29,6 +29,7 @@ from engine.media.fanout import PacketHistory, RoomFanout
 from engine.media.fastpath import Stream
 from engine.media.forwarding import ViewerCounters
 from engine.media.frames import EncodedFrame
+from engine.media.srtp import PacketBuffer
 from engine.media.udp import GSO_MAX_SEGMENTS, DatagramSender
 
 KEY = os.urandom(30)
@@ -134,6 +135,25 @@ def test_stream_headers_read_back_by_aiortc():
     assert {p.timestamp for p in packets} == {(9000 + stream.ts_origin) & 0xFFFFFFFF}
     assert {p.extensions.mid for p in packets} == {"1"}
     assert packets[0].extensions.abs_send_time is not None
+    link.close()
+
+
+@pytest.mark.parametrize("gso", [True, False])
+def test_frame_written_in_place_grows_the_buffer_and_reads_back(gso):
+    """``write_frame`` + ``send_packed`` (the pacer's path): a keyframe larger than the buffer, mixed sizes."""
+    tx, rx = srtp_pair()
+    link = Loopback()
+    stream = Stream(rtp_params(), tx, link.sender(gso))
+    buffer = PacketBuffer(size=4096)
+    payloads = [b"s" * 30] + [os.urandom(1200) for _ in range(70)] + [b"t" * 700, b"u" * 90]
+    lengths = stream.write_frame(encoded(0, 3000, payloads), 3000, rtp.ntp_now(), buffer)
+    assert buffer.size >= sum(lengths) > 4096
+    assert stream.path.send_packed(buffer.view, lengths)
+    packets = [RtpPacket.parse(rx.unprotect(d), extensions_map()) for d in link.receive(len(payloads))]
+    assert [p.payload for p in packets] == payloads
+    assert [p.marker for p in packets] == [0] * (len(payloads) - 1) + [1]
+    if gso and DatagramSender.gso_available:
+        assert stream.path.calls < len(payloads) // 10
     link.close()
 
 
