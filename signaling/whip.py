@@ -3,7 +3,8 @@
 Thin HTTP edge over ``engine.media.MediaService``: parse the request, call
 the service, map ``MediaError`` to its status and JSON body. Publishers POST
 to ``/whip/{room}``, viewers to ``/whep/{room}``; each answer's ``Location``
-names the session resource that takes ``PATCH`` (trickle ICE) and ``DELETE``.
+names the session resource that takes ``PATCH`` (trickle ICE, or an ICE
+restart answered ``200`` with the server's new ICE fragment) and ``DELETE``.
 """
 
 from __future__ import annotations
@@ -110,14 +111,18 @@ def add_media_routes(app: web.Application, media: MediaService) -> None:
         async def patch(request: web.Request, role: str = role) -> web.Response:
             if request.content_type != SDPFRAG:
                 raise MediaError(415, "unsupported_media_type", f"Content-Type must be {SDPFRAG}")
-            etag = await media.patch(
+            done = await media.patch(
                 role,
                 request.match_info["room"],
                 request.match_info["session"],
                 request.headers.get("If-Match"),
                 await request.text(),
             )
-            return web.Response(status=204, headers={**CORS, "ETag": f'"{etag}"'})
+            headers = {**CORS, "ETag": f'"{done.etag}"'}
+            if done.sdpfrag is None:  # trickle
+                return web.Response(status=204, headers=headers)
+            # ICE restart: the server's new credentials and candidates (RFC 9725 section 4.4)
+            return web.Response(status=200, body=done.sdpfrag.encode(), headers={**headers, "Content-Type": SDPFRAG})
 
         async def delete(request: web.Request, role: str = role) -> web.Response:
             await media.end(role, request.match_info["room"], request.match_info["session"])

@@ -4,7 +4,8 @@ aiortc is built as a media endpoint (it decodes what it receives and encodes
 what it sends) and aioice as a client library (it never offers loopback, binds
 only interface addresses). A relay needs six small changes, all here, all
 per connection (nothing is patched globally, so aiortc peers in the same
-process, such as test clients, keep their stock behaviour):
+process, such as test clients, keep their stock behaviour), plus the ICE
+restart aiortc lacks:
 
 1. ``bind_ice``: host candidates on configured addresses (announced addresses),
    and a larger socket receive buffer. Wraps aioice's
@@ -33,6 +34,10 @@ process, such as test clients, keep their stock behaviour):
    aioice nominated. The viewer's RTCP still arrives through aiortc's DTLS
    transport and is handed over as plain callbacks.
 
+7. ``IceRestart``: an ICE restart (RFC 9725 section 4.4) on a live peer
+   connection: a new aioice ``Connection`` takes over the ICE transport under
+   the same DTLS transport (details on the class).
+
 ``check_versions`` runs at import: a different aiortc or aioice minor version
 stops the engine with a message instead of failing subtly; the tests in
 tests/media/test_aiortc_compat.py check every assumption above.
@@ -40,9 +45,10 @@ tests/media/test_aiortc_compat.py check every assumption above.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Protocol
@@ -144,36 +150,36 @@ def bind_ice(
     (gathering happens there). An empty ``announced`` keeps aioice's own
     choice of addresses; ``receive_buffer`` applies to every host socket.
     """
-    announced = tuple(announced)
     for connection in _ice_connections(pc):
-        original = connection.get_component_candidates
+        _bind_connection(connection, tuple(announced), listen_address, receive_buffer)
 
-        async def gather(
-            component: int,
-            addresses: list[str],
-            timeout: int = 5,
-            _original: Callable[..., Awaitable[list[Any]]] = original,
-            _connection: Any = connection,
-        ) -> list[Any]:
-            binds = [a if _is_local(a) else listen_address for a in announced] if announced else addresses
-            candidates = await _original(component=component, addresses=binds, timeout=timeout)
-            if announced:
-                hosts = [c for c in candidates if c.type == "host"]
-                for address, bind in zip(announced, binds, strict=True):
-                    candidate = next((c for c in hosts if c.host == bind), None)
-                    if candidate is None:
-                        raise OSError(f"could not bind an ICE socket on {bind} to announce {address}")
-                    hosts.remove(candidate)
-                    candidate.host = address
-                    candidate.foundation = candidate_foundation("host", "udp", address)
-            if receive_buffer:
-                for protocol in _connection._protocols:
-                    sock = protocol.transport.get_extra_info("socket")
-                    if sock is not None:
-                        _set_receive_buffer(sock, receive_buffer)
-            return candidates
 
-        connection.get_component_candidates = gather
+def _bind_connection(
+    connection: Any, announced: tuple[str, ...], listen_address: str, receive_buffer: int | None
+) -> None:
+    """``bind_ice`` for one aioice ``Connection`` (also used for the connections of ICE restarts)."""
+    original = connection.get_component_candidates
+
+    async def gather(component: int, addresses: list[str], timeout: int = 5) -> list[Any]:
+        binds = [a if _is_local(a) else listen_address for a in announced] if announced else addresses
+        candidates = await original(component=component, addresses=binds, timeout=timeout)
+        if announced:
+            hosts = [c for c in candidates if c.type == "host"]
+            for address, bind in zip(announced, binds, strict=True):
+                candidate = next((c for c in hosts if c.host == bind), None)
+                if candidate is None:
+                    raise OSError(f"could not bind an ICE socket on {bind} to announce {address}")
+                hosts.remove(candidate)
+                candidate.host = address
+                candidate.foundation = candidate_foundation("host", "udp", address)
+        if receive_buffer:
+            for protocol in connection._protocols:
+                sock = protocol.transport.get_extra_info("socket")
+                if sock is not None:
+                    _set_receive_buffer(sock, receive_buffer)
+        return candidates
+
+    connection.get_component_candidates = gather
 
 
 # --- 2. DTLS role -----------------------------------------------------------
@@ -409,3 +415,166 @@ def send_path(sender: RTCRtpSender) -> tuple[SrtpSession, int, tuple[str, int]]:
         raise ConnectionError("ICE has no nominated pair for this sender")
     sock = pair.protocol.transport.get_extra_info("socket")
     return session, sock.fileno(), pair.remote_addr
+
+
+# --- 7. ICE restart (RFC 9725 section 4.4) ----------------------------------
+# Everything below belongs to the ICE restart; nothing above depends on it.
+
+
+class _DropNone:
+    """Stands in for a retired aioice connection's receive queue.
+
+    Datagrams still arriving on the retired path go on to the live queue; the
+    ``None`` the connection puts when it closes (meaning "transport ended" to
+    the DTLS reader) is dropped, since the transport lives on.
+    """
+
+    def __init__(self, target: asyncio.Queue[Any] | None) -> None:
+        self._target = target
+
+    def put_nowait(self, item: Any) -> None:
+        if item is not None and self._target is not None:
+            self._target.put_nowait(item)
+
+
+def _ice_transport(pc: RTCPeerConnection) -> Any:
+    transports = {id(t.receiver.transport.transport): t.receiver.transport.transport for t in pc.getTransceivers()}
+    if len(transports) != 1:
+        raise ValueError("an ICE restart needs a session whose media share one (bundled) ICE transport")
+    return next(iter(transports.values()))
+
+
+class IceRestart:
+    """One ICE restart of a peer connection, keeping its DTLS and SRTP sessions.
+
+    aiortc 1.16 has no ICE restart: its ``RTCIceTransport`` wraps one aioice
+    ``Connection`` for life, and its DTLS transport reads from and writes to
+    ``RTCIceTransport._recv``/``_send``. A restart here builds a second
+    ``Connection`` (new ufrag and password, new gathering on the same
+    addresses, same role and ICE servers) and, from ``begin``:
+
+    - the ICE transport (and its gatherer) point at the new connection, so
+      trickled candidates and the local parameters are the new ones;
+    - both connections deliver into the old connection's receive queue, the
+      one the DTLS reader is already waiting on, so no datagram of either
+      path is lost during the switch;
+    - sends use the old pair until the new connection nominates its own;
+    - the transport's state monitor waits on the new connection's events, so
+      the old path expiring meanwhile does not fail the session.
+
+    ``connect`` completes it (the old connection closes, its sockets with it)
+    or, on failure or ``abort``, returns everything to the old connection.
+    Works the same for either ICE role, so test clients restart with it too.
+    """
+
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        announced: Iterable[str] = (),
+        listen_address: str = "0.0.0.0",
+        receive_buffer: int | None = None,
+    ) -> None:
+        self._transport = _ice_transport(pc)
+        old = self._old = self._transport._connection
+        self._new = aioice.Connection(
+            ice_controlling=old.ice_controlling,
+            components=len(old._components),
+            stun_server=old.stun_server,
+            turn_server=old.turn_server,
+            turn_username=old.turn_username,
+            turn_password=old.turn_password,
+            turn_ssl=old.turn_ssl,
+            turn_transport=old.turn_transport,
+            use_ipv4=old._use_ipv4,
+            use_ipv6=old._use_ipv6,
+            transport_policy=old._transport_policy,
+        )
+        _bind_connection(self._new, tuple(announced), listen_address, receive_buffer)
+        self._queue: asyncio.Queue[Any] = old._queue
+        self.state = "new"  # -> "checking" (after begin) -> "completed" | "failed"
+
+    @property
+    def local_parameters(self) -> tuple[str, str]:
+        """The new (ufrag, password) to send to the peer."""
+        return self._new.local_username, self._new.local_password
+
+    async def gather(self) -> list[str]:
+        """Gather the new connection's candidates; their SDP form (``candidate:...`` without ``a=``)."""
+        await self._new.gather_candidates()
+        return [f"candidate:{c.to_sdp()}" for c in self._new.local_candidates]
+
+    async def begin(self, remote_ufrag: str, remote_password: str, candidates: Iterable[str], end: bool) -> None:
+        """Switch the transport to the new connection (see the class docstring) and add the peer's candidates.
+
+        ``candidates`` are ``candidate:...`` strings; ``end`` is the peer's
+        end-of-candidates. Raises ``ValueError`` for an unreadable candidate.
+        """
+        parsed = [aioice.Candidate.from_sdp(c.removeprefix("a=").removeprefix("candidate:")) for c in candidates]
+        transport, old, new = self._transport, self._old, self._new
+        new.remote_username, new.remote_password = remote_ufrag, remote_password
+        new._queue = self._queue
+        old._queue = _DropNone(self._queue)
+        new._event_waiter, old._event_waiter = old._event_waiter, None
+        transport._connection = new
+        transport.iceGatherer._connection = new
+        transport.iceGatherer._remote_candidates_end = False
+        transport._recv = self._recv
+        transport._send = self._send
+        self.state = "checking"
+        for candidate in parsed:
+            await new.add_remote_candidate(candidate)
+        if end:
+            transport.iceGatherer._remote_candidates_end = True  # later candidates are ignored, as aiortc does
+            await new.add_remote_candidate(None)
+
+    async def connect(self, timeout: float) -> bool:
+        """Run the new connection's checks; True once it carries the session, False if it failed (reverted)."""
+        try:
+            await asyncio.wait_for(self._new.connect(), timeout)
+        except (TimeoutError, ConnectionError):
+            await self.abort()
+            return False
+        if self.state != "checking":
+            return False
+        self.state = "completed"
+        self._transport._send = self._new.send
+        self._transport._recv = self._new.recv
+        await self._old.close()
+        return True
+
+    async def abort(self) -> None:
+        """Give up a restart in progress: the old connection carries the session again.
+
+        If the old path ended meanwhile, the transport's monitor is told so
+        (the session then fails as it would have without a restart).
+        """
+        if self.state == "new":  # gathered, never switched: only the new sockets to close
+            self.state = "failed"
+            await self._new.close()
+            return
+        if self.state != "checking":
+            return
+        self.state = "failed"
+        transport, old, new = self._transport, self._old, self._new
+        transport._connection = old
+        transport.iceGatherer._connection = old
+        transport._recv = old.recv
+        transport._send = old.send
+        old._queue = self._queue
+        old._event_waiter, new._event_waiter = new._event_waiter, None
+        new._queue = _DropNone(None)
+        await new.close()
+        if transport.state == "closed":
+            await old.close()  # the peer connection closed during the restart
+        elif old._closed:
+            old._emit_event(aioice.ice.ConnectionClosed())
+
+    async def _recv(self) -> bytes:
+        item = await self._queue.get()
+        if item is None:
+            raise ConnectionError("ICE connection lost")
+        return item[0]
+
+    async def _send(self, data: bytes) -> None:
+        connection = self._new if self._new._nominated else self._old
+        await connection.send(data)

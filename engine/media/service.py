@@ -64,10 +64,21 @@ class _Session:
     started: float = field(default_factory=time.monotonic)
     output: StockOutput | FastOutput | None = None
     closing: bool = False
+    restart: aiortc_compat.IceRestart | None = None  # an ICE restart whose new path is not connected yet
+
+
+@dataclass(frozen=True)
+class PatchAnswer:
+    """A ``PATCH`` done: the session's ETag, and for an ICE restart the server's new ICE fragment."""
+
+    etag: str
+    sdpfrag: str | None = None
 
 
 _CANDIDATE = re.compile(r"^a=(candidate:.+)$", re.M)
 _UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.M)
+_PWD = re.compile(r"^a=ice-pwd:(\S+)", re.M)
+_END_OF_CANDIDATES = re.compile(r"^a=end-of-candidates\s*$", re.M)
 _MID = re.compile(r"^a=mid:(\S+)", re.M)
 
 
@@ -233,22 +244,84 @@ class MediaService:
             raise MediaError(404, "not_found", "no such session")
         return session
 
-    async def patch(self, role: str, room_id: str, session_id: str, if_match: str | None, body: str) -> str:
-        """Trickle ICE on a session (RFC 9725 section 4.3); returns the session's ETag.
+    async def patch(self, role: str, room_id: str, session_id: str, if_match: str | None, body: str) -> PatchAnswer:
+        """Trickle ICE (RFC 9725 section 4.3) or an ICE restart (section 4.4) on a session.
 
-        A fragment with new ICE credentials is an ICE restart, which aiortc
-        cannot perform on a live transport: 501, and the session continues.
+        A fragment whose ``a=ice-ufrag`` differs from the peer's current one is
+        an ICE restart: it needs ``If-Match`` (the ETag or ``*``), gets a new
+        ETag and the server's new ICE credentials and candidates back, and
+        the session's DTLS and SRTP carry on over the new ICE path once it
+        connects (engine/media/aiortc_compat.py, ``IceRestart``).
         """
         session = self._resource(role, room_id, session_id)
         if if_match is not None and if_match.strip() not in ("*", f'"{session.etag}"', session.etag):
             raise MediaError(412, "precondition_failed", "If-Match does not match the session's ETag")
         ufrag = _UFRAG.search(body)
         if ufrag and ufrag.group(1) != session.remote_ufrag:
-            raise MediaError(501, "not_implemented", "ICE restart is not supported; start a new session")
+            if if_match is None:
+                raise MediaError(428, "precondition_required", "an ICE restart needs If-Match (the ETag or *)")
+            return await self._restart_ice(session, ufrag.group(1), body)
         mid = _MID.search(body)
         for line in _CANDIDATE.findall(body):
             await self._add_candidate(session, line, mid.group(1) if mid else None)
-        return session.etag
+        return PatchAnswer(session.etag)
+
+    async def _restart_ice(self, session: _Session, ufrag: str, body: str) -> PatchAnswer:
+        pwd = _PWD.search(body)
+        if pwd is None:
+            raise MediaError(400, "bad_request", "an ICE restart fragment needs a=ice-pwd with the new a=ice-ufrag")
+        if isinstance(session.output, FastOutput) and not hasattr(session.output, "ice_restarted"):
+            # the fast path keeps the viewer's socket and address from the first ICE pair: it must re-read them
+            raise MediaError(
+                501, "not_implemented", "ICE restart of a fast-path viewer is not supported; start a new session"
+            )
+        if session.restart is not None:
+            await session.restart.abort()  # a newer restart replaces one still connecting
+        try:
+            restart = aiortc_compat.IceRestart(
+                session.pc,
+                self.config.announced_addresses,
+                self.config.listen_address,
+                self.config.socket_receive_buffer,
+            )
+        except ValueError as exc:
+            raise MediaError(501, "not_implemented", str(exc)) from exc
+        try:
+            candidates = await restart.gather()
+            await restart.begin(ufrag, pwd.group(1), _CANDIDATE.findall(body), bool(_END_OF_CANDIDATES.search(body)))
+        except (ValueError, IndexError) as exc:
+            await restart.abort()
+            raise MediaError(400, "bad_request", f"unreadable ICE candidate: {exc}") from exc
+        except Exception:
+            await restart.abort()
+            raise
+        session.restart = restart
+        session.remote_ufrag = ufrag
+        session.etag = secrets.token_hex(8)
+        self._spawn(self._finish_restart(session, restart))
+        local_ufrag, local_pwd = restart.local_parameters
+        first = session.pc.getTransceivers()[0]
+        lines = [
+            f"a=ice-ufrag:{local_ufrag}",
+            f"a=ice-pwd:{local_pwd}",
+            f"m={first.kind} 9 UDP/TLS/RTP/SAVPF 0",
+            f"a=mid:{first.mid}",
+            *(f"a={candidate}" for candidate in candidates),
+            "a=end-of-candidates",
+        ]
+        return PatchAnswer(session.etag, "\r\n".join(lines) + "\r\n")
+
+    async def _finish_restart(self, session: _Session, restart: aiortc_compat.IceRestart) -> None:
+        """Wait for the restarted ICE path; then the fast path re-reads the viewer's socket and address."""
+        connected = await restart.connect(self.config.connect_timeout)
+        if session.restart is restart:
+            session.restart = None
+        if not connected:
+            log.info("ICE restart of media session %s did not connect; the previous path stays", session.id)
+            return
+        refresh = getattr(session.output, "ice_restarted", None)
+        if refresh is not None:
+            refresh()
 
     async def end(self, role: str, room_id: str, session_id: str) -> None:
         """``DELETE`` of a session resource."""
@@ -327,6 +400,8 @@ class MediaService:
             return
         session.closing = True
         self._sessions.pop(session.id, None)
+        if session.restart is not None:
+            await session.restart.abort()
         media = session.room
         if session.role == "viewer":
             output = media.remove_viewer(session.id)

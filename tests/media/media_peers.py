@@ -319,6 +319,44 @@ class Viewer:
         await self.pc.close()
 
 
+async def restart_ice(
+    pc: RTCPeerConnection, http: aiohttp.ClientSession, url: str, if_match: str, timeout: float = 10.0
+) -> aiohttp.ClientResponse:
+    """The client's half of an ICE restart over ``PATCH`` (RFC 9725 section 4.4).
+
+    A new ICE connection (new ufrag and password, new loopback sockets)
+    gathers, its fragment goes to the session ``url``; on ``200`` the
+    server's new credentials and candidates complete the restart, and the
+    client's previous ICE connection (and its sockets) is closed. Any other
+    status leaves the client on its previous path. Returns the response.
+    """
+    restart = aiortc_compat.IceRestart(pc, LOOPBACK)
+    candidates = await restart.gather()
+    ufrag, pwd = restart.local_parameters
+    first = pc.getTransceivers()[0]
+    lines = [f"a=ice-ufrag:{ufrag}", f"a=ice-pwd:{pwd}", f"m={first.kind} 9 UDP/TLS/RTP/SAVPF 0", f"a=mid:{first.mid}"]
+    lines += [f"a={c}" for c in candidates] + ["a=end-of-candidates"]
+    headers = {"Content-Type": "application/trickle-ice-sdpfrag", "If-Match": if_match}
+    response = await http.patch(url, data="\r\n".join(lines) + "\r\n", headers=headers)
+    body = await response.text()
+    if response.status != 200:
+        await restart.abort()
+        return response
+    remote_ufrag = re.search(r"^a=ice-ufrag:(\S+)", body, re.M)
+    remote_pwd = re.search(r"^a=ice-pwd:(\S+)", body, re.M)
+    assert remote_ufrag and remote_pwd, body
+    remote = re.findall(r"^a=(candidate:.+?)\s*$", body, re.M)
+    await restart.begin(remote_ufrag.group(1), remote_pwd.group(1), remote, "a=end-of-candidates" in body)
+    assert await restart.connect(timeout), "the client's restarted ICE connection did not connect"
+    return response
+
+
+def ice_path(pc: RTCPeerConnection) -> tuple[tuple[str, int], tuple[str, int]]:
+    """(local, remote) address of the ICE pair carrying ``pc``'s media (test-side look at aioice)."""
+    pair = pc.getTransceivers()[0].receiver.transport.transport._connection._nominated[1]
+    return pair.local_addr, pair.remote_addr
+
+
 def obs_style(sdp: str) -> str:
     """Rewrite an aiortc offer the way OBS (libdatachannel) writes its WHIP offer.
 

@@ -1,4 +1,4 @@
-"""Every WHIP/WHEP status: 201, 401, 404, 409, 400, 415, 422, 503, 412, 501, OPTIONS, PATCH, DELETE."""
+"""Every WHIP/WHEP status: 201, 401, 404, 409, 400, 415, 422, 503, 412, 428, OPTIONS, PATCH, DELETE."""
 
 from __future__ import annotations
 
@@ -109,10 +109,21 @@ async def test_options_patch_delete(relay, h264, opus):
         resource, data=frag.format(ufrag, pwd, candidate), headers={**headers, "If-Match": '"stale"'}
     )
     assert await error_of(stale) == (412, "precondition_failed")
-    restart = await relay.http.patch(
-        resource, data=frag.format("newu", "n" * 22, candidate), headers={**headers, "If-Match": "*"}
+    restart_frag = frag.format("newu", "n" * 22, candidate)
+    unconditional = await relay.http.patch(
+        resource, data=restart_frag, headers={"Content-Type": headers["Content-Type"]}
     )
-    assert await error_of(restart) == (501, "not_implemented")
+    assert await error_of(unconditional) == (428, "precondition_required")
+    no_pwd = await relay.http.patch(resource, data="a=ice-ufrag:newu\r\n", headers={**headers, "If-Match": "*"})
+    assert await error_of(no_pwd) == (400, "bad_request")
+    # an ICE restart that never connects (no peer behind it): answered, and the session stays on its path
+    restart = await relay.http.patch(resource, data=restart_frag, headers={**headers, "If-Match": "*"})
+    assert restart.status == 200
+    assert restart.headers["Content-Type"] == "application/trickle-ice-sdpfrag"
+    assert restart.headers["ETag"] != etag
+    assert "a=ice-ufrag:" in await restart.text()
+    stale_after_restart = await relay.http.patch(resource, data=frag.format("newu", "n" * 22, ""), headers=headers)
+    assert await error_of(stale_after_restart) == (412, "precondition_failed")
     wrong = await relay.http.patch(resource, data="x", headers={"Content-Type": "text/plain"})
     assert wrong.status == 415
     assert (await relay.http.delete(resource)).status == 200
