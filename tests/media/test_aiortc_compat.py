@@ -98,3 +98,28 @@ async def test_fast_path_sender_hooks_exist():
     assert isinstance(transport.transport._connection, aioice.ice.Connection)
     assert transport.transport._connection._nominated == {}
     await pc.close()
+
+
+async def test_ice_restart_assumptions():
+    """``IceRestart``: the DTLS transport reads and writes through the ICE transport's ``_recv``/``_send``
+    on every datagram; aioice's connection delivers into ``_queue``, signals its end with ``None`` there and
+    through ``_event_waiter``, which the ICE transport's monitor awaits."""
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+    from aiortc.rtcicetransport import RTCIceTransport
+
+    pc = new_pc()
+    pc.addTransceiver("video", direction="recvonly")
+    ice = pc.getTransceivers()[0].receiver.transport.transport
+    assert ice._connection is ice.iceGatherer._connection
+    assert {"_recv", "_send", "_connection"} <= set(vars(ice))
+    assert "self.transport._recv()" in inspect.getsource(RTCDtlsTransport._recv_next)
+    assert "self.transport._send(data)" in inspect.getsource(RTCDtlsTransport._write_ssl)
+    assert "self._connection.get_event()" in inspect.getsource(RTCIceTransport._monitor)
+    assert "self.__iceGatherer._remote_candidates_end" in inspect.getsource(RTCIceTransport.addRemoteCandidate)
+    connection = ice._connection
+    for name in ("_queue", "_event_waiter", "_components", "_use_ipv4", "_use_ipv6", "_transport_policy"):
+        assert hasattr(connection, name), name
+    assert "self._queue.put_nowait((data, component))" in inspect.getsource(aioice.ice.Connection.data_received)
+    assert "self._queue.put_nowait(None)" in inspect.getsource(aioice.ice.Connection.close)
+    assert "self._event_waiter" in inspect.getsource(aioice.ice.Connection._emit_event)
+    await pc.close()
