@@ -30,18 +30,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
 
 from aiortc import RTCPeerConnection, RTCRtpSender
+from pylibsrtp import Error as SrtpError
 
 from engine.media import aiortc_compat, metrics, rtp
 from engine.media.aiortc_compat import SendParameters, SrtpSession
 from engine.media.fanout import RoomFanout
 from engine.media.forwarding import FrameQueue, ViewerCounters
 from engine.media.frames import EncodedFrame
-from engine.media.srtp import MAX_TRAILER, PacketBuffer
+from engine.media.srtp import MAX_TRAILER, PacketBuffer, srtp_protect
 from engine.media.srtp import context as srtp_context
 from engine.media.udp import DatagramSender
 
@@ -51,7 +53,6 @@ log = logging.getLogger(__name__)
 SEGMENTS = 64
 
 _pack = rtp.RTP_HEADER.pack
-_pack_into = rtp.RTP_HEADER.pack_into
 #: Where every viewer's packets of a frame are written and protected, one frame at a time.
 _BUFFER = PacketBuffer()
 
@@ -68,6 +69,7 @@ class Stream:
         "abs_offset", "b0", "clock_rate", "cname", "expect", "ext", "fraction_lost", "jitter", "kind",
         "last_send", "last_ts", "lsr", "lsr_time", "octets", "packets", "path", "pt", "remb", "rtt",
         "rtx_pt", "rtx_seq", "rtx_ssrc", "segments", "seq", "srtp", "srtp_context", "ssrc", "ts_origin",
+        "head_size", "pack_head",
     )  # fmt: skip
 
     def __init__(self, params: SendParameters, srtp: SrtpSession, path: DatagramSender) -> None:
@@ -83,6 +85,8 @@ class Stream:
         self.srtp_context = srtp_context(srtp)
         self.path = path
         self.ext, self.abs_offset = rtp.header_extensions(params.extension_ids, params.mid)
+        self.head_size = 12 + len(self.ext)
+        self.pack_head = struct.Struct(f"!BBHII{len(self.ext)}s").pack_into  # header and extensions at once
         self.b0 = rtp.RTP_V2_EXT if self.ext else rtp.RTP_V2
         self.seq = _random_sequence()  # the next sequence number, not wrapped
         self.ts_origin = random.getrandbits(32)
@@ -115,21 +119,24 @@ class Stream:
         self.expect = frame.first_index + count
         ts = (timestamp + self.ts_origin) & 0xFFFFFFFF
         ext = self.header_extension(ntp)
-        head = 12 + len(ext)
-        view = buffer.reserve(frame.payload_bytes + count * (head + MAX_TRAILER))
-        protect = buffer.protect
+        view = buffer.reserve(frame.payload_bytes + count * (self.head_size + MAX_TRAILER))
+        cdata, cell = buffer.cdata, buffer.cell
+        pack_head = self.pack_head
         context = self.srtp_context
         b0, pt, ssrc = self.b0, self.pt, self.ssrc
         last = count - 1
         lengths = []
         offset = 0
+        head_size = self.head_size
         for i, payload in enumerate(payloads):
-            _pack_into(view, offset, b0, pt | 0x80 if i == last else pt, (seq + i) & 0xFFFF, ts, ssrc)
-            body = offset + head
-            view[offset + 12 : body] = ext
+            pack_head(view, offset, b0, pt | 0x80 if i == last else pt, (seq + i) & 0xFFFF, ts, ssrc, ext)
+            body = offset + head_size
             end = body + len(payload)
             view[body:end] = payload
-            length = protect(context, offset, end - offset)
+            cell[0] = end - offset
+            if srtp_protect(context, cdata + offset, cell):
+                raise SrtpError(f"libsrtp could not protect packet {seq + i} of SSRC {ssrc}")
+            length = cell[0]
             lengths.append(length)
             offset += length
         self.seq = seq + count
@@ -236,14 +243,27 @@ class FastOutput:
         """A sender's transport is connected: its stream can send."""
         if self._closed:
             return
-        srtp, fileno, address = aiortc_compat.send_path(self._senders[params.kind])
-        path = self._paths.get((fileno, address))
-        if path is None:
-            path = self._paths[(fileno, address)] = DatagramSender(fileno, address, self._gso)
+        srtp, path = self._path_of(params.kind)
         self.streams[params.kind] = Stream(params, srtp, path)
         self._fanout.attach(self)
         if self.pending():
             self._fanout.schedule(self)
+
+    def _path_of(self, kind: str) -> tuple[SrtpSession, DatagramSender]:
+        """The SRTP session and the socket path of the ICE pair the sender's transport nominated."""
+        srtp, fileno, address = aiortc_compat.send_path(self._senders[kind])
+        path = self._paths.get((fileno, address))
+        if path is None:
+            path = self._paths[(fileno, address)] = DatagramSender(fileno, address, self._gso)
+        return srtp, path
+
+    def ice_restarted(self) -> None:
+        """ICE moved to a new socket pair (an RFC 9725 restart): send there, on the same SRTP session."""
+        retired, self._paths = self._paths, {}
+        for kind, stream in self.streams.items():
+            stream.path = self._path_of(kind)[1]
+        for path in retired.values():
+            path.close()
 
     # --- ViewerOutput ---
 

@@ -46,6 +46,9 @@ class ViewerOutput(Protocol):
     def close(self) -> None:
         """Stop sending."""
 
+    def ice_restarted(self) -> None:
+        """The viewer's ICE moved to a new socket pair (RFC 9725 restart); the SRTP session is the same."""
+
 
 class ViewerCounters:
     """Per-room metric children, bound once so the hot path only calls ``inc``."""
@@ -204,6 +207,9 @@ class StockOutput:
     def resync(self) -> None:
         for track in self.tracks.values():
             track.resync()
+
+    def ice_restarted(self) -> None:
+        """Nothing to do: aiortc's senders write through the ICE transport, which follows the restart."""
 
     def close(self) -> None:
         for track in self.tracks.values():

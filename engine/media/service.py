@@ -270,11 +270,6 @@ class MediaService:
         pwd = _PWD.search(body)
         if pwd is None:
             raise MediaError(400, "bad_request", "an ICE restart fragment needs a=ice-pwd with the new a=ice-ufrag")
-        if isinstance(session.output, FastOutput) and not hasattr(session.output, "ice_restarted"):
-            # the fast path keeps the viewer's socket and address from the first ICE pair: it must re-read them
-            raise MediaError(
-                501, "not_implemented", "ICE restart of a fast-path viewer is not supported; start a new session"
-            )
         if session.restart is not None:
             await session.restart.abort()  # a newer restart replaces one still connecting
         try:
@@ -319,9 +314,8 @@ class MediaService:
         if not connected:
             log.info("ICE restart of media session %s did not connect; the previous path stays", session.id)
             return
-        refresh = getattr(session.output, "ice_restarted", None)
-        if refresh is not None:
-            refresh()
+        if session.output is not None:
+            session.output.ice_restarted()
 
     async def end(self, role: str, room_id: str, session_id: str) -> None:
         """``DELETE`` of a session resource."""
