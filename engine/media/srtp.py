@@ -19,13 +19,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pylibsrtp import Error, Session, _binding
+from pylibsrtp import Session, _binding
 
 _ffi = _binding.ffi
 _lib = _binding.lib
 
 #: Bytes libsrtp may append to a packet (authentication tag plus MKI), as pylibsrtp reserves.
 MAX_TRAILER = 16 + 128
+
+#: libsrtp's ``srtp_protect(context, packet, length cell)``: the packet is protected where it lies.
+srtp_protect = _lib.srtp_protect
 
 _PROTECT_SIGNATURE = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
 
@@ -50,31 +53,25 @@ class PacketBuffer:
 
     One per process is enough (the event loop writes one frame at a time and
     sends it before writing the next); it grows to the largest frame seen.
+    A packet of ``n`` bytes written at ``offset`` is protected by
+    ``srtp_protect(context(session), cdata + offset, cell)`` with ``cell[0] = n``,
+    which leaves the protected length in ``cell[0]``; the writer leaves
+    ``MAX_TRAILER`` bytes free after each packet.
     """
 
     def __init__(self, size: int = 256 * 1024) -> None:
         self._allocate(size)
-        self._length = _ffi.new("int *")
+        #: The length cell handed to ``srtp_protect`` (in: the packet's length, out: protected).
+        self.cell = _ffi.new("int *")
 
     def _allocate(self, size: int) -> None:
         self.size = size
-        self._cdata = _ffi.new("char[]", size)
-        self.view = memoryview(_ffi.buffer(self._cdata))
+        #: The C buffer (``cdata + offset`` points at a packet) and the same bytes as a memoryview.
+        self.cdata = _ffi.new("char[]", size)
+        self.view = memoryview(_ffi.buffer(self.cdata))
 
     def reserve(self, size: int) -> memoryview:
         """At least ``size`` bytes; the (possibly new) view to write into."""
         if size > self.size:
             self._allocate(max(size, 2 * self.size))
         return self.view
-
-    def protect(self, srtp: Any, offset: int, length: int) -> int:
-        """SRTP-protect the RTP packet of ``length`` bytes at ``offset``; its protected length.
-
-        The caller leaves ``MAX_TRAILER`` bytes free after the packet.
-        """
-        cell = self._length
-        cell[0] = length
-        status = _lib.srtp_protect(srtp, self._cdata + offset, cell)
-        if status:
-            raise Error(f"libsrtp error {status}")
-        return cell[0]
