@@ -57,7 +57,7 @@ async def _serve(config: Config, gc_policy: GcPolicy) -> None:
 
     app = App(config)
     await app.start()
-    gc_policy.start(lambda: len(app.channel.sessions))
+    gc_policy.start(lambda: len(app.channel.sessions) + app.media.peer_count)
     _announce(config, app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

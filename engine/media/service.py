@@ -112,6 +112,11 @@ class MediaService:
     def ice_servers(self) -> tuple[str, ...]:
         return self.config.ice_servers
 
+    @property
+    def peer_count(self) -> int:
+        """Open media sessions (publishers and viewers): a node serving media is not idle."""
+        return len(self._sessions)
+
     def room(self, room_id: str) -> MediaRoom | None:
         return self._media.get(room_id)
 
