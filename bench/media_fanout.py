@@ -638,7 +638,8 @@ async def bench(args: argparse.Namespace) -> list[Result]:
 
     print(table([]), flush=True)
     for path in paths:
-        done = {n: await measure(path, n) for n in args.viewers}
+        counts = [n for n in args.viewers if path != "stock" or not args.stock_max or n <= args.stock_max]
+        done = {n: await measure(path, n) for n in counts}
         if args.find_max:
             passing = [n for n, r in done.items() if r.passed]
             low = max(passing, default=0)
@@ -658,6 +659,9 @@ async def bench(args: argparse.Namespace) -> list[Result]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--viewers", default="10,25,50,100", help="comma-separated N to run")
+    parser.add_argument(
+        "--stock-max", type=int, default=0, help="run the stock path only up to this N (0: every N)"
+    )
     parser.add_argument("--path", choices=("stock", "fast", "both"), default="stock", help="forwarding path")
     parser.add_argument("--find-max", action="store_true", help="bisect the largest passing N")
     parser.add_argument("--step", type=int, default=5, help="granularity of --find-max")
