@@ -301,6 +301,7 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
             **{f"probe_rtt_{k}": v for k, v in lag["rtt"].items()},
             **{f"probe_busy_{k}": v for k, v in lag["busy"].items()},
             "probe_stalls": lag["stalls"],
+            **gc_warnings(server.log),
         }
         for f in lat_files:
             f.unlink(missing_ok=True)
@@ -310,6 +311,13 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
         for child in [*workers, *([probe] if probe else [])]:
             await child.end()
         await server.stop()
+
+
+def gc_warnings(log: Path) -> dict[str, Any]:
+    """The engine's own log of collections that held its loop >= --gc-warn-ms (whole run, joins included)."""
+    pauses = [float(line.split(" held the loop ")[1].split(" ms")[0])
+              for line in log.read_text(errors="replace").splitlines() if "gc: a generation" in line]
+    return {"gc_pauses_logged": len(pauses), "gc_pause_max_ms": max(pauses, default=None)}
 
 
 def _fmt(value: Any, digits: int = 1) -> str:

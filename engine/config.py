@@ -70,7 +70,7 @@ class Config:
     gc_policy: str = field(default="freeze", metadata={
         "help": "garbage collector policy of livecart serve: freeze (no long pauses with big rooms) or default"})
     gc_thaw_below: int = field(default=0, metadata={
-        "help": "freeze policy: thaw and fully collect when at most this many websocket connections are open"})
+        "help": "freeze policy: thaw and fully collect when at most this many connections (ws + media) are open"})
     gc_warn_ms: float = field(default=20.0, metadata={"help": "log collections that hold the loop this long, ms"})
 
     @property
