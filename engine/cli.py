@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        gc_policy = GcPolicy(config.gc_policy, config.gc_thaw_below, config.gc_warn_ms)
+        gc_policy = GcPolicy(config.gc_policy, config.gc_thaw_below, config.gc_warn_ms, config.gc_young_ms)
     except ValueError as exc:
         print(f"livecart serve: {exc}", file=sys.stderr)
         return 2

@@ -71,6 +71,8 @@ class Config:
         "help": "garbage collector policy of livecart serve: freeze (no long pauses with big rooms) or default"})
     gc_thaw_below: int = field(default=0, metadata={
         "help": "freeze policy: thaw and fully collect when at most this many connections (ws + media) are open"})
+    gc_young_ms: float = field(default=100.0, metadata={
+        "help": "with the freeze policy, collect the youngest generation this often, ms (0: never)"})
     gc_warn_ms: float = field(default=20.0, metadata={"help": "log collections that hold the loop this long, ms"})
 
     @property

@@ -21,6 +21,9 @@ peers, HTTP requests) may have some. So when the node is idle (at most ``gc_thaw
 connections and media sessions) the policy thaws: it unfreezes, runs one full collection (a pause as long as the idle
 heap is big) and freezes again, which bounds any such garbage to one busy period.
 
+And it collects the youngest generation every ``gc_young_ms`` (see ``_collect_young``), so young
+collections stay small too.
+
 The ``default`` policy leaves CPython's collector as it is (for comparison in benches). Both
 record every collection's pause in ``livecart_gc_pause_seconds`` and log the ones of at least
 ``gc_warn_ms`` ms.
@@ -54,12 +57,14 @@ GC_FREEZES = Counter("livecart_gc_freezes_total", "gc.freeze() calls by the free
 class GcPolicy:
     """Installs a collector policy on this process; ``stop()`` restores CPython's own."""
 
-    def __init__(self, policy: str, thaw_below: int = 0, warn_ms: float = 20.0) -> None:
+    def __init__(self, policy: str, thaw_below: int = 0, warn_ms: float = 20.0, young_ms: float = 0.0) -> None:
         if policy not in POLICIES:
             raise ValueError(f"gc policy must be one of {', '.join(POLICIES)}, not {policy!r}")
         self.policy = policy
         self.thaw_below = thaw_below
         self.warn_seconds = warn_ms / 1000
+        self.young_seconds = young_ms / 1000
+        self._young: asyncio.TimerHandle | None = None
         self._connections: Callable[[], int] = lambda: 0
         self._started: float | None = None
         self._frozen_since_thaw = False
@@ -81,14 +86,17 @@ class GcPolicy:
             gc.freeze()
             GC_FREEZES.labels("start").inc()
             self._schedule()
+            if self.young_seconds > 0:
+                self._young = asyncio.get_running_loop().call_later(self.young_seconds, self._collect_young)
 
     def stop(self) -> None:
         """Remove the callback and unfreeze: the process is back to CPython's collector."""
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._young):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._young = None
         if self.freezing:
             gc.unfreeze()
 
@@ -114,6 +122,16 @@ class GcPolicy:
     def _tick(self) -> None:
         self.check_idle()
         self._schedule()
+
+    def _collect_young(self) -> None:
+        """Collect the youngest generation on a clock, not only on CPython's allocation count.
+
+        CPython collects when allocations minus deallocations pass a threshold; while old objects
+        die (viewers leaving, history rolling over) that count stays low as tens of thousands of
+        live young objects pile up, and the collection that finally comes walks them all at once.
+        """
+        gc.collect(0)
+        self._young = asyncio.get_running_loop().call_later(self.young_seconds, self._collect_young)
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
