@@ -25,7 +25,6 @@ class Config:
     data_dir: str = field(default="./livecart-data", metadata={"help": "SQLite data directory"})
     secret: str = field(default="", metadata={"help": "token signing secret (default: kept in data dir)"})
     admin_key: str = field(default="", metadata={"help": "admin API key (default: kept in data dir)"})
-    redis_url: str = field(default="", metadata={"help": "switch every backend to this Redis"})
     demo_room: str = field(default="demo", metadata={"help": "room created on start ('' for none)"})
     demo_catalog: bool = field(default=True, metadata={"help": "put sample products in a new demo room"})
     guest_tokens: bool = field(default=True, metadata={"help": "let the watch page mint viewer tokens"})

@@ -73,10 +73,6 @@ class Rooms:
         self._rooms[room.id] = room
         return room
 
-    def ensure(self, room_id: str, title: str = "") -> Room:
-        """The room, created if missing (the demo room on start)."""
-        return self._rooms.get(room_id) or self.create(room_id, title)
-
     def rotate_key(self, room_id: str) -> Room:
         room = self._rooms.get(room_id)
         if room is None:

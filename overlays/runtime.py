@@ -176,10 +176,6 @@ class Commerce:
         return Shop(room, room, stock=self.stock, log=self.log, records=self.records,
                     config=self.config, clock=self._now)
 
-    def loaded(self, room: str) -> Shop | None:
-        """The shop if this node has loaded it (a room never used since start has an empty shop)."""
-        return self._shops.get(room)
-
     # -- delivery and the clock ---------------------------------------------------------------
 
     async def deliver(self, room: str, events: list[DomainEvent]) -> None:

@@ -129,9 +129,6 @@ class SaleBook:
         self._announced[sale_id] = ENDED
         return True
 
-    def active_for(self, product_id: str, now: float) -> list[Sale]:
-        return [s for s in self._sales.values() if s.product_id == product_id and s.phase(now) != ENDED]
-
     def transitions(self, now: float) -> list[tuple[Sale, str]]:
         """(sale, new phase) for each sale whose clock phase moved since last announced. A sale
         that started and ended between two calls reports only `ended`."""

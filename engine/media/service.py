@@ -120,10 +120,6 @@ class MediaService:
     def room(self, room_id: str) -> MediaRoom | None:
         return self._media.get(room_id)
 
-    def session_etag(self, session_id: str) -> str | None:
-        session = self._sessions.get(session_id)
-        return session.etag if session else None
-
     # --- publishers ---
 
     async def publish(self, room_id: str, stream_key: str | None, sdp: str) -> SessionAnswer:
