@@ -41,7 +41,7 @@ from pylibsrtp import Error as SrtpError
 from engine.media import aiortc_compat, metrics, rtp
 from engine.media.aiortc_compat import SendParameters, SrtpSession
 from engine.media.fanout import RoomFanout
-from engine.media.forwarding import FrameQueue, ViewerCounters
+from engine.media.forwarding import FrameQueue, ViewerCounters, add_sender
 from engine.media.frames import EncodedFrame
 from engine.media.srtp import MAX_TRAILER, PacketBuffer, srtp_protect
 from engine.media.srtp import context as srtp_context
@@ -226,13 +226,8 @@ class FastOutput:
 
     def add_to(self, pc: RTCPeerConnection) -> None:
         """Before ``setRemoteDescription``: one send-only transceiver per kind, one codec each."""
-        for kind in self._codecs:
-            transceiver = pc.addTransceiver(kind, direction="sendonly")
-            capabilities = RTCRtpSender.getCapabilities(kind).codecs
-            preferred = [c for c in capabilities if c.name.lower() == self._codecs[kind].lower()]
-            rtx = [c for c in capabilities if c.name == "rtx"]
-            transceiver.setCodecPreferences(preferred + rtx)
-            self._senders[kind] = transceiver.sender
+        for kind, codec in self._codecs.items():
+            self._senders[kind] = add_sender(pc, kind, kind, codec)
 
     def bind(self) -> None:
         """After ``setRemoteDescription``: aiortc negotiates the senders, this output sends."""

@@ -50,6 +50,16 @@ class ViewerOutput(Protocol):
         """The viewer's ICE moved to a new socket pair (RFC 9725 restart); the SRTP session is the same."""
 
 
+def add_sender(pc: RTCPeerConnection, track: MediaStreamTrack | str, kind: str, codec: str) -> RTCRtpSender:
+    """A send-only transceiver offering just the room's codec (and RTX), so the viewer negotiates it."""
+    transceiver = pc.addTransceiver(track, direction="sendonly")
+    capabilities = RTCRtpSender.getCapabilities(kind).codecs
+    preferred = [c for c in capabilities if c.name.lower() == codec.lower()]
+    rtx = [c for c in capabilities if c.name == "rtx"]
+    transceiver.setCodecPreferences(preferred + rtx)
+    return transceiver.sender
+
+
 class ViewerCounters:
     """Per-room metric children, bound once so the hot path only calls ``inc``."""
 
@@ -179,12 +189,7 @@ class StockOutput:
     def add_to(self, pc: RTCPeerConnection) -> None:
         """Before ``setRemoteDescription``: one send-only transceiver per kind, one codec each."""
         for kind, track in self.tracks.items():
-            transceiver = pc.addTransceiver(track, direction="sendonly")
-            capabilities = RTCRtpSender.getCapabilities(kind).codecs
-            preferred = [c for c in capabilities if c.name.lower() == self._codecs[kind].lower()]
-            rtx = [c for c in capabilities if c.name == "rtx"]
-            transceiver.setCodecPreferences(preferred + rtx)
-            self._senders[kind] = transceiver.sender
+            self._senders[kind] = add_sender(pc, track, kind, self._codecs[kind])
 
     def bind(self) -> None:
         """After ``setRemoteDescription``: senders packetize only and report feedback."""

@@ -16,21 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from engine.media.service import MediaService
 from signaling.whip import add_media_routes
-
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
+from tests.browser import CHROMIUM, FLAGS
 
 COMMON = """
 async function negotiate(pc, url, key) {

@@ -22,21 +22,8 @@ from engine.app import App
 from engine.config import Config
 from signaling.protocol import CLOSE_TOO_SLOW
 from signaling.tokens import mint
+from tests.browser import CHROMIUM, FLAGS
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
 WAIT_MS = 20_000
 
 LOOPBACK_ONLY = """
