@@ -312,7 +312,14 @@ class FastOutput:
         return False
 
     def flush(self) -> int:
-        """Send the next queued frame of each kind (called by the room's pacer)."""
+        """Send the next queued video frame and every queued audio frame (called by the room's pacer).
+
+        Video goes one frame per turn, so a late joiner's cached group of
+        pictures is spread over the pacer's turns; audio (one small packet per
+        frame) is drained, since it arrives more often (every 20 ms) than a
+        viewer's turn comes round when the pacer is busy with hundreds of
+        viewers, and one frame per turn would let it fall seconds behind.
+        """
         sent = 0
         fanout = self._fanout
         now = time.time()
@@ -320,25 +327,28 @@ class FastOutput:
         for kind, queue in self._queues.items():
             frames = queue.frames
             stream = self.streams.get(kind)
-            if stream is None or not frames:
+            if stream is None:
                 continue
-            frame, timestamp = frames.popleft()
-            lengths = stream.write_frame(frame, timestamp, ntp, _BUFFER)
-            stream.last_send = now
-            try:
-                delivered = stream.path.send_packed(_BUFFER.view, lengths)
-            except OSError as exc:
-                log.info("viewer send failed (%s): stopping this viewer's media", exc)
-                self._stop_sending()
-                return sent
-            if not delivered:
-                queue.drop_until_keyframe()  # the socket buffer is full: this viewer is behind
-            sent += len(lengths)
-            fanout.frames[kind] += 1
-            fanout.bytes[kind] += frame.payload_bytes
-            if kind == "video" and not self._sent_first:
-                self._sent_first = True
-                self._on_first_frame()
+            turns = len(frames) if kind == "audio" else min(1, len(frames))
+            for _ in range(turns):
+                frame, timestamp = frames.popleft()
+                lengths = stream.write_frame(frame, timestamp, ntp, _BUFFER)
+                stream.last_send = now
+                try:
+                    delivered = stream.path.send_packed(_BUFFER.view, lengths)
+                except OSError as exc:
+                    log.info("viewer send failed (%s): stopping this viewer's media", exc)
+                    self._stop_sending()
+                    return sent
+                sent += len(lengths)
+                fanout.frames[kind] += 1
+                fanout.bytes[kind] += frame.payload_bytes
+                if kind == "video" and not self._sent_first:
+                    self._sent_first = True
+                    self._on_first_frame()
+                if not delivered:
+                    queue.drop_until_keyframe()  # the socket buffer is full: this viewer is behind
+                    break
         return sent
 
     def _stop_sending(self) -> None:
