@@ -145,15 +145,6 @@ class Stream:
         self.last_ts = ts
         return lengths
 
-    def packets_of(self, frame: EncodedFrame, timestamp: int, ntp: int) -> list[bytes]:
-        """``write_frame`` as separate packets (for callers that keep them)."""
-        lengths = self.write_frame(frame, timestamp, ntp, _BUFFER)
-        view, out, offset = _BUFFER.view, [], 0
-        for length in lengths:
-            out.append(bytes(view[offset : offset + length]))
-            offset += length
-        return out
-
     def room_index(self, lost: int) -> int | None:
         """The room packet index sent with sequence number ``lost`` (16-bit), if still known."""
         newest = self.seq - 1

@@ -99,6 +99,17 @@ def encoded(index: int, timestamp: int, payloads: list[bytes]) -> EncodedFrame:
     return frame
 
 
+def packets_of(stream: Stream, frame: EncodedFrame, timestamp: int, ntp: int) -> list[bytes]:
+    """``Stream.write_frame`` as separate packets."""
+    buffer = PacketBuffer()
+    lengths = stream.write_frame(frame, timestamp, ntp, buffer)
+    out, offset = [], 0
+    for length in lengths:
+        out.append(bytes(buffer.view[offset : offset + length]))
+        offset += length
+    return out
+
+
 class Loopback:
     """A receiving UDP socket on 127.0.0.1 and a sending one."""
 
@@ -126,7 +137,7 @@ def test_stream_headers_read_back_by_aiortc():
     link = Loopback()
     stream = Stream(rtp_params(), tx, link.sender())
     payloads = [b"a" * 1000, b"b" * 1000, b"c" * 10]
-    stream.path.send(stream.packets_of(encoded(50, 9000, payloads), 9000, rtp.ntp_now()))
+    stream.path.send(packets_of(stream, encoded(50, 9000, payloads), 9000, rtp.ntp_now()))
     packets = [RtpPacket.parse(rx.unprotect(d), extensions_map()) for d in link.receive(3)]
     assert [p.payload for p in packets] == payloads
     assert [p.marker for p in packets] == [0, 0, 1]
@@ -164,7 +175,7 @@ def test_nack_maps_through_segments_and_wraps_in_rtx():
     stream.seq = 0xFFFE  # the 16-bit sequence number wraps inside the second frame
     sent = []
     for first, ts in ((100, 0), (102, 3000), (200, 9000)):  # room packets 104..199 skipped (dropped frames)
-        sent += stream.packets_of(encoded(first, ts, [bytes([first]) * 20, bytes([first + 1]) * 20]), ts, 0)
+        sent += packets_of(stream, encoded(first, ts, [bytes([first]) * 20, bytes([first + 1]) * 20]), ts, 0)
     seqs = [RtpPacket.parse(rx.unprotect(p)).sequence_number for p in sent]
     assert seqs == [0xFFFE, 0xFFFF, 0, 1, 2, 3]
     assert [stream.room_index(s) for s in seqs] == [100, 101, 102, 103, 200, 201]
@@ -183,7 +194,7 @@ def test_sender_report_and_bye_read_back_by_aiortc():
     link = Loopback()
     stream = Stream(rtp_params(), tx, link.sender())
     assert stream.sender_report() is None  # nothing sent yet
-    stream.packets_of(encoded(0, 90000, [b"x" * 100]), 90000, 0)
+    packets_of(stream, encoded(0, 90000, [b"x" * 100]), 90000, 0)
     stream.last_send = time.time()
     report, sdes = RtcpPacket.parse(rx.unprotect_rtcp(stream.sender_report()))
     assert isinstance(report, RtcpSrPacket) and report.ssrc == 0x1234
