@@ -515,6 +515,14 @@ const LC = (() => {
   }
   const shortName = (user) => (user ? String(user).slice(0, 14) : 'guest');
 
+  /** The live pill and the viewer count, shown alike on both pages. */
+  function renderLive(state) {
+    const live = $('#live');
+    live.textContent = state.live ? 'Live' : 'Offline';
+    live.className = 'pill ' + (state.live ? 'live' : 'offline');
+    $('#viewers').textContent = `${state.viewers} watching`;
+  }
+
   /** Wire a chat form (input + button) to the channel. */
   function chatForm(form, channel) {
     form.addEventListener('submit', async (e) => {
@@ -533,5 +541,5 @@ const LC = (() => {
 
   return {settings, params, $, el, toast, errorText, newId, money, toMinor, currencyDigits, serverNow,
     noteServerTime, clock, Channel, publish, playWhep, playOverChannel, pictureRect, trackPicture, RoomState,
-    renderTags, productImage, renderChat, chatForm};
+    renderTags, productImage, renderChat, renderLive, chatForm};
 })();

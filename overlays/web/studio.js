@@ -31,10 +31,7 @@
   }
 
   function renderRoom() {
-    const live = $('#live');
-    live.textContent = state.live ? 'Live' : 'Offline';
-    live.className = 'pill ' + (state.live ? 'live' : 'offline');
-    $('#viewers').textContent = `${state.viewers} watching`;
+    LC.renderLive(state);
   }
 
   function renderTotals() {

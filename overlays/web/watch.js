@@ -47,10 +47,7 @@
   }
 
   function renderRoom() {
-    const live = $('#live');
-    live.textContent = state.live ? 'Live' : 'Offline';
-    live.className = 'pill ' + (state.live ? 'live' : 'offline');
-    $('#viewers').textContent = `${state.viewers} watching`;
+    LC.renderLive(state);
     updateStageMessage();
   }
 
