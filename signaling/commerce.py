@@ -121,13 +121,17 @@ def commerce_routes(app: web.Application, commerce: Commerce, auth: Auth) -> Non
         view = await commerce.view(room_of(request))
         return json_response({"products": view["products"]})
 
-    async def get_product(request: web.Request) -> web.Response:
+    async def one_of(request: web.Request, collection: str, name: str) -> web.Response:
+        """One product or sale of the room's public view, by the id in the path."""
         view = await commerce.view(room_of(request))
-        product_id = request.match_info["id"]
-        for product in view["products"]:
-            if product["id"] == product_id:
-                return json_response({"product": product})
-        raise DomainError("not_found", f"no product {product_id!r}")
+        item_id = request.match_info["id"]
+        for item in view[collection]:
+            if item["id"] == item_id:
+                return json_response({name: item})
+        raise DomainError("not_found", f"no {name} {item_id!r}")
+
+    async def get_product(request: web.Request) -> web.Response:
+        return await one_of(request, "products", "product")
 
     async def put_product(request: web.Request) -> web.Response:
         room = room_of(request, "host")
@@ -160,12 +164,7 @@ def commerce_routes(app: web.Application, commerce: Commerce, auth: Auth) -> Non
         return json_response({"sales": view["sales"], "totals": view["totals"], "recent": view["recent"]})
 
     async def get_sale(request: web.Request) -> web.Response:
-        view = await commerce.view(room_of(request))
-        sale_id = request.match_info["id"]
-        for sale in view["sales"]:
-            if sale["id"] == sale_id:
-                return json_response({"sale": sale})
-        raise DomainError("not_found", f"no sale {sale_id!r}")
+        return await one_of(request, "sales", "sale")
 
     async def post_sale(request: web.Request) -> web.Response:
         room = room_of(request, "host")
