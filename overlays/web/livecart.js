@@ -515,6 +515,27 @@ const LC = (() => {
   }
   const shortName = (user) => (user ? String(user).slice(0, 14) : 'guest');
 
+  /** Every countdown on the page against the server's clock (`data-expired` is shown at zero). */
+  function tickCountdowns() {
+    const now = serverNow();
+    for (const node of document.querySelectorAll('.countdown[data-until]')) {
+      const left = Number(node.dataset.until) - now;
+      node.textContent = left > 0 ? (node.dataset.prefix || '') + clock(left) : (node.dataset.expired || 'now');
+      node.classList.toggle('urgent', left > 0 && left < 30);
+    }
+  }
+
+  /** Once a second: the countdowns, and a render of the shop when a sale starts or ends by the
+   *  clock (buttons change even before the server's event arrives). */
+  function everySecond(state, render) {
+    let lastPhases = '';
+    setInterval(() => {
+      tickCountdowns();
+      const phases = [...state.sales.values()].map((s) => RoomState.phase(s)).join();
+      if (phases !== lastPhases) { lastPhases = phases; render('shop'); }
+    }, 1000);
+  }
+
   /** The live pill and the viewer count, shown alike on both pages. */
   function renderLive(state) {
     const live = $('#live');
@@ -541,5 +562,5 @@ const LC = (() => {
 
   return {settings, params, $, el, toast, errorText, newId, money, toMinor, currencyDigits, serverNow,
     noteServerTime, clock, Channel, publish, playWhep, playOverChannel, pictureRect, trackPicture, RoomState,
-    renderTags, productImage, renderChat, renderLive, chatForm};
+    renderTags, productImage, renderChat, renderLive, tickCountdowns, everySecond, chatForm};
 })();

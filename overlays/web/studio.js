@@ -4,7 +4,7 @@
 'use strict';
 
 (() => {
-  const {settings, params, $, el, toast, errorText, money, clock, serverNow, RoomState} = LC;
+  const {settings, params, $, el, toast, errorText, money, RoomState} = LC;
   const room = settings.room;
   const preview = $('#preview');
   const tagLayer = $('#tags');
@@ -127,23 +127,9 @@
         phase === 'ended' ? null
           : el('button.danger.end-sale', {type: 'button', onclick: () => endSale(sale)}, 'End'));
     }));
-    tick();
+    LC.tickCountdowns();
   }
-
-  function tick() {
-    const now = serverNow();
-    for (const node of document.querySelectorAll('.countdown[data-until]')) {
-      const left = Number(node.dataset.until) - now;
-      node.textContent = left > 0 ? (node.dataset.prefix || '') + clock(left) : 'now';
-      node.classList.toggle('urgent', left > 0 && left < 30);
-    }
-  }
-  let lastPhases = '';
-  setInterval(() => {
-    tick();
-    const phases = [...state.sales.values()].map((s) => RoomState.phase(s)).join();
-    if (phases !== lastPhases) { lastPhases = phases; render('shop'); }
-  }, 1000);
+  LC.everySecond(state, render);
 
   // ---- host actions -------------------------------------------------------------------------
   const slug = (text) => text.toLowerCase().normalize('NFKD').replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '')

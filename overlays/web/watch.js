@@ -86,7 +86,7 @@
             sale.per_user_limit ? ` · limit ${sale.per_user_limit} per person` : '')),
         button);
     }));
-    tick();
+    LC.tickCountdowns();
   }
 
   function renderProducts() {
@@ -131,25 +131,9 @@
         el('div.hold', {}, 'held for ', el('span.countdown', {dataset: {until: line.expires_at, expired: 'releasing…'}}))),
       el('b.amount', {}, money(line.amount, line.currency)),
       el('button.remove', {type: 'button', 'aria-label': `Remove ${line.title}`, onclick: () => uncart(line)}, 'Remove'))));
-    tick();
+    LC.tickCountdowns();
   }
-
-  /** Every countdown on the page, once a second, against the server's clock. */
-  function tick() {
-    const now = serverNow();
-    for (const node of document.querySelectorAll('.countdown[data-until]')) {
-      const left = Number(node.dataset.until) - now;
-      node.textContent = left > 0 ? (node.dataset.prefix || '') + clock(left) : (node.dataset.expired || 'now');
-      node.classList.toggle('urgent', left > 0 && left < 30);
-    }
-  }
-  let lastPhases = '';
-  setInterval(() => {
-    tick();
-    // A sale starting or ending by the clock changes buttons even before the server's event arrives.
-    const phases = [...state.sales.values()].map((s) => RoomState.phase(s)).join();
-    if (phases !== lastPhases) { lastPhases = phases; render('shop'); }
-  }, 1000);
+  LC.everySecond(state, render);
 
   // ---- actions ------------------------------------------------------------------------------
   async function tap(product, sale) {
