@@ -24,8 +24,13 @@ async def test_join_gets_snapshot_first(engine: App) -> None:
     assert snap["type"] == "snapshot"
     assert snap["room"] == "demo"
     assert snap["you"] == {"sub": "alice", "role": "viewer"}
-    assert snap["seq"] == engine.bus.seq("demo")
     assert snap["viewers"] == 1
+    # The join itself moves the viewer count, a state event published at the next tick, which
+    # may already have happened: the snapshot is at most that event behind and the stream
+    # continues from it without a gap.
+    assert engine.bus.seq("demo") - 1 <= snap["seq"] <= engine.bus.seq("demo")
+    if snap["seq"] < engine.bus.seq("demo"):
+        assert (await client.recv())["seq"] == snap["seq"] + 1
     await client.close()
 
 
