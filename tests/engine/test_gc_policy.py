@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import resource
 import sys
 import weakref
@@ -201,6 +202,29 @@ async def test_collections_are_measured_on_the_metrics_page(engine: App) -> None
     stopped = await full_collections_on_the_metrics_page(engine)
     gc.collect()
     assert await full_collections_on_the_metrics_page(engine) == stopped
+
+
+def gc_records(caplog: pytest.LogCaptureFixture, level: int, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "engine.gcpolicy" and r.levelno == level and text in r.getMessage()]
+
+
+async def test_the_policys_own_full_collections_are_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="engine.gcpolicy")
+    policy = GcPolicy("freeze", thaw_below=0, warn_ms=0)  # every collection takes long enough to warn about
+    policy.start(lambda: 0)
+    try:
+        # Start-up: the policy's own full collection is expected, not a stall.
+        assert gc_records(caplog, logging.DEBUG, "full collection")
+        assert not gc_records(caplog, logging.WARNING, "generation 2")
+        caplog.clear()
+        gc.collect()  # anyone else's full collection is warned about
+        assert gc_records(caplog, logging.WARNING, "generation 2")
+        caplog.clear()
+        assert policy.check_idle()  # the thaw of an idle node: its own again
+        assert gc_records(caplog, logging.DEBUG, "full collection")
+        assert not gc_records(caplog, logging.WARNING, "generation 2")
+    finally:
+        policy.stop()
 
 
 def test_an_unknown_policy_is_refused() -> None:
