@@ -88,7 +88,7 @@ async def _serve(config: Config, gc_policy: GcPolicy) -> None:
         raise _data_dir_error(config, exc) from exc
     try:
         await app.start()
-    except (StartupError, OSError, sqlite3.Error) as exc:
+    except (StartupError, sqlite3.Error) as exc:
         await app.stop()
         if isinstance(exc, StartupError):
             raise CommandError(str(exc)) from exc
