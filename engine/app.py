@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from aiohttp import web
 
@@ -14,11 +15,13 @@ from engine.media.config import MediaConfig
 from engine.media.service import MediaService
 from engine.rooms import Rooms
 from engine.storage import Storage
+from engine.urls import PublicUrls, public_urls
 from overlays.purchases.sqlite import SqlitePurchaseLog, open_db
 from overlays.records import SqliteRecords
 from overlays.runtime import Commerce
 from overlays.shop import ShopConfig
 from overlays.stock.memory import MemoryStockStore
+from signaling.accesslog import AccessLogger
 from signaling.channel import Channel
 from signaling.chat import register_chat
 from signaling.commerce import commerce_routes, register_commerce
@@ -30,10 +33,22 @@ from signaling.whip import add_media_routes, register_media
 log = logging.getLogger(__name__)
 
 
+class StartupError(Exception):
+    """The engine cannot start as configured (a port taken, ...): one line for the operator, no traceback."""
+
+
+def _reason(exc: OSError) -> str:
+    """The system's words for a socket error ("Address already in use"), without asyncio's wrapping."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 class App:
     """One engine process. ``await start()`` serves; ``await stop()`` closes clients resumably."""
 
     def __init__(self, config: Config) -> None:
+        # Settings are checked before any I/O: a bad one leaves nothing behind on disk.
+        public_urls(config, config.http_port, config.ws_port)
+        media = media_config(config)
         self.config = config
         self.storage = Storage(config.data_path)
         self.secret = config.secret or self.storage.secret_setting("secret")
@@ -43,7 +58,7 @@ class App:
         self.channel = Channel(config, self.bus, self.rooms, self.secret)
         register_chat(self.channel, self.bus, config)
         self.http = web.Application(middlewares=[errors_as_json], client_max_size=1 << 20)
-        room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key), self.viewers)
+        room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key), self.viewers, self.urls)
         # Commerce records get their own connection to the same file: an order and its lines are
         # written in one transaction, which the storage's autocommit connection does not give.
         # WAL with synchronous=NORMAL already survives a killed process; FULL adds power loss.
@@ -57,13 +72,17 @@ class App:
         self.purchases = register_purchases(self.channel, self.commerce.log, config)
         commerce_routes(self.http, self.commerce, Auth(self.secret, self.admin_key))
         purchase_routes(self.http, self.commerce.log, Auth(self.secret, self.admin_key))
-        self.media = MediaService(config=media_config(config), rooms=self.rooms, bus=self.bus)
+        self.media = MediaService(config=media, rooms=self.rooms, bus=self.bus)
         add_media_routes(self.http, self.media)
         register_media(self.channel, self.media)
-        add_page_routes(self.http, config, self.rooms, lambda: self.ws_port)
+        add_page_routes(self.http, config, self.rooms, self.urls)
         self._runner: web.AppRunner | None = None
         self.http_port = config.http_port
         self.ws_port = config.ws_port
+
+    def urls(self) -> PublicUrls:
+        """Where clients reach this engine, with the ports it actually listens on (0 means any)."""
+        return public_urls(self.config, self.http_port, self.ws_port)
 
     def viewers(self, room: str) -> int:
         hub = self.channel.hubs.get(room)
@@ -79,12 +98,22 @@ class App:
         if new_demo and self.config.demo_catalog:
             await seed_demo_catalog(self.commerce, self.config.demo_room)
         await self.media.start()
-        await self.channel.start()
+        try:
+            await self.channel.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {self.config.host} port {self.config.ws_port} "
+                               f"(--ws-port): {_reason(exc)}") from exc
         self.ws_port = self.channel.port
-        self._runner = web.AppRunner(self.http, access_log=None, handle_signals=False)
+        access_log = logging.getLogger("livecart.access") if self.config.access_log else None
+        self._runner = web.AppRunner(self.http, access_log=access_log, access_log_class=AccessLogger,
+                                     handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.http_port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {self.config.host} port {self.config.http_port} "
+                               f"(--http-port): {_reason(exc)}") from exc
         self.http_port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:

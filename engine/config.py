@@ -21,7 +21,8 @@ class Config:
     host: str = field(default="127.0.0.1", metadata={"help": "bind address for HTTP and websocket"})
     http_port: int = field(default=8080, metadata={"help": "HTTP port (REST API, WHIP/WHEP, pages)"})
     ws_port: int = field(default=8081, metadata={"help": "websocket port (path /ws)"})
-    public_url: str = field(default="", metadata={"help": "base URL printed in links (default from host)"})
+    public_url: str = field(default="", metadata={
+        "help": "base URL people reach the HTTP side at, for links and pages (default from host and port)"})
     data_dir: str = field(default="./livecart-data", metadata={"help": "SQLite data directory"})
     secret: str = field(default="", metadata={"help": "token signing secret (default: kept in data dir)"})
     admin_key: str = field(default="", metadata={"help": "admin API key (default: kept in data dir)"})
@@ -73,22 +74,15 @@ class Config:
     gc_young_ms: float = field(default=100.0, metadata={
         "help": "with the freeze policy, collect the youngest generation this often, ms (0: never)"})
     gc_warn_ms: float = field(default=20.0, metadata={"help": "log collections that hold the loop this long, ms"})
+    public_ws_url: str = field(default="", metadata={
+        "help": "websocket URL given to clients, as is (default: --public-url's host with --ws-port, path /ws)"})
+    log_level: str = field(default="info", metadata={"help": "log level: debug, info, warning or error"})
+    access_log: bool = field(default=False, metadata={
+        "help": "log every HTTP request (method, path without query, status, bytes, ms) at info"})
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
-
-    @property
-    def base_url(self) -> str:
-        if self.public_url:
-            return self.public_url.rstrip("/")
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.http_port}"
-
-    @property
-    def ws_url(self) -> str:
-        scheme_host = self.base_url.replace("http://", "ws://").replace("https://", "wss://")
-        return scheme_host.rsplit(":", 1)[0] + f":{self.ws_port}/ws"
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (tests and the CLI use it)."""
@@ -106,9 +100,11 @@ def _parse_value(kind: type, raw: str) -> Any:
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Expose every Config field as ``--kebab-name`` with its env variable named in the help."""
+def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """Expose Config fields (every one, or those in ``names``) as ``--kebab-name`` with their env variable."""
     for f in fields(Config):
+        if names is not None and f.name not in names:
+            continue
         kind = _TYPES[str(f.type)]
         flag = "--" + f.name.replace("_", "-")
         env = "LIVECART_" + f.name.upper()
@@ -121,7 +117,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
-    """Build the Config: flag, else environment variable, else default."""
+    """Build the Config: flag, else environment variable, else default.
+
+    Raises ValueError naming the variable when an environment value does not parse.
+    """
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for f in fields(Config):
@@ -131,5 +130,8 @@ def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         if flag_value is not None:
             values[f.name] = flag_value
         elif env_value is not None:
-            values[f.name] = _parse_value(kind, env_value)
+            try:
+                values[f.name] = _parse_value(kind, env_value)
+            except ValueError:
+                raise ValueError(f"LIVECART_{f.name.upper()}={env_value!r} is not a valid {kind.__name__}") from None
     return Config(**values)

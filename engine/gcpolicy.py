@@ -25,8 +25,10 @@ And it collects the youngest generation every ``gc_young_ms`` (see ``_collect_yo
 collections stay small too.
 
 The ``default`` policy leaves CPython's collector as it is (for comparison in benches). Both
-record every collection's pause in ``livecart_gc_pause_seconds`` and log the ones of at least
-``gc_warn_ms`` ms.
+record every collection's pause in ``livecart_gc_pause_seconds`` and log a warning for the ones
+of at least ``gc_warn_ms`` ms. The freeze policy's own full collections (at start-up and when
+thawing an idle node) are expected to take that long and nobody waits on them: they are logged
+at debug.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class GcPolicy:
         self._started: float | None = None
         self._frozen_since_thaw = False
         self._timer: asyncio.TimerHandle | None = None
+        self._own_full_collection = False
 
     @property
     def freezing(self) -> bool:
@@ -82,7 +85,7 @@ class GcPolicy:
         self._connections = connections
         gc.callbacks.append(self._on_gc)
         if self.freezing:
-            gc.collect()
+            self._collect_all()
             gc.freeze()
             GC_FREEZES.labels("start").inc()
             self._schedule()
@@ -109,11 +112,19 @@ class GcPolicy:
         if not (self.freezing and self._frozen_since_thaw and self._connections() <= self.thaw_below):
             return False
         gc.unfreeze()
-        gc.collect()
+        self._collect_all()
         gc.freeze()
         self._frozen_since_thaw = False
         GC_FREEZES.labels("thaw").inc()
         return True
+
+    def _collect_all(self) -> None:
+        """A full collection of the policy's own (start-up, thaw), logged at debug, not as a stall."""
+        self._own_full_collection = True
+        try:
+            gc.collect()
+        finally:
+            self._own_full_collection = False
 
     def _schedule(self) -> None:
         loop = asyncio.get_running_loop()
@@ -143,7 +154,10 @@ class GcPolicy:
         self._started = None
         generation = info["generation"]
         GC_PAUSE.labels(str(generation)).observe(pause)
-        if pause >= self.warn_seconds:
+        if self._own_full_collection:
+            log.debug("gc: the policy's full collection (start-up or idle) held the loop %.1f ms (%d collected)",
+                      pause * 1000, info["collected"])
+        elif pause >= self.warn_seconds:
             log.warning("gc: a generation %d collection held the loop %.1f ms (%d collected)",
                         generation, pause * 1000, info["collected"])
         if self.freezing and generation >= 1:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+from contextlib import closing
 from pathlib import Path
+
+DB_FILE = "livecart.db"
 
 
 class Storage:
@@ -18,7 +21,7 @@ class Storage:
 
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.path = data_dir / "livecart.db"
+        self.path = data_dir / DB_FILE
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -36,3 +39,22 @@ class Storage:
 
     def close(self) -> None:
         self.db.close()
+
+
+def kept_setting(data_dir: Path, key: str) -> str:
+    """The setting ``key`` a server keeps in ``data_dir``, read without creating anything.
+
+    ``livecart token`` uses it: a secret made up where no server runs would sign tokens that
+    the server refuses, so a missing database or setting is a LookupError saying where it looked.
+    """
+    path = (data_dir / DB_FILE).resolve()
+    if not path.is_file():
+        raise LookupError(f"no server data at {path}")
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+    except sqlite3.Error as exc:
+        raise LookupError(f"cannot read {path}: {exc}") from None
+    if row is None:
+        raise LookupError(f"{path} keeps no {key} (the server was given one with its flags or environment)")
+    return str(row[0])

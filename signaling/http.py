@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from engine.config import Config
 from engine.errors import CodedError
 from engine.rooms import Rooms
+from engine.urls import PublicUrls
 from signaling.tokens import ROLES, Identity, TokenError, mint, verify
 
 log = logging.getLogger(__name__)
@@ -123,19 +124,20 @@ class Auth:
 
 
 def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
-                viewers: Callable[[str], int]) -> None:
-    """Rooms, tokens, health and metrics."""
+                viewers: Callable[[str], int], urls: Callable[[], PublicUrls]) -> None:
+    """Rooms, tokens, health and metrics; ``urls`` gives the public URLs for room links."""
 
     def public(room_id: str) -> dict[str, Any]:
         room = rooms.get(room_id)
         if room is None:
             raise ApiError("not_found", f"no room {room_id!r}")
+        public_urls = urls()
         return {**room.public(), "viewers": viewers(room_id),
-                "links": {"watch": f"{config.base_url}/watch/{room_id}",
-                          "studio": f"{config.base_url}/studio/{room_id}",
-                          "whip": f"{config.base_url}/whip/{room_id}",
-                          "whep": f"{config.base_url}/whep/{room_id}",
-                          "ws": config.ws_url}}
+                "links": {"watch": public_urls.link(f"/watch/{room_id}"),
+                          "studio": public_urls.link(f"/studio/{room_id}"),
+                          "whip": public_urls.link(f"/whip/{room_id}"),
+                          "whep": public_urls.link(f"/whep/{room_id}"),
+                          "ws": public_urls.ws}}
 
     async def create_room(request: web.Request) -> web.Response:
         auth.require_admin(request)
@@ -177,7 +179,7 @@ def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
         if not config.guest_tokens:
             raise ApiError("forbidden", "guest tokens are disabled on this server")
         token = mint(auth.secret, room_id, "viewer", None, config.token_ttl)
-        return json_response({"token": token, "role": "viewer", "ws": config.ws_url}, status=201)
+        return json_response({"token": token, "role": "viewer", "ws": urls().ws}, status=201)
 
     async def healthz(request: web.Request) -> web.Response:
         return json_response({"status": "ok"})

@@ -21,6 +21,7 @@ from yarl import URL
 
 from engine.config import Config
 from engine.rooms import Rooms
+from engine.urls import PublicUrls
 
 WEB_DIR = Path(str(resources.files("overlays") / "web"))
 CONFIG_MARK = "__LIVECART_CONFIG__"
@@ -30,18 +31,18 @@ NO_STORE = {"Cache-Control": "no-store"}
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".png": "image/png"}
 
 
-def page_ws_url(config: Config, ws_port: int, request: web.Request) -> str:
+def page_ws_url(config: Config, urls: PublicUrls, request: web.Request) -> str:
     """The websocket URL a browser that loaded ``request`` should open.
 
-    With ``public_url`` set the operator has said how clients reach us; otherwise use the host
-    the browser used for this page (a LAN address or a name, not the bind address) with the
-    websocket port, and ``wss`` when the page came over TLS.
+    With ``public_url`` or ``public_ws_url`` set the operator has said how clients reach us
+    (engine.urls); otherwise use the host the browser used for this page (a LAN address or a
+    name, not the bind address) with the websocket port, and ``wss`` when the page came over TLS.
     """
-    if config.public_url:
-        return config.replace(ws_port=ws_port).ws_url
-    scheme = "wss" if request.secure else "ws"
-    host = request.url.host or "127.0.0.1"
-    return str(URL.build(scheme=scheme, host=host, port=ws_port, path="/ws"))
+    if config.public_url or config.public_ws_url:
+        return urls.ws
+    own = URL(urls.ws)
+    return str(URL.build(scheme="wss" if request.secure else "ws", host=request.url.raw_host or own.raw_host,
+                         port=own.port, path=own.path))
 
 
 def _embed(html: str, settings: dict[str, Any]) -> str:
@@ -49,17 +50,17 @@ def _embed(html: str, settings: dict[str, Any]) -> str:
     return html.replace(CONFIG_MARK, orjson.dumps(settings).decode().replace("<", "\\u003c"))
 
 
-def add_page_routes(app: web.Application, config: Config, rooms: Rooms, ws_port: Callable[[], int]) -> None:
+def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Callable[[], PublicUrls]) -> None:
     """Serve the lobby, studio and watch pages and their static files on ``app``.
 
-    ``ws_port`` is called per request because the websocket port is chosen when the engine starts
+    ``urls`` is called per request because the ports are chosen when the engine starts
     (port 0 in tests and ephemeral deployments).
     """
     templates = {name: (WEB_DIR / f"{name}.html").read_text(encoding="utf-8") for name in ("lobby", "studio", "watch")}
     statics = {p.name: p for p in WEB_DIR.iterdir() if p.suffix in STATIC_TYPES}
 
     def render(name: str, request: web.Request, room: dict[str, Any] | None, status: int = 200) -> web.Response:
-        settings = {"ws": page_ws_url(config, ws_port(), request), "room": room}
+        settings = {"ws": page_ws_url(config, urls(), request), "room": room}
         return web.Response(text=_embed(templates[name], settings), content_type=HTML, status=status,
                             headers=NO_STORE)
 

@@ -97,20 +97,39 @@ async def test_tokens_and_guest_tokens(engine: App) -> None:
         await client.close()
 
 
+async def metrics_page(app: App) -> dict[str, float]:
+    """Every sample on /metrics by its name and labels, as the page writes them."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base(app)}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
 async def test_health_and_metrics(engine: App) -> None:
+    async with aiohttp.ClientSession() as http, http.get(f"{base(engine)}/healthz") as resp:
+        assert resp.status == 200 and (await resp.json()) == {"status": "ok"}
+    # Counters are process-wide and earlier tests moved them too: check what this test changes.
+    before = await metrics_page(engine)
     client = await connect(engine)
     await client.recv_type("snapshot")
-    await client.request({"type": "nonsense", "id": 1})
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{base(engine)}/healthz") as resp:
-            assert resp.status == 200 and (await resp.json()) == {"status": "ok"}
-        async with http.get(f"{base(engine)}/metrics") as resp:
-            text = await resp.text()
-    for name in ("livecart_rooms", "livecart_connections", "livecart_events_published_total",
-                 "livecart_events_delivered_total", "livecart_event_delivery_seconds_bucket",
-                 "livecart_send_queue_total", 'livecart_rejected_messages_total{code="unknown_type"}'):
-        assert name in text, name
+    assert (await client.request({"type": "nonsense", "id": 1}))["code"] == "unknown_type"
+    assert (await client.request({"type": "nonsense", "id": 2}))["code"] == "unknown_type"
+    refused = await connect(engine, token(engine, room="nowhere"))
+    assert (await refused.recv())["code"] == "not_found"
+    after = await metrics_page(engine)
+
+    def change(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert change('livecart_rejected_messages_total{code="unknown_type"}') == 2
+    assert change('livecart_rejected_messages_total{code="not_found"}') == 1
+    assert change('livecart_connections{role="viewer"}') == 1
+    for name in ("livecart_rooms", "livecart_events_published_total", "livecart_events_delivered_total",
+                 'livecart_event_delivery_seconds_bucket{le="+Inf"}'):
+        assert name in after, name
     await client.close()
+    await refused.close()
 
 
 async def test_first_start_seeds_the_demo_room_once(config) -> None:
