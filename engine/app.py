@@ -65,7 +65,8 @@ class App:
         self._commerce_db = open_db(self.storage.path)
         self._commerce_db.execute(f"PRAGMA synchronous={'FULL' if config.fsync_orders else 'NORMAL'}")
         self.commerce = Commerce(
-            self.bus, stock=MemoryStockStore(), log=SqlitePurchaseLog(self._commerce_db, config.purchase_log_size),
+            self.bus, stock=MemoryStockStore(config.max_user_requests),
+            log=SqlitePurchaseLog(self._commerce_db, config.purchase_log_size),
             records=SqliteRecords(self._commerce_db), config=shop_config(config),
             room_exists=lambda room: self.rooms.get(room) is not None, tick_seconds=config.commerce_tick_ms / 1000)
         register_commerce(self.channel, self.commerce, config)
@@ -154,5 +155,6 @@ def shop_config(config: Config) -> ShopConfig:
         max_tags=config.max_tags,
         max_sales=config.max_sales,
         max_tap_qty=config.max_tap_qty,
+        user_requests=config.max_user_requests,
         auto_confirm=config.auto_confirm,
     )

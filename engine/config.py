@@ -59,6 +59,9 @@ class Config:
     tap_rate: float = field(default=5.0, metadata={"help": "taps, uncarts and checkouts per second per connection"})
     tap_burst: int = field(default=10, metadata={"help": "tap burst per connection"})
     max_tap_qty: int = field(default=20, metadata={"help": "largest quantity one tap may reserve"})
+    max_user_requests: int = field(default=1000, metadata={
+        "help": "tap and checkout ids remembered per user and room, each for the hold time (retries are "
+                "idempotent within it); past this, only that user's oldest are forgotten"})
     max_products: int = field(default=500, metadata={"help": "products in one room's catalog"})
     max_tags: int = field(default=8, metadata={"help": "product tags pinned at once per room"})
     max_sales: int = field(default=100, metadata={"help": "flash sales kept per room"})

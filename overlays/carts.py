@@ -1,4 +1,4 @@
-"""Carts as viewers see them: reservations priced from the catalog or the sale they were tapped on.
+"""Carts as viewers see them: reservations at the unit price locked when they were tapped.
 
 The units themselves live in the StockStore; this module only turns held reservations into the
 JSON a client renders, and checks the request ids that make taps and checkouts idempotent.
@@ -22,9 +22,14 @@ def check_request_id(value: Any) -> str:
     return value
 
 
+def unit_price(product: Product, sale: Sale | None) -> int:
+    """The price a tap locks: a sale's price wins over the catalog price."""
+    return sale.price if sale is not None else product.price
+
+
 def cart_line(reservation: Reservation, product: Product, sale: Sale | None) -> dict[str, Any]:
-    """One held reservation; a sale's price wins over the catalog price."""
-    unit = sale.price if sale is not None else product.price
+    """One held reservation, priced as it was tapped (a later price change does not touch it)."""
+    unit = reservation.unit_amount
     return {
         "reservation": reservation.id,
         "product": product.id,

@@ -127,9 +127,14 @@ class Catalog:
             raise DomainError("not_found", f"no product {product_id!r}")
         return product
 
-    def put(self, product: Product) -> None:
-        if product.id not in self._products and len(self._products) >= self.max_products:
+    def check_space(self) -> None:
+        """Refuse (full) a new product when the catalog is at its maximum."""
+        if len(self._products) >= self.max_products:
             raise DomainError("full", f"the catalog holds at most {self.max_products} products")
+
+    def put(self, product: Product) -> None:
+        if product.id not in self._products:
+            self.check_space()
         self._products[product.id] = product
 
     def remove(self, product_id: str) -> Product:

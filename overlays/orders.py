@@ -65,7 +65,7 @@ class Order:
     def reservations(self) -> list[Reservation]:
         """The lines as sold units of their pools, for StockStore.refund."""
         return [
-            Reservation(f"{self.id}/{i}", ln.pool, self.user, ln.quantity, 0.0)
+            Reservation(f"{self.id}/{i}", ln.pool, self.user, ln.quantity, 0.0, ln.unit_amount)
             for i, ln in enumerate(self.lines)
         ]
 

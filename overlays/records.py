@@ -1,6 +1,6 @@
-"""Durable commerce records: catalog products, sales and orders, in SQLite (stdlib, WAL).
+"""Durable commerce records: catalog products, pinned tags, sales and orders, in SQLite (stdlib, WAL).
 
-What a restart needs and nothing more: products and sales as last put, orders with their status and
+What a restart needs and nothing more: products, pinned tags and sales as last put, orders with their status and
 which transition was last appended to the purchase log (so a crash between the two is repaired on
 start), and the sold units per pool and user rebuilt from orders. Reservations are not stored: units
 held at crash time simply return to stock. Every write commits before it returns.
@@ -17,6 +17,9 @@ import orjson
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
+    room TEXT NOT NULL, id TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (room, id)
+);
+CREATE TABLE IF NOT EXISTS tags (
     room TEXT NOT NULL, id TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (room, id)
 );
 CREATE TABLE IF NOT EXISTS sales (
@@ -39,6 +42,16 @@ class RecordStore(Protocol):
     async def put_product(self, room: str, product: dict[str, Any]) -> None: ...
     async def delete_product(self, room: str, product_id: str) -> None: ...
     async def products(self, room: str) -> list[dict[str, Any]]: ...
+    async def put_tag(self, room: str, tag: dict[str, Any]) -> None:
+        """Pin or move a tag; a moved tag keeps its place in the pin order."""
+        ...
+
+    async def delete_tag(self, room: str, tag_id: str) -> None: ...
+
+    async def tags(self, room: str) -> list[dict[str, Any]]:
+        """The room's pinned tags in pin order."""
+        ...
+
     async def put_sale(self, room: str, sale: dict[str, Any]) -> None: ...
     async def delete_sale(self, room: str, sale_id: str) -> None: ...
     async def sales(self, room: str) -> list[dict[str, Any]]: ...
@@ -99,6 +112,21 @@ class SqliteRecords:
 
     async def products(self, room: str) -> list[dict[str, Any]]:
         return self._all("products", room)
+
+    async def put_tag(self, room: str, tag: dict[str, Any]) -> None:
+        with self._conn:
+            self._conn.execute(
+                "INSERT INTO tags (room, id, body) VALUES (?, ?, ?)"
+                " ON CONFLICT (room, id) DO UPDATE SET body = excluded.body",
+                (room, tag["id"], orjson.dumps(tag)),
+            )
+
+    async def delete_tag(self, room: str, tag_id: str) -> None:
+        with self._conn:
+            self._conn.execute("DELETE FROM tags WHERE room = ? AND id = ?", (room, tag_id))
+
+    async def tags(self, room: str) -> list[dict[str, Any]]:
+        return self._all("tags", room)
 
     async def put_sale(self, room: str, sale: dict[str, Any]) -> None:
         self._put("sales", room, sale)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -27,6 +26,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from overlays.carts import cart_line, cart_view, check_request_id
 from overlays.catalog import Catalog, Product, check_id
 from overlays.events import DomainError, DomainEvent, discrete, state
+from overlays.idempotency import RequestMemory
 from overlays.orders import CANCELLED, PAID, PLACED, Order, OrderLine, SalesStats
 from overlays.purchases.base import PurchaseLog
 from overlays.records import RecordStore
@@ -55,7 +55,8 @@ class ShopConfig:
     max_tags: int = 8  # pinned at once
     max_sales: int = 100  # kept per room; ended sales without held units are pruned to make room
     max_tap_qty: int = 20
-    remembered_requests: int = 10_000  # tap/checkout outcomes kept for idempotent retries
+    user_requests: int = 1000  # tap/checkout outcomes kept per user for retries, each for the hold time
+    recent_orders: int = 10_000  # orders kept for "N bought in the last minute"
     proof_window: float = 60.0  # seconds of "N bought in the last minute"
     auto_confirm: bool = False  # demos: orders are paid as soon as they are placed
 
@@ -89,13 +90,15 @@ class Shop:
         self._sales = SaleBook(self.config.max_sales)
         self._pools: dict[str, tuple[str, str | None]] = {}  # pool -> (product id, sale id or None)
         self._sold_out: set[str] = set()  # sales announced sold out
-        self._requests: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
-        self.stats = SalesStats(self.config.proof_window, self.config.remembered_requests)
+        # Outcomes for retries, each kept for the hold time (a checkout's order is found in the records).
+        self._taps: RequestMemory[dict[str, Any] | DomainError] = RequestMemory(self.config.user_requests)
+        self._checkouts: RequestMemory[DomainError] = RequestMemory(self.config.user_requests)
+        self.stats = SalesStats(self.config.proof_window, self.config.recent_orders)
 
     # -- start --------------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Rebuild from the records after a (re)start: catalog, sales, sold units per pool (units
+        """Rebuild from the records after a (re)start: catalog, pinned tags, sales, sold units per pool (units
         that were only reserved return to stock), totals; and append to the purchase log any
         order transition a crash left unlogged."""
         now = self._clock()
@@ -103,6 +106,10 @@ class Shop:
             product = Product(**data)
             self._catalog.put(product)
             self._pools[product.pool] = (product.id, None)
+        for data in await self._records.tags(self.room):
+            tag = Tag(**data)
+            if self._catalog.find(tag.product_id) is not None:  # a crash may have cut a removal short
+                self._tags.pin(tag)
         for data in await self._records.sales(self.room):
             sale = Sale(**data)
             self._sales.add(sale, now)
@@ -142,18 +149,25 @@ class Shop:
             product = Product.parse({**current.to_dict(), **fields}, current.pool)
         if any(p.currency != product.currency for p in self._catalog if p.id != product_id):
             raise DomainError("conflict", "all products of a room share one currency")
+        if current is None:
+            self._catalog.check_space()
+        elif product.currency != current.currency:
+            await self._check_currency_change(current)
+        # The stock first: until it is accepted, taps keep seeing (and locking) the current price.
+        counters = await self._stock.define(self.room, product.pool, product.stock)
         self._catalog.put(product)
-        try:
-            counters = await self._stock.define(self.room, product.pool, product.stock)
-        except DomainError:
-            self._catalog.put(current) if current else self._catalog.remove(product_id)
-            raise
         await self._records.put_product(self.room, product.to_dict())
         self._pools[product.pool] = (product.id, None)
         view = {**product.public(), "available": counters.available}
         return Outcome(
             view, [discrete("product.put", view), *self._stock_events(product.pool, counters.available)]
         )
+
+    async def _check_currency_change(self, product: Product) -> None:
+        """Prices locked in carts and sales are in the product's currency: it stays while either exists."""
+        counters = await self._stock.counters(self.room, product.pool)
+        if (counters is not None and counters.reserved) or any(s.product_id == product.id for s in self._sales):
+            raise DomainError("conflict", "the currency cannot change while the product has sales or units in carts")
 
     async def remove_product(self, product_id: str) -> Outcome[dict[str, Any]]:
         """Refused (conflict) while the product has units in carts or a sale not yet ended."""
@@ -171,7 +185,9 @@ class Shop:
         del self._pools[product.pool]
         await self._records.delete_product(self.room, product.id)
         events = [discrete("product.removed", {"product": product.id})]
-        events += [discrete("tag.unpinned", {"tag": t.id}) for t in self._tags.unpin_product(product.id)]
+        for tag in self._tags.unpin_product(product.id):
+            await self._records.delete_tag(self.room, tag.id)
+            events.append(discrete("tag.unpinned", {"tag": tag.id}))
         return Outcome({"product": product.id}, events)
 
     async def pin(self, fields: Mapping[str, Any]) -> Outcome[dict[str, Any]]:
@@ -182,10 +198,12 @@ class Shop:
         self._catalog.get(tag.product_id)
         self._tags.pin(tag)
         view = tag.to_dict()
+        await self._records.put_tag(self.room, view)
         return Outcome(view, [discrete("tag.pinned", view)])
 
     async def unpin(self, tag_id: str) -> Outcome[dict[str, Any]]:
         tag = self._tags.unpin(check_id("tag id", tag_id))
+        await self._records.delete_tag(self.room, tag.id)
         return Outcome({"tag": tag.id}, [discrete("tag.unpinned", {"tag": tag.id})])
 
     # -- sales (hosts) ------------------------------------------------------------------------
@@ -267,38 +285,40 @@ class Shop:
         """`tap` with the refusal returned, not raised. This is the hot path, and in a storm most
         taps are refused (not live yet, sold out, over the limit): unwinding an exception through
         the handler's frames would cost more than deciding. Keep it to lookups and one store call."""
-        key = ("tap", check_request_id(user), check_request_id(request_id))
-        seen = self._requests.get(key)
+        seen = self._taps.get(check_request_id(user), check_request_id(request_id))
         if seen is not None:
             return seen if type(seen) is DomainError else Outcome(seen, [])
         now = self._clock()
+        until = now + self.config.hold_seconds
         try:
             target = self._tap_target(product_id, sale_id, qty, now)
             if type(target) is DomainError:
-                self._remember(key, target)
+                self._taps.remember(user, request_id, target, until)
                 return target
-            pool, limit = target
-            result = await self._stock.reserve(
-                self.room, pool, user, request_id, qty, limit, now + self.config.hold_seconds
-            )
+            pool, limit, unit = target
+            result = await self._stock.reserve(self.room, pool, user, request_id, qty, limit, until, unit)
         except DomainError as error:
-            self._remember(key, error)
+            self._taps.remember(user, request_id, error, until)
             return error
-        if result.reservation is None:
-            refusal = _STOCK_REFUSALS.get(result.code or "conflict") or DomainError("conflict", "refused")
-            self._remember(key, refusal)
+        reservation = result.reservation
+        if reservation is None or (result.replay and reservation.pool not in self._pools):
+            refusal = _STOCK_REFUSALS.get(result.code or "not_found") or DomainError("conflict", "refused")
+            self._taps.remember(user, request_id, refusal, until)
             return refusal
-        line = self._line(result.reservation)
-        self._remember(key, line)
+        line = self._line(reservation)
+        self._taps.remember(user, request_id, line, until)
+        if result.replay:  # a retry that raced its original, or outlived this memory: nothing changed
+            return Outcome(line, [])
         events = self._stock_events(pool, result.available, now)
         events.insert(0, discrete("cart.added", line, user))
         return Outcome(line, events)
 
     def _tap_target(
         self, product_id: str | None, sale_id: str | None, qty: int, now: float
-    ) -> tuple[str, int | None] | DomainError:
-        """The pool a tap draws from and its per-user limit, or why the tap is refused (a tap
-        before the sale opens is returned, being the common refusal; malformed ones raise)."""
+    ) -> tuple[str, int | None, int] | DomainError:
+        """The pool a tap draws from, its per-user limit and the unit price the tap locks, or why
+        the tap is refused (a tap before the sale opens is returned, being the common refusal;
+        malformed ones raise)."""
         if type(qty) is not int or not 1 <= qty <= self.config.max_tap_qty:
             raise DomainError("bad_request", f"qty must be an integer in [1, {self.config.max_tap_qty}]")
         if sale_id is not None:
@@ -310,10 +330,11 @@ class Shop:
             phase = sale.phase(now)
             if phase != LIVE:
                 return DomainError("sale_not_live", f"sale {sale.id} is {phase}")
-            return sale.pool, sale.per_user_limit
+            return sale.pool, sale.per_user_limit, sale.price
         if type(product_id) is not str:
             raise DomainError("bad_request", "tap a product_id or a sale_id")
-        return self._catalog.get(product_id).pool, None
+        product = self._catalog.get(product_id)
+        return product.pool, None, product.price
 
     async def uncart(self, user: str, reservation_id: str) -> Outcome[dict[str, Any]]:
         """Give a reservation back; not_found if it is not the user's or no longer held."""
@@ -338,8 +359,7 @@ class Shop:
         """Turn the user's unexpired reservations into one order, committed to the records and
         appended to the purchase log before returning. Idempotent on (user, request_id): a retry
         gets the same order back (also across restarts), or the same error."""
-        key = ("checkout", check_request_id(user), check_request_id(request_id))
-        seen = self._requests.get(key)
+        seen = self._checkouts.get(check_request_id(user), check_request_id(request_id))
         if seen is not None:
             raise DomainError(seen.code, seen.message)
         found = await self._records.order_for_request(self.room, user, request_id)
@@ -349,7 +369,7 @@ class Shop:
         held = await self._stock.commit(self.room, user, now)
         if not held:
             error = DomainError("cart_empty", "nothing in the cart to check out")
-            self._remember(key, error)
+            self._checkouts.remember(user, request_id, error, now + self.config.hold_seconds)
             raise error
         lines = [self._order_line(r) for r in held]
         currency = self._catalog.get(self._pools[held[0].pool][0]).currency
@@ -406,6 +426,8 @@ class Shop:
         """Advance clock-driven state to `now` (default: the clock): expire reservations, start
         and end sales, slide the recent-purchases window. Returns the events to publish."""
         now = self._clock() if now is None else now
+        self._taps.forget(now)
+        self._checkouts.forget(now)
         events: list[DomainEvent] = []
         for returned in await self._stock.expire(self.room, now):
             r = returned.reservation
@@ -490,8 +512,3 @@ class Shop:
             state("sales.totals", "sales.totals", self.stats.totals()),
             state("sales.recent", "sales.recent", self.stats.recent()),
         ]
-
-    def _remember(self, key: tuple[str, str, str], outcome: Any) -> None:
-        self._requests[key] = outcome
-        if len(self._requests) > self.config.remembered_requests:
-            self._requests.popitem(last=False)

@@ -1,6 +1,6 @@
 """Product tags pinned over the video: where on the frame, which product, optional label and time.
 
-Tags are live decoration, not records: they go into the room snapshot but are not persisted.
+Tags go into the room snapshot and are kept with the catalog, so a restart shows them again.
 """
 
 from __future__ import annotations

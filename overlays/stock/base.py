@@ -21,22 +21,27 @@ class Counters(NamedTuple):
 
 
 class Reservation(NamedTuple):
-    """Units of one pool held in a user's cart until `expires_at` (or sold, once committed)."""
+    """Units of one pool held in a user's cart until `expires_at` (or sold, once committed), at
+    the unit price (minor units) locked when they were tapped: what the buyer saw is what they pay."""
 
     id: str
     pool: str
     user: str
     qty: int
     expires_at: float
+    unit_amount: int
 
 
 class ReserveResult(NamedTuple):
     """`code` is None on success, else sold_out, limit_reached, not_found or bad_request.
-    `available` is the pool's availability after the call (0 when the pool is unknown)."""
+    `available` is the pool's availability after the call (0 when the pool is unknown).
+    `replay` marks the first result handed out again for a repeated request id: nothing changed,
+    and `available` is a figure from the past (not to be published)."""
 
     code: str | None
     reservation: Reservation | None
     available: int
+    replay: bool = False
 
     @property
     def ok(self) -> bool:
@@ -72,9 +77,12 @@ class StockStore(Protocol):
         qty: int,
         per_user_limit: int | None,
         expires_at: float,
+        unit_amount: int,
     ) -> ReserveResult:
-        """Hold qty units for user, idempotent on (room, user, request_id): a repeat returns the
-        first result unchanged (the memory of requests is bounded, oldest forgotten first)."""
+        """Hold qty units for user at `unit_amount` each, idempotent on (room, user, request_id):
+        a repeat returns the first result with `replay` set, until `expires_at` of the first
+        call has passed (refusals too), whatever other users do meanwhile. A backend may bound
+        the requests it remembers per user (that user's oldest go first), never across users."""
         ...
 
     async def release(self, room: str, user: str, reservation_id: str) -> Returned | None:
@@ -82,7 +90,8 @@ class StockStore(Protocol):
         ...
 
     async def expire(self, room: str, now: float) -> list[Returned]:
-        """Give back every reservation of the room with expires_at <= now."""
+        """Give back every reservation of the room with expires_at <= now (and forget the request
+        ids remembered until then)."""
         ...
 
     async def commit(self, room: str, user: str, now: float) -> list[Reservation]:

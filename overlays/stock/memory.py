@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import OrderedDict
 from collections.abc import Mapping
 
 from overlays.events import DomainError
+from overlays.idempotency import RequestMemory
 from overlays.stock.base import Counters, Reservation, ReserveResult, Returned
 
 
@@ -37,15 +37,16 @@ class _Pool:
 
 
 class MemoryStockStore:
-    """`max_requests` bounds the memory of tap request ids kept for idempotency."""
+    """Tap results are remembered per room until their hold time ends, at most
+    `max_user_requests` per user and room (see overlays.idempotency for the memory bound)."""
 
-    def __init__(self, max_requests: int = 100_000) -> None:
-        self.max_requests = max_requests
+    def __init__(self, max_user_requests: int = 1000) -> None:
+        self.max_user_requests = max_user_requests
         self._pools: dict[tuple[str, str], _Pool] = {}
         self._reservations: dict[str, tuple[str, Reservation]] = {}  # id -> (room, reservation)
         self._carts: dict[tuple[str, str], dict[str, Reservation]] = {}
         self._expiry: dict[str, list[tuple[float, str]]] = {}  # room -> heap, lazily cleaned
-        self._requests: OrderedDict[tuple[str, str, str], ReserveResult] = OrderedDict()
+        self._requests: dict[str, RequestMemory[ReserveResult]] = {}  # room -> remembered results
         self._ids = itertools.count(1)
 
     async def define(
@@ -89,11 +90,14 @@ class MemoryStockStore:
         qty: int,
         per_user_limit: int | None,
         expires_at: float,
+        unit_amount: int,
     ) -> ReserveResult:
-        request = (room, user, request_id)
-        result = self._requests.get(request)
+        memory = self._requests.get(room)
+        if memory is None:
+            memory = self._requests[room] = RequestMemory(self.max_user_requests)
+        result = memory.get(user, request_id)
         if result is not None:
-            return result
+            return result._replace(replay=True)
         current = self._pools.get((room, pool))
         if current is None:
             result = ReserveResult("not_found", None, 0)
@@ -106,17 +110,15 @@ class MemoryStockStore:
             elif per_user_limit is not None and current.held.get(user, 0) + qty > per_user_limit:
                 result = ReserveResult("limit_reached", None, available)
             else:
-                reservation = self._hold(room, current, pool, user, qty, expires_at)
+                reservation = self._hold(room, current, pool, user, qty, expires_at, unit_amount)
                 result = ReserveResult(None, reservation, available - qty)
-        self._requests[request] = result
-        if len(self._requests) > self.max_requests:
-            self._requests.popitem(last=False)
+        memory.remember(user, request_id, result, expires_at)
         return result
 
     def _hold(
-        self, room: str, current: _Pool, pool: str, user: str, qty: int, expires_at: float
+        self, room: str, current: _Pool, pool: str, user: str, qty: int, expires_at: float, unit_amount: int
     ) -> Reservation:
-        reservation = Reservation(f"r{next(self._ids)}", pool, user, qty, expires_at)
+        reservation = Reservation(f"r{next(self._ids)}", pool, user, qty, expires_at, unit_amount)
         current.reserved += qty
         current.held[user] = current.held.get(user, 0) + qty
         self._reservations[reservation.id] = (room, reservation)
@@ -149,6 +151,11 @@ class MemoryStockStore:
         return self._unhold(room, found[1])
 
     async def expire(self, room: str, now: float) -> list[Returned]:
+        memory = self._requests.get(room)
+        if memory is not None:
+            memory.forget(now)
+            if not memory.pending:
+                del self._requests[room]
         heap = self._expiry.get(room)
         returned: list[Returned] = []
         while heap and heap[0][0] <= now:

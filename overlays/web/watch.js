@@ -127,11 +127,18 @@
     box.replaceChildren(...cart.lines.map((line) => el('div.cart-line', {dataset: {reservation: line.reservation}},
       el('div.cart-line-body', {},
         el('div.product-title', {}, line.title, line.sale ? el('span.badge.flash', {}, 'Flash') : null),
-        el('div.muted', {}, `${line.quantity} × ${money(line.unit_amount, line.currency)}`),
+        el('div.muted.unit', {}, `${line.quantity} × `, el('span.unit-price', {}, money(line.unit_amount, line.currency)),
+          priceHeld(line)),
         el('div.hold', {}, 'held for ', el('span.countdown', {dataset: {until: line.expires_at, expired: 'releasing…'}}))),
       el('b.amount', {}, money(line.amount, line.currency)),
       el('button.remove', {type: 'button', 'aria-label': `Remove ${line.title}`, onclick: () => uncart(line)}, 'Remove'))));
     LC.tickCountdowns();
+  }
+  /** The unit price was locked at the tap: say so when the shop's price has moved since. */
+  function priceHeld(line) {
+    const item = line.sale ? state.sales.get(line.sale) : state.products.get(line.product);
+    if (!item || item.price === line.unit_amount) return null;
+    return el('span.price-held', {}, ` · price held, now ${money(item.price, line.currency)}`);
   }
   LC.everySecond(state, render);
 

@@ -8,6 +8,7 @@ import pytest
 
 from overlays.catalog import Catalog, Product
 from overlays.events import DomainError, cloud_event, rfc3339
+from overlays.idempotency import RequestMemory
 from overlays.orders import Order, OrderLine, SalesStats
 from overlays.sales import Sale, SaleBook
 from overlays.tags import Tag, TagBoard
@@ -191,3 +192,23 @@ def test_domain_error_codes_are_checked() -> None:
     assert DomainError("sold_out", "x").to_dict() == {"code": "sold_out", "message": "x"}
     with pytest.raises(AssertionError):
         DomainError("made_up", "x")
+
+
+def test_request_memory_is_bounded_per_user_and_by_time() -> None:
+    memory: RequestMemory[str] = RequestMemory(per_user=3)
+    for n in range(5):
+        memory.remember("flood", f"r{n}", f"v{n}", until=100.0)
+    memory.remember("calm", "r0", "mine", until=100.0)
+    # the flooding user forgets only their own oldest; nobody else's
+    assert [memory.get("flood", f"r{n}") for n in range(5)] == [None, None, "v2", "v3", "v4"]
+    assert memory.get("calm", "r0") == "mine" and len(memory) == 4
+    memory.forget(99.9)
+    assert memory.get("calm", "r0") == "mine"
+    memory.forget(100.0)
+    assert len(memory) == 0 and memory.pending == 0 and memory.get("calm", "r0") is None
+    memory.remember("u", "again", "late", until=50.0)  # times out of order: never forgotten early
+    memory.remember("u", "early", "soon", until=40.0)
+    memory.forget(45.0)
+    assert memory.get("u", "early") == "soon"
+    memory.forget(50.0)
+    assert len(memory) == 0

@@ -18,29 +18,29 @@ async def test_define_and_counters(stock) -> None:
 
 async def test_reserve_counts_and_idempotency(stock) -> None:
     await stock.define(R, "p", 5)
-    first = await stock.reserve(R, "p", "u1", "req1", 2, None, 100.0)
+    first = await stock.reserve(R, "p", "u1", "req1", 2, None, 100.0, 5)
     assert first.ok and first.available == 3 and first.reservation.qty == 2
-    again = await stock.reserve(R, "p", "u1", "req1", 2, None, 100.0)
-    assert again == first
+    again = await stock.reserve(R, "p", "u1", "req1", 2, None, 100.0, 5)
+    assert again.replay and not first.replay and again._replace(replay=False) == first
     assert (await stock.counters(R, "p")).reserved == 2
-    other_user = await stock.reserve(R, "p", "u2", "req1", 1, None, 100.0)
+    other_user = await stock.reserve(R, "p", "u2", "req1", 1, None, 100.0, 5)
     assert other_user.ok and other_user.reservation.id != first.reservation.id
 
 
 async def test_reserve_refusals(stock) -> None:
     await stock.define(R, "p", 3)
-    assert (await stock.reserve(R, "p", "u", "a", 4, None, 1.0)).code == "sold_out"
-    assert (await stock.reserve(R, "p", "u", "b", 0, None, 1.0)).code == "bad_request"
-    assert (await stock.reserve(R, "nope", "u", "c", 1, None, 1.0)).code == "not_found"
-    assert (await stock.reserve(R, "p", "u", "d", 2, 2, 1.0)).ok
-    assert (await stock.reserve(R, "p", "u", "e", 1, 2, 1.0)).code == "limit_reached"
-    failed = await stock.reserve(R, "p", "u", "a", 1, None, 1.0)  # a retried failure stays failed
+    assert (await stock.reserve(R, "p", "u", "a", 4, None, 1.0, 5)).code == "sold_out"
+    assert (await stock.reserve(R, "p", "u", "b", 0, None, 1.0, 5)).code == "bad_request"
+    assert (await stock.reserve(R, "nope", "u", "c", 1, None, 1.0, 5)).code == "not_found"
+    assert (await stock.reserve(R, "p", "u", "d", 2, 2, 1.0, 5)).ok
+    assert (await stock.reserve(R, "p", "u", "e", 1, 2, 1.0, 5)).code == "limit_reached"
+    failed = await stock.reserve(R, "p", "u", "a", 1, None, 1.0, 5)  # a retried failure stays failed
     assert failed.code == "sold_out"
 
 
 async def test_release_only_own_reservation(stock) -> None:
     await stock.define(R, "p", 3)
-    res = (await stock.reserve(R, "p", "u1", "x", 2, None, 10.0)).reservation
+    res = (await stock.reserve(R, "p", "u1", "x", 2, None, 10.0, 5)).reservation
     assert await stock.release(R, "u2", res.id) is None
     assert await stock.release("other", "u1", res.id) is None
     returned = await stock.release(R, "u1", res.id)
@@ -51,8 +51,8 @@ async def test_release_only_own_reservation(stock) -> None:
 
 async def test_expire_returns_units(stock) -> None:
     await stock.define(R, "p", 4)
-    await stock.reserve(R, "p", "u1", "a", 1, None, 10.0)
-    await stock.reserve(R, "p", "u2", "b", 2, None, 20.0)
+    await stock.reserve(R, "p", "u1", "a", 1, None, 10.0, 5)
+    await stock.reserve(R, "p", "u2", "b", 2, None, 20.0, 5)
     assert await stock.expire(R, 9.9) == []
     gone = await stock.expire(R, 10.0)
     assert [g.reservation.user for g in gone] == ["u1"] and gone[0].available == 2
@@ -63,8 +63,8 @@ async def test_expire_returns_units(stock) -> None:
 async def test_commit_and_refund(stock) -> None:
     await stock.define(R, "p", 5)
     await stock.define(R, "s", 2)
-    await stock.reserve(R, "p", "u", "a", 2, None, 10.0)
-    await stock.reserve(R, "s", "u", "b", 1, 1, 5.0)
+    await stock.reserve(R, "p", "u", "a", 2, None, 10.0, 5)
+    await stock.reserve(R, "s", "u", "b", 1, 1, 5.0, 5)
     lines = await stock.commit(R, "u", 6.0)  # the sale reservation expired at 5.0
     assert [(x.pool, x.qty) for x in lines] == [("p", 2)]
     assert (await stock.counters(R, "p")).sold == 2
@@ -77,16 +77,16 @@ async def test_commit_and_refund(stock) -> None:
 
 async def test_limit_counts_sold_units(stock) -> None:
     await stock.define(R, "s", 10)
-    await stock.reserve(R, "s", "u", "a", 2, 2, 10.0)
+    await stock.reserve(R, "s", "u", "a", 2, 2, 10.0, 5)
     lines = await stock.commit(R, "u", 1.0)
-    assert (await stock.reserve(R, "s", "u", "b", 1, 2, 10.0)).code == "limit_reached"
+    assert (await stock.reserve(R, "s", "u", "b", 1, 2, 10.0, 5)).code == "limit_reached"
     await stock.refund(R, lines)
-    assert (await stock.reserve(R, "s", "u", "c", 1, 2, 10.0)).ok
+    assert (await stock.reserve(R, "s", "u", "c", 1, 2, 10.0, 5)).ok
 
 
 async def test_define_resize_and_conflicts(stock) -> None:
     await stock.define(R, "p", 5)
-    await stock.reserve(R, "p", "u", "a", 3, None, 10.0)
+    await stock.reserve(R, "p", "u", "a", 3, None, 10.0, 5)
     with pytest.raises(DomainError) as err:
         await stock.define(R, "p", 2)
     assert err.value.code == "conflict"
@@ -104,14 +104,48 @@ async def test_define_resize_and_conflicts(stock) -> None:
 async def test_define_with_sold_by_rebuilds(stock) -> None:
     counters = await stock.define(R, "s", 5, {"u1": 2, "u2": 1})
     assert (counters.sold, counters.available) == (3, 2)
-    assert (await stock.reserve(R, "s", "u1", "a", 1, 2, 1.0)).code == "limit_reached"
+    assert (await stock.reserve(R, "s", "u1", "a", 1, 2, 1.0, 5)).code == "limit_reached"
     with pytest.raises(DomainError):
         await stock.define(R, "s", 2, {"u1": 3})
 
 
 async def test_refund_of_dropped_pool_is_skipped(stock) -> None:
     await stock.define(R, "p", 2)
-    await stock.reserve(R, "p", "u", "a", 1, None, 10.0)
+    await stock.reserve(R, "p", "u", "a", 1, None, 10.0, 5)
     lines = await stock.commit(R, "u", 1.0)
     await stock.drop(R, "p")
     assert await stock.refund(R, lines) == {}
+
+
+async def test_reservation_locks_the_unit_price(stock) -> None:
+    await stock.define(R, "p", 5)
+    first = await stock.reserve(R, "p", "u", "a", 2, None, 100.0, 1500)
+    assert first.reservation.unit_amount == 1500
+    again = await stock.reserve(R, "p", "u", "a", 2, None, 100.0, 99900)  # a retry keeps the first price
+    assert again.reservation == first.reservation
+    assert [r.unit_amount for r in await stock.cart(R, "u")] == [1500]
+    assert [r.unit_amount for r in await stock.commit(R, "u", 1.0)] == [1500]
+
+
+async def test_idempotency_lasts_the_hold_time_whatever_other_users_do(stock) -> None:
+    await stock.define(R, "p", 10**6)
+    first = await stock.reserve(R, "p", "u", "a", 1, None, 100.0, 5)
+    for n in range(3000):  # other users' traffic, past any per-user bound
+        await stock.reserve(R, "p", f"other{n % 3}", f"r{n}", 1, None, 100.0 + n, 5)
+    await stock.expire(R, 99.0)
+    again = await stock.reserve(R, "p", "u", "a", 1, None, 100.0, 5)
+    assert again.replay and again.reservation == first.reservation
+    assert [r.id for r in await stock.cart(R, "u")] == [first.reservation.id]
+    await stock.expire(R, 100.0)  # the hold is over: units back, the request id forgotten
+    assert await stock.cart(R, "u") == []
+    fresh = await stock.reserve(R, "p", "u", "a", 1, None, 200.0, 5)
+    assert fresh.ok and not fresh.replay and fresh.reservation.id != first.reservation.id
+
+
+async def test_refusals_are_remembered_for_the_hold_time(stock) -> None:
+    await stock.define(R, "p", 1)
+    assert (await stock.reserve(R, "p", "u", "a", 2, None, 10.0, 5)).code == "sold_out"
+    await stock.define(R, "p", 5)
+    assert (await stock.reserve(R, "p", "u", "a", 2, None, 10.0, 5)).code == "sold_out"
+    await stock.expire(R, 10.0)
+    assert (await stock.reserve(R, "p", "u", "a", 2, None, 20.0, 5)).ok
