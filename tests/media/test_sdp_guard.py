@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from looplag import MAX_STALL, loop_lag
 from media_peers import Publisher, Viewer, post_offer
+from sdp_edits import candidates, mids, with_candidates
 
 from engine.app import App
 from engine.config import Config
@@ -36,10 +37,6 @@ def _first_media_line(sdp: str, prefix: str) -> str:
     return re.search(rf"^{prefix}[^\r]*", body, re.M).group(0)
 
 
-def _mids(sdp: str) -> list[str]:
-    return re.findall(r"^a=mid:(\S+)", sdp, re.M)
-
-
 #: Deterministic malformed offers: name -> (rewrite of a valid offer, words the refusal must contain).
 MALFORMED: dict[str, tuple[Callable[[str], str], str]] = {
     "connection line without address": (
@@ -48,7 +45,7 @@ MALFORMED: dict[str, tuple[Callable[[str], str], str]] = {
     ),
     "bare m=video": (lambda sdp: sdp.replace(_first_media_line(sdp, "m=video"), "m=video", 1), "media line"),
     "candidate ending in typ": (lambda sdp: re.sub(r"(a=candidate:[^\r]* typ) host", r"\1", sdp, count=1), "candidate"),
-    "duplicate a=mid": (lambda sdp: sdp.replace(f"a=mid:{_mids(sdp)[1]}", f"a=mid:{_mids(sdp)[0]}"), "a=mid"),
+    "duplicate a=mid": (lambda sdp: sdp.replace(f"a=mid:{mids(sdp)[1]}", f"a=mid:{mids(sdp)[0]}"), "a=mid"),
     "BUNDLE naming an absent mid": (
         lambda sdp: re.sub(r"^a=group:BUNDLE ([^\r]*)", r"a=group:BUNDLE \1 nowhere", sdp, flags=re.M),
         "BUNDLE",
@@ -59,17 +56,6 @@ MALFORMED: dict[str, tuple[Callable[[str], str], str]] = {
         "payload type",
     ),
 }
-
-
-def candidates(count: int, port: int = 40000) -> list[str]:
-    return [f"a=candidate:{i} 1 udp {2130706431 - i} 127.0.0.1 {port + i % 20000} typ host" for i in range(count)]
-
-
-def with_candidates(sdp: str, lines: list[str], end: bool = True) -> str:
-    """``sdp`` with each section's candidates replaced by ``lines`` (and ``a=end-of-candidates`` if ``end``)."""
-    sdp = re.sub(r"^a=(candidate:[^\r]*|end-of-candidates)\r\n", "", sdp, flags=re.M)
-    extra = "".join(line + "\r\n" for line in lines) + ("a=end-of-candidates\r\n" if end else "")
-    return re.sub(r"(^a=mid:[^\r]*\r\n)", lambda m: m.group(1) + extra, sdp, count=1, flags=re.M)
 
 
 async def refusal(response: aiohttp.ClientResponse) -> tuple[int, str, str]:
@@ -209,7 +195,7 @@ async def _viewer_session(relay) -> tuple[Viewer, str, str]:
     sdp = with_candidates(await viewer.offer(), [], end=False)
     response = await post_offer(relay.http, f"{relay.base}/whep/shop", sdp)
     assert response.status == 201
-    mid = _mids(sdp)[0]
+    mid = mids(sdp)[0]
     return viewer, relay.base + response.headers["Location"], mid
 
 
