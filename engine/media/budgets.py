@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
+
+from engine.media import metrics
 
 
 class Rate:
@@ -53,7 +55,7 @@ class RetransmitBudget:
         self._sent: OrderedDict[tuple[object, int], int] = OrderedDict()
         self.refused = 0
 
-    def allow(self, key: object, sequence_numbers: Iterable[int]) -> list[int]:
+    def allow(self, key: object, sequence_numbers: Sequence[int]) -> list[int]:
         """The sequence numbers that may be resent now, in order; the others are refused (and counted)."""
         fresh = []
         for seq in sequence_numbers:
@@ -63,6 +65,8 @@ class RetransmitBudget:
                 self.refused += 1
         granted = self._rate.take(len(fresh))
         self.refused += len(fresh) - granted
+        if len(sequence_numbers) > granted:
+            metrics.RETRANSMITS_REFUSED.inc(len(sequence_numbers) - granted)
         allowed = fresh[:granted]
         for seq in allowed:
             mark = (key, seq)

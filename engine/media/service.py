@@ -21,7 +21,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpRece
 from aiortc.sdp import candidate_from_sdp
 
 from engine.media import aiortc_compat, metrics, offer
-from engine.media.budgets import Rate
+from engine.media.budgets import Rate, RetransmitBudget
 from engine.media.config import MediaConfig
 from engine.media.ended import RecentlyEnded
 from engine.media.errors import MediaError
@@ -210,6 +210,7 @@ class MediaService:
                 media.nacks.inc,
                 on_first_frame,
                 gso=self.config.udp_gso,
+                retransmit_budget=RetransmitBudget(self.config.rtx_rate, self.config.rtx_per_packet),
             )
         else:
             output = StockOutput(
@@ -219,6 +220,7 @@ class MediaService:
                 media.request_keyframe,
                 media.nacks.inc,
                 on_first_frame,
+                retransmit_budget=RetransmitBudget(self.config.rtx_rate, self.config.rtx_per_packet),
             )
         pc = self._peer_connection()
         try:
