@@ -144,6 +144,19 @@ def media_config(config: Config) -> MediaConfig:
         max_peers=config.max_peers,
         pli_min_interval=config.pli_interval,
         forwarding=config.forwarding,
+        max_sdp_bytes=config.max_sdp_bytes,
+        max_remote_candidates=config.max_remote_candidates,
+        ice_candidate_filter=config.ice_candidate_filter,
+        patch_rate=config.patch_rate,
+        patch_burst=config.patch_burst,
+        connect_timeout=config.connect_timeout,
+        max_connecting_per_room=config.max_connecting_per_room,
+        max_connecting=config.max_connecting,
+        publisher_reserve=config.publisher_reserve,
+        rtx_rate=config.rtx_rate,
+        rtx_per_packet=config.rtx_per_packet,
+        ended_session_ttl=config.ended_session_ttl,
+        ended_sessions_max=config.ended_sessions_max,
     )
 
 

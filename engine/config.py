@@ -52,6 +52,26 @@ class Config:
     media_rcvbuf: int = field(default=4 << 20, metadata={"help": "UDP receive buffer per peer, bytes"})
     max_viewers_per_room: int = field(default=500, metadata={"help": "media viewers per room (then 503)"})
     max_peers: int = field(default=2000, metadata={"help": "media peer connections per process (then 503)"})
+    max_sdp_bytes: int = field(default=32 * 1024, metadata={"help": "largest SDP offer or trickle fragment (then 413)"})
+    max_remote_candidates: int = field(default=32, metadata={
+        "help": "ICE candidates one media session may send, offer and trickle together (then 400 or 422)"})
+    ice_candidate_filter: str = field(default="", metadata={
+        "help": "remote ICE candidate ranges never contacted: CIDRs or loopback, private, link-local, multicast, "
+                "unspecified, non-global (comma-separated)"})
+    patch_rate: float = field(default=2.0, metadata={
+        "help": "WHIP/WHEP PATCH requests per second per session (then 429)"})
+    patch_burst: int = field(default=10, metadata={"help": "WHIP/WHEP PATCH burst per session"})
+    connect_timeout: float = field(default=20.0, metadata={
+        "help": "seconds a publisher or viewer may take to connect (ICE + DTLS) before it is dropped"})
+    max_connecting_per_room: int = field(default=20, metadata={"help": "viewers still connecting per room (then 503)"})
+    max_connecting: int = field(default=200, metadata={"help": "viewers still connecting per process (then 503)"})
+    publisher_reserve: int = field(default=20, metadata={
+        "help": "media sessions of --max-peers that only publishers may take"})
+    rtx_rate: float = field(default=200.0, metadata={"help": "retransmitted packets per second per viewer"})
+    rtx_per_packet: int = field(default=3, metadata={"help": "times one packet may be retransmitted to one viewer"})
+    ended_session_ttl: float = field(default=60.0, metadata={
+        "help": "seconds an ended WHIP/WHEP session still answers DELETE with 200"})
+    ended_sessions_max: int = field(default=10000, metadata={"help": "ended session ids kept for DELETE"})
     pli_interval: float = field(default=1.0, metadata={"help": "min seconds between keyframe requests"})
     forwarding: str = field(default="fast", metadata={"help": "media forwarding path: fast or stock (aiortc senders)"})
     shutdown_grace: float = field(default=3.0, metadata={"help": "seconds to close clients on stop"})

@@ -23,7 +23,8 @@ ALLOW_COLLECTION = "OPTIONS, POST"
 ALLOW_RESOURCE = "OPTIONS, PATCH, DELETE"
 CORS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    # some clients send the ETag they were given as a request header on PATCH instead of If-Match
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match, ETag",
     "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Patch, Retry-After",
 }
 
@@ -52,10 +53,25 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-async def _sdp_body(request: web.Request) -> str:
+async def _body(request: web.Request, limit: int) -> str:
+    """The request's text, refused with 413 past ``limit`` bytes before more is read."""
+    if request.content_length is not None and request.content_length > limit:
+        raise MediaError(413, "too_large", f"body is {request.content_length} bytes; the limit is {limit}")
+    data = bytearray()
+    while len(data) <= limit:
+        chunk = await request.content.read(limit + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    if len(data) > limit:
+        raise MediaError(413, "too_large", f"body is over the limit of {limit} bytes")
+    return data.decode("utf-8", errors="replace")
+
+
+async def _sdp_body(request: web.Request, limit: int) -> str:
     if request.content_type != SDP:
         raise MediaError(415, "unsupported_media_type", f"Content-Type must be {SDP}")
-    return await request.text()
+    return await _body(request, limit)
 
 
 def _ice_links(media: MediaService) -> list[str]:
@@ -82,7 +98,7 @@ def add_media_routes(app: web.Application, media: MediaService) -> None:
 
         async def post(request: web.Request, role: str = role, prefix: str = prefix) -> web.Response:
             room = request.match_info["room"]
-            sdp = await _sdp_body(request)
+            sdp = await _sdp_body(request, media.config.max_sdp_bytes)
             if role == "publisher":
                 created = await media.publish(room, _bearer(request), sdp)
             else:
@@ -110,13 +126,16 @@ def add_media_routes(app: web.Application, media: MediaService) -> None:
 
         async def patch(request: web.Request, role: str = role) -> web.Response:
             if request.content_type != SDPFRAG:
-                raise MediaError(415, "unsupported_media_type", f"Content-Type must be {SDPFRAG}")
+                # RFC 5789: a 415 to PATCH says which patch format the resource accepts
+                raise MediaError(
+                    415, "unsupported_media_type", f"Content-Type must be {SDPFRAG}", {"Accept-Patch": SDPFRAG}
+                )
             done = await media.patch(
                 role,
                 request.match_info["room"],
                 request.match_info["session"],
                 request.headers.get("If-Match"),
-                await request.text(),
+                await _body(request, media.config.max_sdp_bytes),
             )
             headers = {**CORS, "ETag": f'"{done.etag}"'}
             if done.sdpfrag is None:  # trickle

@@ -51,7 +51,7 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aioice
 import aiortc
@@ -74,6 +74,9 @@ from aiortc.rtp import (
     RtcpSrPacket,
     unpack_remb_fci,
 )
+
+if TYPE_CHECKING:
+    from engine.media.budgets import RetransmitBudget
 
 #: (aiortc, aioice) minor versions whose internals this module was checked against.
 SUPPORTED_VERSIONS = {("1.16", "0.13")}
@@ -272,12 +275,14 @@ def tap_sender(
     codec_name: str,
     on_keyframe_request: Callable[[], None],
     on_nack: Callable[[int], None],
+    retransmit_budget: RetransmitBudget | None = None,
 ) -> None:
     """Make ``sender`` packetize only, and report its viewer's PLI/FIR and NACKs.
 
     PLI/FIR are not passed to aiortc (its reaction, forcing the next encoded
     frame to be a keyframe, means nothing for packets); NACKs still are, and
-    aiortc answers them from its per-sender history.
+    aiortc answers them from its per-sender history, for the sequence numbers
+    ``retransmit_budget`` allows.
     """
     sender._RTCRtpSender__encoder = _PackOnly(_PACKERS[codec_name.lower()]())
     original = sender._handle_rtcp_packet
@@ -288,6 +293,10 @@ def tap_sender(
             return
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             on_nack(len(packet.lost))
+            if retransmit_budget is not None:
+                packet.lost = retransmit_budget.allow(sender.kind, packet.lost)
+                if not packet.lost:
+                    return
         await original(packet)
 
     sender._handle_rtcp_packet = handle

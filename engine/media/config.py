@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.media.sdpguard import CandidateFilter
+
 #: Values of ``MediaConfig.forwarding`` (and of the engine's ``--forwarding`` flag).
 FORWARDING = ("fast", "stock")
 
@@ -86,9 +88,46 @@ class MediaConfig:
     #: (Linux); off, or when the kernel refuses it, one ``sendto`` per packet.
     udp_gso: bool = True
 
-    #: Seconds a publisher may take to connect (ICE + DTLS) before its
-    #: session is dropped and the room is free again.
+    #: Seconds a publisher or viewer may take to connect (ICE + DTLS) before
+    #: its session is dropped (and a publisher's room is free again).
     connect_timeout: float = 20.0
+
+    #: Longest SDP offer or trickle fragment accepted, in bytes (then 413).
+    max_sdp_bytes: int = 32 * 1024
+
+    #: ICE candidates one session may send, offer and trickle together; an
+    #: offer past it is refused with 400, a trickle fragment with 422. Browsers
+    #: send fewer than 20. Each candidate costs loop time (aioice pairs and
+    #: re-sorts on every addition) and up to 7 STUN checks per local candidate.
+    max_remote_candidates: int = 32
+
+    #: Remote candidate ranges never contacted (engine/media/sdpguard.py,
+    #: ``CandidateFilter``): CIDRs or loopback, private, link-local, multicast,
+    #: unspecified, non-global. Empty: any address.
+    ice_candidate_filter: str = ""
+
+    #: Trickle ``PATCH`` requests per second per session, and their burst (then 429).
+    patch_rate: float = 2.0
+    patch_burst: int = 10
+
+    #: Viewers not connected yet (ICE + DTLS), per room and per node; past
+    #: either, new viewers are refused with 503 until some connect or reach
+    #: ``connect_timeout``. Connected viewers count against ``max_viewers_per_room``.
+    max_connecting_per_room: int = 20
+    max_connecting: int = 200
+
+    #: Sessions of ``max_peers`` that only publishers may take, so viewers
+    #: filling the node never lock publishers out.
+    publisher_reserve: int = 20
+
+    #: Retransmitted packets per second per viewer, and resends of one packet
+    #: to one viewer (engine/media/rtxbudget.py); NACKs past them go unanswered.
+    rtx_rate: float = 200.0
+    rtx_per_packet: int = 3
+
+    #: How long, and how many, ended session ids still answer ``DELETE`` with 200.
+    ended_session_ttl: float = 60.0
+    ended_sessions_max: int = 10000
 
     def __post_init__(self) -> None:
         if self.viewer_queue_frames <= self.keyframe_cache_frames:
@@ -99,3 +138,10 @@ class MediaConfig:
             raise ValueError("nack_history_packets and send_slice_packets must be positive")
         if self.pli_min_interval < 0 or self.connect_timeout <= 0:
             raise ValueError("pli_min_interval must be >= 0 and connect_timeout > 0")
+        if self.max_sdp_bytes < 1 or self.max_remote_candidates < 0 or self.patch_rate <= 0 or self.patch_burst < 1:
+            raise ValueError("max_sdp_bytes and patch_burst must be >= 1, patch_rate > 0, max_remote_candidates >= 0")
+        if min(self.max_connecting_per_room, self.max_connecting, self.publisher_reserve) < 0:
+            raise ValueError("max_connecting_per_room, max_connecting and publisher_reserve must be >= 0")
+        if self.rtx_rate < 0 or self.rtx_per_packet < 0:
+            raise ValueError("rtx_rate and rtx_per_packet must be >= 0")
+        CandidateFilter.parse(self.ice_candidate_filter)  # ValueError names a bad item

@@ -40,6 +40,7 @@ from pylibsrtp import Error as SrtpError
 
 from engine.media import aiortc_compat, metrics, rtp
 from engine.media.aiortc_compat import SendParameters, SrtpSession
+from engine.media.budgets import RetransmitBudget
 from engine.media.fanout import RoomFanout
 from engine.media.forwarding import FrameQueue, ViewerCounters, add_sender
 from engine.media.frames import EncodedFrame
@@ -194,8 +195,10 @@ class FastOutput:
         on_nack: Callable[[int], None],
         on_first_frame: Callable[[], None],
         gso: bool = True,
+        retransmit_budget: RetransmitBudget | None = None,
     ) -> None:
         self._fanout = fanout
+        self._retransmit_budget = retransmit_budget  # None: every NACK answered (benches)
         self._codecs = codecs
         self._counters = counters
         self._on_keyframe_request = on_keyframe_request
@@ -367,12 +370,16 @@ class FastOutput:
         if stream is None:
             return
         history = self._fanout.history[kind]
-        packets = []
+        found = {}
         for seq in lost:
             index = stream.room_index(seq)
             entry = history.get(index) if index is not None else None
-            if entry is None:
-                continue
+            if entry is not None:
+                found[seq] = entry
+        packets = []
+        budget = self._retransmit_budget
+        for seq in budget.allow(kind, list(found)) if budget is not None else found:
+            entry = found[seq]
             timestamp = entry.timestamp
             if kind == "video":
                 timestamp = self._replay_ts.get(entry.frame_index, timestamp)

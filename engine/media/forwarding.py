@@ -28,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError
 from prometheus_client import Counter
 
 from engine.media import aiortc_compat
+from engine.media.budgets import RetransmitBudget
 from engine.media.frames import EncodedFrame
 
 
@@ -177,10 +178,12 @@ class StockOutput:
         on_keyframe_request: Callable[[], None],
         on_nack: Callable[[int], None],
         on_first_frame: Callable[[], None],
+        retransmit_budget: RetransmitBudget | None = None,
     ) -> None:
         self._codecs = codecs
         self._on_keyframe_request = on_keyframe_request
         self._on_nack = on_nack
+        self._retransmit_budget = retransmit_budget  # None: aiortc answers every NACK
         self.tracks = {
             kind: RelayTrack(kind, limit, counters, on_keyframe_request, on_first_frame) for kind in codecs
         }
@@ -194,7 +197,9 @@ class StockOutput:
     def bind(self) -> None:
         """After ``setRemoteDescription``: senders packetize only and report feedback."""
         for kind, sender in self._senders.items():
-            aiortc_compat.tap_sender(sender, self._codecs[kind], self._on_keyframe_request, self._on_nack)
+            aiortc_compat.tap_sender(
+                sender, self._codecs[kind], self._on_keyframe_request, self._on_nack, self._retransmit_budget
+            )
 
     def start(self, frames: list[EncodedFrame]) -> None:
         video = self.tracks.get("video")

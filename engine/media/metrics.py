@@ -27,6 +27,10 @@ NACKS = Counter(
 RETRANSMITS = Counter(
     "livecart_media_retransmits", "Packets re-sent to viewers from the room's history (fast path)", ["room"]
 )
+RETRANSMITS_REFUSED = Counter(
+    "livecart_media_retransmits_refused",
+    "NACKed packets not re-sent: past a viewer's retransmission budget (--rtx-rate, --rtx-per-packet)",
+)
 VIEWER_LOSS = Histogram(
     "livecart_media_viewer_fraction_lost",
     "Fraction of packets lost that viewers report in RTCP receiver reports (fast path)",

@@ -24,8 +24,9 @@ def parse(text: str) -> SessionDescription:
         raise MediaError(400, "bad_request", "body is not an SDP offer (it must start with v=0)")
     try:
         description = SessionDescription.parse(text)
-    except (ValueError, IndexError, KeyError, StopIteration) as exc:
-        raise MediaError(400, "bad_request", f"unreadable SDP offer: {exc}") from exc
+    except (ValueError, IndexError, KeyError, StopIteration, AssertionError, AttributeError, TypeError) as exc:
+        # aiortc's parser checks with asserts and lookups: any of them means the offer is malformed
+        raise MediaError(400, "bad_request", f"unreadable SDP offer: {exc or type(exc).__name__}") from exc
     if not description.media:
         raise MediaError(400, "bad_request", "SDP offer has no m= section")
     for media in description.media:

@@ -21,11 +21,14 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpRece
 from aiortc.sdp import candidate_from_sdp
 
 from engine.media import aiortc_compat, metrics, offer
+from engine.media.budgets import Rate, RetransmitBudget
 from engine.media.config import MediaConfig
+from engine.media.ended import RecentlyEnded
 from engine.media.errors import MediaError
 from engine.media.fastpath import FastOutput
 from engine.media.forwarding import StockOutput
 from engine.media.room import MediaRoom
+from engine.media.sdpguard import CandidateFilter, SdpLimits, screen_candidates, screen_offer
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,9 @@ class _Session:
     output: StockOutput | FastOutput | None = None
     closing: bool = False
     restart: aiortc_compat.IceRestart | None = None  # an ICE restart whose new path is not connected yet
+    connected: bool = False  # ICE and DTLS up once; until then a viewer is half-open
+    remote_candidates: int = 0  # candidates the peer sent (offer and trickle), against max_remote_candidates
+    patches: Rate | None = None  # trickle PATCH budget
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,10 @@ class MediaService:
         self._sessions: dict[str, _Session] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
+        self._limits = SdpLimits(
+            config.max_sdp_bytes, config.max_remote_candidates, CandidateFilter.parse(config.ice_candidate_filter)
+        )
+        self._ended = RecentlyEnded(config.ended_session_ttl, config.ended_sessions_max)
 
     async def start(self) -> None:
         self._started = True
@@ -129,6 +139,8 @@ class MediaService:
             raise MediaError(404, "not_found", f"no room {room_id!r}")
         if not stream_key or not hmac.compare_digest(stream_key.encode(), str(room.stream_key).encode()):
             raise MediaError(401, "unauthorized", "wrong or missing stream key (Bearer token)")
+        screened = screen_offer(sdp, self._limits)
+        sdp = screened.text
         description = offer.parse(sdp)
         sections = offer.tracks(description, sending=True)
         codecs = offer.publisher_codecs(sections)
@@ -157,6 +169,7 @@ class MediaService:
             raise
         media.begin_source(session_id, codecs, receivers.get("video"))
         session = _Session(session_id, "publisher", media, pc, self._ufrag(description), secrets.token_hex(8))
+        session.remote_candidates = screened.received
         self._sessions[session_id] = session
         metrics.PUBLISHERS.labels(room_id).set(1)
         self._watch(session)
@@ -169,16 +182,16 @@ class MediaService:
         """Start a viewer session (WHEP ``POST`` or a websocket ``offer``; ``session_id`` = conn id)."""
         if self._rooms.get(room_id) is None:
             raise MediaError(404, "not_found", f"no room {room_id!r}")
+        screened = screen_offer(sdp, self._limits)
+        sdp = screened.text
         description = offer.parse(sdp)
         sections = offer.tracks(description, sending=False)
         media = self._media_room(room_id)
         codecs = offer.viewer_codecs(sections, media.codecs)
-        if len(media.viewers) >= self.config.max_viewers_per_room:
-            raise self._overloaded(f"room {room_id!r} has its maximum of viewers")
-        self._check_capacity()
         session_id = session_id or secrets.token_urlsafe(16)
         if session_id in self._sessions:
             await self._close(self._sessions[session_id])
+        self._admit_viewer(media)
 
         started = time.monotonic()
         first_frame = metrics.FIRST_FRAME.labels(room_id)
@@ -197,6 +210,7 @@ class MediaService:
                 media.nacks.inc,
                 on_first_frame,
                 gso=self.config.udp_gso,
+                retransmit_budget=RetransmitBudget(self.config.rtx_rate, self.config.rtx_per_packet),
             )
         else:
             output = StockOutput(
@@ -206,6 +220,7 @@ class MediaService:
                 media.request_keyframe,
                 media.nacks.inc,
                 on_first_frame,
+                retransmit_budget=RetransmitBudget(self.config.rtx_rate, self.config.rtx_per_packet),
             )
         pc = self._peer_connection()
         try:
@@ -218,10 +233,12 @@ class MediaService:
             raise
         session = _Session(session_id, "viewer", media, pc, self._ufrag(description), secrets.token_hex(8))
         session.output = output
+        session.remote_candidates = screened.received
         self._sessions[session_id] = session
         media.add_viewer(session_id, output)
         self._viewers_changed(media)
         self._watch(session)
+        self._spawn(self._connect_deadline(session))
         return SessionAnswer(session_id, answer, session.etag)
 
     async def add_candidate(self, session_id: str, candidate: str, mid: str | None = None) -> None:
@@ -229,7 +246,7 @@ class MediaService:
         session = self._sessions.get(session_id)
         if session is None:
             raise MediaError(404, "not_found", "no such media session")
-        await self._add_candidate(session, candidate, mid)
+        await self._trickle(session, [candidate], mid, 400)
 
     async def close_viewer(self, session_id: str) -> None:
         """End a viewer (its websocket closed); unknown ids are ignored."""
@@ -245,6 +262,10 @@ class MediaService:
             raise MediaError(404, "not_found", "no such session")
         return session
 
+    def recently_ended(self, role: str, room_id: str, session_id: str) -> bool:
+        """Whether this session resource existed and ended a short while ago."""
+        return (role, room_id, session_id) in self._ended
+
     async def patch(self, role: str, room_id: str, session_id: str, if_match: str | None, body: str) -> PatchAnswer:
         """Trickle ICE (RFC 9725 section 4.3) or an ICE restart (section 4.4) on a session.
 
@@ -255,6 +276,12 @@ class MediaService:
         connects (engine/media/aiortc_compat.py, ``IceRestart``).
         """
         session = self._resource(role, room_id, session_id)
+        if session.patches is None:
+            session.patches = Rate(self.config.patch_rate, self.config.patch_burst)
+        if not session.patches.take():
+            raise MediaError(
+                429, "rate_limited", "too many PATCH requests for this session", {"Retry-After": "1"}
+            )
         if if_match is not None and if_match.strip() not in ("*", f'"{session.etag}"', session.etag):
             raise MediaError(412, "precondition_failed", "If-Match does not match the session's ETag")
         ufrag = _UFRAG.search(body)
@@ -263,14 +290,14 @@ class MediaService:
                 raise MediaError(428, "precondition_required", "an ICE restart needs If-Match (the ETag or *)")
             return await self._restart_ice(session, ufrag.group(1), body)
         mid = _MID.search(body)
-        for line in _CANDIDATE.findall(body):
-            await self._add_candidate(session, line, mid.group(1) if mid else None)
+        await self._trickle(session, _CANDIDATE.findall(body), mid.group(1) if mid else None, 422)
         return PatchAnswer(session.etag)
 
     async def _restart_ice(self, session: _Session, ufrag: str, body: str) -> PatchAnswer:
         pwd = _PWD.search(body)
         if pwd is None:
             raise MediaError(400, "bad_request", "an ICE restart fragment needs a=ice-pwd with the new a=ice-ufrag")
+        remote, received = screen_candidates(_CANDIDATE.findall(body), self._limits, 0, 422)
         if session.restart is not None:
             await session.restart.abort()  # a newer restart replaces one still connecting
         try:
@@ -284,7 +311,7 @@ class MediaService:
             raise MediaError(501, "not_implemented", str(exc)) from exc
         try:
             candidates = await restart.gather()
-            await restart.begin(ufrag, pwd.group(1), _CANDIDATE.findall(body), bool(_END_OF_CANDIDATES.search(body)))
+            await restart.begin(ufrag, pwd.group(1), remote, bool(_END_OF_CANDIDATES.search(body)))
         except (ValueError, IndexError) as exc:
             await restart.abort()
             raise MediaError(400, "bad_request", f"unreadable ICE candidate: {exc}") from exc
@@ -292,6 +319,7 @@ class MediaService:
             await restart.abort()
             raise
         session.restart = restart
+        session.remote_candidates = received  # a new ICE generation starts a new candidate budget
         session.remote_ufrag = ufrag
         session.etag = secrets.token_hex(8)
         self._spawn(self._finish_restart(session, restart))
@@ -319,7 +347,9 @@ class MediaService:
             session.output.ice_restarted()
 
     async def end(self, role: str, room_id: str, session_id: str) -> None:
-        """``DELETE`` of a session resource."""
+        """``DELETE`` of a session resource; one that ended a short while ago is already done."""
+        if self.recently_ended(role, room_id, session_id):
+            return
         await self._close(self._resource(role, room_id, session_id))
 
     # --- internals ---
@@ -337,6 +367,25 @@ class MediaService:
         if len(self._sessions) >= self.config.max_peers:
             raise self._overloaded("this node has its maximum of media sessions")
 
+    def _admit_viewer(self, media: MediaRoom) -> None:
+        """503 unless the room and node have room for one more viewer.
+
+        A viewer still connecting (maybe one that never will) counts against
+        the room's viewers and also against the much smaller connecting caps,
+        so half-open sessions cannot fill a room, and viewers never take the
+        sessions reserved for publishers.
+        """
+        connecting = [s for s in self._sessions.values() if s.role == "viewer" and not s.connected]
+        in_room = sum(1 for s in connecting if s.room is media)
+        if len(media.viewers) >= self.config.max_viewers_per_room:
+            raise self._overloaded(f"room {media.id!r} has its maximum of viewers")
+        if in_room >= self.config.max_connecting_per_room:
+            raise self._overloaded(f"room {media.id!r} has its maximum of viewers still connecting")
+        if len(connecting) >= self.config.max_connecting:
+            raise self._overloaded("this node has its maximum of viewers still connecting")
+        if len(self._sessions) >= self.config.max_peers - self.config.publisher_reserve:
+            raise self._overloaded("this node has its maximum of media sessions for viewers")
+
     def _peer_connection(self) -> RTCPeerConnection:
         servers = [RTCIceServer(urls=url) for url in self.config.ice_servers]
         return RTCPeerConnection(RTCConfiguration(iceServers=servers))
@@ -344,8 +393,9 @@ class MediaService:
     async def _answer(self, pc: RTCPeerConnection, sdp: str, before_answer: Any = None) -> str:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except ValueError as exc:
-            raise MediaError(400, "bad_request", f"SDP offer rejected: {exc}") from exc
+        except (ValueError, AssertionError, AttributeError, KeyError, IndexError, TypeError) as exc:
+            # aiortc checks offers with asserts and lookups; what reaches here is the peer's fault
+            raise MediaError(400, "bad_request", f"SDP offer rejected: {exc or type(exc).__name__}") from exc
         if before_answer is not None:
             before_answer()
         aiortc_compat.answer_as_dtls_server(pc)
@@ -359,20 +409,21 @@ class MediaService:
     def _ufrag(description: Any) -> str:
         return description.media[0].ice.usernameFragment
 
-    async def _add_candidate(self, session: _Session, line: str, mid: str | None) -> None:
-        text = line[2:] if line.startswith("a=") else line
-        try:
-            candidate = candidate_from_sdp(text.removeprefix("candidate:"))
-        except (ValueError, IndexError) as exc:
-            raise MediaError(400, "bad_request", f"unreadable ICE candidate: {exc}") from exc
-        transceivers = session.pc.getTransceivers()
-        candidate.sdpMid = mid if mid is not None else transceivers[0].mid
-        await session.pc.addIceCandidate(candidate)
+    async def _trickle(self, session: _Session, lines: list[str], mid: str | None, too_many: int) -> None:
+        """Add trickled candidates within the session's budget (``too_many``: the status past it)."""
+        kept, received = screen_candidates(lines, self._limits, session.remote_candidates, too_many)
+        session.remote_candidates += received
+        for value in kept:
+            candidate = candidate_from_sdp(value.removeprefix("candidate:"))
+            candidate.sdpMid = mid if mid is not None else session.pc.getTransceivers()[0].mid
+            await session.pc.addIceCandidate(candidate)
 
     def _watch(self, session: _Session) -> None:
         @session.pc.on("connectionstatechange")
         async def changed() -> None:
             state = session.pc.connectionState
+            if state == "connected":
+                session.connected = True
             if state == "connected" and session.role == "publisher":
                 await self._online(session)
             elif state in ("failed", "closed"):
@@ -395,6 +446,7 @@ class MediaService:
             return
         session.closing = True
         self._sessions.pop(session.id, None)
+        self._ended.add((session.role, session.room.id, session.id))
         if session.restart is not None:
             await session.restart.abort()
         media = session.room

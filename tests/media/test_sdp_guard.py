@@ -1,0 +1,263 @@
+"""Malformed and oversized offers, candidate floods and PATCH floods on WHIP, WHEP and the websocket.
+
+Every refusal is a 4xx with a message naming the fault, never a 500 with a
+traceback; and no offer or PATCH can hold the event loop (tests/looplag.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import websockets
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from looplag import MAX_STALL, loop_lag
+from media_peers import Publisher, Viewer, post_offer
+from sdp_edits import candidates, mids, with_candidates
+
+from engine.app import App
+from engine.config import Config
+from engine.media.config import MediaConfig
+from signaling.tokens import mint
+
+H264_OPUS = {"video": "H264", "audio": "opus"}
+SDPFRAG = {"Content-Type": "application/trickle-ice-sdpfrag"}
+
+
+def _first_media_line(sdp: str, prefix: str) -> str:
+    body = sdp[sdp.index("\r\nm=") :]
+    return re.search(rf"^{prefix}[^\r]*", body, re.M).group(0)
+
+
+#: Deterministic malformed offers: name -> (rewrite of a valid offer, words the refusal must contain).
+MALFORMED: dict[str, tuple[Callable[[str], str], str]] = {
+    "connection line without address": (
+        lambda sdp: sdp.replace(_first_media_line(sdp, "c="), "c=IN IP4", 1),
+        "connection line",
+    ),
+    "bare m=video": (lambda sdp: sdp.replace(_first_media_line(sdp, "m=video"), "m=video", 1), "media line"),
+    "candidate ending in typ": (lambda sdp: re.sub(r"(a=candidate:[^\r]* typ) host", r"\1", sdp, count=1), "candidate"),
+    "duplicate a=mid": (lambda sdp: sdp.replace(f"a=mid:{mids(sdp)[1]}", f"a=mid:{mids(sdp)[0]}"), "a=mid"),
+    "BUNDLE naming an absent mid": (
+        lambda sdp: re.sub(r"^a=group:BUNDLE ([^\r]*)", r"a=group:BUNDLE \1 nowhere", sdp, flags=re.M),
+        "BUNDLE",
+    ),
+    "no a=mid": (lambda sdp: re.sub(r"^a=mid:[^\r]*\r\n", "", sdp, flags=re.M), "a=mid"),
+    "payload type out of range": (
+        lambda sdp: sdp.replace(_first_media_line(sdp, "m=video"), _first_media_line(sdp, "m=video") + " 300", 1),
+        "payload type",
+    ),
+}
+
+
+async def refusal(response: aiohttp.ClientResponse) -> tuple[int, str, str]:
+    body = await response.json()
+    return response.status, body["error"]["code"], body["error"]["message"]
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+async def test_malformed_offers_are_400_on_whip_and_whep(relay, h264, opus, case):
+    rewrite, words = MALFORMED[case]
+    publisher, viewer = Publisher(h264, opus), Viewer()
+    whip = rewrite(await publisher.prepare(H264_OPUS))
+    whep = rewrite(await viewer.offer())
+    attempts = ((f"{relay.base}/whip/shop", whip, relay.key("shop")), (f"{relay.base}/whep/shop", whep, None))
+    for url, sdp, key in attempts:
+        status, code, message = await refusal(await post_offer(relay.http, url, sdp, key))
+        assert (status, code) == (400, "bad_request"), message
+        assert words in message
+    assert relay.media.peer_count == 0
+    await publisher.close()
+    await viewer.close()
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[App]:
+    config = Config(
+        host="127.0.0.1", http_port=0, ws_port=0, data_dir=str(tmp_path / "data"), secret="s" * 40,
+        admin_key="test-admin", tick_ms=20, announce="127.0.0.1", demo_room="shop",
+    )
+    engine = App(config)
+    await engine.start()
+    yield engine
+    await engine.stop()
+
+
+async def ws_request(ws: Any, message: dict[str, Any]) -> dict[str, Any]:
+    await ws.send(orjson.dumps(message).decode())
+    while True:
+        reply = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        if reply.get("re") == message["id"] and reply["type"] in ("ack", "error"):
+            return reply
+
+
+async def test_malformed_offers_are_bad_request_on_the_websocket(app):
+    viewer = Viewer()
+    valid = await viewer.offer()
+    url = f"ws://127.0.0.1:{app.ws_port}/ws?token={mint(app.secret, 'shop', 'viewer', 'v1', 600)}"
+    async with websockets.connect(url) as ws:
+        for n, (case, (rewrite, words)) in enumerate(MALFORMED.items()):
+            reply = await ws_request(ws, {"type": "offer", "id": f"r{n}", "sdp": rewrite(valid)})
+            assert reply["type"] == "error", case
+            assert reply["code"] == "bad_request" and words in reply["message"], (case, reply)
+        flood = with_candidates(valid, candidates(200))
+        reply = await ws_request(ws, {"type": "offer", "id": "flood", "sdp": flood})
+        assert reply["code"] == "too_many_candidates", reply
+    assert app.media.peer_count == 0
+    await viewer.close()
+
+
+def _mutate(lines: list[str], edits: list[tuple[int, int, int, str]]) -> str:
+    """Delete, duplicate, truncate, swap or overwrite lines and words of an offer."""
+    lines = list(lines)
+    for position, op, other, token in edits:
+        i = position % len(lines)
+        words = lines[i].split(" ")
+        if op == 0:
+            del lines[i]
+        elif op == 1:
+            lines.insert(i, lines[i])
+        elif op == 2:
+            lines[i] = " ".join(words[: other % (len(words) + 1)]) if len(words) > 1 else lines[i][: other % 8]
+        elif op == 3:
+            j = other % len(lines)
+            lines[i], lines[j] = lines[j], lines[i]
+        else:
+            words[other % len(words)] = token
+            lines[i] = " ".join(words)
+        if not lines:
+            break
+    return "\r\n".join(lines)
+
+
+EDITS = st.lists(
+    st.tuples(
+        st.integers(0, 200),
+        st.integers(0, 4),
+        st.integers(0, 200),
+        st.sampled_from(["", "x", "0", "-1", "300", "99999999999", "a=mid:0", ":", "typ", "IN", "IP6"]),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@pytest.mark.parametrize("media_config", [MediaConfig(announced_addresses=("127.0.0.1",), max_connecting=10**6)])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=EDITS, whip=st.booleans())
+async def test_mutated_offers_never_answer_5xx(relay, h264, opus, edits, whip):
+    if whip:
+        publisher = Publisher(h264, opus)
+        valid, url, key = await publisher.prepare(H264_OPUS), f"{relay.base}/whip/shop", relay.key("shop")
+        await publisher.close()
+    else:
+        viewer = Viewer()
+        valid, url, key = await viewer.offer(), f"{relay.base}/whep/shop", None
+        await viewer.close()
+    response = await post_offer(relay.http, url, _mutate(valid.split("\r\n"), edits), key)
+    assert response.status < 500, await response.text()
+    if response.status == 201:
+        assert (await relay.http.delete(relay.base + response.headers["Location"])).status == 200
+    else:
+        assert (await response.json())["error"]["message"]
+
+
+async def test_candidate_flood_in_an_offer_is_refused_without_a_stall(relay):
+    viewer = Viewer()
+    valid = await viewer.offer()
+    flood = with_candidates(valid, candidates(450))  # about 30 KB: under the size limit, far over the candidate cap
+    huge = with_candidates(valid, candidates(4000))
+    async with loop_lag() as lag:
+        status, code, message = await refusal(await post_offer(relay.http, f"{relay.base}/whep/shop", flood))
+        assert (status, code) == (400, "too_many_candidates")
+        assert "450" in message and "32" in message
+        status, code, _ = await refusal(await post_offer(relay.http, f"{relay.base}/whep/shop", huge))
+        assert (status, code) == (413, "too_large")
+        await asyncio.sleep(0.3)
+    assert lag.worst < MAX_STALL, lag.worst
+    at_cap = with_candidates(valid, candidates(32))
+    response = await post_offer(relay.http, f"{relay.base}/whep/shop", at_cap)
+    assert response.status == 201
+    await viewer.close()
+
+
+async def _viewer_session(relay) -> tuple[Viewer, str, str]:
+    """A WHEP viewer whose offer carries no candidates and no end-of-candidates (it means to trickle)."""
+    viewer = Viewer()
+    sdp = with_candidates(await viewer.offer(), [], end=False)
+    response = await post_offer(relay.http, f"{relay.base}/whep/shop", sdp)
+    assert response.status == 201
+    mid = mids(sdp)[0]
+    return viewer, relay.base + response.headers["Location"], mid
+
+
+async def test_candidate_flood_in_a_patch_is_refused_without_a_stall(relay):
+    viewer, resource, mid = await _viewer_session(relay)
+    flood = f"a=mid:{mid}\r\n" + "\r\n".join(candidates(450)) + "\r\n"
+    async with loop_lag() as lag:
+        status, code, _ = await refusal(await relay.http.patch(resource, data=flood, headers=SDPFRAG))
+        assert (status, code) == (422, "too_many_candidates")
+        # the cap counts the whole session: 30 accepted, then two more are two too many
+        ok = await relay.http.patch(resource, data=f"a=mid:{mid}\r\n" + "\r\n".join(candidates(30)), headers=SDPFRAG)
+        assert ok.status == 204
+        over = f"a=mid:{mid}\r\n" + "\r\n".join(candidates(3, port=50000)) + "\r\n"
+        status, code, message = await refusal(await relay.http.patch(resource, data=over, headers=SDPFRAG))
+        assert (status, code) == (422, "too_many_candidates"), message
+        await asyncio.sleep(0.3)
+    assert lag.worst < MAX_STALL, lag.worst
+    bad = await relay.http.patch(resource, data=f"a=mid:{mid}\r\na=candidate:1 1 udp 5 127.0.0.1 9 typ\r\n",
+                                 headers=SDPFRAG)
+    assert (await refusal(bad))[:2] == (400, "bad_request")
+    await viewer.close()
+
+
+@pytest.fixture
+def media_config() -> MediaConfig:
+    return MediaConfig(announced_addresses=("127.0.0.1",))
+
+
+@pytest.mark.parametrize(
+    "media_config", [MediaConfig(announced_addresses=("127.0.0.1",), patch_rate=0.5, patch_burst=5)]
+)
+async def test_patches_are_rate_limited_per_session(relay):
+    viewer, resource, mid = await _viewer_session(relay)
+    statuses = []
+    for n in range(8):
+        response = await relay.http.patch(resource, data=f"a=mid:{mid}\r\n{candidates(1, 41000 + n)[0]}\r\n",
+                                          headers=SDPFRAG)
+        statuses.append(response.status)
+        if response.status == 429:
+            assert response.headers["Retry-After"]
+            assert (await response.json())["error"]["code"] == "rate_limited"
+    assert statuses[:5] == [204] * 5 and statuses[5:] == [429] * 3, statuses
+    other, other_resource, other_mid = await _viewer_session(relay)  # the budget is per session
+    fragment = f"a=mid:{other_mid}\r\n{candidates(1)[0]}\r\n"
+    assert (await relay.http.patch(other_resource, data=fragment, headers=SDPFRAG)).status == 204
+    await viewer.close()
+    await other.close()
+
+
+@pytest.mark.parametrize("media_config", [MediaConfig(announced_addresses=("127.0.0.1",), max_sdp_bytes=3500)])
+async def test_bodies_over_the_size_limit_are_413(relay):
+    viewer, resource, mid = await _viewer_session(relay)
+    big = "a=mid:0\r\n" + "a=x-padding:" + "p" * 5000 + "\r\n"
+    status, code, message = await refusal(await relay.http.patch(resource, data=big, headers=SDPFRAG))
+    assert (status, code) == (413, "too_large") and "3500" in message
+    offer = with_candidates(await Viewer().offer(), candidates(20))
+    assert len(offer) > 3500
+    status, code, _ = await refusal(await post_offer(relay.http, f"{relay.base}/whep/shop", offer))
+    assert (status, code) == (413, "too_large")
+    await viewer.close()
+
+
+def test_media_config_checks_the_candidate_filter():
+    with pytest.raises(ValueError, match="nowhere"):
+        dataclasses.replace(MediaConfig(), ice_candidate_filter="loopback,nowhere")
