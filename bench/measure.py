@@ -167,11 +167,15 @@ def _git(*argv: str) -> str:
     return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
 
 
+# Files no bench runs: editing them while a bench runs does not change what it measures.
+NOT_MEASURED = ("bench/results/", "bench/RESULTS.md", "bench/report.py", "tests/", "docs/")
+
+
 def commit() -> str:
-    """The checked-out commit, with ``+dirty`` when files outside bench/results/ differ from it."""
+    """The checked-out commit, with ``+dirty`` when a file a bench may run differs from it."""
     head = _git("rev-parse", "--short=12", "HEAD") or "unknown"
-    changed = [line for line in _git("status", "--porcelain").splitlines() if "bench/results/" not in line]
-    return head + ("+dirty" if changed else "")
+    changed = [line[3:] for line in _git("status", "--porcelain").splitlines()]
+    return head + ("+dirty" if any(not path.startswith(NOT_MEASURED) for path in changed) else "")
 
 
 def machine() -> dict[str, Any]:

@@ -427,8 +427,8 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
 def storm_table(runs: list[dict[str, Any]], quantity: int) -> str:
     """One row per run, then the medians of each column over the runs."""
     columns = (
-        ("taps/s answered in window", "taps_per_s", 0), ("p50 ms", "p50", 0), ("p99 ms", "p99", 0),
-        ("floor msgs/s", "floor_per_s", 0), ("floor p99 ms", "floor_p99", 0),
+        ("taps/s answered in window", "taps_per_s", 0), ("p50 ms", "p50", 1), ("p99 ms", "p99", 1),
+        ("floor msgs/s", "floor_per_s", 0), ("floor p99 ms", "floor_p99", 1),
         ("last watcher saw 0, ms", "last_watcher_ms", 0), ("server CPU (of core 0)", "server_cpu_storm", 2),
         ("others on core 0", "core0_others_storm", 2), ("server µs/tap", "server_us_per_tap", 1),
         ("server CPU in floor", "server_cpu_floor", 2), ("others on core 0 in floor", "core0_others_floor", 2),
