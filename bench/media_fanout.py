@@ -146,12 +146,12 @@ def forwarding_flag() -> str | None:
 class Server:
     """``livecart serve`` on core 0 with its own data dir and ports."""
 
-    def __init__(self, path: str, flag: str | None, workdir: Path) -> None:
+    def __init__(self, path: str, flag: str | None, workdir: Path, nice: int = 0) -> None:
         self.http_port, self.ws_port = free_port(), free_port()
         self.data = workdir / "data"
         self.log = workdir / "server.log"
         command = [
-            "taskset", "-c", "0", "livecart", "serve",
+            *(["nice", "-n", str(nice)] if nice else []), "taskset", "-c", "0", "livecart", "serve",
             "--host", "127.0.0.1", "--http-port", str(self.http_port), "--ws-port", str(self.ws_port),
             "--data-dir", str(self.data), "--announce", "127.0.0.1", "--demo-room", ROOM,
         ]  # fmt: skip
@@ -449,7 +449,7 @@ async def run_once(
     result = Result(path, n)
     await wait_for_quiet_core0(args.quiet, args.quiet_timeout)
     workdir = Path(tempfile.mkdtemp(prefix=f"media-fanout-{path}-{n}-"))
-    server = Server(path, flag, workdir)
+    server = Server(path, flag, workdir, args.server_nice)
     server.start()
     publisher = Publisher(*streams)
     workers: list[Any] = []
@@ -709,6 +709,9 @@ def main() -> None:
     )
     parser.add_argument("--quiet", type=float, default=10.0, help="max %% of core 0 busy before a run starts")
     parser.add_argument("--quiet-timeout", type=float, default=30.0, help="seconds to wait for a quiet core 0")
+    parser.add_argument(
+        "--server-nice", type=int, default=0, help="nice value for the server (e.g. -5 when others share core 0)"
+    )
     parser.add_argument("--py-spy", default="", help="directory for py-spy raw profiles of each window")
     parser.add_argument("--keep", action="store_true", help="keep each run's server log and viewer data")
     parser.add_argument("--name", default="media_fanout", help="results go to bench/results/NAME.{md,json}")

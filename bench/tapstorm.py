@@ -297,8 +297,9 @@ def wait_quiet(limit: float, timeout: float) -> float:
 
 def start_server(args: argparse.Namespace, data_dir: str) -> tuple[subprocess.Popen[bytes], int, int]:
     http_port, ws_port = free_port(), free_port()
+    nice = ["nice", "-n", str(args.server_nice)] if args.server_nice else []
     command = [
-        "taskset", "-c", "0", sys.executable, "-m", "engine.cli", "serve",
+        *nice, "taskset", "-c", "0", sys.executable, "-m", "engine.cli", "serve",
         "--http-port", str(http_port), "--ws-port", str(ws_port), "--data-dir", data_dir,
         "--secret", SECRET, "--admin-key", ADMIN, "--demo-room", ROOM, "--max-connections", "20000",
         # The limits the storm runs at: taps at --rate per connection are all admitted.
@@ -356,10 +357,10 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(max(0.0, plan["floor_end"] - time.time()))
         floor_core = window.stop()
         time.sleep(max(0.0, plan["storm_start"] - time.time()))
+        window.start()
         http(http_port, "POST", f"/api/rooms/{ROOM}/sales", {
             "id": SALE, "product_id": "mug", "price": 500, "quantity": args.quantity,
             "per_user_limit": args.limit, "starts_at": plan["storm_start"] + args.lead, "duration": 3600})
-        window.start()
         spy = None
         if args.profile:
             spy = subprocess.Popen(["py-spy", "record", "-p", str(server.pid), "-d", str(int(args.duration)),
@@ -466,6 +467,8 @@ def main() -> None:
                         help="wait up to this many seconds for core 0 to be idle before each run")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra `livecart serve` argument, repeatable (e.g. --server-arg=--fanout-slice=2048)")
+    parser.add_argument("--server-nice", type=int, default=0,
+                        help="nice value for the server (e.g. -5 when other work shares core 0)")
     parser.add_argument("--profile", default="", help="py-spy the server during the storm into this file")
     parser.add_argument("--name", default="", help="results go to bench/results/NAME.{md,json}")
     parser.add_argument("--port", type=int, default=0)
