@@ -46,7 +46,18 @@ from typing import Any
 import numpy as np
 import orjson
 import uvloop
-from measure import CoreWindow, fmt, free_port, markdown_table, median, percentile, process_cpu, record, write_results
+from measure import (
+    CoreWindow,
+    fmt,
+    free_port,
+    markdown_table,
+    median,
+    percentile,
+    prioritise,
+    process_cpu,
+    record,
+    write_results,
+)
 from websockets.asyncio.client import ClientConnection, connect
 
 from signaling.tokens import mint
@@ -127,13 +138,14 @@ class Server:
             ]
         else:
             self.argv = ["taskset", "-c", "0", sys.executable, FLOOR, "--port", str(self.port)]
-        self.nice = ["nice", "-n", str(args.server_nice)] if args.server_nice else []
+        self.nice = args.server_nice
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         with open(self.log, "wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.nice, *self.argv, stdout=log, stderr=log, cwd=HERE.parent)
+                *self.argv, stdout=log, stderr=log, cwd=HERE.parent, start_new_session=True)
+        prioritise(self.proc.pid, self.nice)
         await wait_listening(self.port, self.proc)
 
     @property
@@ -390,7 +402,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drain", type=float, default=30.0, help="longest wait for the last deliveries, s")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--server-nice", type=int, default=0,
-                        help="nice value for both servers (e.g. -5 when other work shares core 0)")
+                        help="nice value of both servers' sessions (e.g. -10 when other work shares core 0)")
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between runs")
     parser.add_argument("--engine-arg", action="append", default=[], help="extra livecart serve flag (repeatable)")
     parser.add_argument("--py-spy", default="", help="profile each server's measured window into this directory")

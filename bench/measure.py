@@ -150,6 +150,23 @@ def core_busy_share(core: int, seconds: float) -> float:
     return (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
 
 
+def prioritise(pid: int, nice: int) -> None:
+    """Give a server started with ``start_new_session=True`` the nice value ``nice`` against all else.
+
+    With the kernel's autogroup scheduling (``kernel.sched_autogroup_enabled = 1``) CPU time is
+    shared between sessions first, and a process's own nice value only ranks it within its
+    session, so a bench server on a core other sessions also use gets an equal share per session
+    whatever its nice. In its own session, its autogroup's nice value is what counts.
+    """
+    if nice == 0:
+        return
+    autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    if autogroup.exists() and autogroup.read_text().strip() == "1":
+        Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
+    else:
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+
+
 # -- ports ----------------------------------------------------------------------------------------
 
 

@@ -70,6 +70,7 @@ from measure import (  # noqa: E402
     markdown_table,
     median,
     percentile,
+    prioritise,
     process_cpu,
     record,
     write_results,
@@ -151,19 +152,23 @@ class Server:
         self.data = workdir / "data"
         self.log = workdir / "server.log"
         command = [
-            *(["nice", "-n", str(nice)] if nice else []), "taskset", "-c", "0", "livecart", "serve",
+            "taskset", "-c", "0", "livecart", "serve",
             "--host", "127.0.0.1", "--http-port", str(self.http_port), "--ws-port", str(self.ws_port),
             "--data-dir", str(self.data), "--announce", "127.0.0.1", "--demo-room", ROOM,
         ]  # fmt: skip
         if flag:
             command += [flag, path]
         self.command = command
+        self.nice = nice
         self.base = f"http://127.0.0.1:{self.http_port}"
         self.process: subprocess.Popen[str] | None = None
         self.stream_key = ""
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True)
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True, start_new_session=True
+        )
+        prioritise(self.process.pid, self.nice)
         deadline = time.monotonic() + 30
         assert self.process.stdout is not None
         while time.monotonic() < deadline:
@@ -710,7 +715,7 @@ def main() -> None:
     parser.add_argument("--quiet", type=float, default=10.0, help="max %% of core 0 busy before a run starts")
     parser.add_argument("--quiet-timeout", type=float, default=30.0, help="seconds to wait for a quiet core 0")
     parser.add_argument(
-        "--server-nice", type=int, default=0, help="nice value for the server (e.g. -5 when others share core 0)"
+        "--server-nice", type=int, default=0, help="nice value of the server's session (e.g. -10)"
     )
     parser.add_argument("--py-spy", default="", help="directory for py-spy raw profiles of each window")
     parser.add_argument("--keep", action="store_true", help="keep each run's server log and viewer data")

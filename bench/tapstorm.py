@@ -56,6 +56,7 @@ from measure import (
     markdown_table,
     median,
     percentile,
+    prioritise,
     record,
     write_results,
 )
@@ -297,9 +298,8 @@ def wait_quiet(limit: float, timeout: float) -> float:
 
 def start_server(args: argparse.Namespace, data_dir: str) -> tuple[subprocess.Popen[bytes], int, int]:
     http_port, ws_port = free_port(), free_port()
-    nice = ["nice", "-n", str(args.server_nice)] if args.server_nice else []
     command = [
-        *nice, "taskset", "-c", "0", sys.executable, "-m", "engine.cli", "serve",
+        "taskset", "-c", "0", sys.executable, "-m", "engine.cli", "serve",
         "--http-port", str(http_port), "--ws-port", str(ws_port), "--data-dir", data_dir,
         "--secret", SECRET, "--admin-key", ADMIN, "--demo-room", ROOM, "--max-connections", "20000",
         # The limits the storm runs at: taps at --rate per connection are all admitted.
@@ -308,7 +308,9 @@ def start_server(args: argparse.Namespace, data_dir: str) -> tuple[subprocess.Po
         *args.server_arg,
     ]
     with open(os.path.join(data_dir, "server.log"), "wb") as log:
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, cwd=os.path.dirname(HERE))
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, cwd=os.path.dirname(HERE),
+                                start_new_session=True)
+    prioritise(proc.pid, args.server_nice)
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
@@ -468,7 +470,7 @@ def main() -> None:
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra `livecart serve` argument, repeatable (e.g. --server-arg=--fanout-slice=2048)")
     parser.add_argument("--server-nice", type=int, default=0,
-                        help="nice value for the server (e.g. -5 when other work shares core 0)")
+                        help="nice value of the server's session (e.g. -10 when other work shares core 0)")
     parser.add_argument("--profile", default="", help="py-spy the server during the storm into this file")
     parser.add_argument("--name", default="", help="results go to bench/results/NAME.{md,json}")
     parser.add_argument("--port", type=int, default=0)
