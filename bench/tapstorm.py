@@ -18,6 +18,10 @@ Timeline of a run (all connections open before it starts):
   `--duration` seconds, through the sell-out and after it (sold_out / limit_reached answers).
 - then each tapper checks out; units sold = the units in the room's orders, read over REST.
 
+Each phase (a warm-up, the floor, the storm) ends only when every message sent in it has been
+answered (or after `--drain` seconds), so no phase's backlog is answered, and paid for in CPU,
+inside the next phase's window.
+
 Latency is tap-to-ack at the client (send to reply, any reply). "Sold out seen" is, per watcher,
 the first frame saying remaining 0 (the discrete sale.sold_out or the coalesced sale.remaining),
 measured from the server's publish time of sale.sold_out (`ts` on the event).
@@ -49,6 +53,7 @@ import orjson
 import uvloop
 from fanout_client import TEXT, RawSocket, masked, upgrade_request
 from measure import (
+    CoreShare,
     CoreWindow,
     core_busy_share,
     fmt,
@@ -171,34 +176,42 @@ async def pace(tappers: list[Tapper], kind: str, rate: float, start: float, end:
         await asyncio.sleep(0.001)
 
 
+async def drained(tappers: list[Tapper], timeout: float) -> bool:
+    """Wait until every message sent has its answer (at most ``timeout`` s): the next phase starts clean."""
+    deadline = time.time() + timeout
+    while any(t.sent for t in tappers):
+        if time.time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 async def client_main(args: argparse.Namespace) -> None:
+    """Open the sockets, then run each phase the orchestrator sends (one JSON line each) and report it."""
     loop = asyncio.get_running_loop()
-    lat_floor, lat_storm = array("d"), array("d")
-    tappers = await open_all(args.port, args.tap_subs.split(",") if args.tap_subs else [],
-                             lambda r: Tapper(r, lat_floor))
+    lat = array("d")
+    tappers = await open_all(args.port, args.tap_subs.split(",") if args.tap_subs else [], lambda r: Tapper(r, lat))
     watchers = await open_all(args.port, args.watch_subs.split(",") if args.watch_subs else [], Watcher)
     print(json.dumps({"ready": len(tappers) + len(watchers)}), flush=True)
-    plan = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
-    cpu0 = time.process_time()
-    n = await pace(tappers, "floor", args.rate, plan["warmup_start"], plan["warmup_end"], 1)
-    await asyncio.sleep(max(0.0, plan["floor_start"] - time.time()))  # warm-up replies are in: reset
-    for t in tappers:
-        t.replies, t.codes, t.sent = 0, {}, {}
-        t.window, t.in_window = (plan["floor_start"], plan["floor_end"]), 0
-    del lat_floor[:]
-    n = await pace(tappers, "floor", args.rate, plan["floor_start"], plan["floor_end"], n)
-    await asyncio.sleep(max(0.0, plan["storm_start"] - time.time()))
-    floor = {"replies": sum(t.replies for t in tappers), "in_window": sum(t.in_window for t in tappers),
-             "codes": merge(t.codes for t in tappers)}
-    for t in tappers:
-        t.lat, t.replies, t.codes, t.sent = lat_storm, 0, {}, {}
-        t.window, t.in_window = (plan["storm_start"], plan["storm_end"]), 0
-    cpu1 = time.process_time()
-    await pace(tappers, "tap", args.rate, plan["storm_start"], plan["storm_end"], n)
-    cpu_storm = time.process_time() - cpu1
-    await asyncio.sleep(max(0.0, plan["checkout_at"] - time.time()))
-    replies = sum(t.replies for t in tappers)  # taps answered by now, in the window or after it
-    in_window = sum(t.in_window for t in tappers)  # answers that arrived within the storm window
+    n = 1
+    while True:
+        step = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
+        if step["phase"] == "checkout":
+            break
+        del lat[:]
+        for t in tappers:
+            t.replies, t.codes, t.sent = 0, {}, {}
+            t.window, t.in_window = (step["start"], step["end"]), 0
+        cpu = time.process_time()
+        n = await pace(tappers, step["kind"], args.rate, step["start"], step["end"], n)
+        cpu = time.process_time() - cpu
+        ok = await drained(tappers, args.drain)
+        print(json.dumps({
+            "phase": step["phase"], "drained": ok, "cpu": cpu, "lat": list(lat),
+            "replies": sum(t.replies for t in tappers),  # every answer, in the window or after it
+            "in_window": sum(t.in_window for t in tappers),  # answers that arrived within the window
+            "codes": merge(t.codes for t in tappers),
+        }), flush=True)
     buyers = [t for t in tappers if t.units]
     checkout = masked(TEXT, b'{"type":"checkout","id":"checkout"}')
     for t in buyers:
@@ -211,12 +224,9 @@ async def client_main(args: argparse.Namespace) -> None:
                 t.retry = False
                 t.transport.write(checkout)
     print(json.dumps({
-        "floor": floor, "floor_lat": list(lat_floor),
-        "replies": replies, "in_window": in_window, "codes": merge(t.codes for t in tappers), "lat": list(lat_storm),
         "reserved": sum(t.units for t in tappers),
         "ordered": sum(t.order.get("quantity", 0) for t in buyers if t.order),
         "zero_at": [w.zero_at for w in watchers], "sold_out_ts": [w.sold_out_ts for w in watchers if w.sold_out_ts],
-        "cpu_storm": cpu_storm, "cpu_total": time.process_time() - cpu0,
     }), flush=True)
 
 
@@ -334,7 +344,7 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         watch_subs = [f"watcher{i}" for i in range(args.watchers)]
         for k in range(args.procs):
             command = ["taskset", "-c", "1", sys.executable, os.path.join(HERE, "tapstorm.py"), "client",
-                       "--port", str(ws_port), "--rate", str(args.rate),
+                       "--port", str(ws_port), "--rate", str(args.rate), "--drain", str(args.drain),
                        "--tap-subs", ",".join(tap_subs[k :: args.procs]),
                        "--watch-subs", ",".join(watch_subs[k :: args.procs])]
             procs.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -343,38 +353,45 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         for proc in procs:
             assert proc.stdout is not None
             json.loads(proc.stdout.readline())
-        t0 = time.time() + 0.5
-        plan = {"warmup_start": t0, "warmup_end": t0 + 1.5, "floor_start": t0 + 1.8}
-        plan["floor_end"] = plan["floor_start"] + args.floor
-        plan["storm_start"] = plan["floor_end"] + 1.0
-        plan["storm_end"] = plan["storm_start"] + args.duration
-        plan["checkout_at"] = plan["storm_end"] + 1.0
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(plan) + "\n")
-            proc.stdin.flush()
         window = CoreWindow(server.pid, core=0)
-        time.sleep(max(0.0, plan["floor_start"] - time.time()))
-        window.start()
-        time.sleep(max(0.0, plan["floor_end"] - time.time()))
-        floor_core = window.stop()
-        time.sleep(max(0.0, plan["storm_start"] - time.time()))
-        window.start()
-        http(http_port, "POST", f"/api/rooms/{ROOM}/sales", {
-            "id": SALE, "product_id": "mug", "price": 500, "quantity": args.quantity,
-            "per_user_limit": args.limit, "starts_at": plan["storm_start"] + args.lead, "duration": 3600})
-        spy = None
-        if args.profile:
-            spy = subprocess.Popen(["py-spy", "record", "-p", str(server.pid), "-d", str(int(args.duration)),
-                                    "-r", "250", "-f", "raw", "-o", args.profile, "--nonblocking"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(max(0.0, plan["storm_end"] - time.time()))
-        storm_core = window.stop()
-        if spy is not None:
-            spy.wait(60)
+
+        def phase(name: str, kind: str, seconds: float) -> tuple[list[dict[str, Any]], CoreShare]:
+            """Every tapper sends ``kind`` for ``seconds``; the reports once all answers are in, and core 0."""
+            start = time.time() + 0.3
+            step = {"phase": name, "kind": kind, "start": start, "end": start + seconds}
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps(step) + "\n")
+                proc.stdin.flush()
+            time.sleep(max(0.0, start - time.time()))
+            window.start()
+            spy = None
+            if name == "storm":
+                http(http_port, "POST", f"/api/rooms/{ROOM}/sales", {
+                    "id": SALE, "product_id": "mug", "price": 500, "quantity": args.quantity,
+                    "per_user_limit": args.limit, "starts_at": start + args.lead, "duration": 3600})
+                if args.profile:
+                    spy = subprocess.Popen(["py-spy", "record", "-p", str(server.pid), "-d", str(int(seconds)),
+                                            "-r", "250", "-f", "raw", "-o", args.profile, "--nonblocking"],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(max(0.0, start + seconds - time.time()))
+            share = window.stop()
+            if spy is not None:
+                spy.wait(60)
+            reports = []
+            for proc in procs:
+                assert proc.stdout is not None
+                reports.append(json.loads(proc.stdout.readline()))
+            return reports, share
+
+        phase("warm-up", "floor", 1.5)
+        floor, floor_core = phase("floor", "floor", args.floor)
+        storm, storm_core = phase("storm", "tap", args.duration)
         results = []
         for proc in procs:
-            assert proc.stdout is not None
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(json.dumps({"phase": "checkout"}) + "\n")
+            proc.stdin.flush()
             results.append(json.loads(proc.stdout.readline()))
             proc.wait(30)
         sale = http(http_port, "GET", f"/api/rooms/{ROOM}/sales/{SALE}")["sale"]
@@ -394,27 +411,28 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
             server.wait(10)
         except subprocess.TimeoutExpired:
             server.kill()
-    lat = [x for r in results for x in r["lat"]]
-    floor_lat = [x for r in results for x in r["floor_lat"]]
+    lat = [x for r in storm for x in r["lat"]]
+    floor_lat = [x for r in floor for x in r["lat"]]
     ts = [t for r in results for t in r["sold_out_ts"]]
     zero_at = [z for r in results for z in r["zero_at"]]
     seen = [z for z in zero_at if z is not None]
     sold_out_ts = min(ts) if ts else None
     delays = [(z - sold_out_ts) * 1000 for z in seen] if sold_out_ts else []
-    taps_per_s = sum(r["in_window"] for r in results) / args.duration
-    floor_per_s = sum(r["floor"]["in_window"] for r in results) / args.floor
+    taps_per_s = sum(r["in_window"] for r in storm) / args.duration
+    floor_per_s = sum(r["in_window"] for r in floor) / args.floor
     return {
         "taps_per_s": taps_per_s,  # answers that reached the clients within the storm window, per second
-        "taps_answered_by_checkout": sum(r["replies"] for r in results),
+        "taps_answered": sum(r["replies"] for r in storm),
+        "drained": all(r["drained"] for r in floor + storm),  # every message answered before the next phase
         "p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": max(lat, default=None),
         "floor_per_s": floor_per_s,
         "floor_p50": percentile(floor_lat, 50), "floor_p99": percentile(floor_lat, 99),
-        "codes": merge(r["codes"] for r in results),
+        "codes": merge(r["codes"] for r in storm),
         "reserved": sum(r["reserved"] for r in results), "ordered": sum(r["ordered"] for r in results),
         "sold": sold, "remaining": sale["remaining"],
         "watchers_saw_zero": len(seen), "watchers": len(zero_at),
         "last_watcher_ms": max(delays, default=None), "median_watcher_ms": percentile(delays, 50),
-        "client_cpu_storm": sum(r["cpu_storm"] for r in results) / args.duration,
+        "client_cpu_storm": sum(r["cpu"] for r in storm) / args.duration,
         # shares of core 0 (1.0 = the whole core) over the storm and the floor windows
         "server_cpu_storm": storm_core.server,
         "core0_others_storm": storm_core.others,
@@ -440,9 +458,10 @@ def storm_table(runs: list[dict[str, Any]], quantity: int) -> str:
     rows = []
     for k, r in enumerate(runs):
         rows.append([k + 1, f"{r['sold']:,} / {quantity:,}", f"{r['watchers_saw_zero']:,} / {r['watchers']:,}",
-                     *(fmt(r[key], digits) for _, key, digits in columns)])
-    rows.append(["median", "", "", *(fmt(median(r[key] for r in runs), digits) for _, key, digits in columns)])
-    return markdown_table(["run", "sold / Q", "watchers saw 0", *(title for title, _, _ in columns)], rows)
+                     "yes" if r["drained"] else "no", *(fmt(r[key], digits) for _, key, digits in columns)])
+    rows.append(["median", "", "", "", *(fmt(median(r[key] for r in runs), digits) for _, key, digits in columns)])
+    return markdown_table(
+        ["run", "sold / Q", "watchers saw 0", "all answered", *(title for title, _, _ in columns)], rows)
 
 
 def domain_table(runs: list[dict[str, float]]) -> str:
@@ -463,6 +482,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="storm seconds")
     parser.add_argument("--floor", type=float, default=3.0, help="floor (baseline) seconds")
     parser.add_argument("--lead", type=float, default=2.0, help="seconds from storm start to sale start")
+    parser.add_argument("--drain", type=float, default=30.0,
+                        help="longest wait, after a phase, for its last answers before the next phase")
     parser.add_argument("--procs", type=int, default=4, help="client processes (all on core 1)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quiet", type=float, default=120.0,
