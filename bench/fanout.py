@@ -25,7 +25,8 @@ Usage (as root, from the repository root):
 
     python bench/fanout.py --matrix 1000x10,5000x10,10000x10 --duration 10
 
-Prints a markdown table (medians over ``--repeat``) and writes every run to ``--json``.
+Writes a markdown table (medians over ``--repeat``, then every run) and every run's figures to
+bench/results/NAME.{md,json} (bench/measure.py), with the commit, command and machine.
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ import os
 import resource
 import secrets
 import signal
-import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -47,6 +46,18 @@ from typing import Any
 import numpy as np
 import orjson
 import uvloop
+from measure import (
+    CoreWindow,
+    fmt,
+    free_port,
+    markdown_table,
+    median,
+    percentile,
+    prioritise,
+    process_cpu,
+    record,
+    write_results,
+)
 from websockets.asyncio.client import ClientConnection, connect
 
 from signaling.tokens import mint
@@ -56,20 +67,6 @@ CLIENT = str(HERE / "fanout_client.py")
 FLOOR = str(HERE / "fanout_floor.py")
 ROOM = "demo"
 HOST_SUB = "bench-host"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds (fields 14 and 15 of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
 
 async def wait_listening(port: int, proc: asyncio.subprocess.Process, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
@@ -141,13 +138,14 @@ class Server:
             ]
         else:
             self.argv = ["taskset", "-c", "0", sys.executable, FLOOR, "--port", str(self.port)]
-        self.nice = ["nice", "-n", str(args.server_nice)] if args.server_nice else []
+        self.nice = args.server_nice
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         with open(self.log, "wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.nice, *self.argv, stdout=log, stderr=log, cwd=HERE.parent)
+                *self.argv, stdout=log, stderr=log, cwd=HERE.parent, start_new_session=True)
+        prioritise(self.proc.pid, self.nice)
         await wait_listening(self.port, self.proc)
 
     @property
@@ -246,7 +244,8 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
         await asyncio.sleep(1.0)  # let the joins' viewer-count events go out before publishing
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.05
-        cpu0 = wall0 = clients0 = 0.0
+        window = CoreWindow(server.pid, core=0)
+        clients0 = 0.0
         spy: asyncio.subprocess.Process | None = None
         for k in range(warm + measured):
             delay = start + k / rate - loop.time()
@@ -254,8 +253,8 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
                 await asyncio.sleep(delay)
             if k == warm:
                 probe.tell("start")
-                cpu0, wall0 = cpu_seconds(server.pid), time.monotonic()
-                clients0 = sum(cpu_seconds(w.proc.pid) for w in workers)
+                window.start()
+                clients0 = sum(process_cpu(w.proc.pid) for w in workers)
                 if args.py_spy:
                     spy = await asyncio.create_subprocess_exec(
                         "taskset", "-c", "1", "py-spy", "record", "--pid", str(server.pid), "--rate", "250",
@@ -271,8 +270,9 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
             if got >= expected:
                 break
             await asyncio.sleep(0.02)
-        cpu1, wall1 = cpu_seconds(server.pid), time.monotonic()
-        clients1 = sum(cpu_seconds(w.proc.pid) for w in workers)
+        core0 = window.stop()
+        cpu = core0.cpu
+        clients1 = sum(process_cpu(w.proc.pid) for w in workers)
         lag = await probe.ask("stop")
         if spy is not None:
             await spy.wait()
@@ -283,15 +283,17 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
             "server": kind, "n": n, "rate": rate, "events": measured, "procs": procs,
             "payload_bytes": max(r["size"] for r in reports),
             "deliveries": deliveries,
-            "window_s": round(wall1 - wall0, 3),
-            "deliveries_per_s": round(deliveries / (wall1 - wall0)),
-            "server_cpu_s": round(cpu1 - cpu0, 3),
-            "server_cpu_pct": round(100 * (cpu1 - cpu0) / (wall1 - wall0), 1),
-            "client_cpu_pct": round(100 * (clients1 - clients0) / (wall1 - wall0), 1),
-            "us_per_delivery": round((cpu1 - cpu0) / deliveries * 1e6, 2) if deliveries else None,
-            "p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
-            "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
-            "max_ms": round(float(lat.max()), 2) if lat.size else None,
+            "window_s": round(core0.seconds, 3),
+            "deliveries_per_s": round(deliveries / core0.seconds),
+            "server_cpu_s": round(cpu, 3),
+            "server_cpu_pct": round(100 * cpu / core0.seconds, 1),
+            "core0_others_pct": round(100 * core0.others, 1),
+            "client_cpu_pct": round(100 * (clients1 - clients0) / core0.seconds, 1),
+            # from the unrounded CPU seconds, so this is server_cpu_s / deliveries
+            "us_per_delivery": round(cpu / deliveries * 1e6, 2) if deliveries else None,
+            "p50_ms": percentile(lat.tolist(), 50),
+            "p99_ms": percentile(lat.tolist(), 99),
+            "max_ms": float(lat.max()) if lat.size else None,
             "missed": sum(r["missing"] for r in reports),
             "clients_missing": sum(r["clients_missing"] for r in reports),
             "seq_gaps": sum(r["seq_gaps"] for r in reports),
@@ -320,47 +322,53 @@ def gc_warnings(log: Path) -> dict[str, Any]:
     return {"gc_pauses_logged": len(pauses), "gc_pause_max_ms": max(pauses, default=None)}
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def table(results: list[dict[str, Any]]) -> str:
-    """Medians over repeats per (N, R, server), with the engine/floor CPU ratio."""
+    """Medians over repeats per (N, R, server), the engine/floor CPU ratio, then every run."""
     groups: dict[tuple[int, float, str], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["n"], r["rate"], r["server"]), []).append(r)
 
     def med(rows: list[dict[str, Any]], key: str) -> Any:
-        values = [r[key] for r in rows if r[key] is not None]
-        return statistics.median(values) if values else None
+        return median(r[key] for r in rows)
 
-    lines = [
-        "| N | R/s | server | deliveries/s | CPU µs/delivery | x floor | server CPU % | clients CPU % "
-        "| p50 ms | p99 ms | max ms "
-        "| missed | probe RTT p99 / max ms | loop busy p99 / max ms | pings busy > 20 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (n, rate, kind), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "engine")):
-        cost = med(rows, "us_per_delivery")
+    rows = []
+    for (n, rate, kind), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "engine")):
+        cost = med(runs, "us_per_delivery")
         floor = groups.get((n, rate, "floor"))
-        ratio = cost / med(floor, "us_per_delivery") if floor and cost and kind == "engine" else None
-        lines.append(
-            f"| {n} | {rate:g} | {kind} | {_fmt(med(rows, 'deliveries_per_s'), 0)} | {_fmt(cost, 2)} "
-            f"| {_fmt(ratio, 2)} | {_fmt(med(rows, 'server_cpu_pct'))} | {_fmt(med(rows, 'client_cpu_pct'))} "
-            f"| {_fmt(med(rows, 'p50_ms'))} "
-            f"| {_fmt(med(rows, 'p99_ms'))} | {_fmt(med(rows, 'max_ms'))} | {sum(r['missed'] for r in rows)} "
-            f"| {_fmt(med(rows, 'probe_rtt_p99'))} / {_fmt(med(rows, 'probe_rtt_max'))} "
-            f"| {_fmt(med(rows, 'probe_busy_p99'))} / {_fmt(med(rows, 'probe_busy_max'))} "
-            f"| {sum(r['probe_busy_over20'] for r in rows)} |"
-        )
-    return "\n".join(lines)
+        floor_cost = med(floor, "us_per_delivery") if floor else None
+        ratio = cost / floor_cost if floor_cost and cost and kind == "engine" else None
+        rows.append([
+            f"{n:,}", f"{rate:g}", kind, len(runs), fmt(med(runs, "deliveries_per_s"), 0), fmt(cost, 2),
+            fmt(ratio, 2), fmt(med(runs, "server_cpu_pct")), fmt(med(runs, "core0_others_pct")),
+            fmt(med(runs, "client_cpu_pct")), fmt(med(runs, "p50_ms")), fmt(med(runs, "p99_ms")),
+            fmt(med(runs, "max_ms")), sum(r["missed"] for r in runs),
+            f"{fmt(med(runs, 'probe_busy_p99'))} / {fmt(med(runs, 'probe_busy_max'))}",
+            sum(r["probe_busy_over20"] for r in runs),
+        ])
+    medians = markdown_table(
+        ["N", "R/s", "server", "runs", "deliveries/s", "CPU µs/delivery", "x floor", "server CPU %",
+         "others on core 0 %", "clients CPU %", "p50 ms", "p99 ms", "max ms", "missed",
+         "loop busy p99 / max ms", "pings busy > 20 ms"],
+        rows,
+    )
+    per_run = markdown_table(
+        ["N", "R/s", "server", "run", "CPU µs/delivery", "server CPU %", "others on core 0 %", "p50 ms", "p99 ms",
+         "loop busy max ms", "missed"],
+        [[f"{r['n']:,}", f"{r['rate']:g}", r["server"], r["repeat"] + 1, fmt(r["us_per_delivery"], 2),
+          fmt(r["server_cpu_pct"]), fmt(r["core0_others_pct"]), fmt(r["p50_ms"]), fmt(r["p99_ms"]),
+          fmt(r["probe_busy_max"]), r["missed"]]
+         for r in sorted(results, key=lambda r: (r["n"], r["rate"], r["server"] != "engine", r["repeat"]))],
+    )
+    return (
+        "Medians over the runs of each row (nearest-rank, bench/measure.py); `x floor` = the engine's median CPU "
+        "per delivery over the floor's, both from this command's runs. Loop busy = the server loop's own CPU "
+        "time during a 5 ms probe ping's round trip.\n\n"
+        f"{medians}\n\nEvery run:\n\n{per_run}"
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
+    run = record("fanout")
     matrix = [(int(n), float(r)) for n, r in (item.split("x") for item in args.matrix.split(","))]
     args.max_n = max(n for n, _ in matrix)
     results: list[dict[str, Any]] = []
@@ -375,9 +383,9 @@ async def main(args: argparse.Namespace) -> None:
                     results.append(result)
                     print(orjson.dumps(result).decode(), flush=True)
                     await asyncio.sleep(args.pause)
-    if args.json:
-        Path(args.json).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    print(table(results))
+    markdown = table(results)
+    print(markdown)
+    print(write_results(args.name, run, markdown, results))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -394,11 +402,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drain", type=float, default=30.0, help="longest wait for the last deliveries, s")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--server-nice", type=int, default=0,
-                        help="nice value for both servers (e.g. -5 when other work shares core 0)")
+                        help="nice value of both servers' sessions (e.g. -10 when other work shares core 0)")
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between runs")
     parser.add_argument("--engine-arg", action="append", default=[], help="extra livecart serve flag (repeatable)")
     parser.add_argument("--py-spy", default="", help="profile each server's measured window into this directory")
-    parser.add_argument("--json", default="", help="write every run's figures here")
+    parser.add_argument("--name", default="fanout", help="results go to bench/results/NAME.{md,json}")
     return parser.parse_args(argv)
 
 

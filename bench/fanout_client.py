@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 import uvloop
+from measure import main_thread_on_cpu_ns, summary
 
 from signaling.tokens import mint
 
@@ -218,12 +219,6 @@ async def run_viewers(args: argparse.Namespace) -> None:
             return
 
 
-def on_cpu_ns(pid: int) -> int:
-    """Time the server's main thread (its event loop) has spent on a CPU, in ns (/proc/PID/schedstat)."""
-    with open(f"/proc/{pid}/schedstat", "rb") as f:
-        return int(f.read().split()[0])
-
-
 class Probe(RawSocket):
     """Pings the server every ``interval`` seconds, one ping in flight at a time.
 
@@ -249,7 +244,7 @@ class Probe(RawSocket):
         if self.closed or self.transport is None:
             return
         self.counter += 1
-        self.sent_cpu = on_cpu_ns(self.pid) if self.pid else 0
+        self.sent_cpu = main_thread_on_cpu_ns(self.pid) if self.pid else 0
         self.sent_at = time.perf_counter()
         self.transport.write(masked(PING, self.counter.to_bytes(8, "big")))
 
@@ -259,22 +254,11 @@ class Probe(RawSocket):
         if self.recording:
             self.rtts.append((time.perf_counter() - self.sent_at) * 1000.0)
             if self.pid:
-                busy = (on_cpu_ns(self.pid) - self.sent_cpu) / 1e6
+                busy = (main_thread_on_cpu_ns(self.pid) - self.sent_cpu) / 1e6
                 self.busy.append(busy)
                 if busy > 20.0 and len(self.stalls) < 50:
                     self.stalls.append((round(time.time(), 3), round(self.rtts[-1], 1), round(busy, 1)))
         asyncio.get_running_loop().call_later(self.interval, self.ping)
-
-
-def _summary(values: array) -> dict[str, float | int | None]:
-    ordered = sorted(values)
-    n = len(ordered)
-    return {
-        "p50": ordered[n // 2] if n else None,
-        "p99": ordered[min(n - 1, int(n * 0.99))] if n else None,
-        "max": ordered[-1] if n else None,
-        "over20": sum(1 for v in ordered if v > 20.0),
-    }
 
 
 async def run_probe(args: argparse.Namespace) -> None:
@@ -293,8 +277,8 @@ async def run_probe(args: argparse.Namespace) -> None:
             _say({
                 "pings": len(probe.rtts),
                 "seconds": round(time.perf_counter() - started, 2),
-                "rtt": _summary(probe.rtts),
-                "busy": _summary(probe.busy),
+                "rtt": summary(probe.rtts, over=20),
+                "busy": summary(probe.busy, over=20),
                 "stalls": probe.stalls,
                 "closed": probe.closed,
             })

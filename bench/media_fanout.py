@@ -24,6 +24,14 @@ N passes when every viewer joined, received >= 99 % of the frames and the
 p99 added lag (all viewers' frames pooled) is under 150 ms. ``--find-max``
 then bisects between the largest passing and the smallest failing N.
 
+Each N runs ``--runs`` times; the table has every run and, per N, a row of
+medians (each column's median over the runs; derived columns of that row are
+computed from its own medians). Relay counters (NACKs, retransmissions,
+dropped frames) are read at both ends of the window, like the CPU, so they
+count the same seconds as the lossy viewer's losses. The fast/stock ratio is
+printed only for an N both paths ran in this command. Results go to
+bench/results/NAME.{md,json} with the commit, command and machine.
+
     python bench/media_fanout.py --viewers 10,25,50,100 --find-max --path stock
 """
 
@@ -38,8 +46,6 @@ import os
 import re
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,11 +62,23 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from engine.media import aiortc_compat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import (  # noqa: E402
+    CoreWindow,
+    core_busy_share,
+    fmt,
+    free_port,
+    markdown_table,
+    median,
+    percentile,
+    prioritise,
+    process_cpu,
+    record,
+    write_results,
+)
 from media_lossy import LossyViewer  # noqa: E402
 from media_stream import ReplayTrack, Stream, StreamSpec, load, signature  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-TICKS = os.sysconf("SC_CLK_TCK")
 SRTP_TAGS = (16, 10)  # AEAD_AES_*_GCM, AES128_CM_HMAC_SHA1_80
 LOOPBACK = ("127.0.0.1",)
 ROOM = "bench"
@@ -84,19 +102,21 @@ class Result:
     delivered_min: float = 0.0  # share of sent frames, worst viewer
     delivered_median: float = 0.0
     audio_min: float = 0.0
-    lag_p50_ms: float = 0.0
-    lag_p99_ms: float = 0.0
-    lag_worst_viewer_p99_ms: float = 0.0
-    keyframe_lag_p50_ms: float = 0.0
-    audio_lag_p50_ms: float = 0.0
-    audio_lag_p99_ms: float = 0.0
-    first_frame_p50_ms: float = 0.0
-    first_frame_p99_ms: float = 0.0
-    dropped_frames: float = 0.0  # relay metric: frames dropped for slow viewers
-    nacks: float = 0.0
-    retransmits: float = 0.0  # relay metric (fast path): packets re-sent from the room's history
+    lag_p50_ms: float | None = None
+    lag_p99_ms: float | None = None
+    lag_worst_viewer_p99_ms: float | None = None
+    keyframe_lag_p50_ms: float | None = None
+    audio_lag_p50_ms: float | None = None
+    audio_lag_p99_ms: float | None = None
+    first_frame_p50_ms: float | None = None
+    first_frame_p99_ms: float | None = None
+    # relay counters over the window (read at both ends, like the CPU)
+    dropped_frames: float = 0.0  # frames dropped for slow viewers
+    nacks: float = 0.0  # packets NACKed by viewers
+    retransmits: float = 0.0  # packets re-sent from the room's history (fast path)
     lossy_dropped: int = 0  # packets the one lossy viewer (bench/media_lossy.py) dropped in the window
-    lossy_delivered: float = 0.0  # its complete video frames in the window / frames published
+    lossy_delivered: float = 0.0  # its complete frames / frames sent, over the frames that arrived in the window
+    run: int = 1
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -110,16 +130,11 @@ class Result:
 
     @property
     def passed(self) -> bool:
-        return self.joined == self.viewers and self.delivered_min >= 0.99 and self.lag_p99_ms < 150
+        lag = self.lag_p99_ms
+        return self.joined == self.viewers and self.delivered_min >= 0.99 and lag is not None and lag < 150
 
 
 # --- server ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def forwarding_flag() -> str | None:
@@ -132,7 +147,7 @@ def forwarding_flag() -> str | None:
 class Server:
     """``livecart serve`` on core 0 with its own data dir and ports."""
 
-    def __init__(self, path: str, flag: str | None, workdir: Path) -> None:
+    def __init__(self, path: str, flag: str | None, workdir: Path, nice: int = 0) -> None:
         self.http_port, self.ws_port = free_port(), free_port()
         self.data = workdir / "data"
         self.log = workdir / "server.log"
@@ -144,12 +159,16 @@ class Server:
         if flag:
             command += [flag, path]
         self.command = command
+        self.nice = nice
         self.base = f"http://127.0.0.1:{self.http_port}"
         self.process: subprocess.Popen[str] | None = None
         self.stream_key = ""
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True)
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True, start_new_session=True
+        )
+        prioritise(self.process.pid, self.nice)
         deadline = time.monotonic() + 30
         assert self.process.stdout is not None
         while time.monotonic() < deadline:
@@ -168,8 +187,7 @@ class Server:
         return self.process.pid
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
+        return process_cpu(self.pid)
 
     def rss_mb(self) -> float:
         status = Path(f"/proc/{self.pid}/status").read_text()
@@ -196,24 +214,6 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-def core_busy() -> dict[int, tuple[int, int]]:
-    """(busy, total) jiffies per core from /proc/stat."""
-    out = {}
-    for line in Path("/proc/stat").read_text().splitlines():
-        if re.match(r"cpu\d", line):
-            name, *values = line.split()
-            numbers = [int(v) for v in values]
-            idle = numbers[3] + numbers[4]
-            out[int(name[3:])] = (sum(numbers[:8]) - idle, sum(numbers[:8]))
-    return out
-
-
-def busy_share(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], core: int) -> float:
-    busy = after[core][0] - before[core][0]
-    total = after[core][1] - before[core][1]
-    return 100 * busy / total if total else 0.0
 
 
 # --- publisher -------------------------------------------------------------
@@ -278,13 +278,6 @@ async def start_workers(args: argparse.Namespace, server: Server, n: int, workdi
 
 
 # --- analysis --------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def unwrap(frames: list[list[float]]) -> list[list[float]]:
@@ -417,13 +410,13 @@ def analyse(
         lags += own
         keyframe_lags += [lag for g, lag in by_frame.items() if keyframes[g % len(keyframes)]]
         shares.append(len(own) / len(counted) if counted else 0.0)
-        worst_p99.append(percentile(own, 99) if own else float("inf"))
+        worst_p99.append(percentile(own, 99) if own else float("inf"))  # no frame at all: the worst
         own_audio = list(delivered(audio, viewer["audio"], audio_counted).values())
         audio_lags += own_audio
         audio_shares.append(len(own_audio) / len(audio_counted) if audio_counted else 0.0)
     if shares:
         result.delivered_min = min(shares)
-        result.delivered_median = statistics.median(shares)
+        result.delivered_median = median(shares)
         result.audio_min = min(audio_shares)
         result.lag_worst_viewer_p99_ms = max(worst_p99)
     result.lag_p50_ms = percentile(lags, 50)
@@ -448,9 +441,7 @@ async def wait_for_quiet_core0(limit: float, timeout: float) -> None:
     """Other people's work on core 0 skews every figure: wait (bounded) until it is below ``limit`` %."""
     deadline = time.monotonic() + timeout
     while True:
-        before = core_busy()
-        await asyncio.sleep(2.0)
-        busy = busy_share(before, core_busy(), 0)
+        busy = 100 * await asyncio.to_thread(core_busy_share, 0, 2.0)
         if busy <= limit or time.monotonic() > deadline:
             if busy > limit:
                 print(f"  core 0 still {busy:.0f}% busy with other work; measuring anyway", flush=True)
@@ -463,7 +454,7 @@ async def run_once(
     result = Result(path, n)
     await wait_for_quiet_core0(args.quiet, args.quiet_timeout)
     workdir = Path(tempfile.mkdtemp(prefix=f"media-fanout-{path}-{n}-"))
-    server = Server(path, flag, workdir)
+    server = Server(path, flag, workdir, args.server_nice)
     server.start()
     publisher = Publisher(*streams)
     workers: list[Any] = []
@@ -492,7 +483,10 @@ async def run_once(
             await process.stdin.drain()
 
         await sleep_until(w0)
-        cpu0, cores0, t0 = server.cpu_seconds(), core_busy(), time.monotonic()
+        counters0 = server.metrics()
+        core0, core1 = CoreWindow(server.pid, core=0), CoreWindow(None, core=1)
+        core0.start()
+        core1.start()
         lossy_dropped0 = lossy.dropped if lossy is not None else 0
         result.rss_mb = server.rss_mb()
         if args.py_spy:
@@ -503,19 +497,25 @@ async def run_once(
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         await sleep_until(w1)
-        result.server_cpu = 100 * (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
-        cores1 = core_busy()
-        result.core0_others = max(0.0, busy_share(cores0, cores1, 0) - result.server_cpu)
-        result.core1_busy = busy_share(cores0, cores1, 1)
-        result.kb_per_viewer = 1024 * (result.rss_mb - result.rss_baseline_mb) / n
-        metrics = server.metrics()
-        result.dropped_frames = metrics.get("livecart_media_frames_dropped_total", 0.0)
-        result.nacks = metrics.get("livecart_media_nacks_total", 0.0)
-        result.retransmits = metrics.get("livecart_media_retransmits_total", 0.0)
+        share0, share1 = core0.stop(), core1.stop()
         if lossy is not None:
             result.lossy_dropped = lossy.dropped - lossy_dropped0
-            sent = sum(w0 <= t < w1 - 0.3 for t in publisher.video.sent)
-            result.lossy_delivered = lossy.frames_between(w0, w1) / max(1, sent)
+        counters1 = server.metrics()
+        result.server_cpu = 100 * share0.server
+        result.core0_others = 100 * share0.others
+        result.core1_busy = 100 * share1.busy
+        result.kb_per_viewer = 1024 * (result.rss_mb - result.rss_baseline_mb) / n
+
+        def counted(name: str) -> float:
+            return counters1.get(name, 0.0) - counters0.get(name, 0.0)
+
+        result.dropped_frames = counted("livecart_media_frames_dropped_total")
+        result.nacks = counted("livecart_media_nacks_total")
+        result.retransmits = counted("livecart_media_retransmits_total")
+        if lossy is not None:
+            video_stream = streams[0]
+            complete, sent = lossy.delivered_between(w0, w1, video_stream.duration // len(video_stream.payloads))
+            result.lossy_delivered = complete / sent if sent else 0.0
 
         viewers: list[dict[str, Any]] = []
         for process, out in workers:
@@ -554,55 +554,92 @@ async def run_once(
 # --- report ----------------------------------------------------------------
 
 COLUMNS = (
-    ("path", "path", "{}"),
-    ("N", "viewers", "{}"),
-    ("joined", "joined", "{}"),
-    ("server CPU %", "server_cpu", "{:.0f}"),
-    ("CPU % pub only", "baseline_cpu", "{:.1f}"),
-    ("CPU % / viewer", "cpu_per_viewer", "{:.2f}"),
-    ("viewers / core", "viewers_per_core", "{:.0f}"),
-    ("others on core 0 %", "core0_others", "{:.0f}"),
-    ("core 1 busy %", "core1_busy", "{:.0f}"),
-    ("frames min / median %", None, None),
-    ("audio min %", None, None),
-    ("lag p50 / p99 ms", None, None),
-    ("worst viewer p99 ms", "lag_worst_viewer_p99_ms", "{:.0f}"),
-    ("keyframe lag p50 ms", "keyframe_lag_p50_ms", "{:.0f}"),
-    ("audio lag p50 / p99 ms", None, None),
-    ("first frame p50 / p99 ms", None, None),
-    ("KB / viewer", "kb_per_viewer", "{:.0f}"),
-    ("dropped", "dropped_frames", "{:.0f}"),
-    ("lossy viewer: lost / NACKed / re-sent / frames %", None, None),
-    ("pass", None, None),
-)
+    "path", "N", "run", "joined", "server CPU %", "CPU % pub only", "CPU % / viewer", "viewers / core",
+    "others on core 0 %", "core 1 busy %", "frames min / median %", "audio min %", "lag p50 / p99 ms",
+    "worst viewer p99 ms", "keyframe lag p50 ms", "audio lag p50 / p99 ms", "first frame p50 / p99 ms",
+    "KB / viewer", "dropped", "lossy viewer: lost / NACKed / re-sent / frames %", "pass",
+)  # fmt: skip
 
 
-def row(r: Result) -> str:
-    cells = []
-    for title, key, fmt in COLUMNS:
-        if key is not None:
-            cells.append(fmt.format(getattr(r, key)).replace("%", ""))
-        elif title.startswith("audio min"):
-            cells.append(f"{100 * r.audio_min:.1f}")
-        elif title.startswith("frames"):
-            cells.append(f"{100 * r.delivered_min:.1f} / {100 * r.delivered_median:.1f}")
-        elif title.startswith("audio lag"):
-            cells.append(f"{r.audio_lag_p50_ms:.0f} / {r.audio_lag_p99_ms:.0f}")
-        elif title.startswith("lag"):
-            cells.append(f"{r.lag_p50_ms:.0f} / {r.lag_p99_ms:.0f}")
-        elif title.startswith("lossy"):
-            cells.append(f"{r.lossy_dropped} / {r.nacks:.0f} / {r.retransmits:.0f} / {100 * r.lossy_delivered:.1f}")
-        elif title.startswith("first"):
-            cells.append(f"{r.first_frame_p50_ms:.0f} / {r.first_frame_p99_ms:.0f}")
-        else:
-            cells.append("yes" if r.passed else "no")
-    return "| " + " | ".join(cells) + " |"
+def median_result(runs: list[Result]) -> Result:
+    """Each numeric figure's median over the runs of one N (derived figures follow from these)."""
+    out = Result(runs[0].path, runs[0].viewers, run=0)
+    for name, value in vars(runs[0]).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and name not in ("viewers", "run"):
+            figure = median(getattr(r, name) for r in runs)
+            setattr(out, name, type(value)(figure) if figure is not None and isinstance(value, int) else figure)
+        elif value is None:
+            setattr(out, name, median(getattr(r, name) for r in runs))
+    return out
+
+
+def row(r: Result, passed: str | None = None) -> list[str]:
+    return [
+        r.path, str(r.viewers), str(r.run) if r.run else "median", str(r.joined), fmt(r.server_cpu, 0),
+        fmt(r.baseline_cpu, 1), fmt(r.cpu_per_viewer, 2), fmt(r.viewers_per_core, 0), fmt(r.core0_others, 0),
+        fmt(r.core1_busy, 0), f"{100 * r.delivered_min:.1f} / {100 * r.delivered_median:.1f}",
+        f"{100 * r.audio_min:.1f}", f"{fmt(r.lag_p50_ms, 0)} / {fmt(r.lag_p99_ms, 0)}",
+        fmt(r.lag_worst_viewer_p99_ms, 0), fmt(r.keyframe_lag_p50_ms, 0),
+        f"{fmt(r.audio_lag_p50_ms, 0)} / {fmt(r.audio_lag_p99_ms, 0)}",
+        f"{fmt(r.first_frame_p50_ms, 0)} / {fmt(r.first_frame_p99_ms, 0)}", fmt(r.kb_per_viewer, 0),
+        fmt(r.dropped_frames, 0),
+        f"{r.lossy_dropped} / {r.nacks:.0f} / {r.retransmits:.0f} / {100 * r.lossy_delivered:.1f}",
+        passed if passed is not None else ("yes" if r.passed else "no"),
+    ]  # fmt: skip
+
+
+def grouped(results: list[Result]) -> dict[tuple[str, int], list[Result]]:
+    groups: dict[tuple[str, int], list[Result]] = {}
+    for r in sorted(results, key=lambda r: (r.path, r.viewers, r.run)):
+        groups.setdefault((r.path, r.viewers), []).append(r)
+    return groups
+
+
+def runs_passed(runs: list[Result]) -> bool:
+    """An N passes when most of its runs pass."""
+    return 2 * sum(r.passed for r in runs) > len(runs)
 
 
 def table(results: list[Result]) -> str:
-    head = "| " + " | ".join(t for t, _, _ in COLUMNS) + " |"
-    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    return "\n".join([head, rule, *(row(r) for r in sorted(results, key=lambda r: (r.path, r.viewers)))])
+    rows = []
+    for runs in grouped(results).values():
+        rows += [row(r) for r in runs]
+        if len(runs) > 1:
+            rows.append(row(median_result(runs), f"{sum(r.passed for r in runs)} of {len(runs)} runs"))
+    return markdown_table(list(COLUMNS), rows)
+
+
+def ratios(results: list[Result]) -> str:
+    """Fast over stock CPU per viewer, for each N both paths ran in this command (medians of its runs)."""
+    groups = grouped(results)
+    lines = []
+    for (path, n), runs in groups.items():
+        stock = groups.get(("stock", n))
+        if path != "fast" or stock is None:
+            continue
+        fast_cpu = median(r.cpu_per_viewer for r in runs)
+        stock_cpu = median(r.cpu_per_viewer for r in stock)
+        fast_kb = median(r.kb_per_viewer for r in runs)
+        stock_kb = median(r.kb_per_viewer for r in stock)
+        if fast_cpu and stock_cpu:
+            lines.append(
+                f"- N = {n}: CPU % per viewer fast / stock = {fast_cpu:.2f} / {stock_cpu:.2f} = "
+                f"{fast_cpu / stock_cpu:.2f} ({stock_cpu / fast_cpu:.1f}x the viewers per core); "
+                f"KB per viewer {fmt(fast_kb, 0)} / {fmt(stock_kb, 0)}"
+            )
+    return "\n".join(lines)
+
+
+def report(results: list[Result]) -> str:
+    text = (
+        "CPU % / viewer = all the server's CPU over N (publisher included); viewers / core = 100 / that. "
+        "Counters in the lossy viewer's column cover the same window as its losses; its frames % is "
+        "complete frames over the frames whose RTP timestamps span its arrivals in the window.\n\n"
+        + table(results)
+    )
+    if ratio_lines := ratios(results):
+        text += "\n\nFast / stock in this command's runs:\n\n" + ratio_lines
+    return text
 
 
 # --- main ------------------------------------------------------------------
@@ -623,32 +660,29 @@ async def bench(args: argparse.Namespace) -> list[Result]:
     )
     results: list[Result] = []
 
-    async def measure(path: str, n: int) -> Result:
-        """One N; rerun (up to ``--retries``) when other work took core 0 during the window."""
-        attempts = []
-        for _ in range(args.retries + 1):
-            attempts.append(await run_once(args, path, flag, n, (video, audio)))
-            if attempts[-1].core0_others <= args.noise:
-                break
-            print(f"  ({path}, N={n}: others used {attempts[-1].core0_others:.0f}% of core 0; again)", flush=True)
-        result = min(attempts, key=lambda r: r.core0_others)
-        results.append(result)
-        print(row(result), *result.errors[:3], sep="\n  ", flush=True)
-        return result
+    async def measure(path: str, n: int) -> bool:
+        """``--runs`` runs of one N; whether most of them passed."""
+        runs = []
+        for k in range(args.runs):
+            result = await run_once(args, path, flag, n, (video, audio))
+            result.run = k + 1
+            runs.append(result)
+            results.append(result)
+            print(" | ".join(row(result)), *result.errors[:3], sep="\n  ", flush=True)
+        return runs_passed(runs)
 
-    print(table([]), flush=True)
     for path in paths:
         counts = [n for n in args.viewers if path != "stock" or not args.stock_max or n <= args.stock_max]
         done = {n: await measure(path, n) for n in counts}
         if args.find_max:
-            passing = [n for n, r in done.items() if r.passed]
+            passing = [n for n, ok in done.items() if ok]
             low = max(passing, default=0)
-            failing = [n for n, r in done.items() if not r.passed and n > low]
+            failing = [n for n, ok in done.items() if not ok and n > low]
             high = min(failing, default=None)
             while high is not None and high - low > args.step:
                 middle = low + (high - low) // 2 // args.step * args.step
                 middle = max(middle, low + args.step)
-                if (await measure(path, middle)).passed:
+                if await measure(path, middle):
                     low = middle
                 else:
                     high = middle
@@ -663,6 +697,7 @@ def main() -> None:
         "--stock-max", type=int, default=0, help="run the stock path only up to this N (0: every N)"
     )
     parser.add_argument("--path", choices=("stock", "fast", "both"), default="stock", help="forwarding path")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each N (the table adds their medians)")
     parser.add_argument("--find-max", action="store_true", help="bisect the largest passing N")
     parser.add_argument("--step", type=int, default=5, help="granularity of --find-max")
     parser.add_argument("--join-interval", type=float, default=0.1, help="seconds between viewer joins")
@@ -678,21 +713,22 @@ def main() -> None:
         help="where the encoded stream is kept between runs",
     )
     parser.add_argument("--quiet", type=float, default=10.0, help="max %% of core 0 busy before a run starts")
-    parser.add_argument("--quiet-timeout", type=float, default=180.0, help="seconds to wait for a quiet core 0")
-    parser.add_argument("--noise", type=float, default=10.0, help="max %% of core 0 others may use in a window")
-    parser.add_argument("--retries", type=int, default=2, help="reruns of an N whose window was noisier")
+    parser.add_argument("--quiet-timeout", type=float, default=30.0, help="seconds to wait for a quiet core 0")
+    parser.add_argument(
+        "--server-nice", type=int, default=0, help="nice value of the server's session (e.g. -10)"
+    )
     parser.add_argument("--py-spy", default="", help="directory for py-spy raw profiles of each window")
     parser.add_argument("--keep", action="store_true", help="keep each run's server log and viewer data")
-    parser.add_argument("--json", default="", help="write every result here")
+    parser.add_argument("--name", default="media_fanout", help="results go to bench/results/NAME.{md,json}")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the server and viewers on the way out
     args.viewers = [int(n) for n in args.viewers.split(",")]
+    run = record("media_fanout")
     results = uvloop.run(bench(args))
-    print("\n" + table(results))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        rows = [asdict(r) | {"passed": r.passed, "cpu_per_viewer": r.cpu_per_viewer} for r in results]
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    markdown = report(results)
+    print("\n" + markdown)
+    data = [asdict(r) | {"passed": r.passed, "cpu_per_viewer": r.cpu_per_viewer} for r in results]
+    print(write_results(args.name, run, markdown, data))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ sends NACKs for the gaps, so the relay's retransmission is exercised under the
 bench's load. Its DTLS transport drops each video RTP packet whose sequence
 number is a multiple of ``1 / loss`` the first time it arrives (retransmissions
 get through); a frame reaches ``frames`` only when all its packets are there.
+
+Its share of frames is counted over one set of frames: those whose RTP timestamps lie between the
+first and the last complete frame that arrived in the window. Every video frame is one timestamp
+step after the previous one, so that span says how many frames were sent in it, and the share is
+the complete frames among them (never above 1: a retransmission completes a frame, it adds none).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ class LossyViewer:
     def __init__(self, loss: float = 0.01) -> None:
         self.every = round(1 / loss)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.frames: list[float] = []  # monotonic arrival of each complete video frame
+        self.frames: list[tuple[float, int]] = []  # (monotonic arrival, RTP timestamp) of each complete frame
         self.dropped = 0
         self.video_packets = 0
         transceiver = self.pc.addTransceiver("video", direction="recvonly")
@@ -35,7 +40,7 @@ class LossyViewer:
         self.pc.addTransceiver("audio", direction="recvonly")
 
     def _on_frame(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
-        self.frames.append(time.monotonic())
+        self.frames.append((time.monotonic(), frame.timestamp))
 
     async def join(self, http: aiohttp.ClientSession, url: str) -> None:
         aiortc_compat.bind_ice(self.pc, ("127.0.0.1",))
@@ -66,8 +71,17 @@ class LossyViewer:
 
         transport._handle_rtp_data = on_rtp
 
-    def frames_between(self, start: float, end: float) -> int:
-        return sum(start <= t < end for t in self.frames)
+    def delivered_between(self, start: float, end: float, step: int) -> tuple[int, int]:
+        """(complete frames, frames sent) over the frames that arrived from ``start`` to ``end``.
+
+        ``step`` is the RTP timestamp step between consecutive frames; the receiver's timestamps
+        start at 0 and never wrap (engine/media/aiortc_compat.tap_receiver).
+        """
+        stamps = {ts for arrival, ts in self.frames if start <= arrival < end}
+        if not stamps:
+            return 0, 0
+        sent = (max(stamps) - min(stamps)) // step + 1
+        return len(stamps), sent
 
     async def close(self) -> None:
         await self.pc.close()
