@@ -13,8 +13,8 @@ from engine.demo import seed_demo_catalog
 from engine.media.config import MediaConfig
 from engine.media.service import MediaService
 from engine.rooms import Rooms
-from engine.storage import Storage
-from overlays.purchases.sqlite import SqlitePurchaseLog, open_db
+from engine.storage import Database, DataDirLock, Storage
+from overlays.purchases.sqlite import SqlitePurchaseLog
 from overlays.records import SqliteRecords
 from overlays.runtime import Commerce
 from overlays.shop import ShopConfig
@@ -35,6 +35,7 @@ class App:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.lock = DataDirLock(config.data_path)  # DataDirInUse if another process serves it
         self.storage = Storage(config.data_path)
         self.secret = config.secret or self.storage.secret_setting("secret")
         self.admin_key = config.admin_key or self.storage.secret_setting("admin_key")
@@ -44,14 +45,14 @@ class App:
         register_chat(self.channel, self.bus, config)
         self.http = web.Application(middlewares=[errors_as_json], client_max_size=1 << 20)
         room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key), self.viewers)
-        # Commerce records get their own connection to the same file: an order and its lines are
-        # written in one transaction, which the storage's autocommit connection does not give.
-        # WAL with synchronous=NORMAL already survives a killed process; FULL adds power loss.
-        self._commerce_db = open_db(self.storage.path)
-        self._commerce_db.execute(f"PRAGMA synchronous={'FULL' if config.fsync_orders else 'NORMAL'}")
+        # Commerce records and the purchase log share one connection on its own thread: an order
+        # and its log entry commit in one transaction, and no commit runs on the event loop.
+        self._commerce_db = Database(self.storage.path, busy_timeout=config.db_busy_timeout,
+                                     fsync=config.fsync_orders)
+        purchase_log = SqlitePurchaseLog(self._commerce_db, config.purchase_log_size)
         self.commerce = Commerce(
-            self.bus, stock=MemoryStockStore(), log=SqlitePurchaseLog(self._commerce_db, config.purchase_log_size),
-            records=SqliteRecords(self._commerce_db), config=shop_config(config),
+            self.bus, stock=MemoryStockStore(), log=purchase_log,
+            records=SqliteRecords(self._commerce_db, purchase_log), config=shop_config(config),
             room_exists=lambda room: self.rooms.get(room) is not None, tick_seconds=config.commerce_tick_ms / 1000)
         register_commerce(self.channel, self.commerce, config)
         self.purchases = register_purchases(self.channel, self.commerce.log, config)
@@ -97,6 +98,7 @@ class App:
         await self.bus.stop()
         self._commerce_db.close()
         self.storage.close()
+        self.lock.release()
 
 
 def _csv(value: str) -> tuple[str, ...]:

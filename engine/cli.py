@@ -12,7 +12,7 @@ import uvloop
 
 from engine.config import Config, add_arguments, from_args
 from engine.gcpolicy import GcPolicy
-from engine.storage import Storage
+from engine.storage import DataDirInUse, Storage
 from signaling.tokens import ROLES, mint
 
 
@@ -86,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"livecart serve: {exc}", file=sys.stderr)
         return 2
-    uvloop.run(_serve(config, gc_policy))
+    try:
+        uvloop.run(_serve(config, gc_policy))
+    except DataDirInUse as exc:
+        print(f"livecart serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
