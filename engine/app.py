@@ -13,7 +13,7 @@ from engine.demo import seed_demo_catalog
 from engine.media.config import MediaConfig
 from engine.media.service import MediaService
 from engine.rooms import Rooms
-from engine.storage import Database, DataDirLock, Storage
+from engine.storage import DataDirLock, Storage
 from overlays.purchases.sqlite import SqlitePurchaseLog
 from overlays.records import SqliteRecords
 from overlays.runtime import Commerce
@@ -36,7 +36,7 @@ class App:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.lock = DataDirLock(config.data_path)  # DataDirInUse if another process serves it
-        self.storage = Storage(config.data_path)
+        self.storage = Storage(config.data_path, busy_timeout=config.db_busy_timeout, fsync=config.fsync_orders)
         self.secret = config.secret or self.storage.secret_setting("secret")
         self.admin_key = config.admin_key or self.storage.secret_setting("admin_key")
         self.rooms = Rooms(self.storage)
@@ -45,14 +45,12 @@ class App:
         register_chat(self.channel, self.bus, config)
         self.http = web.Application(middlewares=[errors_as_json], client_max_size=1 << 20)
         room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key), self.viewers)
-        # Commerce records and the purchase log share one connection on its own thread: an order
-        # and its log entry commit in one transaction, and no commit runs on the event loop.
-        self._commerce_db = Database(self.storage.path, busy_timeout=config.db_busy_timeout,
-                                     fsync=config.fsync_orders)
-        purchase_log = SqlitePurchaseLog(self._commerce_db, config.purchase_log_size)
+        # Rooms, commerce records and the purchase log share the storage's one connection on its own
+        # thread: an order and its log entry commit in one transaction, and no commit runs on the loop.
+        purchase_log = SqlitePurchaseLog(self.storage.db, config.purchase_log_size)
         self.commerce = Commerce(
             self.bus, stock=MemoryStockStore(), log=purchase_log,
-            records=SqliteRecords(self._commerce_db, purchase_log), config=shop_config(config),
+            records=SqliteRecords(self.storage.db, purchase_log), config=shop_config(config),
             room_exists=lambda room: self.rooms.get(room) is not None, tick_seconds=config.commerce_tick_ms / 1000)
         register_commerce(self.channel, self.commerce, config)
         self.purchases = register_purchases(self.channel, self.commerce.log, config)
@@ -73,7 +71,7 @@ class App:
     async def start(self) -> None:
         new_demo = bool(self.config.demo_room) and self.rooms.get(self.config.demo_room) is None
         if new_demo:
-            self.rooms.create(self.config.demo_room, "Demo room")
+            await self.rooms.create(self.config.demo_room, "Demo room")
         metrics.ROOMS.set(len(self.rooms.list()))
         await self.bus.start()
         await self.commerce.start(room.id for room in self.rooms.list())
@@ -96,7 +94,6 @@ class App:
         await self.purchases.stop()
         await self.commerce.stop()
         await self.bus.stop()
-        self._commerce_db.close()
         self.storage.close()
         self.lock.release()
 

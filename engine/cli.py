@@ -73,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = from_args(args)
     if args.command == "token":
-        secret = config.secret or Storage(config.data_path).secret_setting("secret")
+        secret = config.secret
+        if not secret:
+            storage = Storage(config.data_path)
+            secret = storage.secret_setting("secret")
+            storage.close()
         try:
             print(mint(secret, args.room, args.role, args.sub, args.ttl or config.token_ttl))
         except ValueError as exc:

@@ -7,8 +7,7 @@ One database file in the data directory, WAL mode. Three parts:
   run on one worker thread, so a commit (an fsync, or a wait for a lock another process holds)
   never stalls the event loop; a lock not granted within the busy timeout, a full disk or an I/O
   error becomes the retryable `unavailable` error instead of a hang.
-- `Storage`: the engine's own tables, settings (the secret, the admin key) and rooms, on a small
-  autocommit connection read at start.
+- `Storage`: the data directory's Database and the engine's settings (the secret, the admin key).
 """
 
 from __future__ import annotations
@@ -154,9 +153,10 @@ class Database:
         write lock is not granted within the busy timeout or the commit fails for lack of room."""
         return await self._submit(lambda: self._write(fn))
 
-    def create_schema(self, sql: str) -> None:
-        """Run `CREATE ... IF NOT EXISTS` statements, blocking the caller: before anything is served."""
-        self._call(lambda: self._conn.executescript(sql))
+    def now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` (autocommit) on the database thread, blocking the caller: for start-up
+        (schema, first reads, settings), before anything is served."""
+        return self._call(lambda: fn(self._conn))
 
     def close(self) -> None:
         self._call(self._conn.close)
@@ -165,25 +165,25 @@ class Database:
 
 
 class Storage:
-    """Settings and rooms: read once at start, then written rarely (a new room, a new key)."""
+    """The process's database (`livecart.db` in the data directory) and the engine's settings:
+    the secret and the admin key, read at start."""
 
-    def __init__(self, data_dir: Path, busy_timeout: float = 5.0) -> None:
+    def __init__(self, data_dir: Path, *, busy_timeout: float = 1.0, fsync: bool = False) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "livecart.db"
-        self.db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS rooms (id TEXT PRIMARY KEY, title TEXT NOT NULL,"
-            " stream_key TEXT NOT NULL, created_at REAL NOT NULL)"
-        )
+        self.db = Database(self.path, busy_timeout=busy_timeout, fsync=fsync)
+        self.db.now(lambda conn: conn.execute(
+            "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)"))
 
     def secret_setting(self, key: str) -> str:
         """A random secret kept under ``key``, created on first use (server secret, admin key)."""
         value = secrets.token_urlsafe(32)
-        self.db.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", (key, value))
-        return self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()[0]
+
+        def get_or_create(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", (key, value))
+            return conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()[0]
+
+        return self.db.now(get_or_create)
 
     def close(self) -> None:
         self.db.close()

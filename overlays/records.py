@@ -83,7 +83,7 @@ class SqliteRecords:
         assert log.db is db, "an order and its log entry commit in one transaction of one database"
         self._db = db
         self.log = log
-        db.create_schema(_SCHEMA)
+        db.now(lambda conn: conn.executescript(_SCHEMA))
 
     async def _put(self, table: str, room: str, item: dict[str, Any]) -> None:
         body = orjson.dumps(item)

@@ -34,7 +34,7 @@ class SqlitePurchaseLog:
         self._owned = not isinstance(db, Database)
         self.db = Database(db) if not isinstance(db, Database) else db
         self.max_entries = max_entries
-        self.db.create_schema(_SCHEMA)
+        self.db.now(lambda conn: conn.executescript(_SCHEMA))
 
     def close(self) -> None:
         if self._owned:

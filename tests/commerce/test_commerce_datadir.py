@@ -97,7 +97,7 @@ async def test_an_inconsistent_directory_still_serves_every_room_it_can(
 ) -> None:
     async with running(config) as app:
         for room in ("other", "broken"):
-            app.rooms.create(room)
+            await app.rooms.create(room)
         for room in ("demo", "other", "broken"):
             host, _ = await joined(app, "host", "hana", room=room)
             await host.request({"type": "product.put", "id": 1, "product": {**MUG, "stock": 1}})

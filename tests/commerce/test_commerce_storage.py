@@ -98,3 +98,21 @@ async def test_an_order_is_never_acknowledged_without_its_purchase_log_entry(app
     assert retried["type"] == "ack", retried
     await _invariants(app, rest, alice, 1)
     await alice.close()
+
+
+async def test_creating_a_room_under_a_foreign_write_lock_is_unavailable_then_retry_succeeds(
+    app: App, rest: Rest
+) -> None:
+    blocker = sqlite3.connect(app.storage.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        async with loop_lag() as lag:
+            status, body = await rest.call("POST", "/api/rooms", app.admin_key, {"id": "late"})
+        assert status == 503 and body["error"]["code"] == "unavailable", body
+        assert lag.worst < MAX_STALL, f"the loop stalled {lag.worst * 1000:.0f} ms"
+        assert (await rest.call("GET", "/api/rooms/late"))[0] == 404
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    status, body = await rest.call("POST", "/api/rooms", app.admin_key, {"id": "late"})
+    assert status == 201 and body["room"]["id"] == "late"
