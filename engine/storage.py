@@ -138,10 +138,16 @@ class Database:
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            # The thread finishes the call whatever happens to the caller: wait for it, so that
-            # when a cancelled caller unwinds, what it wrote is committed or rolled back already.
-            with contextlib.suppress(BaseException):
-                await future
+            # The thread finishes the call whatever happens to the caller. Wait for it, and if it
+            # failed raise that failure rather than the cancellation: a caller that undoes its
+            # in-memory changes when a write fails (a checkout returning units to the cart) must
+            # learn that nothing was written.
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([future])
+            error = future.exception()
+            if error is not None:
+                raise error from None
             raise
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
