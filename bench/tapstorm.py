@@ -244,10 +244,9 @@ def merge(counts: Any) -> dict[str, int]:
 async def domain_main(count: int) -> dict[str, float]:
     """CPU microseconds per Commerce.tap, in process: runtime + shop + memory stock store + memory bus
     (one listener that drops what it gets), for each answer a storm produces."""
-    import sqlite3
-
     from engine.bus.memory import MemoryBus
-    from overlays.purchases.memory import MemoryPurchaseLog
+    from engine.storage import Database
+    from overlays.purchases.sqlite import SqlitePurchaseLog
     from overlays.records import SqliteRecords
     from overlays.runtime import Commerce
     from overlays.shop import ShopConfig
@@ -259,8 +258,10 @@ async def domain_main(count: int) -> dict[str, float]:
 
     bus = MemoryBus()
     bus.subscribe(ROOM, Drop())
-    commerce = Commerce(bus, stock=MemoryStockStore(), log=MemoryPurchaseLog(),
-                        records=SqliteRecords(sqlite3.connect(":memory:")), config=ShopConfig(),
+    db = Database(":memory:")
+    purchase_log = SqlitePurchaseLog(db)
+    commerce = Commerce(bus, stock=MemoryStockStore(), log=purchase_log,
+                        records=SqliteRecords(db, purchase_log), config=ShopConfig(),
                         room_exists=lambda room: True)
     await commerce.put_product(ROOM, {"id": "mug", "title": "Mug", "price": 1200, "currency": "EUR", "stock": 10})
     now = time.time()

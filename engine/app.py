@@ -14,9 +14,9 @@ from engine.demo import seed_demo_catalog
 from engine.media.config import MediaConfig
 from engine.media.service import MediaService
 from engine.rooms import Rooms
-from engine.storage import Storage
+from engine.storage import DataDirLock, Storage
 from engine.urls import PublicUrls, public_urls
-from overlays.purchases.sqlite import SqlitePurchaseLog, open_db
+from overlays.purchases.sqlite import SqlitePurchaseLog
 from overlays.records import SqliteRecords
 from overlays.runtime import Commerce
 from overlays.shop import ShopConfig
@@ -50,7 +50,8 @@ class App:
         public_urls(config, config.http_port, config.ws_port)
         media = media_config(config)
         self.config = config
-        self.storage = Storage(config.data_path)
+        self.lock = DataDirLock(config.data_path)  # DataDirInUse if another process serves it
+        self.storage = Storage(config.data_path, busy_timeout=config.db_busy_timeout, fsync=config.fsync_orders)
         self.secret = config.secret or self.storage.secret_setting("secret")
         self.admin_key = config.admin_key or self.storage.secret_setting("admin_key")
         self.rooms = Rooms(self.storage)
@@ -59,15 +60,12 @@ class App:
         register_chat(self.channel, self.bus, config)
         self.http = web.Application(middlewares=[errors_as_json], client_max_size=1 << 20)
         room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key), self.viewers, self.urls)
-        # Commerce records get their own connection to the same file: an order and its lines are
-        # written in one transaction, which the storage's autocommit connection does not give.
-        # WAL with synchronous=NORMAL already survives a killed process; FULL adds power loss.
-        self._commerce_db = open_db(self.storage.path)
-        self._commerce_db.execute(f"PRAGMA synchronous={'FULL' if config.fsync_orders else 'NORMAL'}")
+        # Rooms, commerce records and the purchase log share the storage's one connection on its own
+        # thread: an order and its log entry commit in one transaction, and no commit runs on the loop.
+        purchase_log = SqlitePurchaseLog(self.storage.db, config.purchase_log_size)
         self.commerce = Commerce(
-            self.bus, stock=MemoryStockStore(config.max_user_requests),
-            log=SqlitePurchaseLog(self._commerce_db, config.purchase_log_size),
-            records=SqliteRecords(self._commerce_db), config=shop_config(config),
+            self.bus, stock=MemoryStockStore(config.max_user_requests), log=purchase_log,
+            records=SqliteRecords(self.storage.db, purchase_log), config=shop_config(config),
             room_exists=lambda room: self.rooms.get(room) is not None, tick_seconds=config.commerce_tick_ms / 1000)
         register_commerce(self.channel, self.commerce, config)
         self.purchases = register_purchases(self.channel, self.commerce.log, config)
@@ -92,7 +90,7 @@ class App:
     async def start(self) -> None:
         new_demo = bool(self.config.demo_room) and self.rooms.get(self.config.demo_room) is None
         if new_demo:
-            self.rooms.create(self.config.demo_room, "Demo room")
+            await self.rooms.create(self.config.demo_room, "Demo room")
         metrics.ROOMS.set(len(self.rooms.list()))
         await self.bus.start()
         await self.commerce.start(room.id for room in self.rooms.list())
@@ -125,8 +123,8 @@ class App:
         await self.purchases.stop()
         await self.commerce.stop()
         await self.bus.stop()
-        self._commerce_db.close()
         self.storage.close()
+        self.lock.release()
 
 
 def _csv(value: str) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ import uvloop
 
 from engine.config import Config, add_arguments, from_args
 from engine.gcpolicy import GcPolicy
-from engine.storage import kept_setting
+from engine.storage import DataDirInUse, kept_setting
 from signaling.tokens import ROLES, mint
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -83,6 +83,8 @@ async def _serve(config: Config, gc_policy: GcPolicy) -> None:
     try:
         app = App(config)
     except ValueError as exc:  # a setting the engine refuses (--forwarding, --public-url, ...)
+        raise CommandError(str(exc)) from None
+    except DataDirInUse as exc:
         raise CommandError(str(exc)) from None
     except (OSError, sqlite3.Error) as exc:
         raise _data_dir_error(config, exc) from exc

@@ -1,9 +1,11 @@
 """Durable commerce records: catalog products, pinned tags, sales and orders, in SQLite (stdlib, WAL).
 
-What a restart needs and nothing more: products, pinned tags and sales as last put, orders with their status and
-which transition was last appended to the purchase log (so a crash between the two is repaired on
-start), and the sold units per pool and user rebuilt from orders. Reservations are not stored: units
-held at crash time simply return to stock. Every write commits before it returns.
+What a restart needs and nothing more: products, pinned tags and sales as last put, orders with their
+status and which transition was last appended to the purchase log, and the sold units per pool and user
+rebuilt from orders. Reservations are not stored: units held at crash time simply return to stock. Every
+write commits before it returns; an order transition and its purchase-log entry commit in one
+transaction, so a reader of the log never misses an acknowledged order. All calls run on the
+database's thread (engine.storage.Database), never on the event loop.
 
 `RecordStore` is the interface the shop depends on, so a Redis-backed store can stand in later.
 """
@@ -11,9 +13,13 @@ held at crash time simply return to stock. Every write commits before it returns
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import orjson
+
+from engine.storage import Database
+from overlays.purchases.sqlite import SqlitePurchaseLog
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
@@ -56,12 +62,10 @@ class RecordStore(Protocol):
     async def delete_sale(self, room: str, sale_id: str) -> None: ...
     async def sales(self, room: str) -> list[dict[str, Any]]: ...
 
-    async def put_order(self, order: dict[str, Any]) -> None:
-        """Insert or update an order (its status); lines are written with the first put."""
-        ...
-
-    async def mark_logged(self, room: str, order_id: str, status: str) -> None:
-        """Record that the purchase log holds the order's `status` transition."""
+    async def put_order(self, order: dict[str, Any], event: Mapping[str, Any]) -> None:
+        """Insert or update an order (its status) and append `event`, the CloudEvent of its
+        transition, to the purchase log, in one transaction: both are durable, or neither is.
+        Lines are written with the first put; the event is appended once per (source, id)."""
         ...
 
     async def order(self, room: str, order_id: str) -> dict[str, Any] | None: ...
@@ -85,138 +89,131 @@ class RecordStore(Protocol):
 
 
 class SqliteRecords:
-    """RecordStore on a connection the caller owns (the app's storage opens it with WAL)."""
+    """RecordStore on the app's Database, writing order transitions into `log`'s table (the log
+    must live in the same database)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        with conn:
-            conn.executescript(_SCHEMA)
+    def __init__(self, db: Database, log: SqlitePurchaseLog) -> None:
+        assert log.db is db, "an order and its log entry commit in one transaction of one database"
+        self._db = db
+        self.log = log
+        db.now(lambda conn: conn.executescript(_SCHEMA))
 
-    def _put(self, table: str, room: str, item: dict[str, Any]) -> None:
-        with self._conn:
-            self._conn.execute(
-                f"INSERT OR REPLACE INTO {table} (room, id, body) VALUES (?, ?, ?)",
-                (room, item["id"], orjson.dumps(item)),
-            )
+    async def _put(self, table: str, room: str, item: dict[str, Any]) -> None:
+        body = orjson.dumps(item)
+        await self._db.write(lambda conn: conn.execute(
+            f"INSERT OR REPLACE INTO {table} (room, id, body) VALUES (?, ?, ?)", (room, item["id"], body)
+        ))
 
-    def _all(self, table: str, room: str) -> list[dict[str, Any]]:
-        rows = self._conn.execute(f"SELECT body FROM {table} WHERE room = ? ORDER BY rowid", (room,))
+    async def _delete(self, table: str, room: str, item_id: str) -> None:
+        await self._db.write(lambda conn: conn.execute(
+            f"DELETE FROM {table} WHERE room = ? AND id = ?", (room, item_id)
+        ))
+
+    async def _bodies(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        rows = await self._db.read(lambda conn: conn.execute(sql, args).fetchall())
         return [orjson.loads(body) for (body,) in rows]
 
+    async def _body(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        row = await self._db.read(lambda conn: conn.execute(sql, args).fetchone())
+        return None if row is None else orjson.loads(row[0])
+
     async def put_product(self, room: str, product: dict[str, Any]) -> None:
-        self._put("products", room, product)
+        await self._put("products", room, product)
 
     async def delete_product(self, room: str, product_id: str) -> None:
-        with self._conn:
-            self._conn.execute("DELETE FROM products WHERE room = ? AND id = ?", (room, product_id))
+        await self._delete("products", room, product_id)
 
     async def products(self, room: str) -> list[dict[str, Any]]:
-        return self._all("products", room)
+        return await self._bodies("SELECT body FROM products WHERE room = ? ORDER BY rowid", room)
 
     async def put_tag(self, room: str, tag: dict[str, Any]) -> None:
-        with self._conn:
-            self._conn.execute(
-                "INSERT INTO tags (room, id, body) VALUES (?, ?, ?)"
-                " ON CONFLICT (room, id) DO UPDATE SET body = excluded.body",
-                (room, tag["id"], orjson.dumps(tag)),
-            )
+        body = orjson.dumps(tag)
+        # An update keeps the tag's row, so tags load back in the order they were pinned.
+        await self._db.write(lambda conn: conn.execute(
+            "INSERT INTO tags (room, id, body) VALUES (?, ?, ?)"
+            " ON CONFLICT (room, id) DO UPDATE SET body = excluded.body",
+            (room, tag["id"], body),
+        ))
 
     async def delete_tag(self, room: str, tag_id: str) -> None:
-        with self._conn:
-            self._conn.execute("DELETE FROM tags WHERE room = ? AND id = ?", (room, tag_id))
+        await self._delete("tags", room, tag_id)
 
     async def tags(self, room: str) -> list[dict[str, Any]]:
-        return self._all("tags", room)
+        return await self._bodies("SELECT body FROM tags WHERE room = ? ORDER BY rowid", room)
 
     async def put_sale(self, room: str, sale: dict[str, Any]) -> None:
-        self._put("sales", room, sale)
+        await self._put("sales", room, sale)
 
     async def delete_sale(self, room: str, sale_id: str) -> None:
-        with self._conn:
-            self._conn.execute("DELETE FROM sales WHERE room = ? AND id = ?", (room, sale_id))
+        await self._delete("sales", room, sale_id)
 
     async def sales(self, room: str) -> list[dict[str, Any]]:
-        return self._all("sales", room)
+        return await self._bodies("SELECT body FROM sales WHERE room = ? ORDER BY rowid", room)
 
-    async def put_order(self, order: dict[str, Any]) -> None:
-        room, order_id = order["room"], order["id"]
-        with self._conn:
-            self._conn.execute(
+    async def put_order(self, order: dict[str, Any], event: Mapping[str, Any]) -> None:
+        room, order_id, status = order["room"], order["id"], order["status"]
+        row = (
+            room, order_id, order["user"], order["request_id"], status, order["currency"],
+            order["quantity"], order["total"], order["placed_at"], orjson.dumps(order),
+        )
+        lines = [(room, order_id, n, line["pool"], line["quantity"]) for n, line in enumerate(order["lines"])]
+        logged = event["data"]["status"]  # the transition the event logs
+
+        def put(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "INSERT INTO orders (room, id, user, request_id, status, currency, quantity, total,"
                 " placed_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (room, id) DO UPDATE SET status = excluded.status, body = excluded.body",
-                (
-                    room,
-                    order_id,
-                    order["user"],
-                    order["request_id"],
-                    order["status"],
-                    order["currency"],
-                    order["quantity"],
-                    order["total"],
-                    order["placed_at"],
-                    orjson.dumps(order),
-                ),
+                row,
             )
-            self._conn.executemany(  # lines never change: the first write wins
-                "INSERT OR IGNORE INTO order_lines (room, order_id, n, pool, quantity)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [
-                    (room, order_id, n, line["pool"], line["quantity"])
-                    for n, line in enumerate(order["lines"])
-                ],
+            conn.executemany(  # lines never change: the first write wins
+                "INSERT OR IGNORE INTO order_lines (room, order_id, n, pool, quantity) VALUES (?, ?, ?, ?, ?)",
+                lines,
             )
+            self.log.append_in(conn, event)
+            conn.execute("UPDATE orders SET logged = ? WHERE room = ? AND id = ?", (logged, room, order_id))
 
-    async def mark_logged(self, room: str, order_id: str, status: str) -> None:
-        with self._conn:
-            self._conn.execute(
-                "UPDATE orders SET logged = ? WHERE room = ? AND id = ?", (status, room, order_id)
-            )
+        await self._db.write(put)
 
     async def order(self, room: str, order_id: str) -> dict[str, Any] | None:
-        row = self._conn.execute(
-            "SELECT body FROM orders WHERE room = ? AND id = ?", (room, order_id)
-        ).fetchone()
-        return None if row is None else orjson.loads(row[0])
+        return await self._body("SELECT body FROM orders WHERE room = ? AND id = ?", room, order_id)
 
     async def order_for_request(self, room: str, user: str, request_id: str) -> dict[str, Any] | None:
-        row = self._conn.execute(
-            "SELECT body FROM orders WHERE room = ? AND user = ? AND request_id = ?", (room, user, request_id)
-        ).fetchone()
-        return None if row is None else orjson.loads(row[0])
+        return await self._body(
+            "SELECT body FROM orders WHERE room = ? AND user = ? AND request_id = ?", room, user, request_id
+        )
 
     async def orders(self, room: str, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
-        rows = self._conn.execute(
+        return await self._bodies(
             "SELECT body FROM orders WHERE room = ? AND (? IS NULL OR status = ?)"
             " ORDER BY placed_at DESC, id LIMIT ? OFFSET ?",
-            (room, status, status, limit, offset),
+            room, status, status, limit, offset,
         )
-        return [orjson.loads(body) for (body,) in rows]
 
     async def unlogged_orders(self, room: str) -> list[tuple[dict[str, Any], str | None]]:
-        rows = self._conn.execute(
+        rows = await self._db.read(lambda conn: conn.execute(
             "SELECT body, logged FROM orders WHERE room = ? AND (logged IS NULL OR logged != status)"
             " ORDER BY placed_at",
             (room,),
-        )
+        ).fetchall())
         return [(orjson.loads(body), logged) for body, logged in rows]
 
     async def sold(self, room: str) -> dict[str, dict[str, int]]:
-        rows = self._conn.execute(
+        rows = await self._db.read(lambda conn: conn.execute(
             "SELECT l.pool, o.user, SUM(l.quantity) FROM order_lines l JOIN orders o"
             " ON o.room = l.room AND o.id = l.order_id"
             " WHERE l.room = ? AND o.status != 'cancelled' GROUP BY l.pool, o.user",
             (room,),
-        )
+        ).fetchall())
         sold: dict[str, dict[str, int]] = {}
         for pool, user, units in rows:
             sold.setdefault(pool, {})[user] = units
         return sold
 
     async def totals(self, room: str) -> tuple[int, int, dict[str, int]]:
-        rows = self._conn.execute(
+        rows = await self._db.read(lambda conn: conn.execute(
             "SELECT currency, COUNT(*), SUM(quantity), SUM(total) FROM orders"
             " WHERE room = ? AND status != 'cancelled' GROUP BY currency",
             (room,),
-        ).fetchall()
+        ).fetchall())
         return sum(r[1] for r in rows), sum(r[2] for r in rows), {r[0]: r[3] for r in rows}

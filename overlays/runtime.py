@@ -22,6 +22,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
+from engine.storage import StorageUnavailable
+from overlays import metrics
 from overlays.events import DomainError, DomainEvent
 from overlays.purchases.base import LogEntry, PurchaseLog
 from overlays.records import RecordStore
@@ -63,9 +65,14 @@ class WatchedLog:
 
     async def append(self, event: Mapping[str, Any]) -> str:
         log_id = await self.inner.append(event)
+        self.notify()
+        return log_id
+
+    def notify(self) -> None:
+        """Wake the readers: entries were appended (also by the record store, which writes an
+        order's entry in the order's own transaction). A wake with nothing new is harmless."""
         wake, self._wake = self._wake, asyncio.Event()
         wake.set()
-        return log_id
 
     async def read(self, after: str | None = None, limit: int = 100) -> list[LogEntry]:
         return await self.inner.read(after, limit)
@@ -127,6 +134,7 @@ class Commerce:
         self._tick_seconds = tick_seconds
         self._shops: dict[str, Shop] = {}
         self._loading: dict[str, asyncio.Task[Shop]] = {}
+        self._unloaded: set[str] = set()  # rooms whose records failed to load at start
         self._locks = KeyedLocks()
         self._ticker: asyncio.Task[None] | None = None
 
@@ -136,9 +144,21 @@ class Commerce:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self, rooms: Iterable[str]) -> None:
-        """Load every known room (this also logs order transitions a crash left unlogged)."""
+        """Load every known room (this also logs order transitions an older version left
+        unlogged). One room that cannot load is reported and left out; the others are served."""
         for room in rooms:
-            await self.shop(room)
+            try:
+                shop = await self.shop(room)
+            except Exception:
+                log.exception("room %s: its shop could not be loaded; its commerce is unavailable", room)
+                self._unloaded.add(room)
+                continue
+            for pool, (sold, quantity) in shop.oversold.items():
+                log.error("room %s: pool %s has %d units sold but offers %d (two processes sold from one"
+                          " data directory?); it is served sold out", room, pool, sold, quantity)
+        metrics.UNLOADED_ROOMS.set(len(self._unloaded))
+        metrics.OVERSOLD_POOLS.set(sum(len(shop.oversold) for shop in self._shops.values()))
+        self.log.notify()
         self._ticker = asyncio.get_running_loop().create_task(self._run_ticker(), name="commerce-tick")
 
     async def stop(self) -> None:
@@ -155,6 +175,8 @@ class Commerce:
             return shop
         if not self._room_exists(room):
             raise DomainError("not_found", f"no room {room!r}")
+        if room in self._unloaded:
+            raise StorageUnavailable(f"the shop of room {room!r} could not be loaded; see the server log")
         task = self._loading.get(room)
         if task is None:  # concurrent first uses share one load
             task = self._loading[room] = asyncio.get_running_loop().create_task(self._load(room))
@@ -162,19 +184,18 @@ class Commerce:
 
     async def _load(self, room: str) -> Shop:
         try:
-            shop = self._shops.get(room)  # the snapshot hook may have loaded it meanwhile
+            shop = self._shops.get(room)
             if shop is None:
                 shop = self._new_shop(room)
                 await shop.load()
-                self._shops[room] = shop
+                shop = self._shops.setdefault(room, shop)  # the snapshot hook may have made it meanwhile
             return shop
         finally:
             del self._loading[room]
 
     def _new_shop(self, room: str) -> Shop:
         # Rooms have no owner account yet: the room id is the host the purchase events name.
-        return Shop(room, room, stock=self.stock, log=self.log, records=self.records,
-                    config=self.config, clock=self._now)
+        return Shop(room, room, stock=self.stock, records=self.records, config=self.config, clock=self._now)
 
     # -- delivery and the clock ---------------------------------------------------------------
 
@@ -237,6 +258,7 @@ class Commerce:
         shop = await self.shop(room)
         async with self._locks.hold(("user", room, user)):
             outcome = await shop.checkout(user, request_id)
+            self.log.notify()
             await self.deliver(room, outcome.events)
             return outcome.result
 
@@ -252,6 +274,7 @@ class Commerce:
         shop = await self.shop(room)
         async with self._locks.hold(("order", room, order_id)):
             outcome = await (shop.confirm(order_id) if paid else shop.cancel(order_id))
+            self.log.notify()
             await self.deliver(room, outcome.events)
             return outcome.result
 
@@ -293,15 +316,14 @@ class Commerce:
         return await (await self.shop(room)).snapshot(user)
 
     def snapshot_now(self, room: str, user: str | None) -> dict[str, Any]:
-        """The same, synchronously, for the channel's snapshot hook (a room not used since start
-        is loaded here: the SQLite records and the memory stock store never suspend)."""
+        """The same, synchronously, for the channel's snapshot hook. It never touches the
+        database: every room known at start was loaded by `start`, so a room without a shop yet
+        was created since and has no records (its shop starts empty), or failed to load."""
         shop = self._shops.get(room)
         if shop is None:
-            if not self._room_exists(room):  # e.g. a service connected to no room
+            if not self._room_exists(room) or room in self._unloaded:  # e.g. a service of no room
                 return {}
-            shop = self._new_shop(room)
-            run_now(shop.load())
-            self._shops[room] = shop
+            shop = self._shops[room] = self._new_shop(room)
         return run_now(shop.snapshot(user))
 
     async def order(self, room: str, order_id: Any) -> dict[str, Any]:

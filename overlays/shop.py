@@ -1,11 +1,11 @@
 """The per-room commerce facade the HTTP and websocket handlers call.
 
 Each mutating call validates, applies the change through the StockStore (atomic units), writes what
-must survive a restart through the RecordStore and PurchaseLog, and returns an `Outcome`: the result
-for the caller plus the DomainEvents to publish. Failures raise DomainError. Time comes from the
-injected clock; `tick()` advances clock-driven state (reservation expiry, sale start and end,
-the "bought in the last minute" window) and returns its events. No sockets, no asyncio here: the
-awaits are only the stores' interface.
+must survive a restart through the RecordStore (an order together with its purchase-log entry), and
+returns an `Outcome`: the result for the caller plus the DomainEvents to publish. Failures raise
+DomainError. Time comes from the injected clock; `tick()` advances clock-driven state (reservation
+expiry, sale start and end, the "bought in the last minute" window) and returns its events. No sockets,
+no asyncio here: the awaits are only the stores' interface.
 
 Events (DomainEvent.type; S = state, coalesced per key; D = discrete; U = to one user only):
   product.put D, product.removed D, product.stock S (key product.stock:{id}), tag.pinned D,
@@ -28,7 +28,6 @@ from overlays.catalog import Catalog, Product, check_id
 from overlays.events import DomainError, DomainEvent, discrete, state
 from overlays.idempotency import RequestMemory
 from overlays.orders import CANCELLED, PAID, PLACED, Order, OrderLine, SalesStats
-from overlays.purchases.base import PurchaseLog
 from overlays.records import RecordStore
 from overlays.sales import ENDED, LIVE, Sale, SaleBook
 from overlays.stock.base import Reservation, StockStore
@@ -77,14 +76,13 @@ class Shop:
         host: str,
         *,
         stock: StockStore,
-        log: PurchaseLog,
         records: RecordStore,
         config: ShopConfig | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.room, self.host = room, host
         self.config = config or ShopConfig()
-        self._stock, self._log, self._records, self._clock = stock, log, records, clock
+        self._stock, self._records, self._clock = stock, records, clock
         self._catalog = Catalog(self.config.max_products)
         self._tags = TagBoard(self.config.max_tags)
         self._sales = SaleBook(self.config.max_sales)
@@ -93,6 +91,7 @@ class Shop:
         # Outcomes for retries, each kept for the hold time (a checkout's order is found in the records).
         self._taps: RequestMemory[dict[str, Any] | DomainError] = RequestMemory(self.config.user_requests)
         self._checkouts: RequestMemory[DomainError] = RequestMemory(self.config.user_requests)
+        self.oversold: dict[str, tuple[int, int]] = {}  # pool -> (sold, quantity), found by load()
         self.stats = SalesStats(self.config.proof_window, self.config.recent_orders)
 
     # -- start --------------------------------------------------------------------------------
@@ -100,7 +99,11 @@ class Shop:
     async def load(self) -> None:
         """Rebuild from the records after a (re)start: catalog, pinned tags, sales, sold units per pool (units
         that were only reserved return to stock), totals; and append to the purchase log any
-        order transition a crash left unlogged."""
+        order transition a database written by an older version left unlogged.
+
+        A pool whose orders hold more units than it offers (a data directory once served by two
+        processes) is not refused: it loads sold out, its orders intact, and is listed in
+        `oversold` (pool -> (sold, quantity)) for the operator."""
         now = self._clock()
         for data in await self._records.products(self.room):
             product = Product(**data)
@@ -119,6 +122,10 @@ class Shop:
             quantity = (
                 self._catalog.get(product_id).stock if sale_id is None else self._sales.get(sale_id).quantity
             )
+            units = sum(sold.get(pool, {}).values())
+            if units > quantity:
+                self.oversold[pool] = (units, quantity)
+                quantity = units
             counters = await self._stock.define(self.room, pool, quantity, sold.get(pool, {}))
             if (
                 sale_id is not None
@@ -374,8 +381,11 @@ class Shop:
         lines = [self._order_line(r) for r in held]
         currency = self._catalog.get(self._pools[held[0].pool][0]).currency
         order = Order(f"o_{_token()}", self.room, self.host, user, request_id, currency, lines, now)
-        await self._records.put_order(order.to_dict())
-        await self._append(order, PLACED)
+        try:
+            await self._append(order, PLACED)
+        except Exception:  # nothing was written: the units go back to the cart, a retry can succeed
+            await self._stock.restore(self.room, held)
+            raise
         self.stats.placed(order)
         self.stats.prune(now)
         events = [discrete("order.placed", order.public(), user), *self._stats_events()]
@@ -406,19 +416,18 @@ class Shop:
         now = self._clock()
         if not order.close(status, now):
             return []
-        await self._records.put_order(order.to_dict())
+        await self._append(order, status)
         events = [discrete(f"order.{status}", order.public(), order.user)]
         if status == CANCELLED:
             for pool, available in (await self._stock.refund(self.room, order.reservations())).items():
                 events += self._stock_events(pool, available, now)
             self.stats.cancelled(order)
             events += self._stats_events()
-        await self._append(order, status)
         return events
 
     async def _append(self, order: Order, status: str) -> None:
-        await self._log.append(order.cloud_event(status))
-        await self._records.mark_logged(self.room, order.id, status)
+        """Commit the order as it is now together with its `status` transition's log entry."""
+        await self._records.put_order(order.to_dict(), order.cloud_event(status))
 
     # -- time and views -----------------------------------------------------------------------
 

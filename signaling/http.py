@@ -142,7 +142,7 @@ def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
     async def create_room(request: web.Request) -> web.Response:
         auth.require_admin(request)
         body = await read_json(request)
-        room = rooms.create(body.get("id"), body.get("title") or "")
+        room = await rooms.create(body.get("id"), body.get("title") or "")
         host_token = mint(auth.secret, room.id, "host", "host", config.token_ttl)
         return json_response({"room": public(room.id), "stream_key": room.stream_key, "host_token": host_token},
                              status=201, headers={"Location": f"/api/rooms/{room.id}"})
@@ -157,7 +157,7 @@ def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
         room_id = request.match_info["room"]
         public(room_id)
         auth.identity(request, room_id, ("host",))
-        return json_response({"stream_key": rooms.rotate_key(room_id).stream_key})
+        return json_response({"stream_key": (await rooms.rotate_key(room_id)).stream_key})
 
     async def make_token(request: web.Request) -> web.Response:
         room_id = request.match_info["room"]

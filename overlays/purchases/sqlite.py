@@ -1,5 +1,7 @@
-"""SQLite PurchaseLog for the embedded default: each append is committed before it returns, so an
-acknowledged order survives a SIGKILL. Retention keeps the newest `max_entries` rows."""
+"""SQLite PurchaseLog for the embedded default. Entries are written by `append_in`, inside the
+transaction of the caller that also writes the order (the record store), so an acknowledged order
+and its log entry commit together; `append` is the same on its own. Retention keeps the newest
+`max_entries` rows. Calls run on the database's thread (engine.storage.Database)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from engine.storage import Database
 from overlays.purchases.base import LogEntry, check_limit, format_id, parse_id
 
 _SCHEMA = """
@@ -23,52 +26,48 @@ CREATE TABLE IF NOT EXISTS purchase_log (
 """
 
 
-def open_db(path: str | Path) -> sqlite3.Connection:
-    """WAL for concurrent readers; synchronous=FULL so a commit also survives power loss."""
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    return conn
-
-
 class SqlitePurchaseLog:
-    """Takes an open connection (shared with the rest of the app's storage, which owns it) or a
+    """Takes an open Database (shared with the rest of the app's storage, which owns it) or a
     path (then this log opens and closes its own)."""
 
-    def __init__(self, db: sqlite3.Connection | str | Path, max_entries: int = 1_000_000) -> None:
-        self._owned = not isinstance(db, sqlite3.Connection)
-        self._conn = open_db(db) if self._owned else db
+    def __init__(self, db: Database | str | Path, max_entries: int = 1_000_000) -> None:
+        self._owned = not isinstance(db, Database)
+        self.db = Database(db) if not isinstance(db, Database) else db
         self.max_entries = max_entries
-        with self._conn:
-            self._conn.execute(_SCHEMA)
+        self.db.now(lambda conn: conn.executescript(_SCHEMA))
 
     def close(self) -> None:
         if self._owned:
-            self._conn.close()
+            self.db.close()
 
-    async def append(self, event: Mapping[str, Any]) -> str:
+    def append_in(self, conn: sqlite3.Connection, event: Mapping[str, Any]) -> str:
+        """Append within the caller's open transaction on `conn` (idempotent on source and id)."""
         source, ce_id = event["source"], event["id"]
-        with self._conn:
-            cursor = self._conn.execute(
-                "INSERT OR IGNORE INTO purchase_log (source, ce_id, body) VALUES (?, ?, ?)",
-                (source, ce_id, orjson.dumps(event)),
-            )
-            if cursor.rowcount == 0:
-                (seq,) = self._conn.execute(
-                    "SELECT seq FROM purchase_log WHERE source = ? AND ce_id = ?", (source, ce_id)
-                ).fetchone()
-                return format_id(seq)
-            seq = cursor.lastrowid
-            self._conn.execute("DELETE FROM purchase_log WHERE seq <= ?", (seq - self.max_entries,))
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO purchase_log (source, ce_id, body) VALUES (?, ?, ?)",
+            (source, ce_id, orjson.dumps(event)),
+        )
+        if cursor.rowcount == 0:
+            (seq,) = conn.execute(
+                "SELECT seq FROM purchase_log WHERE source = ? AND ce_id = ?", (source, ce_id)
+            ).fetchone()
+            return format_id(seq)
+        seq = cursor.lastrowid
+        conn.execute("DELETE FROM purchase_log WHERE seq <= ?", (seq - self.max_entries,))
         return format_id(seq)
 
+    async def append(self, event: Mapping[str, Any]) -> str:
+        return await self.db.write(lambda conn: self.append_in(conn, event))
+
     async def read(self, after: str | None = None, limit: int = 100) -> list[LogEntry]:
-        rows = self._conn.execute(
-            "SELECT seq, body FROM purchase_log WHERE seq > ? ORDER BY seq LIMIT ?",
-            (parse_id(after), check_limit(limit)),
-        ).fetchall()
+        after_seq, limit = parse_id(after), check_limit(limit)
+        rows = await self.db.read(lambda conn: conn.execute(
+            "SELECT seq, body FROM purchase_log WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+        ).fetchall())
         return [LogEntry(format_id(seq), orjson.loads(body)) for seq, body in rows]
 
     async def last_id(self) -> str | None:
-        row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'purchase_log'").fetchone()
+        row = await self.db.read(lambda conn: conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'purchase_log'"
+        ).fetchone())
         return format_id(row[0]) if row else None

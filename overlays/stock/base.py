@@ -98,6 +98,12 @@ class StockStore(Protocol):
         """Turn the user's unexpired reservations into sold units; returns them (the order lines)."""
         ...
 
+    async def restore(self, room: str, lines: list[Reservation]) -> None:
+        """Undo `commit`: turn the units of `lines` (as commit returned them) back into the same
+        reservations in their users' carts, with the same ids and expiry. For an order that could
+        not be written; lines of pools that no longer exist are skipped."""
+        ...
+
     async def refund(self, room: str, lines: list[Reservation]) -> dict[str, int]:
         """Return sold units (a cancelled order) to their pools; pool -> available afterwards.
         Lines of pools that no longer exist are skipped. The caller calls this once per order."""

@@ -182,6 +182,20 @@ class MemoryStockStore:
             del self._carts[(room, user)]
         return lines
 
+    async def restore(self, room: str, lines: list[Reservation]) -> None:
+        for reservation in lines:
+            current = self._pools.get((room, reservation.pool))
+            if current is None:
+                continue
+            current.sold -= reservation.qty
+            current.reserved += reservation.qty  # `held` already counts them (reserved + sold)
+            self._reservations[reservation.id] = (room, reservation)
+            cart = self._carts.get((room, reservation.user))
+            if cart is None:
+                cart = self._carts[(room, reservation.user)] = {}
+            cart[reservation.id] = reservation
+            heapq.heappush(self._expiry.setdefault(room, []), (reservation.expires_at, reservation.id))
+
     async def refund(self, room: str, lines: list[Reservation]) -> dict[str, int]:
         available: dict[str, int] = {}
         for line in lines:

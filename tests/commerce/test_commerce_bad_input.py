@@ -103,7 +103,7 @@ async def test_viewers_cannot_run_the_shop(app: App, rest: Rest) -> None:
 async def test_forged_and_other_room_tokens_are_refused(app: App, rest: Rest) -> None:
     host = await _setup(app)
     before = await _stock(rest)
-    app.rooms.create("other")
+    await app.rooms.create("other")
     claims = {"room": "demo", "role": "host", "sub": "eve", "exp": 4_000_000_000}
     forged = jwt.encode(claims, "not-the-server-secret-but-long-enough-0123456789", algorithm="HS256")
     for tok, query in [(forged, ""), (token(app, "other", "host"), "&room=demo")]:

@@ -103,7 +103,7 @@ async def test_tags_pin_and_unpin_and_are_in_every_snapshot(app: App, rest: Rest
 
 
 async def test_host_calls_need_a_host_of_that_room(app: App, rest: Rest) -> None:
-    app.rooms.create("other")
+    await app.rooms.create("other")
     status, body = await rest.call("PUT", "/api/rooms/demo/products/mug", None, MUG)
     assert status == 401 and body["error"]["code"] == "unauthorized"
     status, body = await rest.call("PUT", "/api/rooms/demo/products/mug", token(app, role="viewer"), MUG)

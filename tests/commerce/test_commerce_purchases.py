@@ -83,7 +83,7 @@ async def test_subscribe_streams_the_log_and_resumes_exactly(app: App, rest: Res
 
 
 async def test_a_room_service_sees_only_its_room(app: App, rest: Rest) -> None:
-    app.rooms.create("other")
+    await app.rooms.create("other")
     for room in ("demo", "other"):
         host, _ = await joined(app, "host", "hana", room=room)
         await host.request({"type": "product.put", "id": 1, "product": MUG})

@@ -281,7 +281,7 @@ async def test_bad_tokens_are_refused_with_codes(engine: App) -> None:
     await asyncio.sleep(2.1)
     message, code = await _refused(engine, f"token={expired}")
     assert message["code"] == "token_expired" and code == 4401
-    engine.rooms.create("other")
+    await engine.rooms.create("other")
     message, code = await _refused(engine, f"token={token(engine, room='other')}&room=demo")
     assert message["code"] == "unauthorized"
     message, code = await _refused(engine, f"token={token(engine, room='ghost')}")

@@ -35,7 +35,7 @@ async def app(tmp_path: Path, forwarding: str) -> AsyncIterator[tuple[App, Media
         forwarding=forwarding,
     )
     engine = App(config)
-    engine.rooms.create("shop")
+    await engine.rooms.create("shop")
     await engine.start()
     yield engine, engine.media
     await engine.stop()

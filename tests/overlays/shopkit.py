@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from overlays.purchases.memory import MemoryPurchaseLog
+from engine.storage import Database
+from overlays.purchases.sqlite import SqlitePurchaseLog
 from overlays.records import SqliteRecords
 from overlays.shop import Shop, ShopConfig
 from overlays.stock.memory import MemoryStockStore
@@ -36,13 +36,15 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     raise AssertionError("the coroutine suspended")
 
 
-def make_shop(clock: Clock, conn: sqlite3.Connection | None = None, **config: Any) -> Shop:
+def make_shop(clock: Clock, db: Database | None = None, **config: Any) -> Shop:
+    """A shop on an in-memory database whose calls run inline (never suspend), so `run` can
+    drive it; its purchase log is `shop._records.log`."""
+    db = db or Database(":memory:", threaded=False)
     return Shop(
         "room1",
         "host1",
         stock=MemoryStockStore(),
-        log=MemoryPurchaseLog(),
-        records=SqliteRecords(conn or sqlite3.connect(":memory:")),
+        records=SqliteRecords(db, SqlitePurchaseLog(db)),
         config=ShopConfig(**config),
         clock=clock,
     )

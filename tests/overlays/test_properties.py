@@ -142,7 +142,7 @@ class ShopMachine(RuleBasedStateMachine):
 
     @invariant()
     def log_has_each_transition_once(self) -> None:
-        entries = run(self.shop._log.read(limit=1000))
+        entries = run(self.shop._records.log.read(limit=1000))
         seen = Counter(e.event["id"] for e in entries)
         assert all(n == 1 for n in seen.values())
         for order_id, order in self.orders.items():

@@ -208,7 +208,7 @@ async def test_checkout_confirm_cancel_and_log(stocked: Shop) -> None:
     assert (await stocked.confirm(order["id"])).events == []
     assert await code_of(stocked.cancel(order["id"])) == "conflict"
     assert await code_of(stocked.confirm("o_nope")) == "not_found"
-    entries = await stocked._log.read()
+    entries = await stocked._records.log.read()
     assert [e.event["type"] for e in entries] == ["livecart.order.placed", "livecart.order.paid"]
     assert {e.event["subject"] for e in entries} == {order["id"]}
 
