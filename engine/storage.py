@@ -25,8 +25,11 @@ class Storage:
         self.db.execute("CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS rooms (id TEXT PRIMARY KEY, title TEXT NOT NULL,"
-            " stream_key TEXT NOT NULL, created_at REAL NOT NULL)"
+            " stream_key TEXT NOT NULL, created_at REAL NOT NULL, private INTEGER NOT NULL DEFAULT 0)"
         )
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(rooms)")}
+        if "private" not in columns:  # a data directory from before private rooms
+            self.db.execute("ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0")
 
     def secret_setting(self, key: str) -> str:
         """A random secret kept under ``key``, created on first use (server secret, admin key)."""
