@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import msgpack
@@ -476,7 +476,7 @@ class _Connection(ServerConnection):
             self._address = address
             return
         metrics.REFUSED_CONNECTIONS.labels("ws", "per_ip").inc()
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         transport.write(http_error(429, "too_many_connections",
                                    f"at most {self._gate.cap} websocket connections per client address"))
         transport.close()
