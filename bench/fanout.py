@@ -131,7 +131,7 @@ class Server:
                 "--http-port", str(free_port()), "--ws-port", str(self.port),
                 "--data-dir", str(workdir / f"data-{self.port}"), "--secret", self.secret,
                 "--admin-key", secrets.token_hex(8), "--demo-room", ROOM,
-                "--max-connections", str(args.max_n + 100),
+                "--max-connections", str(args.max_n + 100), "--max-ws-per-ip", str(args.max_n + 100),
                 "--chat-rate", "100000", "--chat-burst", "100000",
                 "--msg-rate", "100000", "--msg-burst", "100000",
                 *args.engine_arg,

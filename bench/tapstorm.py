@@ -313,6 +313,7 @@ def start_server(args: argparse.Namespace, data_dir: str) -> tuple[subprocess.Po
         "taskset", "-c", "0", sys.executable, "-m", "engine.cli", "serve",
         "--http-port", str(http_port), "--ws-port", str(ws_port), "--data-dir", data_dir,
         "--secret", SECRET, "--admin-key", ADMIN, "--demo-room", ROOM, "--max-connections", "20000",
+        "--max-ws-per-ip", "20000",
         # The limits the storm runs at: taps at --rate per connection are all admitted.
         "--tap-rate", str(args.rate * 1.5), "--tap-burst", str(int(args.rate * 2) + 5),
         "--msg-rate", str(args.rate * 2 + 10), "--msg-burst", str(int(args.rate * 4) + 20),

@@ -21,10 +21,12 @@ from overlays.records import SqliteRecords
 from overlays.runtime import Commerce
 from overlays.shop import ShopConfig
 from overlays.stock.memory import MemoryStockStore
+from signaling.access import ViewAccess
 from signaling.accesslog import AccessLogger
 from signaling.channel import Channel
 from signaling.chat import register_chat
 from signaling.commerce import commerce_routes, register_commerce
+from signaling.guard import AddressGate, GuardedSite, body_deadline
 from signaling.http import Auth, errors_as_json, room_routes
 from signaling.pages import add_page_routes
 from signaling.purchases import purchase_routes, register_purchases
@@ -58,7 +60,9 @@ class App:
         self.bus = MemoryBus(config.tick_ms, config.history_size, config.history_age)
         self.channel = Channel(config, self.bus, self.rooms, self.secret)
         register_chat(self.channel, self.bus, config)
-        self.http = web.Application(middlewares=[errors_as_json], client_max_size=1 << 20)
+        self.http = web.Application(middlewares=[errors_as_json, body_deadline(config.http_read_timeout)],
+                                    client_max_size=1 << 20)
+        self.http_gate = AddressGate(config.max_http_per_ip)
         room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key), self.viewers, self.urls)
         # Rooms, commerce records and the purchase log share the storage's one connection on its own
         # thread: an order and its log entry commit in one transaction, and no commit runs on the loop.
@@ -72,8 +76,9 @@ class App:
         commerce_routes(self.http, self.commerce, Auth(self.secret, self.admin_key))
         purchase_routes(self.http, self.commerce.log, Auth(self.secret, self.admin_key))
         self.media = MediaService(config=media, rooms=self.rooms, bus=self.bus)
-        add_media_routes(self.http, self.media)
-        register_media(self.channel, self.media)
+        access = ViewAccess(self.rooms, self.secret)
+        add_media_routes(self.http, self.media, access)
+        register_media(self.channel, self.media, access)
         add_page_routes(self.http, config, self.rooms, self.urls)
         self._runner: web.AppRunner | None = None
         self.http_port = config.http_port
@@ -107,7 +112,8 @@ class App:
         self._runner = web.AppRunner(self.http, access_log=access_log, access_log_class=AccessLogger,
                                      handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.http_port)
+        site = GuardedSite(self._runner, self.config.host, self.config.http_port, self.http_gate,
+                           self.config.http_read_timeout)
         try:
             await site.start()
         except OSError as exc:

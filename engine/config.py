@@ -40,11 +40,27 @@ class Config:
     slow_close_after: float = field(default=10.0, metadata={"help": "close a lagging client after, s"})
     max_frame: int = field(default=64 * 1024, metadata={"help": "largest websocket frame accepted"})
     max_connections: int = field(default=20000, metadata={"help": "websocket connections per process"})
-    msg_rate: float = field(default=50.0, metadata={"help": "client messages per second per connection"})
-    msg_burst: int = field(default=100, metadata={"help": "client message burst per connection"})
+    msg_rate: float = field(default=50.0, metadata={"help": "client messages per second per user"})
+    msg_burst: int = field(default=100, metadata={"help": "client message burst per user"})
     chat_max_len: int = field(default=500, metadata={"help": "longest chat message, characters"})
-    chat_rate: float = field(default=1.0, metadata={"help": "chat messages per second per connection"})
-    chat_burst: int = field(default=5, metadata={"help": "chat burst per connection"})
+    chat_rate: float = field(default=1.0, metadata={"help": "chat messages per second per user"})
+    chat_burst: int = field(default=5, metadata={"help": "chat burst per user"})
+    max_ws_per_ip: int = field(default=200, metadata={
+        "help": "websocket connections per client address (more are answered 429 and closed)"})
+    max_connections_per_user: int = field(default=10, metadata={
+        "help": "websocket connections per user (token sub); more are refused with close 4429"})
+    max_http_per_ip: int = field(default=64, metadata={
+        "help": "concurrent HTTP connections per client address (more are answered 429 and closed)"})
+    http_read_timeout: float = field(default=10.0, metadata={
+        "help": "seconds a client has to send its first request's headers, and any request's body (then 408)"})
+    ws_handshake_timeout: float = field(default=10.0, metadata={
+        "help": "seconds a client has to complete the websocket handshake (then closed)"})
+    guest_rate: float = field(default=1.0, metadata={"help": "guest tokens minted per second per client address"})
+    guest_burst: int = field(default=20, metadata={"help": "guest token burst per client address"})
+    guest_checkout: bool = field(default=True, metadata={
+        "help": "let guest tokens tap and check out (--no-guest-checkout: guests watch and chat only)"})
+    limiter_entries: int = field(default=100_000, metadata={
+        "help": "client addresses and idle users the rate limiters remember (oldest forgotten first)"})
     permessage_deflate: bool = field(default=False, metadata={"help": "offer websocket compression"})
     ice_servers: str = field(default="", metadata={"help": "comma-separated STUN/TURN URLs (none by default)"})
     announce: str = field(default="", metadata={"help": "comma-separated addresses announced as ICE candidates"})
@@ -76,8 +92,8 @@ class Config:
     forwarding: str = field(default="fast", metadata={"help": "media forwarding path: fast or stock (aiortc senders)"})
     shutdown_grace: float = field(default=3.0, metadata={"help": "seconds to close clients on stop"})
     hold_seconds: float = field(default=600.0, metadata={"help": "how long a tap holds units in a cart, s"})
-    tap_rate: float = field(default=5.0, metadata={"help": "taps, uncarts and checkouts per second per connection"})
-    tap_burst: int = field(default=10, metadata={"help": "tap burst per connection"})
+    tap_rate: float = field(default=5.0, metadata={"help": "taps, uncarts and checkouts per second per user"})
+    tap_burst: int = field(default=10, metadata={"help": "tap burst per user"})
     max_tap_qty: int = field(default=20, metadata={"help": "largest quantity one tap may reserve"})
     max_user_requests: int = field(default=1000, metadata={
         "help": "tap and checkout ids remembered per user and room, each for the hold time (retries are "

@@ -31,3 +31,8 @@ REJECTED = Counter("livecart_rejected_messages_total", "Client messages answered
 def rejected(code: str) -> Counter:
     """The REJECTED child for ``code``, looked up once: ``labels()`` is costly on a hot refusal path."""
     return REJECTED.labels(code)
+REFUSED_CONNECTIONS = Counter(
+    "livecart_refused_connections_total",
+    "Connections refused or cut before a request: 'per_ip' (address over its cap), 'header_timeout' (too slow)",
+    ["port", "reason"],
+)

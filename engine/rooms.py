@@ -1,8 +1,9 @@
 """Rooms: the unit everything else hangs off (media, events, commerce).
 
-A room has an id (used in URLs and tokens), a title and a stream key, the publisher's
-WHIP bearer secret. The embedded default keeps rooms in SQLite so stream keys and links
-survive a restart.
+A room has an id (used in URLs and tokens), a title, a stream key (the publisher's WHIP
+bearer secret) and whether it is private: a private room's media is for holders of a viewer
+or host token the shop issued, not for anyone with the URL or a guest token. The embedded
+default keeps rooms in SQLite so stream keys and links survive a restart.
 """
 
 from __future__ import annotations
@@ -10,17 +11,17 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.errors import CodedError
 from engine.storage import Storage
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS rooms (id TEXT PRIMARY KEY, title TEXT NOT NULL,"
-    " stream_key TEXT NOT NULL, created_at REAL NOT NULL)"
+    " stream_key TEXT NOT NULL, created_at REAL NOT NULL, private INTEGER NOT NULL DEFAULT 0)"
 )
 
-ROOM_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+ROOM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 class RoomError(CodedError):
@@ -33,10 +34,11 @@ class Room:
     title: str
     stream_key: str
     created_at: float
+    private: bool = False
 
     def public(self) -> dict[str, object]:
         """What anyone may see: never the stream key."""
-        return {"id": self.id, "title": self.title, "created_at": self.created_at}
+        return {"id": self.id, "title": self.title, "created_at": self.created_at, "private": self.private}
 
 
 def new_stream_key() -> str:
@@ -51,8 +53,12 @@ class Rooms:
         self._db = storage.db
         self._max = max_rooms
         self._db.now(lambda conn: conn.execute(_SCHEMA))
-        rows = self._db.now(lambda conn: conn.execute("SELECT id, title, stream_key, created_at FROM rooms").fetchall())
-        self._rooms: dict[str, Room] = {row[0]: Room(*row) for row in rows}
+        columns = {row[1] for row in self._db.now(lambda conn: conn.execute("PRAGMA table_info(rooms)").fetchall())}
+        if "private" not in columns:  # a data directory from before private rooms
+            self._db.now(lambda conn: conn.execute("ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0"))
+        rows = self._db.now(
+            lambda conn: conn.execute("SELECT id, title, stream_key, created_at, private FROM rooms").fetchall())
+        self._rooms: dict[str, Room] = {row[0]: Room(row[0], row[1], row[2], row[3], bool(row[4])) for row in rows}
         self._creating: set[str] = set()  # ids being written, so two creates cannot race
 
     def get(self, room_id: str) -> Room | None:
@@ -61,22 +67,21 @@ class Rooms:
     def list(self) -> list[Room]:
         return sorted(self._rooms.values(), key=lambda r: r.created_at)
 
-    async def create(self, room_id: str | None = None, title: str = "") -> Room:
+    async def create(self, room_id: str | None = None, title: str = "", private: bool = False) -> Room:
         room_id = room_id or "r" + secrets.token_hex(5)
-        if not isinstance(room_id, str) or not ROOM_ID.match(room_id):
+        if not isinstance(room_id, str) or not ROOM_ID.fullmatch(room_id):
             raise RoomError("bad_request", "room id must be 1-64 of a-z, 0-9, '_' or '-'")
-        if not isinstance(title, str) or len(title) > 200:
-            raise RoomError("bad_request", "title must be a string of at most 200 characters")
+        _check_settings(title, private)
         if room_id in self._rooms or room_id in self._creating:
             raise RoomError("conflict", f"room {room_id!r} exists")
         if len(self._rooms) + len(self._creating) >= self._max:
             raise RoomError("limit_reached", "too many rooms")
-        room = Room(room_id, title or room_id, new_stream_key(), time.time())
+        room = Room(room_id, title or room_id, new_stream_key(), time.time(), private)
         self._creating.add(room.id)
         try:
             await self._db.write(lambda conn: conn.execute(
-                "INSERT INTO rooms (id, title, stream_key, created_at) VALUES (?, ?, ?, ?)",
-                (room.id, room.title, room.stream_key, room.created_at),
+                "INSERT INTO rooms (id, title, stream_key, created_at, private) VALUES (?, ?, ?, ?, ?)",
+                (room.id, room.title, room.stream_key, room.created_at, int(room.private)),
             ))
         finally:
             self._creating.discard(room.id)
@@ -87,9 +92,29 @@ class Rooms:
         room = self._rooms.get(room_id)
         if room is None:
             raise RoomError("not_found", f"no room {room_id!r}")
-        stream_key = new_stream_key()
+        room = replace(room, stream_key=new_stream_key())
         await self._db.write(lambda conn: conn.execute(
-            "UPDATE rooms SET stream_key = ? WHERE id = ?", (stream_key, room.id)
+            "UPDATE rooms SET stream_key = ? WHERE id = ?", (room.stream_key, room.id)
         ))
-        room = self._rooms[room.id] = Room(room.id, room.title, stream_key, room.created_at)
+        self._rooms[room.id] = room
         return room
+
+    async def update(self, room_id: str, title: str | None = None, private: bool | None = None) -> Room:
+        """Change a room's title or privacy; None leaves a setting as it is."""
+        room = self._rooms.get(room_id)
+        if room is None:
+            raise RoomError("not_found", f"no room {room_id!r}")
+        _check_settings(room.title if title is None else title, room.private if private is None else private)
+        room = replace(room, title=title or room.title, private=room.private if private is None else private)
+        await self._db.write(lambda conn: conn.execute(
+            "UPDATE rooms SET title = ?, private = ? WHERE id = ?", (room.title, int(room.private), room.id)
+        ))
+        self._rooms[room.id] = room
+        return room
+
+
+def _check_settings(title: object, private: object) -> None:
+    if not isinstance(title, str) or len(title) > 200:
+        raise RoomError("bad_request", "title must be a string of at most 200 characters")
+    if not isinstance(private, bool):
+        raise RoomError("bad_request", "private must be true or false")

@@ -10,12 +10,13 @@ with roles and rate limits), ``snapshot_parts`` (their share of the room snapsho
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import msgpack
@@ -28,12 +29,14 @@ from websockets.protocol import State
 from engine import metrics
 from engine.bus.base import Bus
 from engine.config import Config
+from engine.digits import parse_uint
 from engine.errors import CodedError
 from engine.rooms import Rooms
 from signaling import protocol
 from signaling.fanout import BINARY, TEXT, Frames, RoomHub, frame
+from signaling.guard import AddressGate, http_error, peer_address
 from signaling.protocol import ProtocolError
-from signaling.ratelimit import TokenBucket
+from signaling.ratelimit import UserLimits, Users
 from signaling.tokens import Identity, TokenError, verify
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,7 @@ class Session:
     """One client connection: its identity, its place in the room's order, its limits."""
 
     def __init__(self, channel: Channel, connection: ServerConnection, identity: Identity,
-                 room: str, conn_id: int) -> None:
+                 room: str, conn_id: int, limits: UserLimits) -> None:
         self.channel = channel
         self.connection = connection
         self.transport = connection.transport
@@ -83,9 +86,8 @@ class Session:
         self.raw = not connection.protocol.extensions
         self.last_seq = 0
         self.lagging_since: float | None = None
-        self.bucket = TokenBucket(channel.config.msg_rate, channel.config.msg_burst)
+        self.limits = limits  # shared by all connections of this user
         self.flood = 0
-        self.action_buckets: dict[str, TokenBucket] = {}
 
     @property
     def open(self) -> bool:
@@ -95,19 +97,20 @@ class Session:
         """Write the room events this connection has not seen; returns how many."""
         if self.lagging_since is not None or self.last_seq >= frames.last or not self.open:
             return 0
-        if self.transport.get_write_buffer_size() > self.channel.config.send_queue_bytes:
-            self.mark_lagging()
-            return 0
         if self.raw:
             data, count = frames.after(self.last_seq, self.packed)
+            if not self.fits(len(data)):
+                return 0
             self.transport.write(data)
         else:
-            count = 0
-            for event in frames.events:
-                if event.seq > self.last_seq:
-                    self._send_payload(event.packed if self.packed else event.json)
-                    count += 1
+            payloads = [event.packed if self.packed else event.json
+                        for event in frames.events if event.seq > self.last_seq]
+            if not self.fits(sum(map(len, payloads))):
+                return 0
+            for payload in payloads:
+                self._send_payload(payload)
             self.connection.send_data()
+            count = len(payloads)
         self.last_seq = frames.last
         return count
 
@@ -120,16 +123,37 @@ class Session:
     def encode(self, message: dict[str, Any]) -> bytes:
         return msgpack.packb(message) if self.packed else orjson.dumps(message)
 
-    def send_now(self, message: dict[str, Any]) -> None:
-        """Write one message to this connection now (acks, errors, direct messages)."""
-        if not self.open:
-            return
-        payload = self.encode(message)
+    def fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes stay within the send queue limit; if not, the client is lagging.
+
+        Everything written to a client (events, acks, errors, direct messages) is checked here,
+        so a client that does not read holds at most ``--send-queue-bytes`` of this process's memory."""
+        if self.transport.get_write_buffer_size() + size <= self.channel.config.send_queue_bytes:
+            return True
+        self.mark_lagging()
+        return False
+
+    def send_now(self, message: dict[str, Any]) -> bool:
+        """Write one message to this connection now (acks, errors, direct messages).
+
+        False when it was not written: the connection is closed, or lagging (then it gets a
+        snapshot with ``resync`` once it has caught up, or is closed 4008)."""
+        if not self.open or self.lagging_since is not None:
+            return False
+        return self._write(self.encode(message))
+
+    def _write(self, payload: bytes) -> bool:
         if self.raw:
-            self.transport.write(frame(BINARY if self.packed else TEXT, payload))
+            data = frame(BINARY if self.packed else TEXT, payload)
+            if not self.fits(len(data)):
+                return False
+            self.transport.write(data)
         else:
+            if not self.fits(len(payload)):  # before compression: an upper bound
+                return False
             self._send_payload(payload)
             self.connection.send_data()
+        return True
 
     async def send(self, message: dict[str, Any]) -> None:
         """Awaitable form of send_now for handlers that push several messages."""
@@ -146,12 +170,16 @@ class Session:
         if not self.open:
             self.channel.lagging.discard(self)
             return
-        if self.transport.get_write_buffer_size() <= config.send_queue_bytes // 4:
-            self.lagging_since = None
-            self.channel.lagging.discard(self)
-            self.send_now(self.channel.snapshot(self, resync=True))
-            metrics.SEND_QUEUE.labels("resynced").inc()
-        elif self.lagging_since is not None and now - self.lagging_since > config.slow_close_after:
+        buffered = self.transport.get_write_buffer_size()
+        if buffered <= config.send_queue_bytes // 4 and self.room != "*":
+            snapshot = self.encode(self.channel.snapshot(self, resync=True))
+            if buffered + len(snapshot) + 16 <= config.send_queue_bytes:  # 16: the frame header
+                self.lagging_since = None
+                self.channel.lagging.discard(self)
+                self._write(snapshot)
+                metrics.SEND_QUEUE.labels("resynced").inc()
+                return
+        if self.lagging_since is not None and now - self.lagging_since > config.slow_close_after:
             self.lagging_since = None
             self.channel.lagging.discard(self)
             metrics.SEND_QUEUE.labels("closed").inc()
@@ -185,6 +213,9 @@ class Channel:
         self.hubs: dict[str, RoomHub] = {}
         self.sessions: dict[int, Session] = {}
         self.lagging: set[Session] = set()  # checked every 100 ms, so the check never scans everyone
+        self.users = Users(config.max_connections_per_user, config.msg_rate, config.msg_burst,
+                           config.limiter_entries)
+        self.addresses = AddressGate(config.max_ws_per_ip)
         self.close_timeout = 2.0
         self._ids = itertools.count(1)
         self._server: Server | None = None
@@ -203,11 +234,12 @@ class Channel:
             process_request=self._check_path,
             subprotocols=[protocol.MSGPACK_SUBPROTOCOL],
             select_subprotocol=_select_subprotocol,
-            create_connection=_Connection,
+            create_connection=functools.partial(_Connection, gate=self.addresses),
             compression="deflate" if self.config.permessage_deflate else None,
             max_size=self.config.max_frame,
             max_queue=16,
             close_timeout=self.close_timeout,
+            open_timeout=self.config.ws_handshake_timeout,
         )
         self._lag_task = asyncio.get_running_loop().create_task(self._watch_laggards())
 
@@ -271,13 +303,17 @@ class Channel:
         assert connection.request is not None
         params = {k: v[-1] for k, v in parse_qs(urlsplit(connection.request.path).query).items()}
         try:
-            identity, room = self._admit(params)
+            identity, room, since = self._admit(params)
+            limits = self.users.acquire(identity.sub)
+            if limits is None:
+                raise protocol.Refusal("too_many_connections", protocol.CLOSE_FLOOD,
+                                       f"at most {self.config.max_connections_per_user} connections per user")
         except protocol.Refusal as refusal:
             metrics.rejected(refusal.code).inc()
             await connection.send(orjson.dumps(protocol.error(refusal.code, refusal.message)).decode())
             await connection.close(refusal.close_code, refusal.message[:120])
             return
-        session = Session(self, connection, identity, room, next(self._ids))
+        session = Session(self, connection, identity, room, next(self._ids), limits)
         self.sessions[session.conn_id] = session
         metrics.CONNECTIONS.labels(session.role).inc()
         hub = None if room == "*" else self._hub(room)  # "*": a service in no room (purchase events)
@@ -289,13 +325,16 @@ class Channel:
             if hub is None:
                 session.send_now({"type": "hello", "you": {"sub": session.sub, "role": session.role}})
             else:
-                self._greet(session, params.get("since"))
+                self._greet(session, since)
             async for message in connection:
+                if session.lagging_since is not None:
+                    await self._caught_up(session)
                 await self._on_message(session, message)
         except ConnectionClosed:
             pass
         finally:
             expiry.cancel()
+            self.users.release(session.sub)
             if hub is not None:
                 hub.remove(session)
             del self.sessions[session.conn_id]
@@ -310,8 +349,8 @@ class Channel:
                 del self.hubs[room]
                 await hub.close()
 
-    def _admit(self, params: dict[str, str]) -> tuple[Identity, str]:
-        """The connecting client's identity and room, or a Refusal saying why not."""
+    def _admit(self, params: dict[str, str]) -> tuple[Identity, str, int | None]:
+        """The connecting client's identity, room and resume seq, or a Refusal saying why not."""
         if len(self.sessions) >= self.config.max_connections:
             raise protocol.Refusal("overloaded", protocol.CLOSE_FULL, "server is full, retry later")
         token = params.get("token")
@@ -327,20 +366,22 @@ class Channel:
         if room == "*":  # no room: only a service reading every room's purchase events
             if identity.role != "service":
                 raise protocol.Refusal("unauthorized", protocol.CLOSE_UNAUTHORIZED, "only services may join no room")
-            return identity, room
+            return identity, room, None
         if self.rooms.get(room) is None:
             raise protocol.Refusal("not_found", protocol.CLOSE_NOT_FOUND, f"no room {room!r}")
-        since = params.get("since")
-        if since is not None and not since.isdigit():
-            raise protocol.Refusal("bad_request", protocol.CLOSE_BAD_REQUEST, "since must be a non-negative integer")
-        return identity, room
+        raw_since = params.get("since")
+        since = None if raw_since is None else parse_uint(raw_since, protocol.MAX_SEQ_DIGITS)
+        if raw_since is not None and since is None:
+            raise protocol.Refusal("bad_request", protocol.CLOSE_BAD_REQUEST,
+                                   f"since must be an integer of 1-{protocol.MAX_SEQ_DIGITS} digits 0-9")
+        return identity, room, since
 
-    def _greet(self, session: Session, since: str | None) -> None:
+    def _greet(self, session: Session, since: int | None) -> None:
         """Replay what the client missed, or send a snapshot when that is not possible."""
         if since is not None:
-            events = self.bus.history(session.room, int(since))
+            events = self.bus.history(session.room, since)
             if events is not None:
-                session.last_seq = int(since)
+                session.last_seq = since
                 if events:
                     session.deliver(Frames(events))
                 return
@@ -349,7 +390,7 @@ class Channel:
     async def _on_message(self, session: Session, message: str | bytes) -> None:
         request_id = None
         try:
-            if not session.bucket.take():
+            if not session.limits.messages.take():
                 session.flood += 1
                 if session.flood > self.config.msg_burst:
                     session.close(protocol.CLOSE_FLOOD, "message flood")
@@ -362,12 +403,8 @@ class Channel:
                 raise ProtocolError("unknown_type", f"unknown message type {body['type']!r}")
             if session.role not in action.roles:
                 raise ProtocolError("forbidden", f"a {session.role} may not send {body['type']!r}")
-            if action.rate is not None:
-                bucket = session.action_buckets.get(body["type"])
-                if bucket is None:
-                    bucket = session.action_buckets[body["type"]] = TokenBucket(*action.rate)
-                if not bucket.take():
-                    raise ProtocolError("rate_limited", f"too many {body['type']!r} messages, slow down")
+            if action.rate is not None and not session.limits.take(body["type"], action.rate):
+                raise ProtocolError("rate_limited", f"too many {body['type']!r} messages, slow down")
             result = await action.handler(session, body)
             if isinstance(result, CodedError):
                 _refuse(session, result, request_id)
@@ -381,6 +418,15 @@ class Channel:
         except Exception:
             log.exception("action failed")
             _refuse(session, CodedError("internal", "the server failed on this request"), request_id)
+
+    async def _caught_up(self, session: Session) -> None:
+        """Read nothing more from a client while it is not reading what it is sent.
+
+        Its answers would only be dropped, so its next message waits here; websockets then stops
+        reading the socket, and the client's own send buffer fills. The lagging watcher either
+        resyncs the client (it reads again) or closes it."""
+        while session.lagging_since is not None and session.open:
+            await asyncio.sleep(0.05)
 
     async def _watch_laggards(self) -> None:
         while True:
@@ -413,9 +459,32 @@ class _Connection(ServerConnection):
     (engine.gcpolicy). Once the transport is gone the callback and the parser are unused and the
     tracebacks are only diagnostics: dropping them here breaks every cycle, however the
     connection ended.
+
+    It also counts open connections per client address (``--max-ws-per-ip``) from the moment
+    the TCP connection is accepted, before any handshake: past the cap it is answered 429 and closed.
     """
 
+    def __init__(self, *args: Any, gate: AddressGate, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = gate
+        self._address: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        address = peer_address(transport)
+        if self._gate.admit(address):
+            self._address = address
+            return
+        metrics.REFUSED_CONNECTIONS.labels("ws", "per_ip").inc()
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        transport.write(http_error(429, "too_many_connections",
+                                   f"at most {self._gate.cap} websocket connections per client address"))
+        transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._address is not None:
+            self._gate.release(self._address)
+            self._address = None
         super().connection_lost(exc)
         vars(self.protocol).pop("select_subprotocol", None)
         self.protocol.parser.close()  # its suspended frame holds the protocol

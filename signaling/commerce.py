@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.config import Config
+from engine.digits import parse_uint
 from overlays.events import DomainError
 from overlays.runtime import Commerce
 from signaling.channel import Channel, Session
@@ -39,8 +40,14 @@ def register_commerce(channel: Channel, commerce: Commerce, config: Config) -> N
     """The websocket actions of issue 'Commerce in the room' and the shop's part of the snapshot."""
     cart_rate = (config.tap_rate, config.tap_burst)
 
+    def may_buy(session: Session) -> None:
+        """With --no-guest-checkout, guest tokens (minted for anyone) watch and chat but do not buy."""
+        if session.identity.guest and not config.guest_checkout:
+            raise ProtocolError("forbidden", "guests may watch and chat; buying needs a token from the shop")
+
     async def tap(session: Session, message: dict[str, Any]) -> dict[str, Any]:
         """A storm is mostly refusals, so they come back as values and are answered without a raise."""
+        may_buy(session)
         result = await commerce.tap(
             session.room, session.sub, _request_id(message, "tap"),
             product_id=message.get("product_id"), sale_id=message.get("sale_id"), qty=message.get("qty", 1),
@@ -56,6 +63,7 @@ def register_commerce(channel: Channel, commerce: Commerce, config: Config) -> N
         return {"cart": await commerce.cart(session.room, session.sub)}
 
     async def checkout(session: Session, message: dict[str, Any]) -> dict[str, Any]:
+        may_buy(session)
         request_id = _request_id(message, "checkout")
         return {"order": await commerce.checkout(session.room, session.sub, request_id)}
 
@@ -101,9 +109,10 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    value = parse_uint(raw, len(str(hi)))
+    if value is None or not lo <= value <= hi:
         raise ApiError("bad_request", f"{name} must be an integer in [{lo}, {hi}]")
-    return int(raw)
+    return value
 
 
 def commerce_routes(app: web.Application, commerce: Commerce, auth: Auth) -> None:

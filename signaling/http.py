@@ -20,6 +20,7 @@ from engine.config import Config
 from engine.errors import CodedError
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
+from signaling.ratelimit import BucketTable
 from signaling.tokens import ROLES, Identity, TokenError, mint, verify
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,11 @@ STATUS = {
 class ApiError(CodedError):
     """A refusal raised by the HTTP layer itself (auth, body parsing)."""
 
-    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+    def __init__(self, code: str, message: str, status: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(code, message)
         self.status = status
+        self.headers = headers
 
 
 def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
@@ -126,6 +129,7 @@ class Auth:
 def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
                 viewers: Callable[[str], int], urls: Callable[[], PublicUrls]) -> None:
     """Rooms, tokens, health and metrics; ``urls`` gives the public URLs for room links."""
+    guests = BucketTable(config.guest_rate, config.guest_burst, config.limiter_entries)
 
     def public(room_id: str) -> dict[str, Any]:
         room = rooms.get(room_id)
@@ -142,7 +146,7 @@ def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
     async def create_room(request: web.Request) -> web.Response:
         auth.require_admin(request)
         body = await read_json(request)
-        room = await rooms.create(body.get("id"), body.get("title") or "")
+        room = await rooms.create(body.get("id"), body.get("title") or "", body.get("private", False))
         host_token = mint(auth.secret, room.id, "host", "host", config.token_ttl)
         return json_response({"room": public(room.id), "stream_key": room.stream_key, "host_token": host_token},
                              status=201, headers={"Location": f"/api/rooms/{room.id}"})
@@ -152,6 +156,14 @@ def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
 
     async def get_room(request: web.Request) -> web.Response:
         return json_response(public(request.match_info["room"]))
+
+    async def update_room(request: web.Request) -> web.Response:
+        room_id = request.match_info["room"]
+        public(room_id)
+        auth.require_admin(request)
+        body = await read_json(request)
+        await rooms.update(room_id, body.get("title"), body.get("private"))
+        return json_response(public(room_id))
 
     async def rotate_key(request: web.Request) -> web.Response:
         room_id = request.match_info["room"]
@@ -178,7 +190,13 @@ def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
         public(room_id)
         if not config.guest_tokens:
             raise ApiError("forbidden", "guest tokens are disabled on this server")
-        token = mint(auth.secret, room_id, "viewer", None, config.token_ttl)
+        room = rooms.get(room_id)
+        if room is not None and room.private:
+            raise ApiError("forbidden", "this room is private: its viewers get their tokens from the shop")
+        if not guests.take(request.remote or ""):
+            raise ApiError("rate_limited", "too many guest tokens from this address, retry later",
+                           headers={"Retry-After": str(max(1, round(1 / max(config.guest_rate, 0.001))))})
+        token = mint(auth.secret, room_id, "viewer", None, config.token_ttl, guest=True)
         return json_response({"token": token, "role": "viewer", "ws": urls().ws}, status=201)
 
     async def healthz(request: web.Request) -> web.Response:
@@ -190,6 +208,7 @@ def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
     app.router.add_post("/api/rooms", create_room)
     app.router.add_get("/api/rooms", list_rooms)
     app.router.add_get("/api/rooms/{room}", get_room)
+    app.router.add_patch("/api/rooms/{room}", update_room)
     app.router.add_post("/api/rooms/{room}/stream-key", rotate_key)
     app.router.add_post("/api/rooms/{room}/tokens", make_token)
     app.router.add_post("/api/rooms/{room}/guest", guest_token)

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.config import Config
+from engine.digits import parse_uint
 from overlays.events import DomainError
 from overlays.purchases.base import MAX_READ, LogEntry, check_limit, format_id, parse_id
 from overlays.runtime import WatchedLog
@@ -99,7 +100,9 @@ class Subscriptions:
                 await task
 
     async def _stream(self, session: Session, position: int) -> None:
-        limit = self.config.send_queue_bytes
+        # An entry is written only with half the send queue free, so it always fits; one that does
+        # not (far larger than any purchase event) ends the subscription rather than leave a gap.
+        limit = self.config.send_queue_bytes // 2
         gapless = position != 0  # "from the start" means from the oldest entry retained
         try:
             while session.open:
@@ -113,8 +116,9 @@ class Subscriptions:
                 for entry in entries:
                     while session.open and session.transport.get_write_buffer_size() > limit:
                         await asyncio.sleep(DRAIN_POLL)
-                    if _visible(entry, session.room):
-                        session.send_now({"type": "purchase", "id": entry.id, "event": entry.event})
+                    if _visible(entry, session.room) and not session.send_now(
+                            {"type": "purchase", "id": entry.id, "event": entry.event}):
+                        return
                     position = int(entry.id)
                 gapless = gapless or bool(entries)
                 if len(entries) < BATCH:
@@ -147,13 +151,13 @@ def purchase_routes(app: web.Application, purchases: WatchedLog, auth: Auth) -> 
             if identity.role != "service":
                 raise ApiError("forbidden", "reading purchase events needs a service token")
             room = identity.room
-        raw_limit = request.query.get("limit", "100")
-        if not raw_limit.isdigit():
+        limit = parse_uint(request.query.get("limit", "100"), len(str(MAX_READ)))
+        if limit is None:
             raise ApiError("bad_request", f"limit must be an integer in [1, {MAX_READ}]")
         after = request.query.get("after") or None
         try:
             position = await check_position(purchases, after)
-            entries = await purchases.read(format_id(position), check_limit(int(raw_limit)))
+            entries = await purchases.read(format_id(position), check_limit(limit))
         except ProtocolError as exc:
             raise ApiError(exc.code, exc.message, 410 if exc.code == "too_old" else 400) from None
         except DomainError as exc:

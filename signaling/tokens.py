@@ -2,7 +2,9 @@
 
 Claims: ``room`` (a room id, or ``*`` for a service that reads every room), ``role``
 (viewer, host, service), ``sub`` (the user id every cart and order is attributed to)
-and ``exp``. Nothing in the engine trusts a user id that did not come from here.
+and ``exp``; tokens the server hands out to anyone (``POST /api/rooms/{room}/guest``) also carry
+``guest: true``, so a shop can keep guests out of checkout and private rooms. Nothing in the
+engine trusts a user id that did not come from here.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ class Identity:
     role: str
     sub: str
     exp: float
+    guest: bool = False
 
     def may_enter(self, room: str) -> bool:
         return self.room == room or (self.role == "service" and self.room == "*")
 
 
-def mint(secret: str, room: str, role: str, sub: str | None = None, ttl: int = 86400) -> str:
+def mint(secret: str, room: str, role: str, sub: str | None = None, ttl: int = 86400,
+         guest: bool = False) -> str:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     if ttl <= 0:
@@ -44,6 +48,8 @@ def mint(secret: str, room: str, role: str, sub: str | None = None, ttl: int = 8
         "sub": sub or f"{role}-{secrets.token_hex(6)}",
         "exp": int(time.time()) + ttl,
     }
+    if guest:
+        claims["guest"] = True
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -59,4 +65,4 @@ def verify(secret: str, token: str) -> Identity:
         raise TokenError("unauthorized", "token lacks a valid room or role")
     if not isinstance(sub, str) or not sub:
         raise TokenError("unauthorized", "token lacks a subject")
-    return Identity(room=room, role=role, sub=sub, exp=float(claims["exp"]))
+    return Identity(room=room, role=role, sub=sub, exp=float(claims["exp"]), guest=claims.get("guest") is True)

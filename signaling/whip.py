@@ -16,6 +16,7 @@ from aiohttp import web
 
 from engine.media.errors import MediaError
 from engine.media.service import MediaService
+from signaling.access import ViewAccess
 
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
@@ -78,8 +79,10 @@ def _ice_links(media: MediaService) -> list[str]:
     return [f'<{url}>; rel="ice-server"' for url in media.ice_servers()]
 
 
-def add_media_routes(app: web.Application, media: MediaService) -> None:
-    """Add ``/whip/{room}``, ``/whep/{room}`` and their session resources to ``app``."""
+def add_media_routes(app: web.Application, media: MediaService, access: ViewAccess | None = None) -> None:
+    """Add ``/whip/{room}``, ``/whep/{room}`` and their session resources to ``app``.
+
+    ``access`` refuses WHEP viewers of a private room without a Bearer token of it (none: all rooms open)."""
     for prefix, role in (("whip", "publisher"), ("whep", "viewer")):
         collection = f"/{prefix}/{{room}}"
         resource = f"/{prefix}/{{room}}/{{session}}"
@@ -102,6 +105,8 @@ def add_media_routes(app: web.Application, media: MediaService) -> None:
             if role == "publisher":
                 created = await media.publish(room, _bearer(request), sdp)
             else:
+                if access is not None:
+                    access.check_bearer(room, _bearer(request))
                 created = await media.view(room, sdp)
             headers = {
                 **CORS,
@@ -154,7 +159,7 @@ def add_media_routes(app: web.Application, media: MediaService) -> None:
         app.router.add_route("DELETE", resource, _guard(delete))
 
 
-def register_media(channel: Any, media: MediaService) -> None:
+def register_media(channel: Any, media: MediaService, access: ViewAccess | None = None) -> None:
     """Websocket viewers: ``offer`` (the answer SDP comes back in the ack), ``candidate``
     (trickle), and the viewer's peer connection closed with its websocket.
 
@@ -173,6 +178,8 @@ def register_media(channel: Any, media: MediaService) -> None:
         if not isinstance(sdp, str):
             raise ProtocolError("bad_request", "offer needs an sdp string")
         try:
+            if access is not None:
+                access.check_identity(session.room, session.identity)
             created = await media.view(session.room, sdp, session_id=viewer_id(session))
         except MediaError as exc:
             raise ProtocolError(exc.code, exc.message) from exc

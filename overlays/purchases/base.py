@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from engine.digits import parse_uint
 from overlays.events import DomainError
 
 MAX_READ = 1000
@@ -30,9 +31,10 @@ def parse_id(log_id: str | None) -> int:
     """A resume position from a client: None means from the start."""
     if log_id is None:
         return 0
-    if not isinstance(log_id, str) or not log_id.isdigit() or len(log_id) > 20:
+    position = parse_uint(log_id, 20)
+    if position is None:
         raise DomainError("bad_request", "log ids are strings of up to 20 digits")
-    return int(log_id)
+    return position
 
 
 def check_limit(limit: int) -> int:

@@ -23,10 +23,17 @@ import pytest
 import uvloop
 
 from engine.app import App
+from engine.config import Config
 from engine.gcpolicy import GcPolicy
 from tests.conftest import token
 
 N = 2000
+
+
+@pytest.fixture
+def config(config: Config) -> Config:
+    """N viewers share one token and one address: lift the per-user and per-address caps for them."""
+    return config.replace(max_connections_per_user=N, max_ws_per_ip=N)
 
 
 @pytest.fixture(scope="module")
