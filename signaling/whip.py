@@ -55,15 +55,14 @@ def _bearer(request: web.Request) -> str | None:
 
 
 async def _body(request: web.Request, limit: int) -> str:
-    """The request's text, refused with 413 past ``limit`` bytes before more is read."""
+    """The request's text, refused with 413 past ``limit`` bytes.
+
+    aiohttp reads at most the application's ``client_max_size`` (and keeps what it read, so the
+    body-deadline middleware may have read it already); a declared length over ``limit`` is
+    refused before anything is read."""
     if request.content_length is not None and request.content_length > limit:
         raise MediaError(413, "too_large", f"body is {request.content_length} bytes; the limit is {limit}")
-    data = bytearray()
-    while len(data) <= limit:
-        chunk = await request.content.read(limit + 1 - len(data))
-        if not chunk:
-            break
-        data += chunk
+    data = await request.read()
     if len(data) > limit:
         raise MediaError(413, "too_large", f"body is over the limit of {limit} bytes")
     return data.decode("utf-8", errors="replace")
