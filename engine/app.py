@@ -114,6 +114,7 @@ def media_config(config: Config) -> MediaConfig:
         max_peers=config.max_peers,
         pli_min_interval=config.pli_interval,
         forwarding=config.forwarding,
+        publisher_idle=config.publisher_idle,
     )
 
 

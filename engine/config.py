@@ -52,6 +52,8 @@ class Config:
     max_viewers_per_room: int = field(default=500, metadata={"help": "media viewers per room (then 503)"})
     max_peers: int = field(default=2000, metadata={"help": "media peer connections per process (then 503)"})
     pli_interval: float = field(default=1.0, metadata={"help": "min seconds between keyframe requests"})
+    publisher_idle: float = field(default=3.0, metadata={
+        "help": "seconds without media before a room shows offline and a new WHIP POST with its key takes over"})
     forwarding: str = field(default="fast", metadata={"help": "media forwarding path: fast or stock (aiortc senders)"})
     shutdown_grace: float = field(default=3.0, metadata={"help": "seconds to close clients on stop"})
     hold_seconds: float = field(default=600.0, metadata={"help": "how long a tap holds units in a cart, s"})

@@ -90,6 +90,13 @@ class MediaConfig:
     #: session is dropped and the room is free again.
     connect_timeout: float = 20.0
 
+    #: Seconds without media from a publisher after which viewers see the room
+    #: offline (``media.offline``, reason ``publisher_idle``) and a new WHIP
+    #: ``POST`` with the room's stream key takes over instead of getting 409.
+    #: A crashed browser sends no ``DELETE``; ICE consent would only expire
+    #: after about 30 s.
+    publisher_idle: float = 3.0
+
     def __post_init__(self) -> None:
         if self.viewer_queue_frames <= self.keyframe_cache_frames:
             raise ValueError("viewer_queue_frames must exceed keyframe_cache_frames")
@@ -99,3 +106,5 @@ class MediaConfig:
             raise ValueError("nack_history_packets and send_slice_packets must be positive")
         if self.pli_min_interval < 0 or self.connect_timeout <= 0:
             raise ValueError("pli_min_interval must be >= 0 and connect_timeout > 0")
+        if self.publisher_idle <= 0:
+            raise ValueError("publisher_idle must be > 0")
