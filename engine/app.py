@@ -11,6 +11,7 @@ from engine.bus.memory import MemoryBus
 from engine.config import Config
 from engine.demo import seed_demo_catalog
 from engine.media.config import MediaConfig
+from engine.media.errors import MediaError
 from engine.media.service import MediaService
 from engine.rooms import Rooms
 from engine.storage import Storage
@@ -25,6 +26,7 @@ from signaling.commerce import commerce_routes, register_commerce
 from signaling.http import Auth, errors_as_json, room_routes
 from signaling.pages import add_page_routes
 from signaling.purchases import purchase_routes, register_purchases
+from signaling.tokens import TokenError, verify
 from signaling.whip import add_media_routes, register_media
 
 log = logging.getLogger(__name__)
@@ -57,8 +59,9 @@ class App:
         self.purchases = register_purchases(self.channel, self.commerce.log, config)
         commerce_routes(self.http, self.commerce, Auth(self.secret, self.admin_key))
         purchase_routes(self.http, self.commerce.log, Auth(self.secret, self.admin_key))
-        self.media = MediaService(config=media_config(config), rooms=self.rooms, bus=self.bus)
-        add_media_routes(self.http, self.media)
+        self.media = MediaService(config=media_config(config), rooms=self.rooms, bus=self.bus,
+                                  audience=self.channel.audience)
+        add_media_routes(self.http, self.media, self.viewer_sub)
         register_media(self.channel, self.media)
         add_page_routes(self.http, config, self.rooms, lambda: self.ws_port)
         self._runner: web.AppRunner | None = None
@@ -66,8 +69,18 @@ class App:
         self.ws_port = config.ws_port
 
     def viewers(self, room: str) -> int:
-        hub = self.channel.hubs.get(room)
-        return hub.viewers if hub else 0
+        """People watching ``room``, each once, by websocket, WHEP or both (signaling.audience)."""
+        return self.channel.audience.count(room)
+
+    def viewer_sub(self, room: str, token: str) -> str:
+        """The user id of a WHEP viewer's Bearer token; MediaError 401 unless it is valid for ``room``."""
+        try:
+            identity = verify(self.secret, token)
+        except TokenError as exc:
+            raise MediaError(401, exc.code, exc.message) from None
+        if not identity.may_enter(room):
+            raise MediaError(401, "unauthorized", "token is not valid for this room")
+        return identity.sub
 
     async def start(self) -> None:
         new_demo = bool(self.config.demo_room) and self.rooms.get(self.config.demo_room) is None

@@ -31,6 +31,7 @@ from engine.config import Config
 from engine.errors import CodedError
 from engine.rooms import Rooms
 from signaling import protocol
+from signaling.audience import Audience
 from signaling.fanout import BINARY, TEXT, Frames, RoomHub, frame
 from signaling.protocol import ProtocolError
 from signaling.ratelimit import TokenBucket
@@ -183,6 +184,8 @@ class Channel:
         self.snapshot_parts: list[Callable[[Session], dict[str, Any]]] = []
         self.on_close: list[Callable[[Session], Awaitable[None]]] = []
         self.hubs: dict[str, RoomHub] = {}
+        #: Viewers per room, websocket and media paths together (the media relay reports its own).
+        self.audience = Audience(lambda room, count: bus.set_state(room, "viewers", "viewers", {"count": count}))
         self.sessions: dict[int, Session] = {}
         self.lagging: set[Session] = set()  # checked every 100 ms, so the check never scans everyone
         self.close_timeout = 2.0
@@ -239,12 +242,11 @@ class Channel:
     def snapshot(self, session: Session, resync: bool = False) -> dict[str, Any]:
         """The room as it is now, with the seq it reflects; later events follow it."""
         room = session.room
-        hub = self.hubs.get(room)
         body: dict[str, Any] = {
             "type": "snapshot",
             "room": room,
             "seq": self.bus.seq(room),
-            "viewers": hub.viewers if hub else 0,
+            "viewers": self.audience.count(room),
             "state": self.bus.state(room),
             "you": {"sub": session.sub, "role": session.role},
         }
@@ -258,13 +260,14 @@ class Channel:
     def _hub(self, room: str) -> RoomHub:
         hub = self.hubs.get(room)
         if hub is None:
-            bus = self.bus
+            audience = self.audience
 
-            def on_viewers(count: int) -> None:
-                bus.set_state(room, "viewers", "viewers", {"count": count})
+            def on_viewers(sub: str, delta: int) -> None:
+                (audience.joined if delta > 0 else audience.left)(room, "ws", sub)
 
-            hub = self.hubs[room] = RoomHub(room, bus, self.config.fanout_slice, self.config.fanout_budget_ms / 1000,
-                                            self.config.history_size, on_viewers)
+            config = self.config
+            hub = self.hubs[room] = RoomHub(room, self.bus, config.fanout_slice, config.fanout_budget_ms / 1000,
+                                            config.history_size, on_viewers)
         return hub
 
     async def _handle(self, connection: ServerConnection) -> None:

@@ -62,8 +62,16 @@ def _ice_links(media: MediaService) -> list[str]:
     return [f'<{url}>; rel="ice-server"' for url in media.ice_servers()]
 
 
-def add_media_routes(app: web.Application, media: MediaService) -> None:
-    """Add ``/whip/{room}``, ``/whep/{room}`` and their session resources to ``app``."""
+def add_media_routes(
+    app: web.Application, media: MediaService, viewer_sub: Callable[[str, str], str] | None = None
+) -> None:
+    """Add ``/whip/{room}``, ``/whep/{room}`` and their session resources to ``app``.
+
+    ``viewer_sub(room, token)`` reads a WHEP ``POST``'s optional Bearer token (a
+    viewer token) as the user id, so a page watching over WHEP beside its
+    websocket counts once in the room's viewers; it raises ``MediaError`` for a
+    token that is not valid. Without it WHEP ignores Bearer tokens.
+    """
     for prefix, role in (("whip", "publisher"), ("whep", "viewer")):
         collection = f"/{prefix}/{{room}}"
         resource = f"/{prefix}/{{room}}/{{session}}"
@@ -86,7 +94,9 @@ def add_media_routes(app: web.Application, media: MediaService) -> None:
             if role == "publisher":
                 created = await media.publish(room, _bearer(request), sdp)
             else:
-                created = await media.view(room, sdp)
+                token = _bearer(request)
+                sub = viewer_sub(room, token) if viewer_sub is not None and token else None
+                created = await media.view(room, sdp, sub=sub)
             headers = {
                 **CORS,
                 "Content-Type": SDP,
@@ -154,7 +164,7 @@ def register_media(channel: Any, media: MediaService) -> None:
         if not isinstance(sdp, str):
             raise ProtocolError("bad_request", "offer needs an sdp string")
         try:
-            created = await media.view(session.room, sdp, session_id=viewer_id(session))
+            created = await media.view(session.room, sdp, session_id=viewer_id(session), sub=session.sub)
         except MediaError as exc:
             raise ProtocolError(exc.code, exc.message) from exc
         return {"sdp": created.sdp}
@@ -173,6 +183,14 @@ def register_media(channel: Any, media: MediaService) -> None:
     async def on_close(session: Any) -> None:
         await media.close_viewer(viewer_id(session))
 
+    def on_stranded(session_id: str, codecs: dict[str, str]) -> None:
+        """A websocket viewer's session ended for a codec change: tell its page to send a new offer."""
+        prefix, _, conn_id = session_id.partition("-")
+        session = channel.sessions.get(int(conn_id)) if prefix == "ws" and conn_id.isdigit() else None
+        if session is not None:
+            session.send_now({"type": "media.renegotiate", "reason": "codec_changed", "codecs": codecs})
+
     channel.actions.register("offer", roles, on_offer)
     channel.actions.register("candidate", roles, on_candidate)
     channel.on_close.append(on_close)
+    media.on_stranded = on_stranded
