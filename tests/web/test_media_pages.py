@@ -176,3 +176,27 @@ async def test_pages_show_offline_after_a_restart_without_a_publisher(engine, en
     for page in (viewer, studio):
         await page.locator("#conn.open").wait_for(state="attached")
         await page.locator("#live", has_text="Offline").wait_for()
+
+
+async def test_a_second_studio_takes_over_from_one_whose_media_stopped(engine, pages: MediaPages) -> None:
+    app = engine["app"]
+    first = await pages.open(f"/studio/demo?token={host_token(app)}")
+    await go_live(first, app)
+    viewer = await pages.open("/watch/demo")
+    await decoding(viewer)
+
+    second = await pages.open(f"/studio/demo?token={host_token(app)}")
+    await second.fill("#stream-key", app.rooms.get("demo").stream_key)
+    await second.click("#go-live")  # the first studio still sends media: refused
+    await second.locator("#publish-status.error", has_text="already broadcasting").wait_for()
+
+    # the first studio's media stops (a crashed or frozen browser sends no DELETE)
+    await first.evaluate("document.getElementById('preview').srcObject.getTracks().forEach((t) => t.stop())")
+    idle = app.config.publisher_idle
+    await viewer.locator("#live", has_text="Offline").wait_for(timeout=(idle + 3) * 1000)
+
+    await second.click("#go-live")
+    await second.locator("#publish-status", has_text="You are live").wait_for()
+    await viewer.locator("#live", has_text="Live").wait_for()
+    await decoding(viewer)
+    await first.locator("#publish-status.error", has_text="already broadcasting").wait_for()
