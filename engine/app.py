@@ -75,7 +75,7 @@ class App:
         self.purchases = register_purchases(self.channel, self.commerce.log, config)
         commerce_routes(self.http, self.commerce, Auth(self.secret, self.admin_key))
         purchase_routes(self.http, self.commerce.log, Auth(self.secret, self.admin_key))
-        self.media = MediaService(config=media, rooms=self.rooms, bus=self.bus)
+        self.media = MediaService(config=media, rooms=self.rooms, bus=self.bus, audience=self.channel.audience)
         access = ViewAccess(self.rooms, self.secret)
         add_media_routes(self.http, self.media, access)
         register_media(self.channel, self.media, access)
@@ -89,8 +89,8 @@ class App:
         return public_urls(self.config, self.http_port, self.ws_port)
 
     def viewers(self, room: str) -> int:
-        hub = self.channel.hubs.get(room)
-        return hub.viewers if hub else 0
+        """People watching ``room``, each once, by websocket, WHEP or both (signaling.audience)."""
+        return self.channel.audience.count(room)
 
     async def start(self) -> None:
         new_demo = bool(self.config.demo_room) and self.rooms.get(self.config.demo_room) is None
@@ -161,6 +161,7 @@ def media_config(config: Config) -> MediaConfig:
         rtx_per_packet=config.rtx_per_packet,
         ended_session_ttl=config.ended_session_ttl,
         ended_sessions_max=config.ended_sessions_max,
+        publisher_idle=config.publisher_idle,
     )
 
 

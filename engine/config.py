@@ -89,6 +89,8 @@ class Config:
         "help": "seconds an ended WHIP/WHEP session still answers DELETE with 200"})
     ended_sessions_max: int = field(default=10000, metadata={"help": "ended session ids kept for DELETE"})
     pli_interval: float = field(default=1.0, metadata={"help": "min seconds between keyframe requests"})
+    publisher_idle: float = field(default=3.0, metadata={
+        "help": "seconds without media before a room shows offline and a new WHIP POST with its key takes over"})
     forwarding: str = field(default="fast", metadata={"help": "media forwarding path: fast or stock (aiortc senders)"})
     shutdown_grace: float = field(default=3.0, metadata={"help": "seconds to close clients on stop"})
     hold_seconds: float = field(default=600.0, metadata={"help": "how long a tap holds units in a cart, s"})

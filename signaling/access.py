@@ -1,6 +1,7 @@
 """Who may pull a room's media: anyone for a public show, token holders the shop chose for a private one.
 
-WHEP carries the viewer's token as ``Authorization: Bearer`` (the draft allows it); the websocket's
+WHEP carries the viewer's token as ``Authorization: Bearer`` (the draft allows it; our watch page sends
+it so its WHEP session counts as the same viewer as its websocket); the websocket's
 ``offer`` uses the token the connection joined with. A private room takes viewer and host tokens for
 that room, never a guest token (those are minted for anyone who asks), so a leaked watch URL or a
 guest token does not open the stream.
@@ -22,18 +23,23 @@ class ViewAccess:
         self.rooms = rooms
         self.secret = secret
 
-    def check_bearer(self, room_id: str, token: str | None) -> None:
-        """A WHEP request: open for a public room; a private one needs a Bearer token of the room."""
-        if not self._private(room_id):
-            return
+    def whep_viewer(self, room_id: str, token: str | None) -> str | None:
+        """A WHEP request's viewer: the user id of its Bearer token, None without one (anyone may
+        watch a public room). A token that is not valid for the room is refused (401) rather than
+        ignored, and a private room needs a token that may view it."""
         if not token:
-            raise MediaError(401, "unauthorized", "this room is private: send Authorization: Bearer <viewer token>",
-                             CHALLENGE)
+            if self._private(room_id):
+                raise MediaError(401, "unauthorized", "this room is private: send Authorization: Bearer <viewer token>",
+                                 CHALLENGE)
+            return None
         try:
             identity = verify(self.secret, token)
         except TokenError as exc:
             raise MediaError(401, exc.code, exc.message, CHALLENGE) from None
+        if not identity.may_enter(room_id):
+            raise MediaError(401, "unauthorized", "token is not valid for this room", CHALLENGE)
         self.check_identity(room_id, identity)
+        return identity.sub
 
     def check_identity(self, room_id: str, identity: Identity) -> None:
         """A verified token (a websocket's, or a WHEP Bearer) may view a private room: not a guest, this room."""

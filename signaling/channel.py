@@ -33,6 +33,7 @@ from engine.digits import parse_uint
 from engine.errors import CodedError
 from engine.rooms import Rooms
 from signaling import protocol
+from signaling.audience import Audience
 from signaling.fanout import BINARY, TEXT, Frames, RoomHub, frame
 from signaling.guard import AddressGate, http_error, peer_address
 from signaling.protocol import ProtocolError
@@ -211,6 +212,8 @@ class Channel:
         self.snapshot_parts: list[Callable[[Session], dict[str, Any]]] = []
         self.on_close: list[Callable[[Session], Awaitable[None]]] = []
         self.hubs: dict[str, RoomHub] = {}
+        #: Viewers per room, websocket and media paths together (the media relay reports its own).
+        self.audience = Audience(lambda room, count: bus.set_state(room, "viewers", "viewers", {"count": count}))
         self.sessions: dict[int, Session] = {}
         self.lagging: set[Session] = set()  # checked every 100 ms, so the check never scans everyone
         self.users = Users(config.max_connections_per_user, config.msg_rate, config.msg_burst,
@@ -271,12 +274,11 @@ class Channel:
     def snapshot(self, session: Session, resync: bool = False) -> dict[str, Any]:
         """The room as it is now, with the seq it reflects; later events follow it."""
         room = session.room
-        hub = self.hubs.get(room)
         body: dict[str, Any] = {
             "type": "snapshot",
             "room": room,
             "seq": self.bus.seq(room),
-            "viewers": hub.viewers if hub else 0,
+            "viewers": self.audience.count(room),
             "state": self.bus.state(room),
             "you": {"sub": session.sub, "role": session.role},
         }
@@ -290,13 +292,14 @@ class Channel:
     def _hub(self, room: str) -> RoomHub:
         hub = self.hubs.get(room)
         if hub is None:
-            bus = self.bus
+            audience = self.audience
 
-            def on_viewers(count: int) -> None:
-                bus.set_state(room, "viewers", "viewers", {"count": count})
+            def on_viewers(sub: str, delta: int) -> None:
+                (audience.joined if delta > 0 else audience.left)(room, "ws", sub)
 
-            hub = self.hubs[room] = RoomHub(room, bus, self.config.fanout_slice, self.config.fanout_budget_ms / 1000,
-                                            self.config.history_size, on_viewers)
+            config = self.config
+            hub = self.hubs[room] = RoomHub(room, self.bus, config.fanout_slice, config.fanout_budget_ms / 1000,
+                                            config.history_size, on_viewers)
         return hub
 
     async def _handle(self, connection: ServerConnection) -> None:

@@ -47,7 +47,7 @@ class RoomHub:
     """Implements the bus's RoomListener for one room on this node."""
 
     def __init__(self, room: str, bus: Bus, fanout_slice: int, fanout_budget: float, max_pending: int,
-                 on_viewers: Callable[[int], None]) -> None:
+                 on_viewers: Callable[[str, int], None]) -> None:
         self.room = room
         self.sessions: dict[int, Session] = {}
         self._by_user: dict[str, set[Session]] = {}
@@ -69,7 +69,7 @@ class RoomHub:
         self._by_user.setdefault(session.sub, set()).add(session)
         if session.role == "viewer":
             self._viewers += 1
-            self._on_viewers(self._viewers)
+            self._on_viewers(session.sub, 1)
 
     def remove(self, session: Session) -> None:
         if self.sessions.pop(session.conn_id, None) is None:
@@ -81,7 +81,7 @@ class RoomHub:
                 del self._by_user[session.sub]
         if session.role == "viewer":
             self._viewers -= 1
-            self._on_viewers(self._viewers)
+            self._on_viewers(session.sub, -1)
 
     @property
     def viewers(self) -> int:

@@ -81,7 +81,9 @@ def _ice_links(media: MediaService) -> list[str]:
 def add_media_routes(app: web.Application, media: MediaService, access: ViewAccess | None = None) -> None:
     """Add ``/whip/{room}``, ``/whep/{room}`` and their session resources to ``app``.
 
-    ``access`` refuses WHEP viewers of a private room without a Bearer token of it (none: all rooms open)."""
+    ``access`` reads a WHEP ``POST``'s optional Bearer token (a viewer token) as the user id, so a
+    page watching over WHEP beside its websocket counts once in the room's viewers, and refuses
+    viewers of a private room without a token of it (none: all rooms open, Bearer ignored)."""
     for prefix, role in (("whip", "publisher"), ("whep", "viewer")):
         collection = f"/{prefix}/{{room}}"
         resource = f"/{prefix}/{{room}}/{{session}}"
@@ -104,9 +106,8 @@ def add_media_routes(app: web.Application, media: MediaService, access: ViewAcce
             if role == "publisher":
                 created = await media.publish(room, _bearer(request), sdp)
             else:
-                if access is not None:
-                    access.check_bearer(room, _bearer(request))
-                created = await media.view(room, sdp)
+                sub = access.whep_viewer(room, _bearer(request)) if access is not None else None
+                created = await media.view(room, sdp, sub=sub)
             headers = {
                 **CORS,
                 "Content-Type": SDP,
@@ -179,7 +180,7 @@ def register_media(channel: Any, media: MediaService, access: ViewAccess | None 
         try:
             if access is not None:
                 access.check_identity(session.room, session.identity)
-            created = await media.view(session.room, sdp, session_id=viewer_id(session))
+            created = await media.view(session.room, sdp, session_id=viewer_id(session), sub=session.sub)
         except MediaError as exc:
             raise ProtocolError(exc.code, exc.message) from exc
         return {"sdp": created.sdp}
@@ -198,6 +199,14 @@ def register_media(channel: Any, media: MediaService, access: ViewAccess | None 
     async def on_close(session: Any) -> None:
         await media.close_viewer(viewer_id(session))
 
+    def on_stranded(session_id: str, codecs: dict[str, str]) -> None:
+        """A websocket viewer's session ended for a codec change: tell its page to send a new offer."""
+        prefix, _, conn_id = session_id.partition("-")
+        session = channel.sessions.get(int(conn_id)) if prefix == "ws" and conn_id.isdigit() else None
+        if session is not None:
+            session.send_now({"type": "media.renegotiate", "reason": "codec_changed", "codecs": codecs})
+
     channel.actions.register("offer", roles, on_offer)
     channel.actions.register("candidate", roles, on_candidate)
     channel.on_close.append(on_close)
+    media.on_stranded = on_stranded

@@ -147,7 +147,7 @@ def bind_ice(
     listen_address: str = "0.0.0.0",
     receive_buffer: int | None = None,
 ) -> None:
-    """Make ``pc`` gather host candidates on ``announced`` addresses.
+    """Make ``pc`` gather host candidates on ``announced`` addresses, and no server-reflexive ones.
 
     Call after the transceivers exist and before ``setLocalDescription``
     (gathering happens there). An empty ``announced`` keeps aioice's own
@@ -165,7 +165,15 @@ def _bind_connection(
 
     async def gather(component: int, addresses: list[str], timeout: int = 5) -> list[Any]:
         binds = [a if _is_local(a) else listen_address for a in announced] if announced else addresses
-        candidates = await original(component=component, addresses=binds, timeout=timeout)
+        # No server-reflexive candidates: aioice waits for the STUN server's answer (up to
+        # ``timeout``, 5 s when it is unreachable) before the SDP answer can go out, and the
+        # server needs none: peers reach it on its host or announced addresses, and its checks
+        # through a NAT are learnt by the peer as peer-reflexive candidates.
+        stun_server, connection.stun_server = connection.stun_server, None
+        try:
+            candidates = await original(component=component, addresses=binds, timeout=timeout)
+        finally:
+            connection.stun_server = stun_server
         if announced:
             hosts = [c for c in candidates if c.type == "host"]
             for address, bind in zip(announced, binds, strict=True):

@@ -128,6 +128,12 @@ class MediaConfig:
     #: How long, and how many, ended session ids still answer ``DELETE`` with 200.
     ended_session_ttl: float = 60.0
     ended_sessions_max: int = 10000
+    #: Seconds without media from a publisher after which viewers see the room
+    #: offline (``media.offline``, reason ``publisher_idle``) and a new WHIP
+    #: ``POST`` with the room's stream key takes over instead of getting 409.
+    #: A crashed browser sends no ``DELETE``; ICE consent would only expire
+    #: after about 30 s.
+    publisher_idle: float = 3.0
 
     def __post_init__(self) -> None:
         if self.viewer_queue_frames <= self.keyframe_cache_frames:
@@ -145,3 +151,5 @@ class MediaConfig:
         if self.rtx_rate < 0 or self.rtx_per_packet < 0:
             raise ValueError("rtx_rate and rtx_per_packet must be >= 0")
         CandidateFilter.parse(self.ice_candidate_filter)  # ValueError names a bad item
+        if self.publisher_idle <= 0:
+            raise ValueError("publisher_idle must be > 0")

@@ -73,26 +73,32 @@ def tracks(description: SessionDescription, sending: bool) -> dict[str, MediaDes
     return found
 
 
-def publisher_codecs(sections: dict[str, MediaDescription]) -> dict[str, str]:
-    """The codec relayed per kind (the publisher's first supported one); 422 if none."""
+def publisher_codecs(
+    sections: dict[str, MediaDescription], preferred: dict[str, list[str]] | None = None
+) -> dict[str, str]:
+    """The codec relayed per kind; 422 if none.
+
+    The first of ``preferred[kind]`` (the codecs the room's viewers negotiated,
+    most common first) that the publisher offers wins, so viewers waiting in
+    the room keep working; otherwise the publisher's own first relayable codec.
+    """
     codecs = {}
     for kind, media in sections.items():
-        offered = [c.name for c in media.rtp.codecs]
-        choice = next(
-            (
-                name
-                for name in offered
-                if name.lower() in {n.lower() for n in RELAYED[kind]} and accepts(media, name)
-            ),
-            None,
-        )
-        if choice is None:
+        relayable = [
+            name
+            for name in (c.name for c in media.rtp.codecs)
+            if name.lower() in {n.lower() for n in RELAYED[kind]} and accepts(media, name)
+        ]
+        if not relayable:
             raise MediaError(
                 422,
                 "unsupported_codec",
                 f"no relayable {kind} codec offered (relayed: {', '.join(RELAYED[kind])}; "
                 f"offered: {_offered_names(media)})",
             )
+        offered = {name.lower() for name in relayable}
+        wanted = (preferred or {}).get(kind, [])
+        choice = next((name for name in wanted if name.lower() in offered), relayable[0])
         codecs[kind] = next(n for n in RELAYED[kind] if n.lower() == choice.lower())
     return codecs
 

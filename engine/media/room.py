@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -64,6 +65,14 @@ class MediaRoom:
         self.publisher_id: str | None = None
         self.codecs: dict[str, str] = {}
         self.viewers: dict[str, ViewerOutput] = {}
+        #: The codec per kind each viewer negotiated (its sender can carry nothing else).
+        self.viewer_codecs: dict[str, dict[str, str]] = {}
+        #: When the publisher last sent a frame (or connected): media stopping is seen from here.
+        self.last_media = time.monotonic()
+        #: Whether viewers were told the room is live (``media.online``) and not told otherwise since.
+        self.live = False
+        #: Called on the first frame after the room went quiet (``live`` False while a publisher sends).
+        self.on_media_resumed: Callable[[], None] | None = None
         self.cache = KeyframeCache(config.keyframe_cache_frames, config.keyframe_cache_bytes)
         self.size: tuple[int, int] | None = None
         self._timelines = {"audio": Timeline(48000), "video": Timeline(90000)}
@@ -87,17 +96,51 @@ class MediaRoom:
 
     # --- publisher side ---
 
-    def begin_source(self, publisher_id: str, codecs: dict[str, str], video: RTCRtpReceiver | None) -> None:
-        """A new publisher: viewers drop what they hold and wait for its first keyframe."""
+    def preferred_codecs(self) -> dict[str, list[str]]:
+        """Per kind, the codecs this room's viewers negotiated, the most common first.
+
+        A publisher that offers one of them is answered with it, so the viewers
+        already connected can take its media as they are.
+        """
+        counts: dict[str, Counter[str]] = {}
+        for codecs in self.viewer_codecs.values():
+            for kind, name in codecs.items():
+                counts.setdefault(kind, Counter())[name.lower()] += 1
+        return {kind: [name for name, _ in counter.most_common()] for kind, counter in counts.items()}
+
+    def begin_source(
+        self, publisher_id: str, codecs: dict[str, str], video: RTCRtpReceiver | None
+    ) -> dict[str, ViewerOutput]:
+        """A new publisher: viewers drop what they hold and wait for its first keyframe.
+
+        Viewers that negotiated another codec than the publisher's can never
+        decode its frames: they leave the room here (so not one frame reaches
+        them) and are returned, for the caller to end their sessions.
+        """
         self.publisher_id = publisher_id
         self.codecs = dict(codecs)
         self._video_receiver = video
         self.cache.clear()
         self.size = None
+        self.last_media = time.monotonic()
         for timeline in self._timelines.values():
             timeline.new_source()
+        stranded = {
+            viewer_id: self.viewers.pop(viewer_id)
+            for viewer_id, negotiated in list(self.viewer_codecs.items())
+            if not self.can_carry(negotiated)
+        }
+        for viewer_id in stranded:
+            del self.viewer_codecs[viewer_id]
         for output in self.viewers.values():
             output.resync()
+        return stranded
+
+    def can_carry(self, negotiated: dict[str, str]) -> bool:
+        """Whether a viewer that negotiated ``negotiated`` can take this room's media as it is."""
+        return all(
+            negotiated.get(kind, name).lower() == name.lower() for kind, name in self.codecs.items()
+        )
 
     def end_source(self, publisher_id: str) -> bool:
         """The publisher left; False if ``publisher_id`` was already replaced."""
@@ -106,6 +149,7 @@ class MediaRoom:
         self.publisher_id = None
         self._video_receiver = None
         self.cache.clear()
+        self.live = False
         return True
 
     def frame_handler(
@@ -120,6 +164,9 @@ class MediaRoom:
         return on_frame
 
     def on_frame(self, kind: str, codec: str, jitter_frame: JitterFrame) -> None:
+        self.last_media = time.monotonic()
+        if not self.live and self.on_media_resumed is not None:
+            self.on_media_resumed()
         timeline = self._timelines[kind]
         data = jitter_frame.data
         frame = EncodedFrame(kind, codec, data, timeline.map(jitter_frame.timestamp), timeline.time_base)
@@ -154,15 +201,17 @@ class MediaRoom:
 
     # --- viewer side ---
 
-    def add_viewer(self, viewer_id: str, output: ViewerOutput) -> None:
-        """Start a viewer at the cached keyframe, or ask the publisher for one."""
+    def add_viewer(self, viewer_id: str, output: ViewerOutput, codecs: dict[str, str]) -> None:
+        """Start a viewer (which negotiated ``codecs``) at the cached keyframe, or ask the publisher for one."""
         self.viewers[viewer_id] = output
+        self.viewer_codecs[viewer_id] = dict(codecs)
         frames = self.cache.frames()
         output.start(frames)
         if not frames:
             self.request_keyframe()
 
     def remove_viewer(self, viewer_id: str) -> ViewerOutput | None:
+        self.viewer_codecs.pop(viewer_id, None)
         return self.viewers.pop(viewer_id, None)
 
     def close(self) -> None:

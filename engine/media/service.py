@@ -14,6 +14,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +48,19 @@ class EventBus(Protocol):
     def set_state(self, room: str, key: str, type: str, data: dict) -> None: ...
 
 
+class ViewerTally(Protocol):
+    """Who counts a room's audience (signaling.audience): told of every media viewer, with its user id if known."""
+
+    def joined(self, room: str, path: str, sub: str | None) -> None: ...
+
+    def left(self, room: str, path: str, sub: str | None) -> None: ...
+
+
+#: Called with a viewer's session id and the room's new codecs when the viewer's session was ended
+#: because it negotiated another codec than the new publisher's (it must offer again).
+StrandedHook = Callable[[str, dict[str, str]], None]
+
+
 @dataclass(frozen=True)
 class SessionAnswer:
     """A created session: its id (the resource name), the SDP answer and its ETag."""
@@ -71,6 +85,7 @@ class _Session:
     connected: bool = False  # ICE and DTLS up once; until then a viewer is half-open
     remote_candidates: int = 0  # candidates the peer sent (offer and trickle), against max_remote_candidates
     patches: Rate | None = None  # trickle PATCH budget
+    sub: str | None = None  # the viewer's user id, when its request carried a verified token
 
 
 @dataclass(frozen=True)
@@ -91,10 +106,15 @@ _MID = re.compile(r"^a=mid:(\S+)", re.M)
 class MediaService:
     """The media relay of one node."""
 
-    def __init__(self, config: MediaConfig, rooms: RoomLookup, bus: EventBus) -> None:
+    def __init__(
+        self, config: MediaConfig, rooms: RoomLookup, bus: EventBus, audience: ViewerTally | None = None
+    ) -> None:
         self.config = config
         self._rooms = rooms
         self._bus = bus
+        self._audience = audience
+        #: Told of each viewer ended for a codec change (the websocket channel tells its page to offer again).
+        self.on_stranded: StrandedHook | None = None
         self._media: dict[str, MediaRoom] = {}
         self._sessions: dict[str, _Session] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -143,14 +163,18 @@ class MediaService:
         sdp = screened.text
         description = offer.parse(sdp)
         sections = offer.tracks(description, sending=True)
-        codecs = offer.publisher_codecs(sections)
         media = self._media_room(room_id)
-        if media.publisher_id is not None:
-            raise MediaError(409, "conflict", f"room {room_id!r} already has a publisher")
+        codecs = offer.publisher_codecs(sections, media.preferred_codecs())
+        replaced = self._replaceable_publisher(media)
         self._check_capacity()
 
         session_id = secrets.token_urlsafe(16)
         media.publisher_id = session_id  # claim the room before the first await
+        if replaced is not None:
+            log.info("publisher %s of room %s sent no media for %.1f s: replaced", replaced.id, room_id,
+                     time.monotonic() - media.last_media)
+            await self._went_quiet(media, "publisher_replaced")
+            await self._close(replaced)
         pc = self._peer_connection()
         try:
             receivers: dict[str, RTCRtpReceiver] = {}
@@ -167,19 +191,57 @@ class MediaService:
             media.publisher_id = None
             await pc.close()
             raise
-        media.begin_source(session_id, codecs, receivers.get("video"))
+        stranded = media.begin_source(session_id, codecs, receivers.get("video"))
         session = _Session(session_id, "publisher", media, pc, self._ufrag(description), secrets.token_hex(8))
         session.remote_candidates = screened.received
         self._sessions[session_id] = session
         metrics.PUBLISHERS.labels(room_id).set(1)
         self._watch(session)
         self._spawn(self._connect_deadline(session))
+        self._spawn(self._watch_media(session))
+        self._end_stranded(stranded, codecs)
         return SessionAnswer(session_id, answer, session.etag)
+
+    def _replaceable_publisher(self, media: MediaRoom) -> _Session | None:
+        """The room's publisher if a new one may take over (no media for ``publisher_idle``); 409 otherwise."""
+        if media.publisher_id is None:
+            return None
+        current = self._sessions.get(media.publisher_id)
+        if current is None or time.monotonic() - media.last_media < self.config.publisher_idle:
+            raise MediaError(409, "conflict", f"room {media.id!r} already has a publisher")
+        return current
+
+    def _end_stranded(self, stranded: dict[str, Any], codecs: dict[str, str]) -> None:
+        """End the sessions of viewers that cannot take the new publisher's codec; they must offer again."""
+        for viewer_id, output in stranded.items():
+            output.close()
+            session = self._sessions.get(viewer_id)
+            if session is None:
+                continue
+            log.info("viewer %s negotiated another codec than the new publisher's %s: session ended", viewer_id, codecs)
+            if self.on_stranded is not None:
+                self.on_stranded(viewer_id, dict(codecs))
+            self._spawn(self._close(session))
+
+    async def _watch_media(self, session: _Session) -> None:
+        """Tell viewers the room is offline as soon as its publisher's media stops (not when ICE gives up)."""
+        media = session.room
+        idle = self.config.publisher_idle
+        while session.id in self._sessions and media.publisher_id == session.id:
+            await asyncio.sleep(idle / 4)
+            if media.live and media.publisher_id == session.id and time.monotonic() - media.last_media >= idle:
+                await self._went_quiet(media, "publisher_idle")
 
     # --- viewers ---
 
-    async def view(self, room_id: str, sdp: str, session_id: str | None = None) -> SessionAnswer:
-        """Start a viewer session (WHEP ``POST`` or a websocket ``offer``; ``session_id`` = conn id)."""
+    async def view(
+        self, room_id: str, sdp: str, session_id: str | None = None, sub: str | None = None
+    ) -> SessionAnswer:
+        """Start a viewer session (WHEP ``POST`` or a websocket ``offer``; ``session_id`` = conn id).
+
+        ``sub`` is the viewer's user id when its request carried a verified token,
+        so a page watching over WHEP beside its websocket counts once.
+        """
         if self._rooms.get(room_id) is None:
             raise MediaError(404, "not_found", f"no room {room_id!r}")
         screened = screen_offer(sdp, self._limits)
@@ -231,11 +293,13 @@ class MediaService:
             await pc.close()
             self._forget_if_empty(media)
             raise
-        session = _Session(session_id, "viewer", media, pc, self._ufrag(description), secrets.token_hex(8))
+        session = _Session(session_id, "viewer", media, pc, self._ufrag(description), secrets.token_hex(8), sub=sub)
         session.output = output
         session.remote_candidates = screened.received
         self._sessions[session_id] = session
-        media.add_viewer(session_id, output)
+        media.add_viewer(session_id, output, codecs)
+        if self._audience is not None:
+            self._audience.joined(room_id, "media", sub)
         self._viewers_changed(media)
         self._watch(session)
         self._spawn(self._connect_deadline(session))
@@ -358,6 +422,7 @@ class MediaService:
         media = self._media.get(room_id)
         if media is None:
             media = self._media[room_id] = MediaRoom(room_id, self.config)
+            media.on_media_resumed = lambda: self._media_resumed(media)
         return media
 
     def _overloaded(self, message: str) -> MediaError:
@@ -437,9 +502,36 @@ class MediaService:
 
     async def _online(self, session: _Session) -> None:
         media = session.room
+        if media.publisher_id != session.id:
+            return
+        media.last_media = time.monotonic()
+        if not media.live:
+            media.live = True
+            await self._publish_online(media)
+
+    def _media_resumed(self, media: MediaRoom) -> None:
+        """Media flows again after the room went quiet: viewers see it live again."""
+        if media.publisher_id is not None and not media.live:
+            media.live = True
+            self._spawn(self._publish_online(media))
+
+    async def _publish_online(self, media: MediaRoom) -> None:
         data: dict[str, Any] = {"codecs": dict(media.codecs)}
         await self._bus.publish(media.id, "media.online", data)
-        self._bus.set_state(media.id, "media", "media.status", {"live": True, "viewers": len(media.viewers)})
+        self._bus.set_state(media.id, "media", "media.status", self._status(media))
+
+    async def _went_quiet(self, media: MediaRoom, reason: str) -> None:
+        """The publisher is still there but sends nothing: viewers see the room offline."""
+        if not media.live:
+            return
+        media.live = False
+        await self._bus.publish(media.id, "media.offline", {"reason": reason})
+        self._bus.set_state(media.id, "media", "media.status", self._status(media))
+
+    @staticmethod
+    def _status(media: MediaRoom) -> dict[str, Any]:
+        """The ``media.status`` state value (snapshots carry it): live, media viewers, the codecs relayed."""
+        return {"live": media.live, "viewers": len(media.viewers), "codecs": dict(media.codecs)}
 
     async def _close(self, session: _Session) -> None:
         if session.closing:
@@ -454,6 +546,8 @@ class MediaService:
             output = media.remove_viewer(session.id)
             if output is not None:
                 output.close()
+            if self._audience is not None:
+                self._audience.left(media.id, "media", session.sub)
             await session.pc.close()
             self._viewers_changed(media)
         else:
@@ -461,15 +555,12 @@ class MediaService:
             if media.end_source(session.id):
                 metrics.PUBLISHERS.labels(media.id).set(0)
                 await self._bus.publish(media.id, "media.offline", {"reason": "publisher_left"})
-                self._bus.set_state(
-                    media.id, "media", "media.status", {"live": False, "viewers": len(media.viewers)}
-                )
+                self._bus.set_state(media.id, "media", "media.status", self._status(media))
         self._forget_if_empty(media)
 
     def _viewers_changed(self, media: MediaRoom) -> None:
         metrics.VIEWERS.labels(media.id).set(len(media.viewers))
-        status = {"live": media.publisher_id is not None, "viewers": len(media.viewers)}
-        self._bus.set_state(media.id, "media", "media.status", status)
+        self._bus.set_state(media.id, "media", "media.status", self._status(media))
 
     def _forget_if_empty(self, media: MediaRoom) -> None:
         if media.empty and self._media.get(media.id) is media:

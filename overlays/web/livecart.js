@@ -238,9 +238,10 @@ const LC = (() => {
    * leaving DELETEs it (also on page unload, with keepalive).
    */
   class MediaSession {
-    constructor(pc, location) {
+    constructor(pc, location, answer) {
       this.pc = pc;
       this.location = location;
+      this.codecs = answeredCodecs(answer);
       this.onUnload = () => this.end(true);
       window.addEventListener('pagehide', this.onUnload);
     }
@@ -256,8 +257,21 @@ const LC = (() => {
         throw await httpError(response);
       }
       const resource = new URL(response.headers.get('Location'), new URL(endpoint, window.location.href));
-      await pc.setRemoteDescription({type: 'answer', sdp: await response.text()});
-      return new MediaSession(pc, resource.toString());
+      const answer = await response.text();
+      await pc.setRemoteDescription({type: 'answer', sdp: answer});
+      return new MediaSession(pc, resource.toString(), answer);
+    }
+
+    /** Whether the server still has this session: true, false (it ended), or null (no answer). */
+    async alive() {
+      if (!this.location) return false;
+      try {
+        const response = await fetch(this.location, {method: 'PATCH', body: '',
+          headers: {'Content-Type': 'application/trickle-ice-sdpfrag'}});
+        return response.status === 404 ? false : response.ok ? true : null;
+      } catch (e) {
+        return null;
+      }
     }
 
     end(unloading = false) {
@@ -266,6 +280,24 @@ const LC = (() => {
       if (this.location) fetch(this.location, {method: 'DELETE', keepalive: unloading}).catch(() => {});
       this.location = null;
     }
+  }
+
+  /** The codec per kind an SDP answer settled on (its first payload type of each m= section). */
+  function answeredCodecs(sdp) {
+    const codecs = {};
+    for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+      const kind = section.split(' ')[0];
+      const first = section.split(/\r?\n/)[0].split(' ')[3];
+      const rtpmap = section.match(new RegExp(`a=rtpmap:${first} ([^/\\s]+)`));
+      if (rtpmap) codecs[kind] = rtpmap[1];
+    }
+    return codecs;
+  }
+
+  /** Whether a viewer that negotiated `mine` can play a room relaying `room` (a codec per kind). */
+  function codecsFit(mine, room) {
+    return Object.entries(room || {}).every(([kind, name]) =>
+      !mine[kind] || mine[kind].toLowerCase() === String(name).toLowerCase());
   }
 
   /** Publish a camera/microphone stream to the room over WHIP with its stream key. */
@@ -285,10 +317,10 @@ const LC = (() => {
     return pc;
   }
 
-  /** Play the room over WHEP. */
-  async function playWhep(room, onStream) {
+  /** Play the room over WHEP; a viewer `token` (Bearer) makes the room count this page once. */
+  async function playWhep(room, onStream, token) {
     const endpoint = `/whep/${encodeURIComponent(room)}`;
-    return MediaSession.open(endpoint, viewerPeer(await iceServers(endpoint), onStream));
+    return MediaSession.open(endpoint, viewerPeer(await iceServers(endpoint), onStream), token);
   }
 
   /** Play the room over the websocket's `offer` action; the peer connection ends with the socket. */
@@ -296,14 +328,16 @@ const LC = (() => {
     const pc = viewerPeer(await iceServers(`/whep/${encodeURIComponent(room)}`), onStream);
     await pc.setLocalDescription(await pc.createOffer());
     await gathered(pc);
+    let codecs;
     try {
       const ack = await channel.request('offer', {sdp: pc.localDescription.sdp}, 15000);
       await pc.setRemoteDescription({type: 'answer', sdp: ack.sdp});
+      codecs = answeredCodecs(ack.sdp);
     } catch (err) {
       pc.close();
       throw err;
     }
-    return {pc, end() { pc.close(); }};
+    return {pc, codecs, end() { pc.close(); }};
   }
 
   /** Where the decoded picture lies inside a <video> with object-fit: contain (letterboxing). */
@@ -353,12 +387,16 @@ const LC = (() => {
       this.chat = [];
       this.viewers = 0;
       this.live = false;
+      this.codecs = {};
       this.you = null;
     }
 
     snapshot(msg) {
       this.you = msg.you;
       this.viewers = msg.viewers || 0;
+      // A snapshot is the whole room (after a restart too): media is offline unless its state says live.
+      this.live = false;
+      this.codecs = {};
       this.products = new Map((msg.products || []).map((p) => [p.id, p]));
       this.tags = new Map((msg.tags || []).map((t) => [t.id, t]));
       this.sales = new Map((msg.sales || []).map((s) => [s.id, s]));
@@ -380,8 +418,8 @@ const LC = (() => {
           what = 'chat';
           break;
         case 'viewers': this.viewers = data.count; what = 'room'; break;
-        case 'media.status': this.live = !!data.live; what = 'room'; break;
-        case 'media.online': this.live = true; what = 'room'; break;
+        case 'media.status': this.live = !!data.live; this.codecs = data.codecs || {}; what = 'room'; break;
+        case 'media.online': this.live = true; this.codecs = data.codecs || {}; what = 'room'; break;
         case 'media.offline': this.live = false; what = 'room'; break;
         case 'product.put': this.products.set(data.id, data); break;
         case 'product.removed': this.products.delete(data.product); break;
@@ -561,6 +599,6 @@ const LC = (() => {
   const params = new URLSearchParams(window.location.search);
 
   return {settings, params, $, el, toast, errorText, newId, money, toMinor, currencyDigits, serverNow,
-    noteServerTime, clock, Channel, publish, playWhep, playOverChannel, pictureRect, trackPicture, RoomState,
+    noteServerTime, clock, Channel, publish, playWhep, playOverChannel, codecsFit, pictureRect, trackPicture, RoomState,
     renderTags, productImage, renderChat, renderLive, tickCountdowns, everySecond, chatForm};
 })();

@@ -234,7 +234,15 @@
     conflict: 'Someone is already broadcasting in this room.',
   };
 
-  async function goLive() {
+  const REFUSALS = new Set(['unauthorized', 'conflict', 'not_found', 'unsupported_codec', 'unsupported_media']);
+
+  // While the host wants to be live, a lost session (server restart, failed connection) is
+  // published again by itself, with a growing pause while the server cannot be reached.
+  let wantLive = false;
+  let republishTimer = 0;
+  let republishDelay = 1000;
+
+  async function goLive(again = false) {
     const key = $('#stream-key').value.trim();
     if (!key) {
       publishStatus('Enter the room’s stream key first.', 'error');
@@ -243,15 +251,19 @@
     }
     const button = $('#go-live');
     button.disabled = true;
-    publishStatus('Connecting…');
+    publishStatus(again ? 'Reconnecting the stream…' : 'Connecting…');
+    wantLive = true;
     try {
       await startCamera();
       session = await LC.publish(room.id, key, camera);
       const pc = session.pc;
       pc.addEventListener('connectionstatechange', () => {
-        if (session && session.pc === pc) publishState(pc.connectionState);
+        if (!session || session.pc !== pc) return;
+        publishState(pc.connectionState);
+        if (pc.connectionState === 'failed') republish();
       });
       publishState(pc.connectionState);
+      republishDelay = 1000;
       button.textContent = 'End stream';
       button.classList.replace('primary', 'on-air');
     } catch (err) {
@@ -259,19 +271,49 @@
       const message = err && err.name === 'NotAllowedError' ? 'Camera or microphone access was refused.'
         : PUBLISH_ERRORS[err && err.code] || errorText(err);
       publishStatus(message, 'error');
+      // A refusal (wrong key, someone else live) is final; an unreachable server is tried again.
+      if (again && REFUSALS.has(err && err.code)) stopWanting();
+      else if (again) republish();
+      else wantLive = false;
     } finally {
       button.disabled = false;
     }
   }
 
+  function republish() {
+    if (!wantLive) return;
+    session?.end();
+    session = null;
+    clearTimeout(republishTimer);
+    republishTimer = setTimeout(() => { if (wantLive && !session) goLive(true); }, republishDelay);
+    republishDelay = Math.min(republishDelay * 2, 10000);
+  }
+
+  /** The websocket came back (maybe from a restarted server): publish again if the session is gone. */
+  async function checkSession() {
+    const current = session;
+    if (!wantLive || !current) return;
+    if (await current.alive() === false && session === current) republish();
+  }
+
+  function stopWanting() {
+    wantLive = false;
+    clearTimeout(republishTimer);
+    const button = $('#go-live');
+    button.textContent = 'Go live';
+    button.classList.replace('on-air', 'primary');
+  }
+
   function publishState(connection) {
     if (connection === 'connected') publishStatus('You are live.', 'ok');
-    else if (connection === 'failed') publishStatus('The connection failed — end the stream and go live again.', 'error');
+    else if (connection === 'failed') publishStatus('The connection failed — reconnecting…', 'error');
     else if (connection === 'disconnected') publishStatus('Connection unstable…', 'error');
     else publishStatus('Connecting…');
   }
 
   function endStream() {
+    wantLive = false;
+    clearTimeout(republishTimer);
     session?.end();
     session = null;
     const button = $('#go-live');
@@ -280,7 +322,7 @@
     publishStatus('Stream ended.');
   }
 
-  $('#go-live').addEventListener('click', () => (session ? endStream() : goLive()));
+  $('#go-live').addEventListener('click', () => (session || wantLive ? endStream() : goLive()));
   $('#camera').addEventListener('click', async () => {
     try { await startCamera(); } catch (err) { publishStatus('Camera or microphone access was refused.', 'error'); }
   });
@@ -306,6 +348,7 @@
 
   function join(token) {
     channel?.close();
+    let joined = false;
     channel = new LC.Channel(token, {
       snapshot: (msg) => {
         if (msg.you.role !== 'host') toast('This token is a viewer’s: products and sales need a host token.', 'error');
@@ -314,7 +357,11 @@
       },
       event: (msg) => state.apply(msg),
       direct: (msg) => { if (msg.type === 'error') toast(errorText(msg), 'error'); },
-      status: connStatus,
+      status: (status, detail) => {
+        if (status === 'open' && joined) checkSession();
+        if (status === 'open') joined = true;
+        connStatus(status, detail);
+      },
     });
     channel.connect();
   }

@@ -193,6 +193,7 @@
 
   function onDirect(msg) {
     if (msg.type === 'error') { toast(errorText(msg), 'error'); return; }
+    if (msg.type === 'media.renegotiate') { startMedia(); return; }
     if (!state.direct(msg)) return;
     if (msg.type === 'cart.expired') toast('An item’s hold ran out and it went back on sale.', 'info');
     if (msg.type.startsWith('order.') && (msg.id === shownOrder || msg.type === 'order.placed')) showOrder(msg);
@@ -229,29 +230,62 @@
   const viaChannel = params.get('via') === 'ws';
   let media = null;
   let mediaRetry = 0;
+  let whepToken = null;  // the viewer token, so the room counts this page's WHEP session and websocket once
 
   function onStream(stream) {
     if (video.srcObject !== stream) video.srcObject = stream;
     updateStageMessage();
   }
 
+  let mediaRound = 0;  // only the latest start keeps its session
+  let starting = false;
   async function startMedia() {
     clearTimeout(mediaRetry);
+    const round = ++mediaRound;
     media?.end();
     media = null;
+    starting = true;
     try {
-      media = viaChannel ? await LC.playOverChannel(room.id, channel, onStream) : await LC.playWhep(room.id, onStream);
+      const started = viaChannel ? await LC.playOverChannel(room.id, channel, onStream)
+        : await LC.playWhep(room.id, onStream, whepToken);
+      if (round !== mediaRound) { started.end(); return; }
+      media = started;
       const pc = media.pc;
       pc.addEventListener('connectionstatechange', () => {
         if (pc.connectionState === 'failed' && media && media.pc === pc) retryMedia();
       });
     } catch (err) {
-      retryMedia(err);
+      if (round === mediaRound) retryMedia(err);
+    } finally {
+      if (round === mediaRound) starting = false;
     }
   }
   function retryMedia(err) {
     if (err) console.warn('playback failed', err);
+    if (err && (err.code === 'unauthorized' || err.code === 'token_expired')) whepToken = null;
     mediaRetry = setTimeout(startMedia, 3000);
+  }
+
+  /**
+   * The room went live: play it again when this page's session cannot show it — none, ended, or
+   * negotiated for another codec than the publisher's (a new publisher, another browser).
+   */
+  function onMediaEvent(msg) {
+    if (msg.type !== 'media.online' && msg.type !== 'media.status') return;
+    if (!state.live || starting) return;
+    const connection = media && media.pc.connectionState;
+    if (!media || connection === 'failed' || connection === 'closed' || !LC.codecsFit(media.codecs, state.codecs)) {
+      startMedia();
+    }
+  }
+
+  /** After the websocket came back (the server may have restarted): play again if the session is gone. */
+  async function checkMedia() {
+    if (viaChannel) { startMedia(); return; }  // the websocket's peer connection ends with its socket
+    const current = media;
+    if (!current) return;
+    const alive = await current.alive();
+    if (alive === false && media === current) startMedia();
   }
 
   // ---- start --------------------------------------------------------------------------------
@@ -270,28 +304,29 @@
       snapshot: (msg) => {
         state.snapshot(msg);
         if (viaChannel && !joined) startMedia();
+        else if (joined) onMediaEvent({type: 'media.status'});
         joined = true;
         retriedGuest = false;
       },
-      event: (msg) => state.apply(msg),
+      event: (msg) => { state.apply(msg); onMediaEvent(msg); },
       direct: onDirect,
       status: async (status, detail) => {
         if (status === 'refused' && guest && !retriedGuest) {
           // A kept guest token may have been signed by an earlier server secret: get a new one once.
           retriedGuest = true;
-          channel.token = await guestToken(true);
+          channel.token = whepToken = await guestToken(true);
           channel.connect();
           return;
         }
         if (status === 'open' && joined) {
           // Cart updates go to the user's open connections only: ask for the cart a drop may have missed.
           channel.request('cart').then((ack) => state.setCart(ack.cart), () => {});
-          // The websocket's peer connection ends with the socket it was negotiated on.
-          if (viaChannel) startMedia();
+          checkMedia();
         }
         connStatus(status, detail);
       },
     });
+    whepToken = token;
     channel.connect();
     LC.chatForm($('#chat-form'), channel);
     if (!viaChannel) startMedia();

@@ -115,8 +115,15 @@ class PacketTrack(MediaStreamTrack):
         self._index = 0
         self._start: float | None = None
         self.sent = 0
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+
+    def pause(self) -> None:
+        """Stop sending frames (as a crashed or frozen encoder does), the connection staying up."""
+        self.flowing.clear()
 
     async def recv(self) -> av.Packet:
+        await self.flowing.wait()
         stream = self._stream
         loop, index = divmod(self._index, len(stream.frames))
         self._index += 1
@@ -182,10 +189,11 @@ async def post_offer(
 class Publisher:
     """A WHIP publisher sending pre-encoded streams, like OBS (it ignores PLI)."""
 
-    def __init__(self, *streams: Stream, obs_offer: bool = False) -> None:
+    def __init__(self, *streams: Stream, obs_offer: bool = False, also_offer: tuple[str, ...] = ()) -> None:
         self.pc = new_pc()
         self.tracks = [PacketTrack(s) for s in streams]
         self.obs_offer = obs_offer
+        self.also_offer = also_offer  # video codecs offered before the stream's own, as browsers offer several
         self.location: str | None = None
         self.keyframe_requests = 0
         self.nacks: list[int] = []
@@ -202,12 +210,11 @@ class Publisher:
         for track in self.tracks:
             transceiver = self.pc.addTransceiver(track, direction="sendonly")
             aiortc_compat.tap_sender(transceiver.sender, codecs[track.kind], self._on_pli, self.nacks.append)
-            caps = [
-                c
-                for c in transceiver.sender.getCapabilities(track.kind).codecs
-                if c.name.lower() == codecs[track.kind].lower()
-            ]
-            transceiver.setCodecPreferences(caps)
+            names = [codecs[track.kind].lower()]
+            if track.kind == "video":
+                names = [n.lower() for n in self.also_offer] + names
+            capabilities = transceiver.sender.getCapabilities(track.kind).codecs
+            transceiver.setCodecPreferences([c for n in names for c in capabilities if c.name.lower() == n])
         aiortc_compat.bind_ice(self.pc, LOOPBACK)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return self.offer_sdp()

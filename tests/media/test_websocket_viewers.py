@@ -90,3 +90,87 @@ async def test_websocket_and_whep_viewers_share_the_relay(app, h264, opus):
         await sockets[0].close()
         for peer in (whep, *ws_viewers, publisher):
             await peer.close()
+
+
+async def test_websocket_viewer_is_told_to_offer_again_when_the_publishers_codec_changes(app, vp8, h264, opus):
+    engine, media = app
+    base = f"http://127.0.0.1:{engine.http_port}"
+    key = engine.rooms.get("shop").stream_key
+    async with aiohttp.ClientSession() as http:
+        first = Publisher(vp8, opus)
+        assert (await first.publish(http, base, "shop", key, {"video": "VP8", "audio": "opus"})).status == 201
+        token = mint(engine.secret, "shop", "viewer")
+        ws = await websockets.connect(f"ws://127.0.0.1:{engine.ws_port}/ws?token={token}")
+        viewer = Viewer()
+        ack = await request(ws, {"type": "offer", "id": "o1", "sdp": await viewer.offer()})
+        await viewer.accept(ack["sdp"])
+        await asyncio.wait_for(viewer.log.arrived.wait(), 10)
+        assert viewer.log.codecs["video"] == "VP8"
+        await first.close()  # the VP8 publisher leaves; an H264-only one (OBS) comes
+
+        second = Publisher(h264, opus)
+        assert (await second.publish(http, base, "shop", key, H264_OPUS)).status == 201
+        while True:
+            message = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+            if message["type"] == "media.renegotiate":
+                break
+        assert message["codecs"] == {"video": "H264", "audio": "opus"}
+        assert message["reason"] == "codec_changed"
+        seen = viewer.log.count("video")
+
+        again = Viewer(decode=True)  # the page offers again on the same websocket
+        ack = await request(ws, {"type": "offer", "id": "o2", "sdp": await again.offer()})
+        assert ack["type"] == "ack", ack
+        await again.accept(ack["sdp"])
+        await asyncio.wait_for(again.first_decoded.wait(), 10)
+        assert viewer.log.count("video") == seen, "the VP8 viewer was sent frames of the H264 publisher"
+        await ws.close()
+        for peer in (viewer, again, second):
+            await peer.close()
+
+
+async def test_room_viewers_count_every_path_once(app, h264, opus):
+    engine, media = app
+    base = f"http://127.0.0.1:{engine.http_port}"
+
+    async def viewers() -> int:
+        async with http.get(f"{base}/api/rooms/shop") as response:
+            return (await response.json())["viewers"]
+
+    async with aiohttp.ClientSession() as http:
+        players = [Viewer(), Viewer()]  # two third-party WHEP players, no websocket
+        for player in players:
+            assert (await player.whep(http, base, "shop")).status == 201
+        assert await viewers() == 2
+
+        # a watch page: a websocket and a WHEP session with the same viewer token count once
+        token = mint(engine.secret, "shop", "viewer", "page-1")
+        ws = await websockets.connect(f"ws://127.0.0.1:{engine.ws_port}/ws?token={token}")
+        snapshot = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert snapshot["viewers"] == 3
+        page = Viewer()
+        response = await http.post(f"{base}/whep/shop", data=await page.offer(),
+                                   headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"})
+        assert response.status == 201
+        await page.accept(await response.text())
+        assert await viewers() == 3
+
+        while True:  # the room's viewers state event says the same
+            event = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+            if event["type"] == "viewers" and event["count"] == 3:
+                break
+
+        refused = await http.post(f"{base}/whep/shop", data=await Viewer().offer(),
+                                  headers={"Content-Type": "application/sdp", "Authorization": "Bearer nonsense"})
+        assert refused.status == 401
+        assert (await refused.json())["error"]["code"] in ("unauthorized", "token_expired")
+
+        await players[0].close()
+        await http.delete(base + response.headers["Location"])
+        await page.close()
+        while await viewers() != 2:
+            await asyncio.sleep(0.05)
+        await ws.close()
+        while await viewers() != 1:
+            await asyncio.sleep(0.05)
+        await players[1].close()
