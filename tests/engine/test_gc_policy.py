@@ -146,9 +146,8 @@ async def test_closed_connections_come_back_with_the_freeze_policy_on(engine: Ap
             await viewers.do(ending)
             await all_gone(engine)
             # Young garbage of the test's own (futures, frames) is not what is measured: drop it.
-            # A leaked connection would be frozen by now, and frozen objects survive this.
-            # On a loaded machine the transports' last callbacks may still be queued: give them
-            # a few seconds (a leak stays; late callbacks do not).
+            # A leaked connection would be frozen by now, and frozen objects survive this. On a
+            # loaded machine the transports' last callbacks may still be on their way: wait a little.
             for _ in range(50):
                 gc.collect(0)
                 left = tracked() - base_tracked
