@@ -372,20 +372,30 @@ async def main(args: argparse.Namespace) -> None:
     matrix = [(int(n), float(r)) for n, r in (item.split("x") for item in args.matrix.split(","))]
     args.max_n = max(n for n, _ in matrix)
     results: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
         workdir = Path(tmp)
         for rep in range(args.repeat):
             for n, rate in matrix:
                 kinds = args.servers.split(",")
                 for kind in kinds if rep % 2 == 0 else kinds[::-1]:
-                    result = await run_one(kind, n, rate, args, workdir)
-                    result["repeat"] = rep
-                    results.append(result)
-                    print(orjson.dumps(result).decode(), flush=True)
+                    try:
+                        result = await run_one(kind, n, rate, args, workdir)
+                    except (RuntimeError, TimeoutError) as exc:  # one stalled run must not lose the others
+                        failed.append({"server": kind, "n": n, "rate": rate, "repeat": rep, "error": repr(exc)})
+                        print(orjson.dumps(failed[-1]).decode(), flush=True)
+                    else:
+                        result["repeat"] = rep
+                        results.append(result)
+                        print(orjson.dumps(result).decode(), flush=True)
+                    # written after every run, so the runs done so far survive an interrupted command
+                    markdown = table(results) + "".join(
+                        f"\n\nRun {f['repeat'] + 1} of {f['server']} at {f['n']:,} x {f['rate']:g} failed: "
+                        f"`{f['error']}`" for f in failed)
+                    path = write_results(args.name, run, markdown, {"runs": results, "failed": failed})
                     await asyncio.sleep(args.pause)
-    markdown = table(results)
     print(markdown)
-    print(write_results(args.name, run, markdown, results))
+    print(path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
