@@ -93,9 +93,12 @@ class SqliteRecords:
             conn.executescript(_SCHEMA)
 
     def _put(self, table: str, room: str, item: dict[str, Any]) -> None:
+        """Insert or update in place: an update keeps the item's rowid, so its place in the
+        room's order (catalog, pins, sales) survives a restart."""
         with self._conn:
             self._conn.execute(
-                f"INSERT OR REPLACE INTO {table} (room, id, body) VALUES (?, ?, ?)",
+                f"INSERT INTO {table} (room, id, body) VALUES (?, ?, ?)"
+                " ON CONFLICT (room, id) DO UPDATE SET body = excluded.body",
                 (room, item["id"], orjson.dumps(item)),
             )
 
@@ -114,12 +117,7 @@ class SqliteRecords:
         return self._all("products", room)
 
     async def put_tag(self, room: str, tag: dict[str, Any]) -> None:
-        with self._conn:
-            self._conn.execute(
-                "INSERT INTO tags (room, id, body) VALUES (?, ?, ?)"
-                " ON CONFLICT (room, id) DO UPDATE SET body = excluded.body",
-                (room, tag["id"], orjson.dumps(tag)),
-            )
+        self._put("tags", room, tag)
 
     async def delete_tag(self, room: str, tag_id: str) -> None:
         with self._conn:
