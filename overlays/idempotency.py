@@ -13,7 +13,7 @@ predecessors).
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -26,7 +26,7 @@ class RequestMemory(Generic[V]):
 
     def __init__(self, per_user: int) -> None:
         self.per_user = per_user
-        self._users: dict[str, OrderedDict[str, tuple[float, V]]] = {}
+        self._users: dict[str, dict[str, tuple[float, V]]] = {}  # insertion order: oldest first
         self._expiry: deque[tuple[float, str, str]] = deque()  # (until, user, request) as remembered
 
     def get(self, user: str, request: str) -> V | None:
@@ -39,11 +39,12 @@ class RequestMemory(Generic[V]):
     def remember(self, user: str, request: str, value: V, until: float) -> None:
         """Keep `value` for (user, request) until `until`; past `per_user`, the user's oldest goes."""
         requests = self._users.get(user)
-        if requests is None:
-            requests = self._users[user] = OrderedDict()
-        requests[request] = (until, value)
-        if len(requests) > self.per_user:
-            requests.popitem(last=False)
+        if requests is None:  # a plain dict: the hot path creates one per new user, and it is cheap
+            self._users[user] = {request: (until, value)}
+        else:
+            requests[request] = (until, value)
+            if len(requests) > self.per_user:
+                del requests[next(iter(requests))]
         self._expiry.append((until, user, request))
 
     def forget(self, now: float) -> None:

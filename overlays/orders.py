@@ -136,7 +136,11 @@ class SalesStats:
     def cancelled(self, order: Order) -> None:
         self.orders -= 1
         self.units -= order.quantity
-        self.revenue[order.currency] -= order.total
+        left = self.revenue[order.currency] - order.total
+        if left:
+            self.revenue[order.currency] = left
+        else:  # as the records would rebuild it: revenue only of orders that stand
+            del self.revenue[order.currency]
         for entry in self._recent:
             if entry[1] == order.id:
                 self._recent.remove(entry)

@@ -99,9 +99,13 @@ class SqliteRecords:
         db.now(lambda conn: conn.executescript(_SCHEMA))
 
     async def _put(self, table: str, room: str, item: dict[str, Any]) -> None:
+        """Insert or update in place: an update keeps the item's rowid, so its place in the
+        room's order (catalog, pins, sales) survives a restart."""
         body = orjson.dumps(item)
         await self._db.write(lambda conn: conn.execute(
-            f"INSERT OR REPLACE INTO {table} (room, id, body) VALUES (?, ?, ?)", (room, item["id"], body)
+            f"INSERT INTO {table} (room, id, body) VALUES (?, ?, ?)"
+            " ON CONFLICT (room, id) DO UPDATE SET body = excluded.body",
+            (room, item["id"], body),
         ))
 
     async def _delete(self, table: str, room: str, item_id: str) -> None:
@@ -127,13 +131,7 @@ class SqliteRecords:
         return await self._bodies("SELECT body FROM products WHERE room = ? ORDER BY rowid", room)
 
     async def put_tag(self, room: str, tag: dict[str, Any]) -> None:
-        body = orjson.dumps(tag)
-        # An update keeps the tag's row, so tags load back in the order they were pinned.
-        await self._db.write(lambda conn: conn.execute(
-            "INSERT INTO tags (room, id, body) VALUES (?, ?, ?)"
-            " ON CONFLICT (room, id) DO UPDATE SET body = excluded.body",
-            (room, tag["id"], body),
-        ))
+        await self._put("tags", room, tag)
 
     async def delete_tag(self, room: str, tag_id: str) -> None:
         await self._delete("tags", room, tag_id)

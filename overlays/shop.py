@@ -88,6 +88,7 @@ class Shop:
         self._sales = SaleBook(self.config.max_sales)
         self._pools: dict[str, tuple[str, str | None]] = {}  # pool -> (product id, sale id or None)
         self._sold_out: set[str] = set()  # sales announced sold out
+        self._figures: dict[str, int] = {}  # pool -> store version of the newest figure handled
         # Outcomes for retries, each kept for the hold time (a checkout's order is found in the records).
         self._taps: RequestMemory[dict[str, Any] | DomainError] = RequestMemory(self.config.user_requests)
         self._checkouts: RequestMemory[DomainError] = RequestMemory(self.config.user_requests)
@@ -166,9 +167,8 @@ class Shop:
         await self._records.put_product(self.room, product.to_dict())
         self._pools[product.pool] = (product.id, None)
         view = {**product.public(), "available": counters.available}
-        return Outcome(
-            view, [discrete("product.put", view), *self._stock_events(product.pool, counters.available)]
-        )
+        stock = self._stock_events(product.pool, counters.available, counters.version)
+        return Outcome(view, [discrete("product.put", view), *stock])
 
     async def _check_currency_change(self, product: Product) -> None:
         """Prices locked in carts and sales are in the product's currency: it stays while either exists."""
@@ -190,6 +190,7 @@ class Shop:
             await self._drop_sale(sale)
         self._catalog.remove(product.id)
         del self._pools[product.pool]
+        self._figures.pop(product.pool, None)
         await self._records.delete_product(self.room, product.id)
         events = [discrete("product.removed", {"product": product.id})]
         for tag in self._tags.unpin_product(product.id):
@@ -234,7 +235,9 @@ class Shop:
         self._pools[sale.pool] = (product.id, sale.id)
         view = self._sale_view(sale, counters.available, now)
         kind = "sale.started" if sale.phase(now) == LIVE else "sale.scheduled"
-        return Outcome(view, [discrete(kind, view), *self._stock_events(sale.pool, counters.available, now)])
+        return Outcome(
+            view, [discrete(kind, view), *self._stock_events(sale.pool, counters.available, counters.version, now)]
+        )
 
     async def end_sale(self, sale_id: str) -> Outcome[dict[str, Any]]:
         """End a sale now (idempotent). Units already in carts stay checkout-able until they expire."""
@@ -258,6 +261,7 @@ class Shop:
         await self._stock.drop(self.room, sale.pool)
         self._sales.discard(sale.id)
         self._pools.pop(sale.pool, None)
+        self._figures.pop(sale.pool, None)
         self._sold_out.discard(sale.id)
         await self._records.delete_sale(self.room, sale.id)
 
@@ -316,7 +320,7 @@ class Shop:
         self._taps.remember(user, request_id, line, until)
         if result.replay:  # a retry that raced its original, or outlived this memory: nothing changed
             return Outcome(line, [])
-        events = self._stock_events(pool, result.available, now)
+        events = self._stock_events(pool, result.available, result.version, now)
         events.insert(0, discrete("cart.added", line, user))
         return Outcome(line, events)
 
@@ -351,7 +355,8 @@ class Shop:
         r = returned.reservation
         body = {"reservation": r.id}
         return Outcome(
-            body, [discrete("cart.removed", body, user), *self._stock_events(r.pool, returned.available)]
+            body,
+            [discrete("cart.removed", body, user), *self._stock_events(r.pool, returned.available, returned.version)],
         )
 
     async def cart_of(self, user: str) -> dict[str, Any]:
@@ -419,8 +424,8 @@ class Shop:
         await self._append(order, status)
         events = [discrete(f"order.{status}", order.public(), order.user)]
         if status == CANCELLED:
-            for pool, available in (await self._stock.refund(self.room, order.reservations())).items():
-                events += self._stock_events(pool, available, now)
+            for pool, counters in (await self._stock.refund(self.room, order.reservations())).items():
+                events += self._stock_events(pool, counters.available, counters.version, now)
             self.stats.cancelled(order)
             events += self._stats_events()
         return events
@@ -441,7 +446,7 @@ class Shop:
         for returned in await self._stock.expire(self.room, now):
             r = returned.reservation
             events.append(discrete("cart.expired", {"reservation": r.id}, r.user))
-            events += self._stock_events(r.pool, returned.available, now)
+            events += self._stock_events(r.pool, returned.available, returned.version, now)
         for sale, phase in self._sales.transitions(now):
             if phase == ENDED:
                 self._sold_out.discard(sale.id)
@@ -493,8 +498,15 @@ class Shop:
             line["amount"],
         )
 
-    def _stock_events(self, pool: str, available: int, now: float | None = None) -> list[DomainEvent]:
-        """The pool's new availability (state), and for a live sale sold_out / resumed (discrete)."""
+    def _stock_events(
+        self, pool: str, available: int, version: int, now: float | None = None
+    ) -> list[DomainEvent]:
+        """The pool's new availability (state), and for a live sale sold_out / resumed (discrete).
+        None when a newer figure of the pool was already handled: with a store whose calls
+        suspend, replies come back out of order, and an older figure must not overwrite a newer."""
+        if version < self._figures.get(pool, 0):
+            return []
+        self._figures[pool] = version
         product_id, sale_id = self._pools[pool]
         if sale_id is None:
             return [

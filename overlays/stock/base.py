@@ -3,7 +3,9 @@
 Every method is one atomic step (one Lua script on Redis, one critical section without awaits in
 memory), scoped to a room so a room's keys can share a Redis Cluster slot. Per pool the store keeps
 `reserved + sold + available == quantity` with `available >= 0`, and per (pool, user) the units
-held (reserved + sold), which a sale's per-user limit bounds. Results are NamedTuples: immutable
+held (reserved + sold), which a sale's per-user limit bounds. Every figure comes with the pool's
+`version`, which grows with each change of its counters: calls whose replies come back out of
+order (a backend that suspends) can tell the newer figure from the older. Results are NamedTuples: immutable
 (an idempotent replay hands out the same value) and cheap to build on the tap hot path.
 """
 
@@ -18,6 +20,7 @@ class Counters(NamedTuple):
     available: int
     reserved: int
     sold: int
+    version: int
 
 
 class Reservation(NamedTuple):
@@ -41,6 +44,7 @@ class ReserveResult(NamedTuple):
     code: str | None
     reservation: Reservation | None
     available: int
+    version: int
     replay: bool = False
 
     @property
@@ -53,6 +57,7 @@ class Returned(NamedTuple):
 
     reservation: Reservation
     available: int
+    version: int
 
 
 class StockStore(Protocol):
@@ -104,8 +109,8 @@ class StockStore(Protocol):
         not be written; lines of pools that no longer exist are skipped."""
         ...
 
-    async def refund(self, room: str, lines: list[Reservation]) -> dict[str, int]:
-        """Return sold units (a cancelled order) to their pools; pool -> available afterwards.
+    async def refund(self, room: str, lines: list[Reservation]) -> dict[str, Counters]:
+        """Return sold units (a cancelled order) to their pools; pool -> counters afterwards.
         Lines of pools that no longer exist are skipped. The caller calls this once per order."""
         ...
 

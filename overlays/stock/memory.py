@@ -13,20 +13,21 @@ from overlays.stock.base import Counters, Reservation, ReserveResult, Returned
 
 
 class _Pool:
-    __slots__ = ("quantity", "reserved", "sold", "held")
+    __slots__ = ("quantity", "reserved", "sold", "held", "version")
 
     def __init__(self, quantity: int, sold: int = 0, held: dict[str, int] | None = None) -> None:
         self.quantity = quantity
         self.reserved = 0
         self.sold = sold
         self.held: dict[str, int] = held or {}  # user -> reserved + sold
+        self.version = 1  # bumped by every change of the counters
 
     @property
     def available(self) -> int:
         return self.quantity - self.reserved - self.sold
 
     def counters(self) -> Counters:
-        return Counters(self.quantity, self.available, self.reserved, self.sold)
+        return Counters(self.quantity, self.available, self.reserved, self.sold, self.version)
 
     def add_held(self, user: str, delta: int) -> None:
         left = self.held.get(user, 0) + delta
@@ -62,7 +63,9 @@ class MemoryStockStore:
                 raise DomainError("conflict", "cannot reset a pool with reserved units")
             if sold > quantity:
                 raise DomainError("conflict", f"{sold} units sold exceed quantity {quantity}")
+            version = current.version + 1 if current is not None else 1
             current = self._pools[key] = _Pool(quantity, sold, {u: n for u, n in sold_by.items() if n})
+            current.version = version
         elif current is None:
             current = self._pools[key] = _Pool(quantity)
         else:
@@ -70,7 +73,9 @@ class MemoryStockStore:
                 raise DomainError(
                     "conflict", f"{current.reserved + current.sold} units are held or sold; quantity too low"
                 )
-            current.quantity = quantity
+            if quantity != current.quantity:
+                current.quantity = quantity
+                current.version += 1
         return current.counters()
 
     async def drop(self, room: str, pool: str) -> None:
@@ -100,18 +105,18 @@ class MemoryStockStore:
             return result._replace(replay=True)
         current = self._pools.get((room, pool))
         if current is None:
-            result = ReserveResult("not_found", None, 0)
+            result = ReserveResult("not_found", None, 0, 0)
         else:
             available = current.quantity - current.reserved - current.sold
             if qty < 1:
-                result = ReserveResult("bad_request", None, available)
+                result = ReserveResult("bad_request", None, available, current.version)
             elif qty > available:
-                result = ReserveResult("sold_out", None, available)
+                result = ReserveResult("sold_out", None, available, current.version)
             elif per_user_limit is not None and current.held.get(user, 0) + qty > per_user_limit:
-                result = ReserveResult("limit_reached", None, available)
+                result = ReserveResult("limit_reached", None, available, current.version)
             else:
                 reservation = self._hold(room, current, pool, user, qty, expires_at, unit_amount)
-                result = ReserveResult(None, reservation, available - qty)
+                result = ReserveResult(None, reservation, available - qty, current.version)
         memory.remember(user, request_id, result, expires_at)
         return result
 
@@ -120,6 +125,7 @@ class MemoryStockStore:
     ) -> Reservation:
         reservation = Reservation(f"r{next(self._ids)}", pool, user, qty, expires_at, unit_amount)
         current.reserved += qty
+        current.version += 1
         current.held[user] = current.held.get(user, 0) + qty
         self._reservations[reservation.id] = (room, reservation)
         cart = self._carts.get((room, user))
@@ -141,8 +147,9 @@ class MemoryStockStore:
             del self._carts[(room, reservation.user)]
         current = self._pools[(room, reservation.pool)]  # drop() refuses pools with reservations
         current.reserved -= reservation.qty
+        current.version += 1
         current.add_held(reservation.user, -reservation.qty)
-        return Returned(reservation, current.available)
+        return Returned(reservation, current.available, current.version)
 
     async def release(self, room: str, user: str, reservation_id: str) -> Returned | None:
         found = self._reservations.get(reservation_id)
@@ -178,6 +185,7 @@ class MemoryStockStore:
             current = self._pools[(room, reservation.pool)]
             current.reserved -= reservation.qty
             current.sold += reservation.qty
+            current.version += 1
         if not cart:
             del self._carts[(room, user)]
         return lines
@@ -189,6 +197,7 @@ class MemoryStockStore:
                 continue
             current.sold -= reservation.qty
             current.reserved += reservation.qty  # `held` already counts them (reserved + sold)
+            current.version += 1
             self._reservations[reservation.id] = (room, reservation)
             cart = self._carts.get((room, reservation.user))
             if cart is None:
@@ -196,17 +205,18 @@ class MemoryStockStore:
             cart[reservation.id] = reservation
             heapq.heappush(self._expiry.setdefault(room, []), (reservation.expires_at, reservation.id))
 
-    async def refund(self, room: str, lines: list[Reservation]) -> dict[str, int]:
-        available: dict[str, int] = {}
+    async def refund(self, room: str, lines: list[Reservation]) -> dict[str, Counters]:
+        after: dict[str, Counters] = {}
         for line in lines:
             current = self._pools.get((room, line.pool))
             if current is None:
                 continue
             back = min(line.qty, current.sold)  # never drive sold negative, even on a misuse
             current.sold -= back
+            current.version += 1
             current.add_held(line.user, -back)
-            available[line.pool] = current.available
-        return available
+            after[line.pool] = current.counters()
+        return after
 
     async def counters(self, room: str, pool: str) -> Counters | None:
         current = self._pools.get((room, pool))

@@ -221,7 +221,7 @@ async def test_cancel_returns_units(stocked: Shop) -> None:
     assert types(out.events) == ["order.cancelled", "product.stock", "sales.totals", "sales.recent"]
     assert out.events[1].data["available"] == 5
     assert (await stocked.cancel(order["id"])).events == []
-    assert (await stocked.snapshot())["totals"] == {"orders": 0, "units": 0, "revenue": {"EUR": 0}}
+    assert (await stocked.snapshot())["totals"] == {"orders": 0, "units": 0, "revenue": {}}  # as a restart rebuilds it
 
 
 async def test_auto_confirm(clock: Clock) -> None:

@@ -70,7 +70,7 @@ async def test_commit_and_refund(stock) -> None:
     assert (await stock.counters(R, "p")).sold == 2
     assert await stock.commit(R, "u", 6.0) == []
     assert [r.pool for r in await stock.cart(R, "u")] == ["s"]
-    assert await stock.refund(R, lines) == {"p": 5}
+    assert {pool: c.available for pool, c in (await stock.refund(R, lines)).items()} == {"p": 5}
     counters = await stock.counters(R, "p")
     assert (counters.sold, counters.available) == (0, 5)
 
