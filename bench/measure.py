@@ -181,7 +181,8 @@ def free_port() -> int:
 
 
 def _git(*argv: str) -> str:
-    return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
+    """Git's output with trailing whitespace removed (leading spaces are part of `status --porcelain`)."""
+    return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, check=False).stdout.rstrip()
 
 
 # Files no bench runs: editing them while a bench runs does not change what it measures.
