@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         gc_policy = GcPolicy(config.gc_policy, config.gc_thaw_below, config.gc_warn_ms, config.gc_young_ms)
+        from engine.app import media_config
+
+        media_config(config)  # a bad media setting (a filter range, a limit) stops here, not in a traceback
     except ValueError as exc:
         print(f"livecart serve: {exc}", file=sys.stderr)
         return 2

@@ -86,3 +86,10 @@ def test_signal_closes_clients_resumably_and_exits(tmp_path: Path, sig: signal.S
     assert code == 1012
     assert proc.wait(10) == 0
     assert time.monotonic() - started < 10
+
+
+def test_serve_refuses_a_bad_media_setting(tmp_path: Path) -> None:
+    bad = subprocess.run(livecart("serve", "--ice-candidate-filter", "loopback,nowhere", "--http-port", "0",
+                                  "--ws-port", "0", data_dir=tmp_path), capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2
+    assert "livecart serve:" in bad.stderr and "'nowhere'" in bad.stderr and "Traceback" not in bad.stderr
