@@ -129,7 +129,7 @@ def check_candidate(text: str) -> RTCIceCandidate:
         candidate = candidate_from_sdp(text)
     except ValueError:  # a non-numeric rport
         raise unreadable from None
-    if not 0 < candidate.port < 65536:
+    if candidate.port > 65535:
         raise MediaError(400, "bad_request", f"ICE candidate port {candidate.port} is out of range")
     return candidate
 
@@ -158,7 +158,9 @@ def screen_candidates(lines: list[str], limits: SdpLimits, already: int, status:
     kept = []
     for line in lines:
         value = line.removeprefix("a=")
-        if limits.candidate_filter.allows(check_candidate(value.removeprefix("candidate:")).ip):
+        candidate = check_candidate(value.removeprefix("candidate:"))
+        # port 0 (some clients' active TCP candidates) names nothing to send to
+        if candidate.port and limits.candidate_filter.allows(candidate.ip):
             kept.append(value)
     return kept, len(lines)
 

@@ -412,7 +412,7 @@ class MediaService:
 
     async def end(self, role: str, room_id: str, session_id: str) -> None:
         """``DELETE`` of a session resource; one that ended a short while ago is already done."""
-        if self.recently_ended(role, room_id, session_id):
+        if session_id not in self._sessions and self.recently_ended(role, room_id, session_id):
             return
         await self._close(self._resource(role, room_id, session_id))
 

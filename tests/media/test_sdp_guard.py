@@ -216,6 +216,10 @@ async def test_candidate_flood_in_a_patch_is_refused_without_a_stall(relay):
     bad = await relay.http.patch(resource, data=f"a=mid:{mid}\r\na=candidate:1 1 udp 5 127.0.0.1 9 typ\r\n",
                                  headers=SDPFRAG)
     assert (await refusal(bad))[:2] == (400, "bad_request")
+    # an ICE restart starts a new count, under the same cap
+    restart = f"a=ice-ufrag:newu\r\na=ice-pwd:{'n' * 22}\r\na=mid:{mid}\r\n" + "\r\n".join(candidates(100)) + "\r\n"
+    refused = await relay.http.patch(resource, data=restart, headers={**SDPFRAG, "If-Match": "*"})
+    assert (await refusal(refused))[:2] == (422, "too_many_candidates")
     await viewer.close()
 
 
