@@ -41,6 +41,8 @@ from signaling.tokens import Identity, TokenError, verify
 
 log = logging.getLogger(__name__)
 
+CLIENT_TURN = 0.002  # seconds one client's messages may hold the loop before others get a turn
+
 # A handler answers with the ack's fields, or returns (or raises) a CodedError for an error reply.
 Handler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any] | CodedError | None]]
 
@@ -326,10 +328,16 @@ class Channel:
                 session.send_now({"type": "hello", "you": {"sub": session.sub, "role": session.role}})
             else:
                 self._greet(session, since)
+            turn = time.perf_counter()
             async for message in connection:
                 if session.lagging_since is not None:
                     await self._caught_up(session)
                 await self._on_message(session, message)
+                # Frames a client sent together are all queued at once and taken without a pause:
+                # a flood from one client must not keep the loop from everyone else.
+                if time.perf_counter() - turn > CLIENT_TURN:
+                    await asyncio.sleep(0)
+                    turn = time.perf_counter()
         except ConnectionClosed:
             pass
         finally:
@@ -400,7 +408,7 @@ class Channel:
             request_id = body.get("id")
             action = self.actions.get(body["type"])
             if action is None:
-                raise ProtocolError("unknown_type", f"unknown message type {body['type']!r}")
+                raise ProtocolError("unknown_type", f"unknown message type {body['type'][:protocol.MAX_TYPE]!r}")
             if session.role not in action.roles:
                 raise ProtocolError("forbidden", f"a {session.role} may not send {body['type']!r}")
             if action.rate is not None and not session.limits.take(body["type"], action.rate):
