@@ -86,7 +86,8 @@ class App:
         await self.media.start()
         await self.channel.start()
         self.ws_port = self.channel.port
-        self._runner = web.AppRunner(self.http, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.http, access_log=None, handle_signals=False,
+                                     lingering_time=self.config.http_read_timeout)
         await self._runner.setup()
         site = GuardedSite(self._runner, self.config.host, self.config.http_port, self.http_gate,
                            self.config.http_read_timeout)
