@@ -47,7 +47,7 @@ class App:
         self.http = web.Application(middlewares=[errors_as_json, body_deadline(config.http_read_timeout)],
                                     client_max_size=1 << 20)
         self.http_gate = AddressGate(config.max_http_per_ip)
-        room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key), self.viewers)
+        self.guest_limiter = room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key), self.viewers)
         # Commerce records get their own connection to the same file: an order and its lines are
         # written in one transaction, which the storage's autocommit connection does not give.
         # WAL with synchronous=NORMAL already survives a killed process; FULL adds power loss.

@@ -126,8 +126,8 @@ class Auth:
 
 
 def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
-                viewers: Callable[[str], int]) -> None:
-    """Rooms, tokens, health and metrics."""
+                viewers: Callable[[str], int]) -> BucketTable:
+    """Rooms, tokens, health and metrics; returns the guest-token limiter (per client address)."""
     guests = BucketTable(config.guest_rate, config.guest_burst, config.limiter_entries)
 
     def public(room_id: str) -> dict[str, Any]:
@@ -212,3 +212,4 @@ def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
     app.router.add_post("/api/rooms/{room}/guest", guest_token)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    return guests
