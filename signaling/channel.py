@@ -306,7 +306,7 @@ class Channel:
         params = {k: v[-1] for k, v in parse_qs(urlsplit(connection.request.path).query).items()}
         try:
             identity, room, since = self._admit(params)
-            limits = self.users.acquire(identity.sub)
+            limits = self.users.acquire(_user_key(identity, room))
             if limits is None:
                 raise protocol.Refusal("too_many_connections", protocol.CLOSE_FLOOD,
                                        f"at most {self.config.max_connections_per_user} connections per user")
@@ -342,7 +342,7 @@ class Channel:
             pass
         finally:
             expiry.cancel()
-            self.users.release(session.sub)
+            self.users.release(_user_key(session.identity, session.room))
             if hub is not None:
                 hub.remove(session)
             del self.sessions[session.conn_id]
@@ -442,6 +442,12 @@ class Channel:
             now = time.monotonic()
             for session in list(self.lagging):
                 session.recover_or_close(now)
+
+
+def _user_key(identity: Identity, room: str) -> str:
+    """Whose limits a connection draws on: a user is a token ``sub`` in a room (carts and sale limits
+    are per room too), so the hosts of two rooms never share a budget even if their subs are equal."""
+    return f"{room}\x00{identity.sub}"
 
 
 def _refuse(session: Session, error: CodedError, request_id: Any) -> None:

@@ -72,17 +72,22 @@ async def test_connections_per_user_are_capped(app: App) -> None:
         await client.recv_type("snapshot")
     refused, code = await _closed_with(await connect(app, tok))
     assert refused["code"] == "too_many_connections" and code == protocol.CLOSE_FLOOD
-    # Other users are not affected, and a freed slot can be used again.
+    # Other users are not affected, nor the same sub in another room (a user is a sub in a room).
     other = await connect(app, token(app, sub="olga"))
     await other.recv_type("snapshot")
+    app.rooms.create("other")
+    elsewhere = [await connect(app, token(app, room="other", sub="mallory")) for _ in range(3)]
+    for client in elsewhere:
+        await client.recv_type("snapshot")
+    # A freed slot can be used again.
     await held.pop().close()
     for _ in range(100):
-        if len(app.channel.sessions) == 3:
+        if len(app.channel.sessions) == 6:
             break
         await asyncio.sleep(0.02)
     again = await connect(app, tok)
     assert (await again.recv())["type"] == "snapshot"
-    for client in (*held, other, again):
+    for client in (*held, other, *elsewhere, again):
         await client.close()
 
 
