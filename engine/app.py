@@ -63,7 +63,8 @@ class App:
         self.http = web.Application(middlewares=[errors_as_json, body_deadline(config.http_read_timeout)],
                                     client_max_size=1 << 20)
         self.http_gate = AddressGate(config.max_http_per_ip)
-        room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key), self.viewers, self.urls)
+        self.guest_limiter = room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key),
+                                         self.viewers, self.urls)
         # Rooms, commerce records and the purchase log share the storage's one connection on its own
         # thread: an order and its log entry commit in one transaction, and no commit runs on the loop.
         purchase_log = SqlitePurchaseLog(self.storage.db, config.purchase_log_size)
@@ -110,7 +111,7 @@ class App:
         self.ws_port = self.channel.port
         access_log = logging.getLogger("livecart.access") if self.config.access_log else None
         self._runner = web.AppRunner(self.http, access_log=access_log, access_log_class=AccessLogger,
-                                     handle_signals=False)
+                                     handle_signals=False, lingering_time=self.config.http_read_timeout)
         await self._runner.setup()
         site = GuardedSite(self._runner, self.config.host, self.config.http_port, self.http_gate,
                            self.config.http_read_timeout)

@@ -42,6 +42,8 @@ from signaling.tokens import Identity, TokenError, verify
 
 log = logging.getLogger(__name__)
 
+CLIENT_TURN = 0.002  # seconds one client's messages may hold the loop before others get a turn
+
 # A handler answers with the ack's fields, or returns (or raises) a CodedError for an error reply.
 Handler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any] | CodedError | None]]
 
@@ -307,7 +309,7 @@ class Channel:
         params = {k: v[-1] for k, v in parse_qs(urlsplit(connection.request.path).query).items()}
         try:
             identity, room, since = self._admit(params)
-            limits = self.users.acquire(identity.sub)
+            limits = self.users.acquire(_user_key(identity, room))
             if limits is None:
                 raise protocol.Refusal("too_many_connections", protocol.CLOSE_FLOOD,
                                        f"at most {self.config.max_connections_per_user} connections per user")
@@ -329,15 +331,21 @@ class Channel:
                 session.send_now({"type": "hello", "you": {"sub": session.sub, "role": session.role}})
             else:
                 self._greet(session, since)
+            turn = time.perf_counter()
             async for message in connection:
                 if session.lagging_since is not None:
                     await self._caught_up(session)
                 await self._on_message(session, message)
+                # Frames a client sent together are all queued at once and taken without a pause:
+                # a flood from one client must not keep the loop from everyone else.
+                if time.perf_counter() - turn > CLIENT_TURN:
+                    await asyncio.sleep(0)
+                    turn = time.perf_counter()
         except ConnectionClosed:
             pass
         finally:
             expiry.cancel()
-            self.users.release(session.sub)
+            self.users.release(_user_key(session.identity, session.room))
             if hub is not None:
                 hub.remove(session)
             del self.sessions[session.conn_id]
@@ -403,7 +411,7 @@ class Channel:
             request_id = body.get("id")
             action = self.actions.get(body["type"])
             if action is None:
-                raise ProtocolError("unknown_type", f"unknown message type {body['type']!r}")
+                raise ProtocolError("unknown_type", f"unknown message type {body['type'][:protocol.MAX_TYPE]!r}")
             if session.role not in action.roles:
                 raise ProtocolError("forbidden", f"a {session.role} may not send {body['type']!r}")
             if action.rate is not None and not session.limits.take(body["type"], action.rate):
@@ -437,6 +445,12 @@ class Channel:
             now = time.monotonic()
             for session in list(self.lagging):
                 session.recover_or_close(now)
+
+
+def _user_key(identity: Identity, room: str) -> str:
+    """Whose limits a connection draws on: a user is a token ``sub`` in a room (carts and sale limits
+    are per room too), so the hosts of two rooms never share a budget even if their subs are equal."""
+    return f"{room}\x00{identity.sub}"
 
 
 def _refuse(session: Session, error: CodedError, request_id: Any) -> None:

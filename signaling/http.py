@@ -127,8 +127,9 @@ class Auth:
 
 
 def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
-                viewers: Callable[[str], int], urls: Callable[[], PublicUrls]) -> None:
-    """Rooms, tokens, health and metrics; ``urls`` gives the public URLs for room links."""
+                viewers: Callable[[str], int], urls: Callable[[], PublicUrls]) -> BucketTable:
+    """Rooms, tokens, health and metrics; ``urls`` gives the public URLs for room links. Returns the
+    guest-token limiter (per client address)."""
     guests = BucketTable(config.guest_rate, config.guest_burst, config.limiter_entries)
 
     def public(room_id: str) -> dict[str, Any]:
@@ -214,3 +215,4 @@ def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
     app.router.add_post("/api/rooms/{room}/guest", guest_token)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    return guests

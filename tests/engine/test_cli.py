@@ -256,5 +256,7 @@ def test_ice_checks_are_logged_at_debug_only(tmp_path: Path, level: str) -> None
     out = stop_server(proc)
     checks = [line for line in out.splitlines() if "aioice" in line and "Check CandidatePair" in line]
     assert bool(checks) == (level == "debug"), out
+
+
 def test_serve_refuses_a_bad_media_setting(tmp_path: Path) -> None:
     assert "'nowhere'" in fails_to_start("--ice-candidate-filter", "loopback,nowhere", data_dir=tmp_path)
