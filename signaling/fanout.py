@@ -55,8 +55,7 @@ class RoomHub:
         self._slice = fanout_slice
         self._budget = fanout_budget
         self._max_pending = max_pending
-        self._on_viewers = on_viewers
-        self._viewers = 0
+        self._on_viewers = on_viewers  # (sub, +1 or -1) per viewer joining or leaving: signaling.audience counts
         self._pending: list[Event] = []
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"fanout:{room}")
@@ -68,7 +67,6 @@ class RoomHub:
         self.sessions[session.conn_id] = session
         self._by_user.setdefault(session.sub, set()).add(session)
         if session.role == "viewer":
-            self._viewers += 1
             self._on_viewers(session.sub, 1)
 
     def remove(self, session: Session) -> None:
@@ -80,12 +78,7 @@ class RoomHub:
             if not peers:
                 del self._by_user[session.sub]
         if session.role == "viewer":
-            self._viewers -= 1
             self._on_viewers(session.sub, -1)
-
-    @property
-    def viewers(self) -> int:
-        return self._viewers
 
     async def close(self) -> None:
         self._bus.unsubscribe(self.room, self)
