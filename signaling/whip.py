@@ -139,7 +139,8 @@ def add_media_routes(app: web.Application, media: MediaService, access: ViewAcce
                 role,
                 request.match_info["room"],
                 request.match_info["session"],
-                request.headers.get("If-Match"),
+                # Some clients send the ETag they were given back as ``ETag`` instead of ``If-Match``.
+                request.headers.get("If-Match") or request.headers.get("ETag"),
                 await _body(request, media.config.max_sdp_bytes),
             )
             headers = {**CORS, "ETag": f'"{done.etag}"'}

@@ -86,6 +86,9 @@ class _Session:
     remote_candidates: int = 0  # candidates the peer sent (offer and trickle), against max_remote_candidates
     patches: Rate | None = None  # trickle PATCH budget
     sub: str | None = None  # the viewer's user id, when its request carried a verified token
+    # A WHIP/WHEP resource, reachable over HTTP by its secret id; a websocket viewer's session
+    # (named after its connection, which anyone could guess) is its websocket's alone.
+    http_resource: bool = True
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,7 @@ class MediaService:
         sections = offer.tracks(description, sending=False)
         media = self._media_room(room_id)
         codecs = offer.viewer_codecs(sections, media.codecs)
+        resource = session_id is None
         session_id = session_id or secrets.token_urlsafe(16)
         if session_id in self._sessions:
             await self._close(self._sessions[session_id])
@@ -293,7 +297,8 @@ class MediaService:
             await pc.close()
             self._forget_if_empty(media)
             raise
-        session = _Session(session_id, "viewer", media, pc, self._ufrag(description), secrets.token_hex(8), sub=sub)
+        session = _Session(session_id, "viewer", media, pc, self._ufrag(description), secrets.token_hex(8), sub=sub,
+                           http_resource=resource)
         session.output = output
         session.remote_candidates = screened.received
         self._sessions[session_id] = session
@@ -322,7 +327,7 @@ class MediaService:
 
     def _resource(self, role: str, room_id: str, session_id: str) -> _Session:
         session = self._sessions.get(session_id)
-        if session is None or session.role != role or session.room.id != room_id:
+        if session is None or not session.http_resource or session.role != role or session.room.id != room_id:
             raise MediaError(404, "not_found", "no such session")
         return session
 
@@ -538,7 +543,8 @@ class MediaService:
             return
         session.closing = True
         self._sessions.pop(session.id, None)
-        self._ended.add((session.role, session.room.id, session.id))
+        if session.http_resource:
+            self._ended.add((session.role, session.room.id, session.id))
         if session.restart is not None:
             await session.restart.abort()
         media = session.room

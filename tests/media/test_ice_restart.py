@@ -107,6 +107,22 @@ async def test_restart_that_never_connects_leaves_the_session_on_its_path(relay,
     await publisher.close()
 
 
+async def test_restart_accepts_the_etag_sent_as_etag_instead_of_if_match(relay, h264, opus):
+    """Some WHIP clients (Eyevinn's) send the ETag they were given back as ``ETag``, not ``If-Match``."""
+    publisher = Publisher(h264, opus)
+    created = await publisher.publish(relay.http, relay.base, "shop", relay.key("shop"), H264_OPUS)
+    resource = relay.base + created.headers["Location"]
+    fragment = "a=ice-ufrag:next\r\na=ice-pwd:" + "p" * 22 + "\r\na=end-of-candidates\r\n"
+    response = await relay.http.patch(resource, data=fragment, headers={"Content-Type": SDPFRAG})
+    assert response.status == 428
+    response = await relay.http.patch(resource, data=fragment, headers={"Content-Type": SDPFRAG, "ETag": '"stale"'})
+    assert response.status == 412
+    response = await relay.http.patch(
+        resource, data=fragment, headers={"Content-Type": SDPFRAG, "ETag": created.headers["ETag"]})
+    assert response.status == 200
+    await publisher.close()
+
+
 async def test_viewer_restarts_ice_over_whep(relay, forwarding, h264, opus):
     """A WHEP viewer's restart: aiortc's stock sender writes through the restarted ICE transport; the
     fast path re-reads the viewer's new ICE pair and sends there."""

@@ -174,3 +174,27 @@ async def test_room_viewers_count_every_path_once(app, h264, opus):
         while await viewers() != 1:
             await asyncio.sleep(0.05)
         await players[1].close()
+
+
+async def test_a_websocket_viewers_session_is_not_an_http_resource(app):
+    """Its id is named after the connection (guessable): a WHEP DELETE or PATCH must not reach it."""
+    engine, media = app
+    base = f"http://127.0.0.1:{engine.http_port}"
+    token = mint(engine.secret, "shop", "viewer", "u1")
+    ws = await websockets.connect(f"ws://127.0.0.1:{engine.ws_port}/ws?token={token}")
+    viewer = Viewer()
+    ack = await request(ws, {"type": "offer", "id": "o1", "sdp": await viewer.offer()})
+    assert ack["type"] == "ack", ack
+    await viewer.accept(ack["sdp"])
+    (session_id,) = media.room("shop").viewers
+    assert session_id.startswith("ws-")
+    async with aiohttp.ClientSession() as http:
+        headers = {"Content-Type": "application/trickle-ice-sdpfrag", "If-Match": "*"}
+        async with http.patch(f"{base}/whep/shop/{session_id}", data="a=end-of-candidates\r\n",
+                              headers=headers) as patched:
+            assert patched.status == 404
+        async with http.delete(f"{base}/whep/shop/{session_id}") as deleted:
+            assert deleted.status == 404
+    assert list(media.room("shop").viewers) == [session_id]
+    await ws.close()
+    await viewer.close()
