@@ -206,10 +206,12 @@ def screen_offer(text: str, limits: SdpLimits) -> Screened:
             _check_media_line(line.rstrip())
     mids: list[str] = []
     for section in _sections(lines):
-        found = [line[6:].strip() for line in section if line.startswith("a=mid:")]
+        found = [line[6:].strip() for line in section if line.rstrip() == "a=mid" or line.startswith("a=mid:")]
         kind = section[0].split()[0][2:]
-        if len(found) != 1 or not found[0]:
+        if len(found) != 1:
             raise MediaError(400, "bad_request", f"the {kind} section needs exactly one a=mid (it has {len(found)})")
+        if not found[0]:
+            raise MediaError(400, "bad_request", f"the {kind} section's a=mid has no value")
         if found[0] in mids:
             raise MediaError(400, "bad_request", f"a=mid:{found[0]} names two media sections")
         mids.append(found[0])

@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 import pytest
 import websockets
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from looplag import MAX_STALL, loop_lag
 from media_peers import Publisher, Viewer, post_offer
@@ -51,6 +51,7 @@ MALFORMED: dict[str, tuple[Callable[[str], str], str]] = {
         "BUNDLE",
     ),
     "no a=mid": (lambda sdp: re.sub(r"^a=mid:[^\r]*\r\n", "", sdp, flags=re.M), "a=mid"),
+    "a second a=mid without a value": (lambda sdp: sdp.replace("a=end-of-candidates", "a=mid", 1), "a=mid"),
     "payload type out of range": (
         lambda sdp: sdp.replace(_first_media_line(sdp, "m=video"), _first_media_line(sdp, "m=video") + " 300", 1),
         "payload type",
@@ -143,26 +144,32 @@ EDITS = st.lists(
         st.integers(0, 200),
         st.integers(0, 4),
         st.integers(0, 200),
-        st.sampled_from(["", "x", "0", "-1", "300", "99999999999", "a=mid:0", ":", "typ", "IN", "IP6"]),
+        st.sampled_from(["", "x", "0", "-1", "300", "99999999999", "a=mid:0", "a=mid", ":", "typ", "IN", "IP6"]),
     ),
     min_size=1,
     max_size=4,
 )
 
 
+@pytest.fixture
+async def valid_offers(h264, opus) -> dict[str, str]:
+    """A real publisher's and a real viewer's offer (their peer connections closed again)."""
+    publisher, viewer = Publisher(h264, opus), Viewer()
+    offers = {"whip": await publisher.prepare(H264_OPUS), "whep": await viewer.offer()}
+    await publisher.close()
+    await viewer.close()
+    return offers
+
+
 @pytest.mark.parametrize("media_config", [MediaConfig(announced_addresses=("127.0.0.1",), max_connecting=10**6)])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(edits=EDITS, whip=st.booleans())
-async def test_mutated_offers_never_answer_5xx(relay, h264, opus, edits, whip):
-    if whip:
-        publisher = Publisher(h264, opus)
-        valid, url, key = await publisher.prepare(H264_OPUS), f"{relay.base}/whip/shop", relay.key("shop")
-        await publisher.close()
-    else:
-        viewer = Viewer()
-        valid, url, key = await viewer.offer(), f"{relay.base}/whep/shop", None
-        await viewer.close()
-    response = await post_offer(relay.http, url, _mutate(valid.split("\r\n"), edits), key)
+@example(edits=[(27, 4, 0, "a=mid:0"), (189, 2, 5, "")], whip=True)  # found by this test: a bare "a=mid" line
+async def test_mutated_offers_never_answer_5xx(relay, valid_offers, edits, whip):
+    endpoint = "whip" if whip else "whep"
+    key = relay.key("shop") if whip else None
+    mutated = _mutate(valid_offers[endpoint].split("\r\n"), edits)
+    response = await post_offer(relay.http, f"{relay.base}/{endpoint}/shop", mutated, key)
     assert response.status < 500, await response.text()
     if response.status == 201:
         assert (await relay.http.delete(relay.base + response.headers["Location"])).status == 200
