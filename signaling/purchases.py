@@ -26,7 +26,7 @@ from overlays.purchases.base import MAX_READ, LogEntry, check_limit, format_id, 
 from overlays.runtime import WatchedLog
 from signaling.channel import Channel, Session
 from signaling.http import ApiError, Auth, bearer, json_response
-from signaling.protocol import ProtocolError
+from signaling.protocol import CLOSE_TOO_SLOW, ProtocolError
 from signaling.tokens import TokenError, verify
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,9 @@ class Subscriptions:
                 await task
 
     async def _stream(self, session: Session, position: int) -> None:
-        # An entry is written only with half the send queue free, so it always fits; one that does
-        # not (far larger than any purchase event) ends the subscription rather than leave a gap.
+        # An entry is written only with half the send queue free, so it always fits; if one does not
+        # (a reply to the client's other messages filled the rest), the connection is closed with
+        # the resumable 4008 rather than leave a gap: the service resubscribes with its last id.
         limit = self.config.send_queue_bytes // 2
         gapless = position != 0  # "from the start" means from the oldest entry retained
         try:
@@ -118,6 +119,7 @@ class Subscriptions:
                         await asyncio.sleep(DRAIN_POLL)
                     if _visible(entry, session.room) and not session.send_now(
                             {"type": "purchase", "id": entry.id, "event": entry.event}):
+                        session.close(CLOSE_TOO_SLOW, "too slow: resubscribe with after")
                         return
                     position = int(entry.id)
                 gapless = gapless or bool(entries)

@@ -55,17 +55,27 @@ async def test_clients_that_never_read_are_bounded_and_closed(tmp_path: Path) ->
         assert all(s.lagging_since is None and s.transport.get_write_buffer_size() < LIMIT // 2 for s in sessions)
         pushers = [asyncio.create_task(_push_actions(sock)) for sock in socks]
         worst = 0
+        lagged: dict[int, float] = {}  # when each session was first seen lagging
+        closed: dict[int, float] = {}  # and when it was first seen closing
         async with loop_lag() as lag:
             deadline = time.monotonic() + 60
-            while any(s.connection.protocol.state is State.OPEN for s in sessions):
+            while len(closed) < len(sessions):
                 assert time.monotonic() < deadline, "a client that never reads was not closed"
                 for session in sessions:
                     if session.connection.protocol.state is State.OPEN:
                         worst = max(worst, session.transport.get_write_buffer_size())
+                        if session.lagging_since is not None:
+                            lagged.setdefault(session.conn_id, time.monotonic())
+                    else:
+                        closed.setdefault(session.conn_id, time.monotonic())
                 await asyncio.sleep(0.005)
         # Every reply was counted: the server never buffered more than the limit for any of them.
         assert 0 < worst <= LIMIT, worst
         assert lag.worst < MAX_STALL, lag.worst
+        # Each was closed after --slow-close-after behind (the watcher looks every 100 ms; the
+        # margin is for a busy machine, the point is that it happens at all).
+        for session in sessions:
+            assert SLOW_CLOSE_AFTER - 0.1 <= closed[session.conn_id] - lagged[session.conn_id] < SLOW_CLOSE_AFTER + 5
         for session in sessions:
             assert session.lagging_since is None  # handed over to the close
         for pusher in pushers:
