@@ -25,8 +25,8 @@ class ViewAccess:
 
     def whep_viewer(self, room_id: str, token: str | None) -> str | None:
         """A WHEP request's viewer: the user id of its Bearer token, None without one (anyone may
-        watch a public room). A token that is not valid for the room is refused (401) rather than
-        ignored, and a private room needs a token that may view it."""
+        watch a public room). A token that does not verify is refused (401) and one for another room
+        is forbidden (403) rather than ignored; a private room needs a token that may view it."""
         if not token:
             if self._private(room_id):
                 raise MediaError(401, "unauthorized", "this room is private: send Authorization: Bearer <viewer token>",
@@ -37,7 +37,7 @@ class ViewAccess:
         except TokenError as exc:
             raise MediaError(401, exc.code, exc.message, CHALLENGE) from None
         if not identity.may_enter(room_id):
-            raise MediaError(401, "unauthorized", "token is not valid for this room", CHALLENGE)
+            raise MediaError(403, "forbidden", "this token is not for this room")
         self.check_identity(room_id, identity)
         return identity.sub
 

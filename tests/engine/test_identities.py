@@ -75,7 +75,7 @@ async def test_connections_per_user_are_capped(app: App) -> None:
     # Other users are not affected, nor the same sub in another room (a user is a sub in a room).
     other = await connect(app, token(app, sub="olga"))
     await other.recv_type("snapshot")
-    app.rooms.create("other")
+    await app.rooms.create("other")
     elsewhere = [await connect(app, token(app, room="other", sub="mallory")) for _ in range(3)]
     for client in elsewhere:
         await client.recv_type("snapshot")
