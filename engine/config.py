@@ -106,7 +106,7 @@ class Config:
     auto_confirm: bool = field(default=False, metadata={"help": "mark orders paid when placed (demos, no payment)"})
     purchase_log_size: int = field(default=1_000_000, metadata={"help": "purchase events kept for readers"})
     fsync_orders: bool = field(default=False, metadata={
-        "help": "fsync every order commit: survives power loss, not just a crash (~4 ms each, on the loop)"})
+        "help": "fsync every order commit: survives power loss, not just a crash (~4 ms each, on the database thread)"})
     db_busy_timeout: float = field(default=1.0, metadata={
         "help": "seconds a database call waits for a lock another connection holds; then it answers unavailable"})
     commerce_tick_ms: int = field(default=200, metadata={"help": "room clock tick: expiry, sale start/end, ms"})
