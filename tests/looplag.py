@@ -22,14 +22,21 @@ class LoopLag:
         self.interval = interval
         self.worst = 0.0
         self.samples = 0
+        self._due: float | None = None  # when the pending wake-up should happen
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            due = loop.time() + self.interval
+            self._due = loop.time() + self.interval
             await asyncio.sleep(self.interval)
-            self.worst = max(self.worst, loop.time() - due)
+            self.worst = max(self.worst, loop.time() - self._due)
             self.samples += 1
+
+    def settle(self) -> None:
+        """Count the pending wake-up too: a stall just before the block ends delays it, and
+        cancelling the probe would otherwise drop exactly that measurement."""
+        if self._due is not None:
+            self.worst = max(self.worst, asyncio.get_running_loop().time() - self._due)
 
 
 @contextlib.asynccontextmanager
@@ -40,6 +47,7 @@ async def loop_lag(interval: float = 0.005) -> AsyncIterator[LoopLag]:
     try:
         yield probe
     finally:
+        probe.settle()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
