@@ -141,9 +141,15 @@ async def test_closed_connections_come_back_with_the_freeze_policy_on(engine: Ap
             await viewers.do(ending)
             await all_gone(engine)
             # Young garbage of the test's own (futures, frames) is not what is measured: drop it.
-            # A leaked connection would be frozen by now, and frozen objects survive this.
-            gc.collect(0)
-            left = tracked() - base_tracked
+            # A leaked connection would be frozen by now, and frozen objects survive this. On a
+            # loaded machine the last close handshakes and transport callbacks may still be
+            # running: give them up to 5 s (a leak stays whatever the wait).
+            for _ in range(50):
+                gc.collect(0)
+                left = tracked() - base_tracked
+                if left < N // 2:
+                    break
+                await asyncio.sleep(0.1)
             assert left < N // 2, f"{left} tracked objects left after {N} connections ended by {ending}"
             assert gc.get_freeze_count() - base_frozen < N // 2
             rss_after.append(rss_bytes())
