@@ -23,6 +23,7 @@ import pytest
 import uvloop
 
 from engine.app import App
+from engine.config import Config
 from engine.gcpolicy import GcPolicy
 from tests.conftest import token
 
@@ -83,6 +84,16 @@ class Viewers:
         await self.proc.stdin.drain()
         line = await asyncio.wait_for(self.proc.stdout.readline(), 120)
         assert line == b"done\n", f"client process failed: {line!r}"
+
+
+@pytest.fixture
+def config(config: Config) -> Config:
+    """A short event history: the viewer-count events of thousands of joins are kept state, not leaks.
+
+    The room keeps its last ``history_size`` events for resumes; the slower the machine, the more
+    ticks the joins and leaves spread over, and the more of those events (and objects) it keeps.
+    """
+    return config.replace(history_size=16)
 
 
 @pytest.fixture
