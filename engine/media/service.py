@@ -265,13 +265,18 @@ class MediaService:
         sdp = screened.text
         description = offer.parse(sdp)
         sections = offer.tracks(description, sending=False)
-        resource = session_id is None
-        session_id = session_id or secrets.token_urlsafe(16)
-        if session_id in self._sessions:
-            await self._close(self._sessions[session_id])  # before the room is looked up: closing may forget it
         media = self._media_room(room_id)
         try:
             codecs = offer.viewer_codecs(sections, media.codecs)
+        except MediaError:
+            self._forget_if_empty(media)
+            raise
+        resource = session_id is None
+        session_id = session_id or secrets.token_urlsafe(16)
+        if session_id in self._sessions:
+            await self._close(self._sessions[session_id])
+            media = self._media_room(room_id)  # closing the previous session may have forgotten the room
+        try:
             self._admit_viewer(media)
         except MediaError:
             self._forget_if_empty(media)
