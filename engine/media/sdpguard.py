@@ -119,7 +119,8 @@ class CandidateFilter:
 
 @dataclass(frozen=True)
 class SdpLimits:
-    """What one media session may send: bytes per offer or fragment, candidates in all, which addresses."""
+    """What one media session may send: bytes per offer or fragment, candidates in all, media sections
+    per offer, which addresses."""
 
     max_bytes: int = 32 * 1024
     max_candidates: int = 32

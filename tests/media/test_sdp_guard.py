@@ -319,6 +319,20 @@ async def test_every_other_line_break_is_refused_in_offers_and_fragments(relay):
     await viewer.close()
 
 
+async def test_a_hidden_candidate_flood_is_refused_without_a_stall(relay):
+    valid = await Viewer().offer()
+    short = [f"a=candidate:{n} 1 udp 1 127.0.0.1 {40000 + n} typ host" for n in range(550)]
+    flood = with_candidates(valid, ["a=x" + "".join("\r" + line for line in short)])
+    assert len(flood) < relay.media.config.max_sdp_bytes
+    async with loop_lag() as lag:
+        for _ in range(5):
+            status, code, message = await refusal(await post_offer(relay.http, f"{relay.base}/whep/shop", flood))
+            assert (status, code) == (400, "bad_request") and "line break" in message, message
+        await asyncio.sleep(0.3)
+    assert lag.worst < MAX_STALL, lag.worst
+    assert relay.media.peer_count == 0
+
+
 def _many_sections(sections: int, bundled: int) -> str:
     """An offer of ``sections`` audio sections and a BUNDLE group naming the last one ``bundled`` times."""
     bundle = "a=group:BUNDLE " + " ".join([str(sections - 1)] * bundled)
