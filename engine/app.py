@@ -151,6 +151,7 @@ def media_config(config: Config) -> MediaConfig:
         forwarding=config.forwarding,
         max_sdp_bytes=config.max_sdp_bytes,
         max_remote_candidates=config.max_remote_candidates,
+        max_media_sections=config.max_media_sections,
         ice_candidate_filter=config.ice_candidate_filter,
         patch_rate=config.patch_rate,
         patch_burst=config.patch_burst,

@@ -88,6 +88,8 @@ class Config:
     ended_session_ttl: float = field(default=60.0, metadata={
         "help": "seconds an ended WHIP/WHEP session still answers DELETE with 200"})
     ended_sessions_max: int = field(default=10000, metadata={"help": "ended session ids kept for DELETE"})
+    max_media_sections: int = field(default=16, metadata={
+        "help": "media sections (m= lines) one SDP offer may hold (then 400)"})
     pli_interval: float = field(default=1.0, metadata={"help": "min seconds between keyframe requests"})
     publisher_idle: float = field(default=3.0, metadata={
         "help": "seconds without media before a room shows offline and a new WHIP POST with its key takes over"})

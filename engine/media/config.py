@@ -101,6 +101,11 @@ class MediaConfig:
     #: re-sorts on every addition) and up to 7 STUN checks per local candidate.
     max_remote_candidates: int = 32
 
+    #: Media sections (``m=`` lines) one offer may hold; past it, 400. A
+    #: browser sends one per track (two here); each costs parsing, a
+    #: transceiver and BUNDLE bookkeeping before any connection exists.
+    max_media_sections: int = 16
+
     #: Remote candidate ranges never contacted (engine/media/sdpguard.py,
     #: ``CandidateFilter``): CIDRs or loopback, private, link-local, multicast,
     #: unspecified, non-global. Empty: any address.
@@ -146,6 +151,8 @@ class MediaConfig:
             raise ValueError("pli_min_interval must be >= 0 and connect_timeout > 0")
         if self.max_sdp_bytes < 1 or self.max_remote_candidates < 0 or self.patch_rate <= 0 or self.patch_burst < 1:
             raise ValueError("max_sdp_bytes and patch_burst must be >= 1, patch_rate > 0, max_remote_candidates >= 0")
+        if self.max_media_sections < 1:
+            raise ValueError("max_media_sections must be >= 1")
         if min(self.max_connecting_per_room, self.max_connecting, self.publisher_reserve) < 0:
             raise ValueError("max_connecting_per_room, max_connecting and publisher_reserve must be >= 0")
         if self.rtx_rate < 0 or self.rtx_per_packet < 0:

@@ -1,4 +1,4 @@
-"""Screening of SDP offers and trickled ICE candidates before aiortc sees them.
+r"""Screening of SDP offers and trickled ICE candidates before aiortc sees them.
 
 The media surface is anonymous (any viewer may POST an offer), so what an
 offer can make the node do must be bounded before a peer connection exists:
@@ -13,9 +13,18 @@ offer can make the node do must be bounded before a peer connection exists:
   checks to. ``CandidateFilter`` lets an operator refuse ranges (loopback and
   private ranges on a public node); refused candidates are dropped as a
   firewall would drop them, so the node never sends a packet there.
+- Lines: aiortc splits SDP with ``str.splitlines``, which also breaks lines
+  on a bare ``\r``, ``\v``, ``\f``, ``\x1c``-``\x1e``, ``\x85``, ``\u2028`` and
+  ``\u2029``. A line boundary the screen did not see would smuggle lines
+  (candidates, mids, media sections) past every check here, so text holding
+  any line boundary other than ``\n`` or ``\r\n`` is refused whole.
+- Media sections: a browser sends a handful; each one costs parsing,
+  transceivers and BUNDLE bookkeeping, so an offer may hold ``max_sections``.
 - Structure: a few malformed lines make aiortc fail with AssertionError or
   ValueError deep inside ``setRemoteDescription``; they are refused here
-  with a message naming the line.
+  with a message naming the line. Numbers are ASCII digits only: ``str.isdigit``
+  accepts ``²``, which ``int`` refuses, and regex ``\d`` and ``int`` read
+  other scripts' digits, which aiortc's other checks do not expect.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from dataclasses import dataclass, field
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
+from engine.digits import parse_uint
 from engine.media.errors import MediaError
 
 #: Named ranges accepted by ``CandidateFilter.parse`` besides plain CIDRs.
@@ -40,9 +50,16 @@ RANGES: dict[str, tuple[str, ...]] = {
 #: Keyword for every address that is not globally routable (``ipaddress``'s ``is_global``).
 NON_GLOBAL = "non-global"
 
-_CANDIDATE = re.compile(r"^(\S+) (\d{1,3}) (\S+) (\d{1,10}) (\S+) (\d{1,5}) typ (\S+)((?: \S+ \S+)*)\s*$")
-_CONNECTION = re.compile(r"^c=IN IP[46] \S+$")
-_MEDIA = re.compile(r"^m=(\S+) \d{1,5} [A-Z/]+ (\S.*)$")
+_CANDIDATE = re.compile(
+    r"^(\S+) (\d{1,3}) (\S+) (\d{1,10}) (\S+) (\d{1,5}) typ (\S+)((?: \S+ \S+)*)\s*$", re.ASCII
+)
+_CONNECTION = re.compile(r"^c=IN IP[46] \S+$", re.ASCII)
+_MEDIA = re.compile(r"^m=(\S+) \d{1,5} [A-Z/]+ (\S.*)$", re.ASCII)
+#: Candidates are printable ASCII: aiortc splits them on any whitespace (``\x1c``-``\x1f`` and
+#: Unicode spaces included), the screen on spaces; refusing the rest makes both read the same words.
+_PRINTABLE = re.compile(r"[ -~]*\Z")
+#: Line boundaries of ``str.splitlines`` besides ``\n`` (a ``\r`` directly before ``\n`` is removed first).
+_OTHER_LINE_BREAK = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 #: Payload types that collide with RTCP packet types (RFC 5761), refused as aiortc does.
 _RTCP_CONFLICT = range(72, 77)
 
@@ -102,10 +119,12 @@ class CandidateFilter:
 
 @dataclass(frozen=True)
 class SdpLimits:
-    """What one media session may send: bytes per offer or fragment, candidates in all, which addresses."""
+    """What one media session may send: bytes per offer or fragment, candidates in all, media sections
+    per offer, which addresses."""
 
     max_bytes: int = 32 * 1024
     max_candidates: int = 32
+    max_sections: int = 16
     candidate_filter: CandidateFilter = field(default_factory=CandidateFilter)
 
 
@@ -113,6 +132,23 @@ def check_size(text: str, limits: SdpLimits, what: str) -> None:
     """413 when ``text`` is longer than the limit."""
     if len(text) > limits.max_bytes:
         raise MediaError(413, "too_large", f"{what} is {len(text)} bytes; the limit is {limits.max_bytes}")
+
+
+def check_lines(text: str, what: str) -> str:
+    r"""``text`` with ``\r\n`` turned into ``\n``; 400 if it holds any other line boundary.
+
+    The screen and aiortc (``str.splitlines``) must see the same lines.
+    """
+    text = text.replace("\r\n", "\n")
+    found = _OTHER_LINE_BREAK.search(text)
+    if found is not None:
+        raise MediaError(
+            400,
+            "bad_request",
+            f"{what} holds the line break {found.group()!r} at character {found.start()}; "
+            "lines must end in \\r\\n or \\n",
+        )
+    return text
 
 
 def check_candidate(text: str) -> RTCIceCandidate:
@@ -123,8 +159,13 @@ def check_candidate(text: str) -> RTCIceCandidate:
         f"unreadable ICE candidate {text[:80]!r}: expected 'foundation component transport priority "
         "address port typ type [name value]...'",
     )
-    if _CANDIDATE.match(text) is None:
+    match = _CANDIDATE.match(text) if _PRINTABLE.match(text) else None
+    if match is None:
         raise unreadable
+    extras = match.group(8).split(" ")[1:]
+    pairs = zip(extras[::2], extras[1::2], strict=True)
+    if any(name == "rport" and parse_uint(value, 5) is None for name, value in pairs):
+        raise unreadable  # ``int`` also reads "-1", "1_0" and non-ASCII digits
     try:
         candidate = candidate_from_sdp(text)
     except ValueError:  # a non-numeric rport
@@ -174,7 +215,8 @@ def _check_media_line(line: str) -> None:
     if match.group(1) not in ("audio", "video"):
         return
     for fmt in match.group(2).split():
-        if not fmt.isdigit() or int(fmt) > 127 or int(fmt) in _RTCP_CONFLICT:
+        payload_type = parse_uint(fmt, 3)
+        if payload_type is None or payload_type > 127 or payload_type in _RTCP_CONFLICT:
             raise MediaError(
                 400, "bad_request", f"media line {line[:80]!r} names {fmt[:12]!r}, which is not an RTP payload type"
             )
@@ -191,20 +233,27 @@ def _sections(lines: list[str]) -> list[list[str]]:
 
 
 def screen_offer(text: str, limits: SdpLimits) -> Screened:
-    """Check an SDP offer's size, lines, mids and candidates; drop candidates the filter refuses.
+    """Check an SDP offer's size, lines, sections, mids and candidates; drop candidates the filter refuses.
 
-    Raises ``MediaError`` (413 or 400) with a message naming the fault.
+    Raises ``MediaError`` (413 or 400) with a message naming the fault. Every
+    check is linear in the offer's length.
     """
     check_size(text, limits, "SDP offer")
-    lines = text.replace("\r\n", "\n").split("\n")
+    lines = check_lines(text, "SDP offer").split("\n")
+    sections = 0
     for line in lines:
         if line.startswith("c=") and not _CONNECTION.match(line.rstrip()):
             raise MediaError(
                 400, "bad_request", f"malformed connection line {line[:80]!r}: expected 'c=IN IP4 ADDRESS'"
             )
         if line.startswith("m="):
+            sections += 1
+            if sections > limits.max_sections:
+                raise MediaError(
+                    400, "bad_request", f"SDP offer has more than {limits.max_sections} media sections (m= lines)"
+                )
             _check_media_line(line.rstrip())
-    mids: list[str] = []
+    mids: set[str] = set()
     for section in _sections(lines):
         found = [line[6:].strip() for line in section if line.rstrip() == "a=mid" or line.startswith("a=mid:")]
         kind = section[0].split()[0][2:]
@@ -214,12 +263,12 @@ def screen_offer(text: str, limits: SdpLimits) -> Screened:
             raise MediaError(400, "bad_request", f"the {kind} section's a=mid has no value")
         if found[0] in mids:
             raise MediaError(400, "bad_request", f"a=mid:{found[0]} names two media sections")
-        mids.append(found[0])
+        mids.add(found[0])
     for line in lines:
         if line.startswith("a=group:BUNDLE"):
-            absent = [mid for mid in line.split()[1:] if mid not in mids]
-            if absent:
-                raise MediaError(400, "bad_request", f"a=group:BUNDLE names mid {absent[0]!r}, which no section has")
+            absent = next((mid for mid in line.split()[1:] if mid not in mids), None)
+            if absent is not None:
+                raise MediaError(400, "bad_request", f"a=group:BUNDLE names mid {absent!r}, which no section has")
     candidates = [line.rstrip() for line in lines if line.startswith("a=candidate:")]
     kept, received = screen_candidates(candidates, limits, 0, 400)
     if len(kept) == received:

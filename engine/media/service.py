@@ -22,6 +22,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpRece
 from aiortc.sdp import candidate_from_sdp
 
 from engine.media import aiortc_compat, metrics, offer
+from engine.media.admissions import Admissions
 from engine.media.budgets import Rate, RetransmitBudget
 from engine.media.config import MediaConfig
 from engine.media.ended import RecentlyEnded
@@ -29,7 +30,7 @@ from engine.media.errors import MediaError
 from engine.media.fastpath import FastOutput
 from engine.media.forwarding import StockOutput
 from engine.media.room import MediaRoom
-from engine.media.sdpguard import CandidateFilter, SdpLimits, screen_candidates, screen_offer
+from engine.media.sdpguard import CandidateFilter, SdpLimits, check_lines, screen_candidates, screen_offer
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,9 @@ class PatchAnswer:
     sdpfrag: str | None = None
 
 
+#: What aiortc raises for an offer it cannot take (asserts and lookups): the peer's fault, a 400.
+_PEER_FAULTS = (ValueError, AssertionError, AttributeError, KeyError, IndexError, TypeError)
+
 _CANDIDATE = re.compile(r"^a=(candidate:.+)$", re.M)
 _UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.M)
 _PWD = re.compile(r"^a=ice-pwd:(\S+)", re.M)
@@ -123,9 +127,13 @@ class MediaService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._limits = SdpLimits(
-            config.max_sdp_bytes, config.max_remote_candidates, CandidateFilter.parse(config.ice_candidate_filter)
+            config.max_sdp_bytes,
+            config.max_remote_candidates,
+            config.max_media_sections,
+            CandidateFilter.parse(config.ice_candidate_filter),
         )
         self._ended = RecentlyEnded(config.ended_session_ttl, config.ended_sessions_max)
+        self._admissions = Admissions()
 
     async def start(self) -> None:
         self._started = True
@@ -167,37 +175,43 @@ class MediaService:
         description = offer.parse(sdp)
         sections = offer.tracks(description, sending=True)
         media = self._media_room(room_id)
-        codecs = offer.publisher_codecs(sections, media.preferred_codecs())
-        replaced = self._replaceable_publisher(media)
-        self._check_capacity()
+        try:
+            codecs = offer.publisher_codecs(sections, media.preferred_codecs())
+            replaced = self._replaceable_publisher(media)
+            self._check_capacity()
+        except MediaError:
+            self._forget_if_empty(media)
+            raise
 
         session_id = secrets.token_urlsafe(16)
         media.publisher_id = session_id  # claim the room before the first await
-        if replaced is not None:
-            log.info("publisher %s of room %s sent no media for %.1f s: replaced", replaced.id, room_id,
-                     time.monotonic() - media.last_media)
-            await self._went_quiet(media, "publisher_replaced")
-            await self._close(replaced)
-        pc = self._peer_connection()
-        try:
-            receivers: dict[str, RTCRtpReceiver] = {}
-            for kind, name in codecs.items():
-                transceiver = pc.addTransceiver(kind, direction="recvonly")
-                capabilities = RTCRtpReceiver.getCapabilities(kind).codecs
-                transceiver.setCodecPreferences(
-                    [c for c in capabilities if c.name.lower() in (name.lower(), "rtx")]
-                )
-                receivers[kind] = transceiver.receiver
-                aiortc_compat.tap_receiver(transceiver.receiver, media.frame_handler(session_id, kind))
-            answer = await self._answer(pc, sdp)
-        except Exception:
-            media.publisher_id = None
-            await pc.close()
-            raise
-        stranded = media.begin_source(session_id, codecs, receivers.get("video"))
-        session = _Session(session_id, "publisher", media, pc, self._ufrag(description), secrets.token_hex(8))
-        session.remote_candidates = screened.received
-        self._sessions[session_id] = session
+        with self._admissions.hold("publisher", room_id):
+            if replaced is not None:
+                log.info("publisher %s of room %s sent no media for %.1f s: replaced", replaced.id, room_id,
+                         time.monotonic() - media.last_media)
+                await self._went_quiet(media, "publisher_replaced")
+                await self._close(replaced)
+            pc = self._peer_connection()
+            try:
+                receivers: dict[str, RTCRtpReceiver] = {}
+                for kind, name in codecs.items():
+                    transceiver = pc.addTransceiver(kind, direction="recvonly")
+                    capabilities = RTCRtpReceiver.getCapabilities(kind).codecs
+                    transceiver.setCodecPreferences(
+                        [c for c in capabilities if c.name.lower() in (name.lower(), "rtx")]
+                    )
+                    receivers[kind] = transceiver.receiver
+                    aiortc_compat.tap_receiver(transceiver.receiver, media.frame_handler(session_id, kind))
+                answer = await self._answer(pc, sdp)
+            except Exception:
+                media.publisher_id = None
+                await self._discard(pc)
+                self._forget_if_empty(media)
+                raise
+            stranded = media.begin_source(session_id, codecs, receivers.get("video"))
+            session = _Session(session_id, "publisher", media, pc, self._ufrag(description), secrets.token_hex(8))
+            session.remote_candidates = screened.received
+            self._sessions[session_id] = session
         metrics.PUBLISHERS.labels(room_id).set(1)
         self._watch(session)
         self._spawn(self._connect_deadline(session))
@@ -252,12 +266,21 @@ class MediaService:
         description = offer.parse(sdp)
         sections = offer.tracks(description, sending=False)
         media = self._media_room(room_id)
-        codecs = offer.viewer_codecs(sections, media.codecs)
+        try:
+            codecs = offer.viewer_codecs(sections, media.codecs)
+        except MediaError:
+            self._forget_if_empty(media)
+            raise
         resource = session_id is None
         session_id = session_id or secrets.token_urlsafe(16)
         if session_id in self._sessions:
             await self._close(self._sessions[session_id])
-        self._admit_viewer(media)
+            media = self._media_room(room_id)  # closing the previous session may have forgotten the room
+        try:
+            self._admit_viewer(media)
+        except MediaError:
+            self._forget_if_empty(media)
+            raise
 
         started = time.monotonic()
         first_frame = metrics.FIRST_FRAME.labels(room_id)
@@ -290,19 +313,23 @@ class MediaService:
             )
         pc = self._peer_connection()
         try:
-            output.add_to(pc)
-            answer = await self._answer(pc, sdp, before_answer=output.bind)
+            with self._admissions.hold("viewer", room_id):  # from the admission check until the session is entered
+                try:
+                    output.add_to(pc)
+                    answer = await self._answer(pc, sdp, before_answer=output.bind)
+                except Exception:
+                    output.close()
+                    await self._discard(pc)
+                    raise
+                session = _Session(session_id, "viewer", media, pc, self._ufrag(description), secrets.token_hex(8),
+                                   sub=sub, http_resource=resource)
+                session.output = output
+                session.remote_candidates = screened.received
+                self._sessions[session_id] = session
+                media.add_viewer(session_id, output, codecs)
         except Exception:
-            output.close()
-            await pc.close()
             self._forget_if_empty(media)
             raise
-        session = _Session(session_id, "viewer", media, pc, self._ufrag(description), secrets.token_hex(8), sub=sub,
-                           http_resource=resource)
-        session.output = output
-        session.remote_candidates = screened.received
-        self._sessions[session_id] = session
-        media.add_viewer(session_id, output, codecs)
         if self._audience is not None:
             self._audience.joined(room_id, "media", sub)
         self._viewers_changed(media)
@@ -312,6 +339,7 @@ class MediaService:
 
     async def add_candidate(self, session_id: str, candidate: str, mid: str | None = None) -> None:
         """Trickle one remote candidate (``candidate:...`` with or without ``a=``)."""
+        candidate = check_lines(candidate, "ICE candidate")
         session = self._sessions.get(session_id)
         if session is None:
             raise MediaError(404, "not_found", "no such media session")
@@ -353,6 +381,7 @@ class MediaService:
             )
         if if_match is not None and if_match.strip() not in ("*", f'"{session.etag}"', session.etag):
             raise MediaError(412, "precondition_failed", "If-Match does not match the session's ETag")
+        body = check_lines(body, "trickle fragment")
         ufrag = _UFRAG.search(body)
         if ufrag and ufrag.group(1) != session.remote_ufrag:
             if if_match is None:
@@ -434,7 +463,7 @@ class MediaService:
         return MediaError(503, "overloaded", message, {"Retry-After": str(self.config.retry_after)})
 
     def _check_capacity(self) -> None:
-        if len(self._sessions) >= self.config.max_peers:
+        if len(self._sessions) + self._admissions.total >= self.config.max_peers:
             raise self._overloaded("this node has its maximum of media sessions")
 
     def _admit_viewer(self, media: MediaRoom) -> None:
@@ -443,17 +472,19 @@ class MediaService:
         A viewer still connecting (maybe one that never will) counts against
         the room's viewers and also against the much smaller connecting caps,
         so half-open sessions cannot fill a room, and viewers never take the
-        sessions reserved for publishers.
+        sessions reserved for publishers. Sessions admitted but still being
+        answered count everywhere (``Admissions``).
         """
         connecting = [s for s in self._sessions.values() if s.role == "viewer" and not s.connected]
-        in_room = sum(1 for s in connecting if s.room is media)
-        if len(media.viewers) >= self.config.max_viewers_per_room:
+        answering = self._admissions.viewers_in(media.id)  # admitted, not in the table yet
+        in_room = sum(1 for s in connecting if s.room is media) + answering
+        if len(media.viewers) + answering >= self.config.max_viewers_per_room:
             raise self._overloaded(f"room {media.id!r} has its maximum of viewers")
         if in_room >= self.config.max_connecting_per_room:
             raise self._overloaded(f"room {media.id!r} has its maximum of viewers still connecting")
-        if len(connecting) >= self.config.max_connecting:
+        if len(connecting) + self._admissions.viewers >= self.config.max_connecting:
             raise self._overloaded("this node has its maximum of viewers still connecting")
-        if len(self._sessions) >= self.config.max_peers - self.config.publisher_reserve:
+        if len(self._sessions) + self._admissions.total >= self.config.max_peers - self.config.publisher_reserve:
             raise self._overloaded("this node has its maximum of media sessions for viewers")
 
     def _peer_connection(self) -> RTCPeerConnection:
@@ -463,17 +494,31 @@ class MediaService:
     async def _answer(self, pc: RTCPeerConnection, sdp: str, before_answer: Any = None) -> str:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except (ValueError, AssertionError, AttributeError, KeyError, IndexError, TypeError) as exc:
+            if before_answer is not None:
+                before_answer()
+            aiortc_compat.answer_as_dtls_server(pc)
+        except _PEER_FAULTS as exc:
             # aiortc checks offers with asserts and lookups; what reaches here is the peer's fault
             raise MediaError(400, "bad_request", f"SDP offer rejected: {exc or type(exc).__name__}") from exc
-        if before_answer is not None:
-            before_answer()
-        aiortc_compat.answer_as_dtls_server(pc)
         aiortc_compat.bind_ice(
             pc, self.config.announced_addresses, self.config.listen_address, self.config.socket_receive_buffer
         )
-        await pc.setLocalDescription(await pc.createAnswer())
+        try:
+            await pc.setLocalDescription(await pc.createAnswer())
+        except _PEER_FAULTS as exc:
+            raise MediaError(400, "bad_request", f"SDP offer cannot be answered: {exc or type(exc).__name__}") from exc
         return pc.localDescription.sdp
+
+    @staticmethod
+    async def _discard(pc: RTCPeerConnection) -> None:
+        """Close a peer connection; an error closing what an odd offer half set up is logged, not raised.
+
+        It would otherwise replace the offer's 400 with a 500, or stop a session's close half-way.
+        """
+        try:
+            await pc.close()
+        except Exception:
+            log.warning("closing a peer connection failed", exc_info=True)
 
     @staticmethod
     def _ufrag(description: Any) -> str:
@@ -554,10 +599,10 @@ class MediaService:
                 output.close()
             if self._audience is not None:
                 self._audience.left(media.id, "media", session.sub)
-            await session.pc.close()
+            await self._discard(session.pc)
             self._viewers_changed(media)
         else:
-            await session.pc.close()
+            await self._discard(session.pc)
             if media.end_source(session.id):
                 metrics.PUBLISHERS.labels(media.id).set(0)
                 await self._bus.publish(media.id, "media.offline", {"reason": "publisher_left"})
@@ -569,7 +614,7 @@ class MediaService:
         self._bus.set_state(media.id, "media", "media.status", self._status(media))
 
     def _forget_if_empty(self, media: MediaRoom) -> None:
-        if media.empty and self._media.get(media.id) is media:
+        if media.empty and self._media.get(media.id) is media and not self._admissions.pending(media.id):
             del self._media[media.id]
             media.close()
             metrics.forget(media.id)

@@ -89,3 +89,21 @@ async def test_a_candidate_filter_refusing_loopback_sends_nothing_there(relay, s
     await asyncio.sleep(2.5)
     assert sink.stun == 0
     await viewer.close()
+
+
+@pytest.mark.parametrize(
+    "media_config",
+    [MediaConfig(announced_addresses=("127.0.0.1",), ice_candidate_filter="loopback", connect_timeout=3.0)],
+)
+async def test_a_candidate_behind_a_bare_carriage_return_is_refused_not_contacted(relay, sink):
+    """aiortc splits lines on a bare CR as well: a candidate hidden behind one must not slip past the filter."""
+    viewer = Viewer()
+    hidden = "a=x-note:hidden\r" + same_port_candidates(1, sink.port)[0]
+    sdp = with_candidates(await viewer.offer(), [hidden])
+    await viewer.close()
+    response = await post_offer(relay.http, f"{relay.base}/whep/shop", sdp)
+    assert response.status == 400, await response.text()
+    assert "line break" in (await response.json())["error"]["message"]
+    await asyncio.sleep(2.0)
+    assert sink.stun == 0
+    assert relay.media.peer_count == 0

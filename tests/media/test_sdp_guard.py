@@ -56,6 +56,28 @@ MALFORMED: dict[str, tuple[Callable[[str], str], str]] = {
         lambda sdp: sdp.replace(_first_media_line(sdp, "m=video"), _first_media_line(sdp, "m=video") + " 300", 1),
         "payload type",
     ),
+    # str.isdigit accepts these; int("²") raises, int("٩٩") reads 99
+    "payload type in superscript digits": (
+        lambda sdp: sdp.replace(_first_media_line(sdp, "m=video"), _first_media_line(sdp, "m=video") + " \u00b2", 1),
+        "payload type",
+    ),
+    "payload type in Arabic-Indic digits": (
+        lambda sdp: sdp.replace(_first_media_line(sdp, "m=video"), _first_media_line(sdp, "m=video") + " \u0669", 1),
+        "payload type",
+    ),
+    "candidate priority in Arabic-Indic digits": (
+        lambda sdp: with_candidates(sdp, ["a=candidate:1 1 udp \u0669\u0669 127.0.0.1 40000 typ host"]),
+        "candidate",
+    ),
+    # aiortc splits lines on a bare CR too: what follows one must not pass the screen unseen
+    "a second a=mid behind a bare CR": (
+        lambda sdp: sdp.replace(f"a=mid:{mids(sdp)[0]}\r\n", f"a=mid:{mids(sdp)[0]}\r\na=x\ra=mid:hidden\r\n", 1),
+        "line break",
+    ),
+    "candidates behind a bare CR": (
+        lambda sdp: with_candidates(sdp, ["a=x" + "".join("\r" + line for line in candidates(40))]),
+        "line break",
+    ),
 }
 
 
@@ -109,6 +131,9 @@ async def test_malformed_offers_are_bad_request_on_the_websocket(app):
             reply = await ws_request(ws, {"type": "offer", "id": f"r{n}", "sdp": rewrite(valid)})
             assert reply["type"] == "error", case
             assert reply["code"] == "bad_request" and words in reply["message"], (case, reply)
+        hidden = candidates(1)[0][2:] + "\u2028a=candidate:2 1 udp 5 127.0.0.1 40001 typ host"
+        reply = await ws_request(ws, {"type": "candidate", "id": "hidden", "candidate": hidden, "sdpMid": "0"})
+        assert reply["code"] == "bad_request" and "line break" in reply["message"], reply
         flood = with_candidates(valid, candidates(200))
         reply = await ws_request(ws, {"type": "offer", "id": "flood", "sdp": flood})
         assert reply["code"] == "too_many_candidates", reply
@@ -272,3 +297,67 @@ async def test_bodies_over_the_size_limit_are_413(relay):
 def test_media_config_checks_the_candidate_filter():
     with pytest.raises(ValueError, match="nowhere"):
         dataclasses.replace(MediaConfig(), ice_candidate_filter="loopback,nowhere")
+
+
+#: Line boundaries of str.splitlines (aiortc's reading of SDP) besides \n and \r\n.
+LINE_BREAKS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
+async def test_every_other_line_break_is_refused_in_offers_and_fragments(relay):
+    viewer, resource, mid = await _viewer_session(relay)
+    valid = await Viewer().offer()
+    for separator in LINE_BREAKS:
+        # 40 candidates past the cap of 32, 39 of them on what the screen would read as one line
+        hidden = with_candidates(valid, [separator.join(candidates(40))])
+        status, code, message = await refusal(await post_offer(relay.http, f"{relay.base}/whep/shop", hidden))
+        assert (status, code) == (400, "bad_request"), (separator, message)
+        assert "line break" in message, message
+        fragment = f"a=mid:{mid}\r\na=x{separator}{candidates(1)[0]}\r\n"
+        status, code, message = await refusal(await relay.http.patch(resource, data=fragment, headers=SDPFRAG))
+        assert (status, code) == (400, "bad_request") and "line break" in message, (separator, message)
+    assert relay.media.peer_count == 1
+    await viewer.close()
+
+
+async def test_a_hidden_candidate_flood_is_refused_without_a_stall(relay):
+    valid = await Viewer().offer()
+    short = [f"a=candidate:{n} 1 udp 1 127.0.0.1 {40000 + n} typ host" for n in range(550)]
+    flood = with_candidates(valid, ["a=x" + "".join("\r" + line for line in short)])
+    assert len(flood) < relay.media.config.max_sdp_bytes
+    async with loop_lag() as lag:
+        for _ in range(5):
+            status, code, message = await refusal(await post_offer(relay.http, f"{relay.base}/whep/shop", flood))
+            assert (status, code) == (400, "bad_request") and "line break" in message, message
+        await asyncio.sleep(0.3)
+    assert lag.worst < MAX_STALL, lag.worst
+    assert relay.media.peer_count == 0
+
+
+def _many_sections(sections: int, bundled: int) -> str:
+    """An offer of ``sections`` audio sections and a BUNDLE group naming the last one ``bundled`` times."""
+    bundle = "a=group:BUNDLE " + " ".join([str(sections - 1)] * bundled)
+    lines = ["v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0", bundle]
+    for n in range(sections):
+        lines += ["m=audio 9 X 0", f"a=mid:{n}"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+async def test_offers_with_many_media_sections_are_refused_without_a_stall(relay):
+    huge = _many_sections(650, 3300)  # about 30 KB, under the size limit
+    assert len(huge) < relay.media.config.max_sdp_bytes
+    async with loop_lag() as lag:
+        for _ in range(3):
+            status, code, message = await refusal(await post_offer(relay.http, f"{relay.base}/whep/shop", huge))
+            assert (status, code) == (400, "bad_request") and "16 media sections" in message, message
+        await asyncio.sleep(0.2)
+    assert lag.worst < MAX_STALL, lag.worst
+    status, _, message = await refusal(await post_offer(relay.http, f"{relay.base}/whep/shop", _many_sections(17, 1)))
+    assert status == 400 and "media sections" in message
+
+
+@pytest.mark.parametrize("media_config", [MediaConfig(announced_addresses=("127.0.0.1",), max_media_sections=1)])
+async def test_the_media_section_cap_is_configurable(relay):
+    viewer = Viewer()  # audio and video: two sections
+    status, code, message = await refusal(await post_offer(relay.http, f"{relay.base}/whep/shop", await viewer.offer()))
+    assert (status, code) == (400, "bad_request") and "more than 1 media sections" in message
+    await viewer.close()

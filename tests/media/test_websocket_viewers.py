@@ -198,3 +198,29 @@ async def test_a_websocket_viewers_session_is_not_an_http_resource(app):
     assert list(media.room("shop").viewers) == [session_id]
     await ws.close()
     await viewer.close()
+
+
+async def test_a_second_offer_on_the_websocket_joins_the_live_room_not_a_forgotten_one(app, h264, opus):
+    """In a room without a publisher, ending the first session empties the room; the second must not join that one."""
+    engine, media = app
+    token = mint(engine.secret, "shop", "viewer", "again")
+    async with websockets.connect(f"ws://127.0.0.1:{engine.ws_port}/ws?token={token}") as ws:
+        first, again = Viewer(), Viewer()
+        assert (await request(ws, {"type": "offer", "id": "o1", "sdp": await first.offer()}))["type"] == "ack"
+        ack = await request(ws, {"type": "offer", "id": "o2", "sdp": await again.offer()})
+        assert ack["type"] == "ack", ack
+        await again.accept(ack["sdp"])
+        room = media.room("shop")
+        assert room is not None and len(room.viewers) == 1
+        # the viewer gets the publisher who comes now
+        async with aiohttp.ClientSession() as http:
+            publisher = Publisher(h264, opus)
+            key = engine.rooms.get("shop").stream_key
+            base = f"http://127.0.0.1:{engine.http_port}"
+            assert (await publisher.publish(http, base, "shop", key, H264_OPUS)).status == 201
+            async with asyncio.timeout(10):
+                while again.log.count("video") < 10:
+                    await asyncio.sleep(0.02)
+            await publisher.close()
+        await first.close()
+        await again.close()
