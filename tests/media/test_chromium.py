@@ -105,11 +105,14 @@ async def test_chromium_publishes_over_whip_and_plays_over_whep(relay, site):
             viewer = await browser.new_page()
             await viewer.goto(f"{site}/play")
             await viewer.evaluate("window.start()")
-            first = await viewer.wait_for_function(
-                "async () => { const s = await window.videoStats(); return s.framesDecoded > 0 && s; }",
-                timeout=15000,
-            )
-            first = await first.json_value()
+            # Polled from here: wait_for_function with an async predicate sometimes hands back the
+            # predicate's truthiness instead of the stats it resolved to.
+            for _ in range(150):
+                first = await viewer.evaluate("window.videoStats()")
+                if first["framesDecoded"] > 0:
+                    break
+                await viewer.wait_for_timeout(100)
+            assert first["framesDecoded"] > 0, first
             await viewer.wait_for_timeout(1000)
             later = await viewer.evaluate("window.videoStats()")
             assert later["framesDecoded"] > first["framesDecoded"]
