@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from engine.errors import shown
 from overlays.events import DomainError
 
 MAX_PRICE = 10**9  # minor units: ten million in a two-decimal currency is plenty for a live shop
@@ -124,7 +125,7 @@ class Catalog:
     def get(self, product_id: str) -> Product:
         product = self._products.get(product_id)
         if product is None:
-            raise DomainError("not_found", f"no product {product_id!r}")
+            raise DomainError("not_found", f"no product {shown(product_id)}")
         return product
 
     def check_space(self) -> None:

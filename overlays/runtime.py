@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
+from engine.errors import shown
 from engine.storage import StorageUnavailable
 from overlays import metrics
 from overlays.events import DomainError, DomainEvent
@@ -174,9 +175,9 @@ class Commerce:
         if shop is not None:
             return shop
         if not self._room_exists(room):
-            raise DomainError("not_found", f"no room {room!r}")
+            raise DomainError("not_found", f"no room {shown(room)}")
         if room in self._unloaded:
-            raise StorageUnavailable(f"the shop of room {room!r} could not be loaded; see the server log")
+            raise StorageUnavailable(f"the shop of room {shown(room)} could not be loaded; see the server log")
         task = self._loading.get(room)
         if task is None:  # concurrent first uses share one load
             task = self._loading[room] = asyncio.get_running_loop().create_task(self._load(room))
@@ -331,7 +332,7 @@ class Commerce:
         await self.shop(room)
         data = await self.records.order(room, order_id) if type(order_id) is str else None
         if data is None:
-            raise DomainError("not_found", f"no order {order_id!r}")
+            raise DomainError("not_found", f"no order {shown(order_id)}")
         return data
 
     async def orders(self, room: str, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:

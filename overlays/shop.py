@@ -23,7 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from overlays.carts import cart_line, cart_view, check_request_id
+from engine.errors import shown
+from overlays.carts import cart_line, cart_view, check_request_id, check_user
 from overlays.catalog import Catalog, Product, check_id
 from overlays.events import DomainError, DomainEvent, discrete, state
 from overlays.idempotency import RequestMemory
@@ -223,7 +224,7 @@ class Shop:
             raise DomainError("bad_request", "a sale is an object")
         now = self._clock()
         product = self._catalog.get(check_id("product id", fields.get("product_id")))
-        sale_id = fields.get("id") or f"s_{_token()}"
+        sale_id = check_id("sale id", fields.get("id") or f"s_{_token()}")
         sale = Sale.parse(sale_id, product, fields, now, f"s:{sale_id}:{_token()}")
         if sale.id in self._sales:
             raise DomainError("conflict", f"sale {sale.id!r} exists")
@@ -296,7 +297,7 @@ class Shop:
         """`tap` with the refusal returned, not raised. This is the hot path, and in a storm most
         taps are refused (not live yet, sold out, over the limit): unwinding an exception through
         the handler's frames would cost more than deciding. Keep it to lookups and one store call."""
-        seen = self._taps.get(check_request_id(user), check_request_id(request_id))
+        seen = self._taps.get(check_user(user), check_request_id(request_id))
         if seen is not None:
             return seen if type(seen) is DomainError else Outcome(seen, [])
         now = self._clock()
@@ -333,23 +334,21 @@ class Shop:
         if type(qty) is not int or not 1 <= qty <= self.config.max_tap_qty:
             raise DomainError("bad_request", f"qty must be an integer in [1, {self.config.max_tap_qty}]")
         if sale_id is not None:
-            if type(sale_id) is not str:
-                raise DomainError("bad_request", "sale_id must be a string")
-            sale = self._sales.get(sale_id)
-            if product_id is not None and product_id != sale.product_id:
+            sale = self._sales.get(check_id("sale_id", sale_id))
+            if product_id is not None and check_id("product_id", product_id) != sale.product_id:
                 raise DomainError("bad_request", "the sale is for another product")
             phase = sale.phase(now)
             if phase != LIVE:
                 return DomainError("sale_not_live", f"sale {sale.id} is {phase}")
             return sale.pool, sale.per_user_limit, sale.price
-        if type(product_id) is not str:
+        if product_id is None:
             raise DomainError("bad_request", "tap a product_id or a sale_id")
-        product = self._catalog.get(product_id)
+        product = self._catalog.get(check_id("product_id", product_id))
         return product.pool, None, product.price
 
     async def uncart(self, user: str, reservation_id: str) -> Outcome[dict[str, Any]]:
         """Give a reservation back; not_found if it is not the user's or no longer held."""
-        returned = await self._stock.release(self.room, user, reservation_id)
+        returned = await self._stock.release(self.room, user, check_request_id(reservation_id))
         if returned is None:
             raise DomainError("not_found", "no such reservation in your cart")
         r = returned.reservation
@@ -371,7 +370,7 @@ class Shop:
         """Turn the user's unexpired reservations into one order, committed to the records and
         appended to the purchase log before returning. Idempotent on (user, request_id): a retry
         gets the same order back (also across restarts), or the same error."""
-        seen = self._checkouts.get(check_request_id(user), check_request_id(request_id))
+        seen = self._checkouts.get(check_user(user), check_request_id(request_id))
         if seen is not None:
             raise DomainError(seen.code, seen.message)
         found = await self._records.order_for_request(self.room, user, request_id)
@@ -412,9 +411,9 @@ class Shop:
         return Outcome(order.public(), events)
 
     async def _order(self, order_id: str) -> Order:
-        data = await self._records.order(self.room, check_request_id(order_id))
+        data = await self._records.order(self.room, check_id("order id", order_id))
         if data is None:
-            raise DomainError("not_found", f"no order {order_id!r}")
+            raise DomainError("not_found", f"no order {shown(order_id)}")
         return Order.from_dict(data)
 
     async def _close(self, order: Order, status: str) -> list[DomainEvent]:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from engine.config import Config
 from engine.digits import parse_uint
+from engine.errors import shown
 from overlays.events import DomainError
 from overlays.runtime import Commerce
 from signaling.channel import Channel, Session
@@ -137,7 +138,7 @@ def commerce_routes(app: web.Application, commerce: Commerce, auth: Auth) -> Non
         for item in view[collection]:
             if item["id"] == item_id:
                 return json_response({name: item})
-        raise DomainError("not_found", f"no {name} {item_id!r}")
+        raise DomainError("not_found", f"no {name} {shown(item_id)}")
 
     async def get_product(request: web.Request) -> web.Response:
         return await one_of(request, "products", "product")
@@ -200,7 +201,7 @@ def commerce_routes(app: web.Application, commerce: Commerce, auth: Auth) -> Non
         identity = auth.identity(request, room, ("host", "service", "viewer"))
         order = await commerce.order(room, request.match_info["id"])
         if identity is not None and identity.role == "viewer" and identity.sub != order["user"]:
-            raise DomainError("not_found", f"no order {request.match_info['id']!r}")
+            raise DomainError("not_found", f"no order {shown(request.match_info['id'])}")
         return json_response({"order": order})
 
     async def confirm(request: web.Request) -> web.Response:

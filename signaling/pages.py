@@ -20,6 +20,7 @@ from aiohttp import web
 from yarl import URL
 
 from engine.config import Config
+from engine.errors import shown
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
 
@@ -79,7 +80,7 @@ def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Ca
     async def static(request: web.Request) -> web.Response:
         path = statics.get(request.match_info["name"])
         if path is None:
-            raise web.HTTPNotFound(reason=f"no file {request.match_info['name']!r}")
+            raise web.HTTPNotFound(reason=f"no file {shown(request.match_info['name'])}")
         return web.Response(body=path.read_bytes(), content_type=STATIC_TYPES[path.suffix],
                             headers={"Cache-Control": "no-cache"})
 
