@@ -61,6 +61,8 @@ class Config:
         "help": "let guest tokens tap and check out (--no-guest-checkout: guests watch and chat only)"})
     limiter_entries: int = field(default=100_000, metadata={
         "help": "client addresses and idle users the rate limiters remember (oldest forgotten first)"})
+    keepalive_timeout: float = field(default=75.0, metadata={
+        "help": "seconds an HTTP connection may stay idle between requests (then closed)"})
     permessage_deflate: bool = field(default=False, metadata={"help": "offer websocket compression"})
     ice_servers: str = field(default="", metadata={"help": "comma-separated STUN/TURN URLs (none by default)"})
     announce: str = field(default="", metadata={"help": "comma-separated addresses announced as ICE candidates"})
