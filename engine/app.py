@@ -172,6 +172,8 @@ def shop_config(config: Config) -> ShopConfig:
     return ShopConfig(
         hold_seconds=config.hold_seconds,
         max_products=config.max_products,
+        # Every snapshot carries the catalog: it must fit a client's send queue with room to spare.
+        max_catalog_bytes=min(config.max_catalog_bytes, config.send_queue_bytes // 4),
         max_tags=config.max_tags,
         max_sales=config.max_sales,
         max_tap_qty=config.max_tap_qty,

@@ -316,6 +316,14 @@ class Commerce:
         """The shop part of the room snapshot (products, tags, sales, totals, recent, cart)."""
         return await (await self.shop(room)).snapshot(user)
 
+    async def product(self, room: str, product_id: Any) -> dict[str, Any]:
+        """One product of the room's public view (not_found if there is none)."""
+        return await (await self.shop(room)).product_view(product_id)
+
+    async def sale(self, room: str, sale_id: Any) -> dict[str, Any]:
+        """One sale of the room's public view (not_found if there is none)."""
+        return await (await self.shop(room)).sale_view(sale_id)
+
     def snapshot_now(self, room: str, user: str | None) -> dict[str, Any]:
         """The same, synchronously, for the channel's snapshot hook. It never touches the
         database: every room known at start was loaded by `start`, so a room without a shop yet

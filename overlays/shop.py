@@ -25,7 +25,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from engine.errors import shown
 from overlays.carts import cart_line, cart_view, check_request_id, check_user
-from overlays.catalog import Catalog, Product, check_id
+from overlays.catalog import MAX_CATALOG_BYTES, Catalog, Product, check_id
 from overlays.events import DomainError, DomainEvent, discrete, state
 from overlays.idempotency import RequestMemory
 from overlays.orders import CANCELLED, PAID, PLACED, Order, OrderLine, SalesStats
@@ -52,6 +52,7 @@ class ShopConfig:
 
     hold_seconds: float = 600.0  # how long a tap holds units in a cart
     max_products: int = 500
+    max_catalog_bytes: int = MAX_CATALOG_BYTES  # the products' encoded size, so a snapshot fits a send queue
     max_tags: int = 8  # pinned at once
     max_sales: int = 100  # kept per room; ended sales without held units are pruned to make room
     max_tap_qty: int = 20
@@ -84,7 +85,7 @@ class Shop:
         self.room, self.host = room, host
         self.config = config or ShopConfig()
         self._stock, self._records, self._clock = stock, records, clock
-        self._catalog = Catalog(self.config.max_products)
+        self._catalog = Catalog(self.config.max_products, self.config.max_catalog_bytes)
         self._tags = TagBoard(self.config.max_tags)
         self._sales = SaleBook(self.config.max_sales)
         self._pools: dict[str, tuple[str, str | None]] = {}  # pool -> (product id, sale id or None)
@@ -95,6 +96,10 @@ class Shop:
         self._checkouts: RequestMemory[DomainError] = RequestMemory(self.config.user_requests)
         self.oversold: dict[str, tuple[int, int]] = {}  # pool -> (sold, quantity), found by load()
         self.stats = SalesStats(self.config.proof_window, self.config.recent_orders)
+        # The public view (every client's snapshot, the REST lists) is built once per change: every
+        # change clients see comes with events, so whatever returns events drops it.
+        self._view: dict[str, Any] | None = None
+        self._version = 0
 
     # -- start --------------------------------------------------------------------------------
 
@@ -142,6 +147,7 @@ class Shop:
                 await self._append(order, PLACED)
             if order.status != PLACED:
                 await self._append(order, order.status)
+        self._changed()
 
     # -- catalog and tags (hosts) -------------------------------------------------------------
 
@@ -162,14 +168,16 @@ class Shop:
             self._catalog.check_space()
         elif product.currency != current.currency:
             await self._check_currency_change(current)
+        self._catalog.check_fits(product)
         # The stock first: until it is accepted, taps keep seeing (and locking) the current price.
         counters = await self._stock.define(self.room, product.pool, product.stock)
         self._catalog.put(product)
+        self._changed()  # now, not only with the outcome: the records' write below may fail
         await self._records.put_product(self.room, product.to_dict())
         self._pools[product.pool] = (product.id, None)
-        view = {**product.public(), "available": counters.available}
+        view = {**self._catalog.public(product.id), "available": counters.available}
         stock = self._stock_events(product.pool, counters.available, counters.version)
-        return Outcome(view, [discrete("product.put", view), *stock])
+        return self._outcome(view, [discrete("product.put", view), *stock])
 
     async def _check_currency_change(self, product: Product) -> None:
         """Prices locked in carts and sales are in the product's currency: it stays while either exists."""
@@ -190,6 +198,7 @@ class Shop:
         for sale in sales:
             await self._drop_sale(sale)
         self._catalog.remove(product.id)
+        self._changed()
         del self._pools[product.pool]
         self._figures.pop(product.pool, None)
         await self._records.delete_product(self.room, product.id)
@@ -197,7 +206,7 @@ class Shop:
         for tag in self._tags.unpin_product(product.id):
             await self._records.delete_tag(self.room, tag.id)
             events.append(discrete("tag.unpinned", {"tag": tag.id}))
-        return Outcome({"product": product.id}, events)
+        return self._outcome({"product": product.id}, events)
 
     async def pin(self, fields: Mapping[str, Any]) -> Outcome[dict[str, Any]]:
         """Pin a tag (or move one already pinned, same id) over the video."""
@@ -208,12 +217,12 @@ class Shop:
         self._tags.pin(tag)
         view = tag.to_dict()
         await self._records.put_tag(self.room, view)
-        return Outcome(view, [discrete("tag.pinned", view)])
+        return self._outcome(view, [discrete("tag.pinned", view)])
 
     async def unpin(self, tag_id: str) -> Outcome[dict[str, Any]]:
         tag = self._tags.unpin(check_id("tag id", tag_id))
         await self._records.delete_tag(self.room, tag.id)
-        return Outcome({"tag": tag.id}, [discrete("tag.unpinned", {"tag": tag.id})])
+        return self._outcome({"tag": tag.id}, [discrete("tag.unpinned", {"tag": tag.id})])
 
     # -- sales (hosts) ------------------------------------------------------------------------
 
@@ -231,12 +240,13 @@ class Shop:
         if len(self._sales) >= self._sales.max_sales:
             await self._prune_sales(now)
         self._sales.add(sale, now)
+        self._changed()
         counters = await self._stock.define(self.room, sale.pool, sale.quantity)
         await self._records.put_sale(self.room, sale.to_dict())
         self._pools[sale.pool] = (product.id, sale.id)
         view = self._sale_view(sale, counters.available, now)
         kind = "sale.started" if sale.phase(now) == LIVE else "sale.scheduled"
-        return Outcome(
+        return self._outcome(
             view, [discrete(kind, view), *self._stock_events(sale.pool, counters.available, counters.version, now)]
         )
 
@@ -250,7 +260,7 @@ class Shop:
             return Outcome(view, [])
         self._sold_out.discard(sale.id)
         await self._records.put_sale(self.room, sale.to_dict())
-        return Outcome(view, [discrete("sale.ended", view)])
+        return self._outcome(view, [discrete("sale.ended", view)])
 
     async def _prune_sales(self, now: float) -> None:
         for sale in list(self._sales):
@@ -261,6 +271,7 @@ class Shop:
     async def _drop_sale(self, sale: Sale) -> None:
         await self._stock.drop(self.room, sale.pool)
         self._sales.discard(sale.id)
+        self._changed()
         self._pools.pop(sale.pool, None)
         self._figures.pop(sale.pool, None)
         self._sold_out.discard(sale.id)
@@ -323,6 +334,8 @@ class Shop:
             return Outcome(line, [])
         events = self._stock_events(pool, result.available, result.version, now)
         events.insert(0, discrete("cart.added", line, user))
+        self._view = None  # inline _changed(): the hot path
+        self._version += 1
         return Outcome(line, events)
 
     def _tap_target(
@@ -353,7 +366,7 @@ class Shop:
             raise DomainError("not_found", "no such reservation in your cart")
         r = returned.reservation
         body = {"reservation": r.id}
-        return Outcome(
+        return self._outcome(
             body,
             [discrete("cart.removed", body, user), *self._stock_events(r.pool, returned.available, returned.version)],
         )
@@ -395,20 +408,20 @@ class Shop:
         events = [discrete("order.placed", order.public(), user), *self._stats_events()]
         if self.config.auto_confirm:
             events += await self._close(order, PAID)
-        return Outcome(order.public(), events)
+        return self._outcome(order.public(), events)
 
     async def confirm(self, order_id: str) -> Outcome[dict[str, Any]]:
         """Payment succeeded: placed -> paid (idempotent; conflict if cancelled)."""
         order = await self._order(order_id)
         events = await self._close(order, PAID)
-        return Outcome(order.public(), events)
+        return self._outcome(order.public(), events)
 
     async def cancel(self, order_id: str) -> Outcome[dict[str, Any]]:
         """Payment failed or was abandoned: placed -> cancelled, units return to their pools
         (idempotent; conflict if paid)."""
         order = await self._order(order_id)
         events = await self._close(order, CANCELLED)
-        return Outcome(order.public(), events)
+        return self._outcome(order.public(), events)
 
     async def _order(self, order_id: str) -> Order:
         data = await self._records.order(self.room, check_id("order id", order_id))
@@ -453,21 +466,56 @@ class Shop:
             events.append(discrete("sale.started" if phase == LIVE else "sale.ended", view))
         if self.stats.prune(now):
             events.append(state("sales.recent", "sales.recent", self.stats.recent()))
+        if events:
+            self._changed()
         return events
 
     async def snapshot(self, user: str | None = None) -> dict[str, Any]:
-        """Everything a client needs to render the room's shop; with `user`, their cart too."""
-        now = self._clock()
-        snap: dict[str, Any] = {
-            "products": [{**p.public(), "available": await self._available(p.pool)} for p in self._catalog],
+        """Everything a client needs to render the room's shop; with `user`, their cart too.
+        The values are shared with every caller until the next change: read them, never modify."""
+        snap = dict(await self.view())
+        if user is not None:
+            snap["cart"] = await self.cart_of(user)
+        return snap
+
+    async def view(self) -> dict[str, Any]:
+        """Products, tags, sales, totals and recent, built once per change. A view built while a
+        change happened (a store call suspended) is returned but not kept."""
+        view = self._view
+        if view is not None:
+            return view
+        version, now = self._version, self._clock()
+        view = {
+            "products": [{**self._catalog.public(p.id), "available": await self._available(p.pool)}
+                         for p in self._catalog],
             "tags": [t.to_dict() for t in self._tags],
             "sales": [self._sale_view(s, await self._available(s.pool), now) for s in self._sales],
             "totals": self.stats.totals(),
             "recent": self.stats.recent(),
         }
-        if user is not None:
-            snap["cart"] = await self.cart_of(user)
-        return snap
+        if version == self._version:
+            self._view = view
+        return view
+
+    async def product_view(self, product_id: Any) -> dict[str, Any]:
+        """One product as in the view, looked up by id."""
+        product = self._catalog.get(check_id("product id", product_id))
+        return {**self._catalog.public(product.id), "available": await self._available(product.pool)}
+
+    async def sale_view(self, sale_id: Any) -> dict[str, Any]:
+        """One sale as in the view, looked up by id."""
+        sale = self._sales.get(check_id("sale id", sale_id))
+        return self._sale_view(sale, await self._available(sale.pool), self._clock())
+
+    def _changed(self) -> None:
+        self._view = None
+        self._version += 1
+
+    def _outcome(self, result: T, events: list[DomainEvent]) -> Outcome[T]:
+        """The Outcome of a call; its events mean clients see a change, so the view is rebuilt."""
+        if events:
+            self._changed()
+        return Outcome(result, events)
 
     async def _available(self, pool: str) -> int:
         counters = await self._stock.counters(self.room, pool)

@@ -89,6 +89,7 @@ class Session:
         self.raw = not connection.protocol.extensions
         self.last_seq = 0
         self.lagging_since: float | None = None
+        self.resync_bytes = 0  # size of the last snapshot that did not fit: none is built until it would
         self.limits = limits  # shared by all connections of this user
         self.flood = 0
 
@@ -174,14 +175,17 @@ class Session:
             self.channel.lagging.discard(self)
             return
         buffered = self.transport.get_write_buffer_size()
-        if buffered <= config.send_queue_bytes // 4 and self.room != "*":
+        if (buffered <= config.send_queue_bytes // 4 and buffered + self.resync_bytes <= config.send_queue_bytes
+                and self.room != "*"):
             snapshot = self.encode(self.channel.snapshot(self, resync=True))
             if buffered + len(snapshot) + 16 <= config.send_queue_bytes:  # 16: the frame header
                 self.lagging_since = None
+                self.resync_bytes = 0
                 self.channel.lagging.discard(self)
                 self._write(snapshot)
                 metrics.SEND_QUEUE.labels("resynced").inc()
                 return
+            self.resync_bytes = len(snapshot) + 16
         if self.lagging_since is not None and now - self.lagging_since > config.slow_close_after:
             self.lagging_since = None
             self.channel.lagging.discard(self)

@@ -131,17 +131,8 @@ def commerce_routes(app: web.Application, commerce: Commerce, auth: Auth) -> Non
         view = await commerce.view(room_of(request))
         return json_response({"products": view["products"]})
 
-    async def one_of(request: web.Request, collection: str, name: str) -> web.Response:
-        """One product or sale of the room's public view, by the id in the path."""
-        view = await commerce.view(room_of(request))
-        item_id = request.match_info["id"]
-        for item in view[collection]:
-            if item["id"] == item_id:
-                return json_response({name: item})
-        raise DomainError("not_found", f"no {name} {shown(item_id)}")
-
     async def get_product(request: web.Request) -> web.Response:
-        return await one_of(request, "products", "product")
+        return json_response({"product": await commerce.product(room_of(request), request.match_info["id"])})
 
     async def put_product(request: web.Request) -> web.Response:
         room = room_of(request, "host")
@@ -174,7 +165,7 @@ def commerce_routes(app: web.Application, commerce: Commerce, auth: Auth) -> Non
         return json_response({"sales": view["sales"], "totals": view["totals"], "recent": view["recent"]})
 
     async def get_sale(request: web.Request) -> web.Response:
-        return await one_of(request, "sales", "sale")
+        return json_response({"sale": await commerce.sale(room_of(request), request.match_info["id"])})
 
     async def post_sale(request: web.Request) -> web.Response:
         room = room_of(request, "host")
