@@ -92,3 +92,13 @@ async def test_no_websocket_error_echoes_a_huge_value(app: App, message: dict[st
 async def test_no_http_error_echoes_a_long_id(app: App, rest: Rest, admin: str, path: str) -> None:
     status, body = await rest.call("GET", path, admin)
     assert status in (400, 404) and len(body["error"]["message"]) < SMALL
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/api/rooms/" + "r" * 4000 + "/stream-key"),
+    ("PATCH", "/api/rooms/" + "r" * 4000),
+])
+async def test_room_admin_errors_do_not_echo_a_long_id(app: App, rest: Rest, admin: str, method: str,
+                                                       path: str) -> None:
+    status, body = await rest.call(method, path, admin, {"title": "t"})
+    assert status in (400, 404) and len(body["error"]["message"]) < SMALL
