@@ -146,7 +146,6 @@ class GuardedProtocol(asyncio.Protocol):
         metrics.REFUSED_CONNECTIONS.labels("http", "header_timeout").inc()
         self._refuse(408, "request_timeout", f"send the request headers within {self._timeout:g} s")
 
-
     def _refuse(self, status: int, code: str, message: str) -> None:
         assert self._transport is not None
         if not self._transport.is_closing():
