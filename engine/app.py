@@ -26,7 +26,7 @@ from signaling.accesslog import AccessLogger
 from signaling.channel import Channel
 from signaling.chat import register_chat
 from signaling.commerce import commerce_routes, register_commerce
-from signaling.guard import AddressGate, GuardedSite, body_deadline
+from signaling.guard import AddressGate, GuardedSite, body_deadline, next_head_deadline
 from signaling.http import Auth, errors_as_json, room_routes
 from signaling.pages import add_page_routes
 from signaling.purchases import purchase_routes, register_purchases
@@ -60,8 +60,8 @@ class App:
         self.bus = MemoryBus(config.tick_ms, config.history_size, config.history_age)
         self.channel = Channel(config, self.bus, self.rooms, self.secret)
         register_chat(self.channel, self.bus, config)
-        self.http = web.Application(middlewares=[errors_as_json, body_deadline(config.http_read_timeout)],
-                                    client_max_size=1 << 20)
+        middlewares = [next_head_deadline, errors_as_json, body_deadline(config.http_read_timeout)]
+        self.http = web.Application(middlewares=middlewares, client_max_size=1 << 20)
         self.http_gate = AddressGate(config.max_http_per_ip)
         self.guest_limiter = room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key),
                                          self.viewers, self.urls)
@@ -111,7 +111,8 @@ class App:
         self.ws_port = self.channel.port
         access_log = logging.getLogger("livecart.access") if self.config.access_log else None
         self._runner = web.AppRunner(self.http, access_log=access_log, access_log_class=AccessLogger,
-                                     handle_signals=False, lingering_time=self.config.http_read_timeout)
+                                     handle_signals=False, lingering_time=self.config.http_read_timeout,
+                                     keepalive_timeout=self.config.keepalive_timeout)
         await self._runner.setup()
         site = GuardedSite(self._runner, self.config.host, self.config.http_port, self.http_gate,
                            self.config.http_read_timeout)
@@ -172,6 +173,8 @@ def shop_config(config: Config) -> ShopConfig:
     return ShopConfig(
         hold_seconds=config.hold_seconds,
         max_products=config.max_products,
+        # Every snapshot carries the catalog: it must fit a client's send queue with room to spare.
+        max_catalog_bytes=min(config.max_catalog_bytes, config.send_queue_bytes // 4),
         max_tags=config.max_tags,
         max_sales=config.max_sales,
         max_tap_qty=config.max_tap_qty,

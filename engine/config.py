@@ -61,6 +61,11 @@ class Config:
         "help": "let guest tokens tap and check out (--no-guest-checkout: guests watch and chat only)"})
     limiter_entries: int = field(default=100_000, metadata={
         "help": "client addresses and idle users the rate limiters remember (oldest forgotten first)"})
+    keepalive_timeout: float = field(default=75.0, metadata={
+        "help": "seconds an HTTP connection may stay idle between requests (then closed)"})
+    max_catalog_bytes: int = field(default=256 * 1024, metadata={
+        "help": "a room's products as JSON, at most (and at most a quarter of --send-queue-bytes, so a "
+                "snapshot always fits): past it product.put is refused full"})
     permessage_deflate: bool = field(default=False, metadata={"help": "offer websocket compression"})
     ice_servers: str = field(default="", metadata={"help": "comma-separated STUN/TURN URLs (none by default)"})
     announce: str = field(default="", metadata={"help": "comma-separated addresses announced as ICE candidates"})

@@ -17,3 +17,16 @@ class CodedError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+SHOWN = 40  # characters of a client's value an error message may quote
+
+
+def shown(value: object) -> str:
+    """A client-supplied value quoted in an error message: at most ``SHOWN`` characters of it.
+
+    Messages are sent back, logged and (for idempotent requests) remembered, so they must never
+    grow with the input; a value that is not a string is named by its type only."""
+    if not isinstance(value, str):
+        return f"a {type(value).__name__}"
+    return repr(value[:SHOWN]) + ("..." if len(value) > SHOWN else "")

@@ -13,7 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass, replace
 
-from engine.errors import CodedError
+from engine.errors import CodedError, shown
 from engine.storage import Storage
 
 _SCHEMA = (
@@ -91,7 +91,7 @@ class Rooms:
     async def rotate_key(self, room_id: str) -> Room:
         room = self._rooms.get(room_id)
         if room is None:
-            raise RoomError("not_found", f"no room {room_id!r}")
+            raise RoomError("not_found", f"no room {shown(room_id)}")
         room = replace(room, stream_key=new_stream_key())
         await self._db.write(lambda conn: conn.execute(
             "UPDATE rooms SET stream_key = ? WHERE id = ?", (room.stream_key, room.id)
@@ -103,7 +103,7 @@ class Rooms:
         """Change a room's title or privacy; None leaves a setting as it is."""
         room = self._rooms.get(room_id)
         if room is None:
-            raise RoomError("not_found", f"no room {room_id!r}")
+            raise RoomError("not_found", f"no room {shown(room_id)}")
         _check_settings(room.title if title is None else title, room.private if private is None else private)
         room = replace(room, title=title or room.title, private=room.private if private is None else private)
         await self._db.write(lambda conn: conn.execute(

@@ -6,6 +6,7 @@ JSON a client renders, and checks the request ids that make taps and checkouts i
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from overlays.catalog import Product
@@ -13,12 +14,23 @@ from overlays.events import DomainError
 from overlays.sales import Sale
 from overlays.stock.base import Reservation
 
+#: Client-chosen request ids (UUIDs, counters, order ids): printable ASCII without spaces.
+_REQUEST_ID = re.compile(r"[!-~]{1,128}")
+
 
 def check_request_id(value: Any) -> str:
-    """Client-chosen ids (UUIDs, counters) and user ids: any non-empty string up to 128
-    characters, taken verbatim (a retry must match exactly). Cheap: it runs on every tap."""
+    """Client-chosen ids (UUIDs, counters): 1-128 printable ASCII characters, taken verbatim (a
+    retry must match exactly). They are kept with the outcome for the hold time, so their size and
+    alphabet are bounded. Cheap: it runs on every tap."""
+    if type(value) is not str or not _REQUEST_ID.fullmatch(value):
+        raise DomainError("bad_request", "request ids are 1-128 printable ASCII characters without spaces")
+    return value
+
+
+def check_user(value: Any) -> str:
+    """User ids come from signed tokens (at most 128 characters when minted by the API)."""
     if type(value) is not str or not 0 < len(value) <= 128:
-        raise DomainError("bad_request", "ids are non-empty strings of at most 128 characters")
+        raise DomainError("bad_request", "user ids are non-empty strings of at most 128 characters")
     return value
 
 

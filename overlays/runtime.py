@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
+from engine.errors import shown
 from engine.storage import StorageUnavailable
 from overlays import metrics
 from overlays.events import DomainError, DomainEvent
@@ -174,9 +175,9 @@ class Commerce:
         if shop is not None:
             return shop
         if not self._room_exists(room):
-            raise DomainError("not_found", f"no room {room!r}")
+            raise DomainError("not_found", f"no room {shown(room)}")
         if room in self._unloaded:
-            raise StorageUnavailable(f"the shop of room {room!r} could not be loaded; see the server log")
+            raise StorageUnavailable(f"the shop of room {shown(room)} could not be loaded; see the server log")
         task = self._loading.get(room)
         if task is None:  # concurrent first uses share one load
             task = self._loading[room] = asyncio.get_running_loop().create_task(self._load(room))
@@ -315,6 +316,14 @@ class Commerce:
         """The shop part of the room snapshot (products, tags, sales, totals, recent, cart)."""
         return await (await self.shop(room)).snapshot(user)
 
+    async def product(self, room: str, product_id: Any) -> dict[str, Any]:
+        """One product of the room's public view (not_found if there is none)."""
+        return await (await self.shop(room)).product_view(product_id)
+
+    async def sale(self, room: str, sale_id: Any) -> dict[str, Any]:
+        """One sale of the room's public view (not_found if there is none)."""
+        return await (await self.shop(room)).sale_view(sale_id)
+
     def snapshot_now(self, room: str, user: str | None) -> dict[str, Any]:
         """The same, synchronously, for the channel's snapshot hook. It never touches the
         database: every room known at start was loaded by `start`, so a room without a shop yet
@@ -331,7 +340,7 @@ class Commerce:
         await self.shop(room)
         data = await self.records.order(room, order_id) if type(order_id) is str else None
         if data is None:
-            raise DomainError("not_found", f"no order {order_id!r}")
+            raise DomainError("not_found", f"no order {shown(order_id)}")
         return data
 
     async def orders(self, room: str, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from engine.errors import shown
 from overlays.catalog import MAX_PRICE, MAX_STOCK, Product, check_float, check_id, check_int
 from overlays.events import DomainError
 
@@ -103,7 +104,7 @@ class SaleBook:
     def get(self, sale_id: str) -> Sale:
         sale = self._sales.get(sale_id)
         if sale is None:
-            raise DomainError("not_found", f"no sale {sale_id!r}")
+            raise DomainError("not_found", f"no sale {shown(sale_id)}")
         return sale
 
     def add(self, sale: Sale, now: float) -> None:

@@ -23,8 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from overlays.carts import cart_line, cart_view, check_request_id
-from overlays.catalog import Catalog, Product, check_id
+from engine.errors import shown
+from overlays.carts import cart_line, cart_view, check_request_id, check_user
+from overlays.catalog import MAX_CATALOG_BYTES, Catalog, Product, check_id
 from overlays.events import DomainError, DomainEvent, discrete, state
 from overlays.idempotency import RequestMemory
 from overlays.orders import CANCELLED, PAID, PLACED, Order, OrderLine, SalesStats
@@ -51,6 +52,7 @@ class ShopConfig:
 
     hold_seconds: float = 600.0  # how long a tap holds units in a cart
     max_products: int = 500
+    max_catalog_bytes: int = MAX_CATALOG_BYTES  # the products' encoded size, so a snapshot fits a send queue
     max_tags: int = 8  # pinned at once
     max_sales: int = 100  # kept per room; ended sales without held units are pruned to make room
     max_tap_qty: int = 20
@@ -83,7 +85,7 @@ class Shop:
         self.room, self.host = room, host
         self.config = config or ShopConfig()
         self._stock, self._records, self._clock = stock, records, clock
-        self._catalog = Catalog(self.config.max_products)
+        self._catalog = Catalog(self.config.max_products, self.config.max_catalog_bytes)
         self._tags = TagBoard(self.config.max_tags)
         self._sales = SaleBook(self.config.max_sales)
         self._pools: dict[str, tuple[str, str | None]] = {}  # pool -> (product id, sale id or None)
@@ -94,6 +96,10 @@ class Shop:
         self._checkouts: RequestMemory[DomainError] = RequestMemory(self.config.user_requests)
         self.oversold: dict[str, tuple[int, int]] = {}  # pool -> (sold, quantity), found by load()
         self.stats = SalesStats(self.config.proof_window, self.config.recent_orders)
+        # The public view (every client's snapshot, the REST lists) is built once per change: every
+        # change clients see comes with events, so whatever returns events drops it.
+        self._view: dict[str, Any] | None = None
+        self._version = 0
 
     # -- start --------------------------------------------------------------------------------
 
@@ -141,6 +147,7 @@ class Shop:
                 await self._append(order, PLACED)
             if order.status != PLACED:
                 await self._append(order, order.status)
+        self._changed()
 
     # -- catalog and tags (hosts) -------------------------------------------------------------
 
@@ -161,14 +168,16 @@ class Shop:
             self._catalog.check_space()
         elif product.currency != current.currency:
             await self._check_currency_change(current)
+        self._catalog.check_fits(product)
         # The stock first: until it is accepted, taps keep seeing (and locking) the current price.
         counters = await self._stock.define(self.room, product.pool, product.stock)
         self._catalog.put(product)
+        self._changed()  # now, not only with the outcome: the records' write below may fail
         await self._records.put_product(self.room, product.to_dict())
         self._pools[product.pool] = (product.id, None)
-        view = {**product.public(), "available": counters.available}
+        view = {**self._catalog.public(product.id), "available": counters.available}
         stock = self._stock_events(product.pool, counters.available, counters.version)
-        return Outcome(view, [discrete("product.put", view), *stock])
+        return self._outcome(view, [discrete("product.put", view), *stock])
 
     async def _check_currency_change(self, product: Product) -> None:
         """Prices locked in carts and sales are in the product's currency: it stays while either exists."""
@@ -189,6 +198,7 @@ class Shop:
         for sale in sales:
             await self._drop_sale(sale)
         self._catalog.remove(product.id)
+        self._changed()
         del self._pools[product.pool]
         self._figures.pop(product.pool, None)
         await self._records.delete_product(self.room, product.id)
@@ -196,7 +206,7 @@ class Shop:
         for tag in self._tags.unpin_product(product.id):
             await self._records.delete_tag(self.room, tag.id)
             events.append(discrete("tag.unpinned", {"tag": tag.id}))
-        return Outcome({"product": product.id}, events)
+        return self._outcome({"product": product.id}, events)
 
     async def pin(self, fields: Mapping[str, Any]) -> Outcome[dict[str, Any]]:
         """Pin a tag (or move one already pinned, same id) over the video."""
@@ -207,12 +217,12 @@ class Shop:
         self._tags.pin(tag)
         view = tag.to_dict()
         await self._records.put_tag(self.room, view)
-        return Outcome(view, [discrete("tag.pinned", view)])
+        return self._outcome(view, [discrete("tag.pinned", view)])
 
     async def unpin(self, tag_id: str) -> Outcome[dict[str, Any]]:
         tag = self._tags.unpin(check_id("tag id", tag_id))
         await self._records.delete_tag(self.room, tag.id)
-        return Outcome({"tag": tag.id}, [discrete("tag.unpinned", {"tag": tag.id})])
+        return self._outcome({"tag": tag.id}, [discrete("tag.unpinned", {"tag": tag.id})])
 
     # -- sales (hosts) ------------------------------------------------------------------------
 
@@ -223,19 +233,20 @@ class Shop:
             raise DomainError("bad_request", "a sale is an object")
         now = self._clock()
         product = self._catalog.get(check_id("product id", fields.get("product_id")))
-        sale_id = fields.get("id") or f"s_{_token()}"
+        sale_id = check_id("sale id", fields.get("id") or f"s_{_token()}")
         sale = Sale.parse(sale_id, product, fields, now, f"s:{sale_id}:{_token()}")
         if sale.id in self._sales:
             raise DomainError("conflict", f"sale {sale.id!r} exists")
         if len(self._sales) >= self._sales.max_sales:
             await self._prune_sales(now)
         self._sales.add(sale, now)
+        self._changed()
         counters = await self._stock.define(self.room, sale.pool, sale.quantity)
         await self._records.put_sale(self.room, sale.to_dict())
         self._pools[sale.pool] = (product.id, sale.id)
         view = self._sale_view(sale, counters.available, now)
         kind = "sale.started" if sale.phase(now) == LIVE else "sale.scheduled"
-        return Outcome(
+        return self._outcome(
             view, [discrete(kind, view), *self._stock_events(sale.pool, counters.available, counters.version, now)]
         )
 
@@ -249,7 +260,7 @@ class Shop:
             return Outcome(view, [])
         self._sold_out.discard(sale.id)
         await self._records.put_sale(self.room, sale.to_dict())
-        return Outcome(view, [discrete("sale.ended", view)])
+        return self._outcome(view, [discrete("sale.ended", view)])
 
     async def _prune_sales(self, now: float) -> None:
         for sale in list(self._sales):
@@ -260,6 +271,7 @@ class Shop:
     async def _drop_sale(self, sale: Sale) -> None:
         await self._stock.drop(self.room, sale.pool)
         self._sales.discard(sale.id)
+        self._changed()
         self._pools.pop(sale.pool, None)
         self._figures.pop(sale.pool, None)
         self._sold_out.discard(sale.id)
@@ -296,7 +308,7 @@ class Shop:
         """`tap` with the refusal returned, not raised. This is the hot path, and in a storm most
         taps are refused (not live yet, sold out, over the limit): unwinding an exception through
         the handler's frames would cost more than deciding. Keep it to lookups and one store call."""
-        seen = self._taps.get(check_request_id(user), check_request_id(request_id))
+        seen = self._taps.get(check_user(user), check_request_id(request_id))
         if seen is not None:
             return seen if type(seen) is DomainError else Outcome(seen, [])
         now = self._clock()
@@ -322,6 +334,8 @@ class Shop:
             return Outcome(line, [])
         events = self._stock_events(pool, result.available, result.version, now)
         events.insert(0, discrete("cart.added", line, user))
+        self._view = None  # inline _changed(): the hot path
+        self._version += 1
         return Outcome(line, events)
 
     def _tap_target(
@@ -333,28 +347,26 @@ class Shop:
         if type(qty) is not int or not 1 <= qty <= self.config.max_tap_qty:
             raise DomainError("bad_request", f"qty must be an integer in [1, {self.config.max_tap_qty}]")
         if sale_id is not None:
-            if type(sale_id) is not str:
-                raise DomainError("bad_request", "sale_id must be a string")
-            sale = self._sales.get(sale_id)
-            if product_id is not None and product_id != sale.product_id:
+            sale = self._sales.get(check_id("sale_id", sale_id))
+            if product_id is not None and check_id("product_id", product_id) != sale.product_id:
                 raise DomainError("bad_request", "the sale is for another product")
             phase = sale.phase(now)
             if phase != LIVE:
                 return DomainError("sale_not_live", f"sale {sale.id} is {phase}")
             return sale.pool, sale.per_user_limit, sale.price
-        if type(product_id) is not str:
+        if product_id is None:
             raise DomainError("bad_request", "tap a product_id or a sale_id")
-        product = self._catalog.get(product_id)
+        product = self._catalog.get(check_id("product_id", product_id))
         return product.pool, None, product.price
 
     async def uncart(self, user: str, reservation_id: str) -> Outcome[dict[str, Any]]:
         """Give a reservation back; not_found if it is not the user's or no longer held."""
-        returned = await self._stock.release(self.room, user, reservation_id)
+        returned = await self._stock.release(self.room, user, check_request_id(reservation_id))
         if returned is None:
             raise DomainError("not_found", "no such reservation in your cart")
         r = returned.reservation
         body = {"reservation": r.id}
-        return Outcome(
+        return self._outcome(
             body,
             [discrete("cart.removed", body, user), *self._stock_events(r.pool, returned.available, returned.version)],
         )
@@ -371,7 +383,7 @@ class Shop:
         """Turn the user's unexpired reservations into one order, committed to the records and
         appended to the purchase log before returning. Idempotent on (user, request_id): a retry
         gets the same order back (also across restarts), or the same error."""
-        seen = self._checkouts.get(check_request_id(user), check_request_id(request_id))
+        seen = self._checkouts.get(check_user(user), check_request_id(request_id))
         if seen is not None:
             raise DomainError(seen.code, seen.message)
         found = await self._records.order_for_request(self.room, user, request_id)
@@ -396,25 +408,25 @@ class Shop:
         events = [discrete("order.placed", order.public(), user), *self._stats_events()]
         if self.config.auto_confirm:
             events += await self._close(order, PAID)
-        return Outcome(order.public(), events)
+        return self._outcome(order.public(), events)
 
     async def confirm(self, order_id: str) -> Outcome[dict[str, Any]]:
         """Payment succeeded: placed -> paid (idempotent; conflict if cancelled)."""
         order = await self._order(order_id)
         events = await self._close(order, PAID)
-        return Outcome(order.public(), events)
+        return self._outcome(order.public(), events)
 
     async def cancel(self, order_id: str) -> Outcome[dict[str, Any]]:
         """Payment failed or was abandoned: placed -> cancelled, units return to their pools
         (idempotent; conflict if paid)."""
         order = await self._order(order_id)
         events = await self._close(order, CANCELLED)
-        return Outcome(order.public(), events)
+        return self._outcome(order.public(), events)
 
     async def _order(self, order_id: str) -> Order:
-        data = await self._records.order(self.room, check_request_id(order_id))
+        data = await self._records.order(self.room, check_id("order id", order_id))
         if data is None:
-            raise DomainError("not_found", f"no order {order_id!r}")
+            raise DomainError("not_found", f"no order {shown(order_id)}")
         return Order.from_dict(data)
 
     async def _close(self, order: Order, status: str) -> list[DomainEvent]:
@@ -454,21 +466,56 @@ class Shop:
             events.append(discrete("sale.started" if phase == LIVE else "sale.ended", view))
         if self.stats.prune(now):
             events.append(state("sales.recent", "sales.recent", self.stats.recent()))
+        if events:
+            self._changed()
         return events
 
     async def snapshot(self, user: str | None = None) -> dict[str, Any]:
-        """Everything a client needs to render the room's shop; with `user`, their cart too."""
-        now = self._clock()
-        snap: dict[str, Any] = {
-            "products": [{**p.public(), "available": await self._available(p.pool)} for p in self._catalog],
+        """Everything a client needs to render the room's shop; with `user`, their cart too.
+        The values are shared with every caller until the next change: read them, never modify."""
+        snap = dict(await self.view())
+        if user is not None:
+            snap["cart"] = await self.cart_of(user)
+        return snap
+
+    async def view(self) -> dict[str, Any]:
+        """Products, tags, sales, totals and recent, built once per change. A view built while a
+        change happened (a store call suspended) is returned but not kept."""
+        view = self._view
+        if view is not None:
+            return view
+        version, now = self._version, self._clock()
+        view = {
+            "products": [{**self._catalog.public(p.id), "available": await self._available(p.pool)}
+                         for p in self._catalog],
             "tags": [t.to_dict() for t in self._tags],
             "sales": [self._sale_view(s, await self._available(s.pool), now) for s in self._sales],
             "totals": self.stats.totals(),
             "recent": self.stats.recent(),
         }
-        if user is not None:
-            snap["cart"] = await self.cart_of(user)
-        return snap
+        if version == self._version:
+            self._view = view
+        return view
+
+    async def product_view(self, product_id: Any) -> dict[str, Any]:
+        """One product as in the view, looked up by id."""
+        product = self._catalog.get(check_id("product id", product_id))
+        return {**self._catalog.public(product.id), "available": await self._available(product.pool)}
+
+    async def sale_view(self, sale_id: Any) -> dict[str, Any]:
+        """One sale as in the view, looked up by id."""
+        sale = self._sales.get(check_id("sale id", sale_id))
+        return self._sale_view(sale, await self._available(sale.pool), self._clock())
+
+    def _changed(self) -> None:
+        self._view = None
+        self._version += 1
+
+    def _outcome(self, result: T, events: list[DomainEvent]) -> Outcome[T]:
+        """The Outcome of a call; its events mean clients see a change, so the view is rebuilt."""
+        if events:
+            self._changed()
+        return Outcome(result, events)
 
     async def _available(self, pool: str) -> int:
         counters = await self._stock.counters(self.room, pool)

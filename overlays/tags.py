@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from engine.errors import shown
 from overlays.catalog import check_float, check_id, check_text
 from overlays.events import DomainError
 
@@ -63,7 +64,7 @@ class TagBoard:
     def unpin(self, tag_id: str) -> Tag:
         tag = self._tags.pop(tag_id, None)
         if tag is None:
-            raise DomainError("not_found", f"no pinned tag {tag_id!r}")
+            raise DomainError("not_found", f"no pinned tag {shown(tag_id)}")
         return tag
 
     def unpin_product(self, product_id: str) -> list[Tag]:

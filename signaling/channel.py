@@ -30,7 +30,7 @@ from engine import metrics
 from engine.bus.base import Bus
 from engine.config import Config
 from engine.digits import parse_uint
-from engine.errors import CodedError
+from engine.errors import CodedError, shown
 from engine.rooms import Rooms
 from signaling import protocol
 from signaling.audience import Audience
@@ -89,6 +89,7 @@ class Session:
         self.raw = not connection.protocol.extensions
         self.last_seq = 0
         self.lagging_since: float | None = None
+        self.resync_bytes = 0  # size of the last snapshot that did not fit: none is built until it would
         self.limits = limits  # shared by all connections of this user
         self.flood = 0
 
@@ -174,14 +175,17 @@ class Session:
             self.channel.lagging.discard(self)
             return
         buffered = self.transport.get_write_buffer_size()
-        if buffered <= config.send_queue_bytes // 4 and self.room != "*":
+        if (buffered <= config.send_queue_bytes // 4 and buffered + self.resync_bytes <= config.send_queue_bytes
+                and self.room != "*"):
             snapshot = self.encode(self.channel.snapshot(self, resync=True))
             if buffered + len(snapshot) + 16 <= config.send_queue_bytes:  # 16: the frame header
                 self.lagging_since = None
+                self.resync_bytes = 0
                 self.channel.lagging.discard(self)
                 self._write(snapshot)
                 metrics.SEND_QUEUE.labels("resynced").inc()
                 return
+            self.resync_bytes = len(snapshot) + 16
         if self.lagging_since is not None and now - self.lagging_since > config.slow_close_after:
             self.lagging_since = None
             self.channel.lagging.discard(self)
@@ -379,7 +383,7 @@ class Channel:
                 raise protocol.Refusal("unauthorized", protocol.CLOSE_UNAUTHORIZED, "only services may join no room")
             return identity, room, None
         if self.rooms.get(room) is None:
-            raise protocol.Refusal("not_found", protocol.CLOSE_NOT_FOUND, f"no room {room!r}")
+            raise protocol.Refusal("not_found", protocol.CLOSE_NOT_FOUND, f"no room {shown(room)}")
         raw_since = params.get("since")
         since = None if raw_since is None else parse_uint(raw_since, protocol.MAX_SEQ_DIGITS)
         if raw_since is not None and since is None:
@@ -411,11 +415,11 @@ class Channel:
             request_id = body.get("id")
             action = self.actions.get(body["type"])
             if action is None:
-                raise ProtocolError("unknown_type", f"unknown message type {body['type'][:protocol.MAX_TYPE]!r}")
+                raise ProtocolError("unknown_type", f"unknown message type {shown(body['type'])}")
             if session.role not in action.roles:
-                raise ProtocolError("forbidden", f"a {session.role} may not send {body['type']!r}")
+                raise ProtocolError("forbidden", f"a {session.role} may not send {shown(body['type'])}")
             if action.rate is not None and not session.limits.take(body["type"], action.rate):
-                raise ProtocolError("rate_limited", f"too many {body['type']!r} messages, slow down")
+                raise ProtocolError("rate_limited", f"too many {shown(body['type'])} messages, slow down")
             result = await action.handler(session, body)
             if isinstance(result, CodedError):
                 _refuse(session, result, request_id)

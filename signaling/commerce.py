@@ -14,6 +14,7 @@ from aiohttp import web
 
 from engine.config import Config
 from engine.digits import parse_uint
+from engine.errors import shown
 from overlays.events import DomainError
 from overlays.runtime import Commerce
 from signaling.channel import Channel, Session
@@ -130,17 +131,8 @@ def commerce_routes(app: web.Application, commerce: Commerce, auth: Auth) -> Non
         view = await commerce.view(room_of(request))
         return json_response({"products": view["products"]})
 
-    async def one_of(request: web.Request, collection: str, name: str) -> web.Response:
-        """One product or sale of the room's public view, by the id in the path."""
-        view = await commerce.view(room_of(request))
-        item_id = request.match_info["id"]
-        for item in view[collection]:
-            if item["id"] == item_id:
-                return json_response({name: item})
-        raise DomainError("not_found", f"no {name} {item_id!r}")
-
     async def get_product(request: web.Request) -> web.Response:
-        return await one_of(request, "products", "product")
+        return json_response({"product": await commerce.product(room_of(request), request.match_info["id"])})
 
     async def put_product(request: web.Request) -> web.Response:
         room = room_of(request, "host")
@@ -173,7 +165,7 @@ def commerce_routes(app: web.Application, commerce: Commerce, auth: Auth) -> Non
         return json_response({"sales": view["sales"], "totals": view["totals"], "recent": view["recent"]})
 
     async def get_sale(request: web.Request) -> web.Response:
-        return await one_of(request, "sales", "sale")
+        return json_response({"sale": await commerce.sale(room_of(request), request.match_info["id"])})
 
     async def post_sale(request: web.Request) -> web.Response:
         room = room_of(request, "host")
@@ -200,7 +192,7 @@ def commerce_routes(app: web.Application, commerce: Commerce, auth: Auth) -> Non
         identity = auth.identity(request, room, ("host", "service", "viewer"))
         order = await commerce.order(room, request.match_info["id"])
         if identity is not None and identity.role == "viewer" and identity.sub != order["user"]:
-            raise DomainError("not_found", f"no order {request.match_info['id']!r}")
+            raise DomainError("not_found", f"no order {shown(request.match_info['id'])}")
         return json_response({"order": order})
 
     async def confirm(request: web.Request) -> web.Response:

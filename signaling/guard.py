@@ -1,13 +1,14 @@
-"""Connection-level guards of both ports: a cap per client address and a deadline for the first request.
+"""Connection-level guards of both ports: a cap per client address and a deadline for every request head.
 
 An HTTP server that waits as long as a client likes for a request's headers, and accepts as many
 connections from one address as it opens, hands its file descriptors to anyone who trickles
 half-requests (slowloris). ``AddressGate`` counts open connections per address; ``GuardedSite``
 serves aiohttp through a thin protocol wrapper that refuses an address past its cap and closes a
-connection whose first request head is not complete in time. Both answer with a short HTTP error
-(JSON body, ``Connection: close``) so a real client learns why. Later requests on a kept-alive
-connection are bounded by aiohttp's keep-alive timeout, which closes a connection that has no
-complete request that long after its last response; request bodies by ``body_deadline``.
+connection whose request head is not complete in time: the first one counted from the connection,
+each later one on a kept-alive connection from its first byte (``next_head_deadline`` tells the
+wrapper where a request ended). Both answer with a short HTTP error (JSON body,
+``Connection: close``) so a real client learns why. The idle time between requests is bounded by
+the keep-alive timeout the runner is given; request bodies by ``body_deadline``.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def peer_address(transport: asyncio.BaseTransport) -> str:
 
 
 class GuardedProtocol(asyncio.Protocol):
-    """Wraps one aiohttp request handler: enforces the address cap and the first-request deadline."""
+    """Wraps one aiohttp request handler: enforces the address cap and the request-head deadlines."""
 
     def __init__(self, inner: asyncio.Protocol, gate: AddressGate, header_timeout: float) -> None:
         self._inner = inner
@@ -81,6 +82,7 @@ class GuardedProtocol(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._tail = b""
         self._transport: asyncio.Transport | None = None
+        self._between = False  # a request was answered; the next byte starts the next head
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
@@ -94,7 +96,24 @@ class GuardedProtocol(asyncio.Protocol):
         self._address = address
         self._deadline = asyncio.get_running_loop().call_later(self._timeout, self._too_slow)
 
+    def request_started(self) -> None:
+        """aiohttp parsed a whole head and handles it (also one that came pipelined): no deadline."""
+        self._between = False
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def next_request(self) -> None:
+        """The request in progress has been handled: the next bytes are a new request head, whose
+        deadline starts with its first byte (the idle time before it is the keep-alive timeout's)."""
+        if self._address is not None and self._deadline is None:
+            self._between = True
+            self._tail = b""
+
     def data_received(self, data: bytes) -> None:
+        if self._between and data:
+            self._between = False
+            self._deadline = asyncio.get_running_loop().call_later(self._timeout, self._too_slow)
         if self._deadline is not None:
             window = self._tail + data
             if HEAD_END in window:
@@ -184,3 +203,21 @@ def body_deadline(timeout: float) -> Callable[..., Awaitable[web.StreamResponse]
         return await handler(request)
 
     return deadline
+
+
+@web.middleware
+async def next_head_deadline(request: web.Request,
+                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Middleware (outermost): once a request is handled, its connection's next request head gets
+    the same deadline as the first. The handler has read the body by then (``body_deadline``), and
+    a client that waits for the answer sends the next request after it, so the next bytes the
+    connection receives start a new head."""
+    transport = request.transport
+    guard = None if transport is None else transport.get_protocol()
+    if not isinstance(guard, GuardedProtocol):
+        return await handler(request)
+    guard.request_started()
+    try:
+        return await handler(request)
+    finally:
+        guard.next_request()

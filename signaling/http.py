@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.config import Config
-from engine.errors import CodedError
+from engine.errors import CodedError, shown
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
 from signaling.ratelimit import BucketTable
@@ -135,7 +135,7 @@ def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
     def public(room_id: str) -> dict[str, Any]:
         room = rooms.get(room_id)
         if room is None:
-            raise ApiError("not_found", f"no room {room_id!r}")
+            raise ApiError("not_found", f"no room {shown(room_id)}")
         public_urls = urls()
         return {**room.public(), "viewers": viewers(room_id),
                 "links": {"watch": public_urls.link(f"/watch/{room_id}"),

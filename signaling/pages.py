@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from yarl import URL
 
 from engine.config import Config
+from engine.errors import shown
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
+from signaling.hostheader import host_of
 
 WEB_DIR = Path(str(resources.files("overlays") / "web"))
 CONFIG_MARK = "__LIVECART_CONFIG__"
@@ -37,12 +39,16 @@ def page_ws_url(config: Config, urls: PublicUrls, request: web.Request) -> str:
     With ``public_url`` or ``public_ws_url`` set the operator has said how clients reach us
     (engine.urls); otherwise use the host the browser used for this page (a LAN address or a
     name, not the bind address) with the websocket port, and ``wss`` when the page came over TLS.
+    A Host header that is not a hostname or IP literal with an optional port (signaling.hostheader)
+    is ignored: the page gets the configured URL, never an error.
     """
     if config.public_url or config.public_ws_url:
         return urls.ws
+    host = host_of(request.headers.get(hdrs.HOST))
+    if host is None:  # no Host, or one that is not a host name: the configured URL
+        return urls.ws
     own = URL(urls.ws)
-    return str(URL.build(scheme="wss" if request.secure else "ws", host=request.url.raw_host or own.raw_host,
-                         port=own.port, path=own.path))
+    return str(URL.build(scheme="wss" if request.secure else "ws", host=host, port=own.port, path=own.path))
 
 
 def _embed(html: str, settings: dict[str, Any]) -> str:
@@ -79,7 +85,7 @@ def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Ca
     async def static(request: web.Request) -> web.Response:
         path = statics.get(request.match_info["name"])
         if path is None:
-            raise web.HTTPNotFound(reason=f"no file {request.match_info['name']!r}")
+            raise web.HTTPNotFound(reason=f"no file {shown(request.match_info['name'])}")
         return web.Response(body=path.read_bytes(), content_type=STATIC_TYPES[path.suffix],
                             headers={"Cache-Control": "no-cache"})
 

@@ -25,7 +25,6 @@ CLOSE_FLOOD = 4429  # far past the message rate limit
 CLOSE_FULL = 1013  # the server has no room for more connections: retry later
 
 MAX_REQUEST_ID = 128
-MAX_TYPE = 64  # an unknown type is echoed in its error cut to this many characters
 MAX_ERROR_MESSAGE = 300  # error messages are cut here, so they never carry a client's input back whole
 MAX_SEQ_DIGITS = 20  # a resume seq (microseconds since 1970 fit in 16 digits)
 

@@ -59,7 +59,7 @@ def verify(secret: str, token: str) -> Identity:
     except jwt.ExpiredSignatureError as exc:
         raise TokenError("token_expired", "token has expired") from exc
     except jwt.PyJWTError as exc:
-        raise TokenError("unauthorized", f"invalid token: {exc}") from exc
+        raise TokenError("unauthorized", f"invalid token: {str(exc)[:80]}") from exc
     room, role, sub = claims.get("room"), claims.get("role"), claims.get("sub")
     if not isinstance(room, str) or role not in ROLES:
         raise TokenError("unauthorized", "token lacks a valid room or role")

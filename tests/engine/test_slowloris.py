@@ -132,3 +132,71 @@ async def test_websocket_port_caps_connections_per_address_and_times_out_handsha
             break
         await asyncio.sleep(0.02)
     assert len(app.channel.addresses) == 0
+
+
+async def _response(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """One whole response with a Content-Length body, read off a kept-alive connection."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    async with asyncio.timeout(timeout):
+        while b"\r\n\r\n" not in data:
+            data += await loop.sock_recv(sock, 65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        while len(body) < length:
+            body += await loop.sock_recv(sock, 65536)
+    return head
+
+
+async def test_a_trickled_later_request_on_a_kept_alive_connection_is_cut(guarded: App) -> None:
+    """The read timeout bounds every request's headers, not only the first request's: a client that
+    trickles its second request one header line at a time is answered 408 and closed."""
+    loop = asyncio.get_running_loop()
+    sock = await raw_socket(guarded.http_port)
+    try:
+        await loop.sock_sendall(sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b" 200 " in await _response(sock)
+        stop = asyncio.Event()
+        trickle = asyncio.create_task(_trickle(sock, b"GET /healthz HTTP/1.1\r\nX-a: ", stop))
+        started = time.monotonic()
+        answer = await _answer(sock, timeout=TIMEOUT * 5)
+        stop.set()
+        await trickle
+        assert b" 408 " in answer.split(b"\r\n")[0] and b"request_timeout" in answer
+        assert time.monotonic() - started < TIMEOUT * 5
+    finally:
+        sock.close()
+
+
+async def test_kept_alive_requests_with_pauses_and_bodies_are_served(guarded: App) -> None:
+    """The deadline of a later request starts with its first byte: a pause longer than the read
+    timeout between requests (within the keep-alive timeout) is fine, and so are request bodies."""
+    loop = asyncio.get_running_loop()
+    sock = await raw_socket(guarded.http_port)
+    try:
+        for i in range(3):
+            body = b'{"id": "r%d"}' % i
+            await loop.sock_sendall(sock, b"POST /api/rooms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            assert b" 401 " in (await _response(sock)).split(b"\r\n")[0]  # no admin key: answered, not cut
+            await asyncio.sleep(TIMEOUT * 1.5)
+            await loop.sock_sendall(sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b" 200 " in await _response(sock)
+    finally:
+        sock.close()
+
+
+async def test_idle_kept_alive_connections_close_after_the_keepalive_timeout(tmp_path: Path) -> None:
+    app = App(Config(http_port=0, ws_port=0, data_dir=str(tmp_path), secret="s" * 32, admin_key="a",
+                     keepalive_timeout=1.0))
+    await app.start()
+    loop = asyncio.get_running_loop()
+    sock = await raw_socket(app.http_port)
+    try:
+        await loop.sock_sendall(sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b" 200 " in await _response(sock)
+        assert await _answer(sock, timeout=5.0) == b""  # closed by the server, not by this test's timeout
+    finally:
+        sock.close()
+        await app.stop()

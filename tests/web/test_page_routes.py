@@ -68,3 +68,40 @@ async def test_unknown_rooms_and_files(engine: App) -> None:
         async with http.get(f"{base}/web/..%2Fshop.py") as response:
             assert response.status == 404
             assert (await response.json())["error"]["code"] == "not_found"
+
+
+async def raw_get(app: App, path: str, host: str) -> tuple[int, bytes]:
+    """A GET with exactly this Host header (a client library would refuse or rewrite most of them)."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.http_port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+BAD_HOSTS = ["a b", "x:99999", "a/b", "a?b", "a#b", "[::1]:80:80", "a@b", "[zz]", "-bad-", "[::1", "ex%41mple",
+             "a..b", "_", "1.2.3.4.5", ":80", "x" * 300, "x:0", "evil.example:80@other"]
+
+
+async def test_a_malformed_host_never_fails_a_page(engine: App) -> None:
+    """A Host that is not a hostname or IP literal with a valid port is ignored: the page gets the
+    configured websocket URL, never a 500 and never the header's text."""
+    configured = f"ws://127.0.0.1:{engine.ws_port}/ws"
+    for path in ("/watch/demo", "/studio/demo", "/", "/watch/nowhere"):
+        for host in BAD_HOSTS:
+            status, body = await raw_get(engine, path, host)
+            assert status in (200, 404), (path, host, status)
+            settings = orjson.loads(SETTINGS.search(body.decode()).group(1))
+            assert settings["ws"] == configured, (path, host)
+
+
+async def test_valid_hosts_are_still_used(engine: App) -> None:
+    for host, ws_host in [("shop.example", "shop.example"), ("10.0.0.7:8080", "10.0.0.7"), ("[::1]:80", "[::1]"),
+                          ("localhost", "localhost"), ("xn--bcher-kva.example", "xn--bcher-kva.example")]:
+        status, body = await raw_get(engine, "/watch/demo", host)
+        assert status == 200
+        settings = orjson.loads(SETTINGS.search(body.decode()).group(1))
+        assert settings["ws"] == f"ws://{ws_host}:{engine.ws_port}/ws", host
