@@ -30,12 +30,6 @@ from tests.conftest import token
 N = 2000
 
 
-@pytest.fixture
-def config(config: Config) -> Config:
-    """N viewers share one token and one address: lift the per-user and per-address caps for them."""
-    return config.replace(max_connections_per_user=N, max_ws_per_ip=N)
-
-
 @pytest.fixture(scope="module")
 def event_loop_policy() -> uvloop.EventLoopPolicy:
     """uvloop, as under ``livecart serve``: the stdlib loop's socket transports hold cycles of their own."""
@@ -98,8 +92,9 @@ def config(config: Config) -> Config:
 
     The room keeps its last ``history_size`` events for resumes; the slower the machine, the more
     ticks the joins and leaves spread over, and the more of those events (and objects) it keeps.
+    The N viewers share one token and one address: the per-user and per-address caps are lifted.
     """
-    return config.replace(history_size=16)
+    return config.replace(history_size=16, max_connections_per_user=N, max_ws_per_ip=N)
 
 
 @pytest.fixture
