@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,27 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("LIVECART_")}
 
 
+_started: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def no_server_outlives_its_test() -> Iterator[None]:
+    """A failing test must not leave its ``livecart serve`` running (holding ports and memory)."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def start_server(data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], int, int, dict[str, str]]:
     http_port, ws_port = free_port(), free_port()
     proc = subprocess.Popen(
         livecart("serve", "--http-port", str(http_port), "--ws-port", str(ws_port), *args, data_dir=data_dir),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(),
     )
+    _started.append(proc)
     info: dict[str, str] = {}
     deadline = time.time() + 30
     assert proc.stdout is not None
