@@ -145,9 +145,6 @@ def _run(args: argparse.Namespace) -> None:
     configure_logging(config.log_level)
     try:
         gc_policy = GcPolicy(config.gc_policy, config.gc_thaw_below, config.gc_warn_ms, config.gc_young_ms)
-        from engine.app import media_config
-
-        media_config(config)  # a bad media setting (a filter range, a limit) stops here, not in a traceback
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     uvloop.run(_serve(config, gc_policy))

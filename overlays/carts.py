@@ -34,11 +34,6 @@ def check_user(value: Any) -> str:
     return value
 
 
-def unit_price(product: Product, sale: Sale | None) -> int:
-    """The price a tap locks: a sale's price wins over the catalog price."""
-    return sale.price if sale is not None else product.price
-
-
 def cart_line(reservation: Reservation, product: Product, sale: Sale | None) -> dict[str, Any]:
     """One held reservation, priced as it was tapped (a later price change does not touch it)."""
     unit = reservation.unit_amount

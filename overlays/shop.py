@@ -549,7 +549,7 @@ class Shop:
         self, pool: str, available: int, version: int, now: float | None = None
     ) -> list[DomainEvent]:
         """The pool's new availability (state), and for a live sale sold_out / resumed (discrete).
-        None when a newer figure of the pool was already handled: with a store whose calls
+        Nothing when a newer figure of the pool was already handled: with a store whose calls
         suspend, replies come back out of order, and an older figure must not overwrite a newer."""
         if version < self._figures.get(pool, 0):
             return []

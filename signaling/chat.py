@@ -1,4 +1,4 @@
-"""Room chat: the first discrete event, length- and rate-limited per connection."""
+"""Room chat: the first discrete event, length-limited, and rate-limited per user across connections."""
 
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ class MediaConfig:
     publisher_reserve: int = 20
 
     #: Retransmitted packets per second per viewer, and resends of one packet
-    #: to one viewer (engine/media/rtxbudget.py); NACKs past them go unanswered.
+    #: to one viewer (engine/media/budgets.py); NACKs past them go unanswered.
     rtx_rate: float = 200.0
     rtx_per_packet: int = 3
 

@@ -37,6 +37,7 @@ from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
 from engine.digits import parse_uint
+from engine.errors import shown
 from engine.media.errors import MediaError
 
 #: Named ranges accepted by ``CandidateFilter.parse`` besides plain CIDRs.
@@ -129,9 +130,10 @@ class SdpLimits:
 
 
 def check_size(text: str, limits: SdpLimits, what: str) -> None:
-    """413 when ``text`` is longer than the limit."""
-    if len(text) > limits.max_bytes:
-        raise MediaError(413, "too_large", f"{what} is {len(text)} bytes; the limit is {limits.max_bytes}")
+    """413 when ``text`` is longer than the limit (in UTF-8 bytes, as the HTTP body limit counts)."""
+    size = len(text.encode("utf-8", errors="replace"))
+    if size > limits.max_bytes:
+        raise MediaError(413, "too_large", f"{what} is {size} bytes; the limit is {limits.max_bytes}")
 
 
 def check_lines(text: str, what: str) -> str:
@@ -156,7 +158,7 @@ def check_candidate(text: str) -> RTCIceCandidate:
     unreadable = MediaError(
         400,
         "bad_request",
-        f"unreadable ICE candidate {text[:80]!r}: expected 'foundation component transport priority "
+        f"unreadable ICE candidate {shown(text)}: expected 'foundation component transport priority "
         "address port typ type [name value]...'",
     )
     match = _CANDIDATE.match(text) if _PRINTABLE.match(text) else None
@@ -210,7 +212,7 @@ def _check_media_line(line: str) -> None:
     match = _MEDIA.match(line)
     if match is None:
         raise MediaError(
-            400, "bad_request", f"malformed media line {line[:80]!r}: expected 'm=KIND PORT PROTO FORMAT...'"
+            400, "bad_request", f"malformed media line {shown(line)}: expected 'm=KIND PORT PROTO FORMAT...'"
         )
     if match.group(1) not in ("audio", "video"):
         return
@@ -218,7 +220,7 @@ def _check_media_line(line: str) -> None:
         payload_type = parse_uint(fmt, 3)
         if payload_type is None or payload_type > 127 or payload_type in _RTCP_CONFLICT:
             raise MediaError(
-                400, "bad_request", f"media line {line[:80]!r} names {fmt[:12]!r}, which is not an RTP payload type"
+                400, "bad_request", f"media line {shown(line)} names {shown(fmt)}, which is not an RTP payload type"
             )
 
 
@@ -244,7 +246,7 @@ def screen_offer(text: str, limits: SdpLimits) -> Screened:
     for line in lines:
         if line.startswith("c=") and not _CONNECTION.match(line.rstrip()):
             raise MediaError(
-                400, "bad_request", f"malformed connection line {line[:80]!r}: expected 'c=IN IP4 ADDRESS'"
+                400, "bad_request", f"malformed connection line {shown(line)}: expected 'c=IN IP4 ADDRESS'"
             )
         if line.startswith("m="):
             sections += 1
@@ -262,13 +264,13 @@ def screen_offer(text: str, limits: SdpLimits) -> Screened:
         if not found[0]:
             raise MediaError(400, "bad_request", f"the {kind} section's a=mid has no value")
         if found[0] in mids:
-            raise MediaError(400, "bad_request", f"a=mid:{found[0]} names two media sections")
+            raise MediaError(400, "bad_request", f"a=mid {shown(found[0])} names two media sections")
         mids.add(found[0])
     for line in lines:
         if line.startswith("a=group:BUNDLE"):
             absent = next((mid for mid in line.split()[1:] if mid not in mids), None)
             if absent is not None:
-                raise MediaError(400, "bad_request", f"a=group:BUNDLE names mid {absent!r}, which no section has")
+                raise MediaError(400, "bad_request", f"a=group:BUNDLE names mid {shown(absent)}, which no section has")
     candidates = [line.rstrip() for line in lines if line.startswith("a=candidate:")]
     kept, received = screen_candidates(candidates, limits, 0, 400)
     if len(kept) == received:

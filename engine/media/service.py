@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
+from engine.errors import shown
 from engine.media import aiortc_compat, metrics, offer
 from engine.media.admissions import Admissions
 from engine.media.budgets import Rate, RetransmitBudget
@@ -167,7 +168,7 @@ class MediaService:
         """Start a publisher session (WHIP ``POST``)."""
         room = self._rooms.get(room_id)
         if room is None:
-            raise MediaError(404, "not_found", f"no room {room_id!r}")
+            raise MediaError(404, "not_found", f"no room {shown(room_id)}")
         if not stream_key or not hmac.compare_digest(stream_key.encode(), str(room.stream_key).encode()):
             raise MediaError(401, "unauthorized", "wrong or missing stream key (Bearer token)")
         screened = screen_offer(sdp, self._limits)
@@ -260,7 +261,7 @@ class MediaService:
         so a page watching over WHEP beside its websocket counts once.
         """
         if self._rooms.get(room_id) is None:
-            raise MediaError(404, "not_found", f"no room {room_id!r}")
+            raise MediaError(404, "not_found", f"no room {shown(room_id)}")
         screened = screen_offer(sdp, self._limits)
         sdp = screened.text
         description = offer.parse(sdp)
