@@ -1,11 +1,9 @@
 """Budgets that bound what one remote peer can make the node do per second.
 
-``Rate`` is a token bucket with an injectable clock (trickle ``PATCH``
-requests per session use one). ``RetransmitBudget`` bounds retransmissions:
-a NACK names up to 17 lost packets, and the relay answers from a history of
-thousands; without a budget one viewer can make the node resend its history
-again and again (an amplifier pointed at whatever address its ICE path
-names). Each viewer gets a rate of packets per second, and each packet may be
+``RetransmitBudget`` bounds retransmissions: a NACK names up to 17 lost
+packets, and the relay answers from a history of thousands; without a budget
+one viewer can make the node resend its history again and again (an
+amplifier pointed at whatever address its ICE path names). Each viewer gets a rate of packets per second, and each packet may be
 resent to it a few times at most: a real receiver asks again only when a
 retransmission itself was lost.
 """
@@ -17,26 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from engine.media import metrics
-
-
-class Rate:
-    """``rate`` tokens per second, at most ``burst`` saved up."""
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self._clock = clock
-        self._tokens = float(burst)
-        self._stamp = clock()
-
-    def take(self, wanted: int = 1) -> int:
-        """Take up to ``wanted`` whole tokens; returns how many were granted."""
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        granted = min(wanted, int(self._tokens))
-        self._tokens -= granted
-        return granted
+from engine.tokenbucket import TokenBucket
 
 
 class RetransmitBudget:
@@ -50,7 +29,7 @@ class RetransmitBudget:
         self, rate: float, per_packet: int, remember: int = 4096, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.per_packet = per_packet
-        self._rate = Rate(rate, max(rate, 1.0), clock)
+        self._rate = TokenBucket(rate, max(rate, 1.0), clock)
         self._remember = remember
         self._sent: OrderedDict[tuple[object, int], int] = OrderedDict()
         self.refused = 0
@@ -63,7 +42,7 @@ class RetransmitBudget:
                 fresh.append(seq)
             else:
                 self.refused += 1
-        granted = self._rate.take(len(fresh))
+        granted = self._rate.take_up_to(len(fresh))
         self.refused += len(fresh) - granted
         if len(sequence_numbers) > granted:
             metrics.RETRANSMITS_REFUSED.inc(len(sequence_numbers) - granted)

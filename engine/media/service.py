@@ -24,7 +24,7 @@ from aiortc.sdp import candidate_from_sdp
 from engine.errors import shown
 from engine.media import aiortc_compat, metrics, offer
 from engine.media.admissions import Admissions
-from engine.media.budgets import Rate, RetransmitBudget
+from engine.media.budgets import RetransmitBudget
 from engine.media.config import MediaConfig
 from engine.media.ended import RecentlyEnded
 from engine.media.errors import MediaError
@@ -32,6 +32,7 @@ from engine.media.fastpath import FastOutput
 from engine.media.forwarding import StockOutput
 from engine.media.room import MediaRoom
 from engine.media.sdpguard import CandidateFilter, SdpLimits, check_lines, screen_candidates, screen_offer
+from engine.tokenbucket import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class _Session:
     restart: aiortc_compat.IceRestart | None = None  # an ICE restart whose new path is not connected yet
     connected: bool = False  # ICE and DTLS up once; until then a viewer is half-open
     remote_candidates: int = 0  # candidates the peer sent (offer and trickle), against max_remote_candidates
-    patches: Rate | None = None  # trickle PATCH budget
+    patches: TokenBucket | None = None  # trickle PATCH budget
     sub: str | None = None  # the viewer's user id, when its request carried a verified token
     # A WHIP/WHEP resource, reachable over HTTP by its secret id; a websocket viewer's session
     # (named after its connection, which anyone could guess) is its websocket's alone.
@@ -375,7 +376,7 @@ class MediaService:
         """
         session = self._resource(role, room_id, session_id)
         if session.patches is None:
-            session.patches = Rate(self.config.patch_rate, self.config.patch_burst)
+            session.patches = TokenBucket(self.config.patch_rate, self.config.patch_burst)
         if not session.patches.take():
             raise MediaError(
                 429, "rate_limited", "too many PATCH requests for this session", {"Retry-After": "1"}
