@@ -3,9 +3,10 @@
 ``RetransmitBudget`` bounds retransmissions: a NACK names up to 17 lost
 packets, and the relay answers from a history of thousands; without a budget
 one viewer can make the node resend its history again and again (an
-amplifier pointed at whatever address its ICE path names). Each viewer gets a rate of packets per second, and each packet may be
-resent to it a few times at most: a real receiver asks again only when a
-retransmission itself was lost.
+amplifier pointed at whatever address its ICE path names). Each viewer gets
+a rate of packets per second, and each packet may be resent to it a few
+times at most: a real receiver asks again only when a retransmission itself
+was lost.
 """
 
 from __future__ import annotations
