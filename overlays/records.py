@@ -172,6 +172,7 @@ class SqliteRecords:
             conn.execute("UPDATE orders SET logged = ? WHERE room = ? AND id = ?", (logged, room, order_id))
 
         await self._db.write(put)
+        self.log.appended()
 
     async def order(self, room: str, order_id: str) -> dict[str, Any] | None:
         return await self._body("SELECT body FROM orders WHERE room = ? AND id = ?", room, order_id)

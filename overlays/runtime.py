@@ -26,7 +26,7 @@ from engine.errors import shown
 from engine.storage import StorageUnavailable
 from overlays import metrics
 from overlays.events import DomainError, DomainEvent
-from overlays.purchases.base import LogEntry, PurchaseLog
+from overlays.purchases.base import PurchaseLog
 from overlays.records import RecordStore
 from overlays.shop import Shop, ShopConfig
 from overlays.stock.base import StockStore
@@ -55,35 +55,6 @@ def run_now(coro: Coroutine[Any, Any, T]) -> T:
         return stop.value
     coro.close()
     raise RuntimeError("this stock backend suspends: snapshots need an async hook")
-
-
-class WatchedLog:
-    """A PurchaseLog that wakes waiting readers after each append (the websocket subscriptions)."""
-
-    def __init__(self, inner: PurchaseLog) -> None:
-        self.inner = inner
-        self._wake = asyncio.Event()
-
-    async def append(self, event: Mapping[str, Any]) -> str:
-        log_id = await self.inner.append(event)
-        self.notify()
-        return log_id
-
-    def notify(self) -> None:
-        """Wake the readers: entries were appended (also by the record store, which writes an
-        order's entry in the order's own transaction). A wake with nothing new is harmless."""
-        wake, self._wake = self._wake, asyncio.Event()
-        wake.set()
-
-    async def read(self, after: str | None = None, limit: int = 100) -> list[LogEntry]:
-        return await self.inner.read(after, limit)
-
-    async def last_id(self) -> str | None:
-        return await self.inner.last_id()
-
-    def waiter(self) -> asyncio.Event:
-        """Set by the next append. Take it *before* reading so no append slips in between."""
-        return self._wake
 
 
 class KeyedLocks:
@@ -127,7 +98,7 @@ class Commerce:
     ) -> None:
         self.bus = bus
         self.stock = stock
-        self.log = WatchedLog(log)
+        self.log = log
         self.records = records
         self.config = config
         self.clock = clock
@@ -159,7 +130,6 @@ class Commerce:
                           " data directory?); it is served sold out", room, pool, sold, quantity)
         metrics.UNLOADED_ROOMS.set(len(self._unloaded))
         metrics.OVERSOLD_POOLS.set(sum(len(shop.oversold) for shop in self._shops.values()))
-        self.log.notify()
         self._ticker = asyncio.get_running_loop().create_task(self._run_ticker(), name="commerce-tick")
 
     async def stop(self) -> None:
@@ -259,7 +229,6 @@ class Commerce:
         shop = await self.shop(room)
         async with self._locks.hold(("user", room, user)):
             outcome = await shop.checkout(user, request_id)
-            self.log.notify()
             await self.deliver(room, outcome.events)
             return outcome.result
 
@@ -275,7 +244,6 @@ class Commerce:
         shop = await self.shop(room)
         async with self._locks.hold(("order", room, order_id)):
             outcome = await (shop.confirm(order_id) if paid else shop.cancel(order_id))
-            self.log.notify()
             await self.deliver(room, outcome.events)
             return outcome.result
 

@@ -22,8 +22,7 @@ from aiohttp import web
 from engine.config import Config
 from engine.digits import parse_uint
 from overlays.events import DomainError
-from overlays.purchases.base import MAX_READ, LogEntry, check_limit, format_id, parse_id
-from overlays.runtime import WatchedLog
+from overlays.purchases.base import MAX_READ, LogEntry, PurchaseLog, check_limit, format_id, parse_id
 from signaling.channel import Channel, Session
 from signaling.http import ApiError, Auth, bearer, json_response
 from signaling.protocol import CLOSE_TOO_SLOW, ProtocolError
@@ -35,7 +34,7 @@ BATCH = 100  # entries read per step; the send buffer limit bounds what is in fl
 DRAIN_POLL = 0.01  # seconds between checks of a full send buffer
 
 
-async def check_position(purchases: WatchedLog, after: str | None) -> int:
+async def check_position(purchases: PurchaseLog, after: str | None) -> int:
     """The resume position as an int, or why it cannot be honoured.
 
     The memory and SQLite logs number entries contiguously, so a position is still covered
@@ -62,7 +61,7 @@ def _visible(entry: LogEntry, room: str) -> bool:
 class Subscriptions:
     """One reader task per subscribed connection."""
 
-    def __init__(self, purchases: WatchedLog, config: Config) -> None:
+    def __init__(self, purchases: PurchaseLog, config: Config) -> None:
         self.purchases = purchases
         self.config = config
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -132,14 +131,14 @@ class Subscriptions:
             session.send_now({"type": "error", "code": "internal", "message": "the subscription failed"})
 
 
-def register_purchases(channel: Channel, purchases: WatchedLog, config: Config) -> Subscriptions:
+def register_purchases(channel: Channel, purchases: PurchaseLog, config: Config) -> Subscriptions:
     subscriptions = Subscriptions(purchases, config)
     channel.actions.register("subscribe", frozenset({"service"}), subscriptions.subscribe)
     channel.on_close.append(subscriptions.on_close)
     return subscriptions
 
 
-def purchase_routes(app: web.Application, purchases: WatchedLog, auth: Auth) -> None:
+def purchase_routes(app: web.Application, purchases: PurchaseLog, auth: Auth) -> None:
     """GET /api/purchases?after=ID&limit=N: the same entries over HTTP, for batch readers.
     `next` is the position to pass as `after` next time (it moves past entries of other rooms)."""
 

@@ -7,6 +7,7 @@ retries after a crash cannot log an order transition twice while the first copy 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -43,6 +44,26 @@ def check_limit(limit: int) -> int:
     return limit
 
 
+class WakesReaders:
+    """Wakes the readers waiting for new entries (the websocket subscriptions).
+
+    A reader takes ``waiter()`` *before* it reads, so no append slips in between; the log calls
+    ``appended()`` after every append, and so does a caller that wrote an entry inside its own
+    transaction (the record store writing an order). A wake with nothing new is harmless."""
+
+    _wake: asyncio.Event | None = None
+
+    def waiter(self) -> asyncio.Event:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        return self._wake
+
+    def appended(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake.set()
+
+
 class PurchaseLog(Protocol):
     async def append(self, event: Mapping[str, Any]) -> str:
         """Append a CloudEvents envelope, durably before returning; its log id. An envelope whose
@@ -55,3 +76,7 @@ class PurchaseLog(Protocol):
         ...
 
     async def last_id(self) -> str | None: ...
+
+    def waiter(self) -> asyncio.Event:
+        """Set at the next append (see WakesReaders)."""
+        ...

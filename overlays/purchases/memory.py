@@ -8,10 +8,10 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from overlays.purchases.base import LogEntry, check_limit, format_id, parse_id
+from overlays.purchases.base import LogEntry, WakesReaders, check_limit, format_id, parse_id
 
 
-class MemoryPurchaseLog:
+class MemoryPurchaseLog(WakesReaders):
     def __init__(self, max_entries: int = 100_000) -> None:
         self.max_entries = max_entries
         self._entries: deque[tuple[int, tuple[str, str], dict[str, Any]]] = deque()
@@ -29,6 +29,7 @@ class MemoryPurchaseLog:
         while len(self._entries) > self.max_entries:
             _, old, _ = self._entries.popleft()
             del self._seen[old]
+        self.appended()
         return format_id(self._seq)
 
     async def read(self, after: str | None = None, limit: int = 100) -> list[LogEntry]:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from engine.storage import Database
-from overlays.purchases.base import LogEntry, check_limit, format_id, parse_id
+from overlays.purchases.base import LogEntry, WakesReaders, check_limit, format_id, parse_id
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS purchase_log (
@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS purchase_log (
 """
 
 
-class SqlitePurchaseLog:
+class SqlitePurchaseLog(WakesReaders):
     """Takes an open Database (shared with the rest of the app's storage, which owns it) or a
     path (then this log opens and closes its own)."""
 
@@ -41,7 +41,8 @@ class SqlitePurchaseLog:
             self.db.close()
 
     def append_in(self, conn: sqlite3.Connection, event: Mapping[str, Any]) -> str:
-        """Append within the caller's open transaction on `conn` (idempotent on source and id)."""
+        """Append within the caller's open transaction on `conn` (idempotent on source and id);
+        the caller calls `appended()` once that transaction has committed."""
         source, ce_id = event["source"], event["id"]
         cursor = conn.execute(
             "INSERT OR IGNORE INTO purchase_log (source, ce_id, body) VALUES (?, ?, ?)",
@@ -57,7 +58,9 @@ class SqlitePurchaseLog:
         return format_id(seq)
 
     async def append(self, event: Mapping[str, Any]) -> str:
-        return await self.db.write(lambda conn: self.append_in(conn, event))
+        log_id = await self.db.write(lambda conn: self.append_in(conn, event))
+        self.appended()
+        return log_id
 
     async def read(self, after: str | None = None, limit: int = 100) -> list[LogEntry]:
         after_seq, limit = parse_id(after), check_limit(limit)
