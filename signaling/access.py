@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from engine.media.errors import MediaError
 from engine.rooms import Rooms
-from signaling.tokens import Identity, TokenError, verify
+from signaling.tokens import Identity, TokenError, verify_for_room
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="livecart"'}
 
@@ -33,11 +33,11 @@ class ViewAccess:
                                  CHALLENGE)
             return None
         try:
-            identity = verify(self.secret, token)
+            identity = verify_for_room(self.secret, token, room_id)
         except TokenError as exc:
+            if exc.code == "forbidden":
+                raise MediaError(403, exc.code, exc.message) from None
             raise MediaError(401, exc.code, exc.message, CHALLENGE) from None
-        if not identity.may_enter(room_id):
-            raise MediaError(403, "forbidden", "this token is not for this room")
         self.check_identity(room_id, identity)
         return identity.sub
 

@@ -21,7 +21,7 @@ from engine.errors import CodedError, shown
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
 from signaling.ratelimit import BucketTable
-from signaling.tokens import ROLES, Identity, TokenError, mint, verify
+from signaling.tokens import ROLES, Identity, TokenError, mint, verify_for_room
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +116,9 @@ class Auth:
         if self.is_admin(request):
             return None
         try:
-            identity = verify(self.secret, bearer(request))
+            identity = verify_for_room(self.secret, bearer(request), room)
         except TokenError as exc:
             raise ApiError(exc.code, exc.message) from None
-        if not identity.may_enter(room):
-            raise ApiError("forbidden", "token is not valid for this room")
         if identity.role not in roles:
             raise ApiError("forbidden", f"this call needs one of the roles {', '.join(roles)}")
         return identity

@@ -21,7 +21,7 @@ ROLES = ("viewer", "host", "service")
 
 
 class TokenError(CodedError):
-    """Why a token was refused; ``code`` is ``unauthorized`` or ``token_expired``."""
+    """Why a token was refused; ``code`` is ``unauthorized``, ``token_expired`` or (another room) ``forbidden``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +66,12 @@ def verify(secret: str, token: str) -> Identity:
     if not isinstance(sub, str) or not sub:
         raise TokenError("unauthorized", "token lacks a subject")
     return Identity(room=room, role=role, sub=sub, exp=float(claims["exp"]), guest=claims.get("guest") is True)
+
+
+def verify_for_room(secret: str, token: str, room: str) -> Identity:
+    """A Bearer token of an HTTP request about ``room``: ``verify``, and ``forbidden`` when it is a
+    valid token of another room. Each edge maps the TokenError to its own error kind."""
+    identity = verify(secret, token)
+    if not identity.may_enter(room):
+        raise TokenError("forbidden", "token is not valid for this room")
+    return identity
