@@ -46,15 +46,9 @@ pytestmark = [
 
 
 class MediaPages(Pages):
-    async def open(self, path: str, **context: Any) -> Any:
-        ctx = await self.browser.new_context(**context)
-        await ctx.add_init_script(LOOPBACK_ONLY)
-        await ctx.add_init_script(PEERS)
-        page = await ctx.new_page()
-        page.set_default_timeout(WAIT_MS)
-        page.on("pageerror", lambda exc: self.errors.append(f"{path}: {exc}"))
-        await page.goto(self.base + path)
-        return page
+    """Pages whose peer connections the test can read (``window.videoStats()``)."""
+
+    init_scripts = (LOOPBACK_ONLY, PEERS)
 
 
 @pytest.fixture

@@ -77,9 +77,13 @@ class Pages:
         self.browser = browser
         self.errors: list[str] = []
 
+    #: Scripts every page runs before its own (only loopback ICE candidates, ...).
+    init_scripts: tuple[str, ...] = (LOOPBACK_ONLY,)
+
     async def open(self, path: str, **context: Any) -> Any:
         ctx = await self.browser.new_context(**context)
-        await ctx.add_init_script(LOOPBACK_ONLY)
+        for script in self.init_scripts:
+            await ctx.add_init_script(script)
         page = await ctx.new_page()
         page.set_default_timeout(WAIT_MS)
         page.on("pageerror", lambda exc: self.errors.append(f"{path}: {exc}"))
