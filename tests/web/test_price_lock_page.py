@@ -4,14 +4,12 @@ changed the price since; checkout charges that price (real Chromium against an i
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
 from engine.app import App
-from engine.config import Config
 from signaling.tokens import mint
 from tests.browser import CHROMIUM, FLAGS
 
@@ -23,16 +21,6 @@ pytestmark = [
 MUG = {"id": "mug", "title": "Mug", "price": 1500, "currency": "EUR", "stock": 10}
 
 
-@pytest.fixture
-async def app(config: Config) -> AsyncIterator[App]:
-    engine = App(config)
-    await engine.start()
-    try:
-        yield engine
-    finally:
-        await engine.stop()
-
-
 async def put_product(app: App, body: dict[str, Any]) -> None:
     url = f"http://127.0.0.1:{app.http_port}/api/rooms/demo/products/mug"
     async with aiohttp.ClientSession() as http, http.put(
@@ -41,10 +29,10 @@ async def put_product(app: App, body: dict[str, Any]) -> None:
         assert response.status == 200, await response.text()
 
 
-async def test_cart_shows_the_price_held_since_the_tap(app: App) -> None:
+async def test_cart_shows_the_price_held_since_the_tap(engine: App) -> None:
     from playwright.async_api import async_playwright
 
-    await put_product(app, MUG)
+    await put_product(engine, MUG)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         errors: list[str] = []
@@ -52,12 +40,12 @@ async def test_cart_shows_the_price_held_since_the_tap(app: App) -> None:
             page = await browser.new_page()
             page.set_default_timeout(20_000)
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            viewer = mint(app.secret, "demo", "viewer", "alice", 3600)
-            await page.goto(f"http://127.0.0.1:{app.http_port}/watch/demo?token={viewer}")
+            viewer = mint(engine.secret, "demo", "viewer", "alice", 3600)
+            await page.goto(f"http://127.0.0.1:{engine.http_port}/watch/demo?token={viewer}")
             await page.locator(".product[data-product=mug] button.add").click()
             await page.locator("#cart-count", has_text="1").wait_for()
 
-            await put_product(app, {"price": 99900})  # the host raises the price after the tap
+            await put_product(engine, {"price": 99900})  # the host raises the price after the tap
             await page.locator(".product[data-product=mug] .product-price", has_text="999").wait_for()
             await page.click("#cart-button")
             line = page.locator("#cart-lines .cart-line")
