@@ -54,6 +54,8 @@ async def test_cart_shows_the_price_held_since_the_tap(engine: App) -> None:
             assert "15" in await page.locator("#cart-total").inner_text()
 
             await page.click("#checkout")
+            # The dialog is filled when the order comes back: wait for its total before reading it.
+            await page.locator("#order-dialog #order-total", has_text="15").wait_for()
             total = await page.locator("#order-dialog #order-total").inner_text()
             assert "15" in total and "999" not in total
         finally:
