@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from websockets.asyncio.client import ClientConnection
 from engine.app import App
 from engine.config import Config
 from signaling.tokens import mint
+from tests.redis_server import SharedRedis
 
 
 def free_port() -> int:
@@ -83,3 +85,37 @@ async def connect(app: App, tok: str | None = None, query: str = "", **kwargs: A
     # leave the others paused (a paused client cannot see the server's close frame).
     kwargs.setdefault("max_queue", None)
     return Client(await websockets.connect(url, **kwargs))
+
+
+@pytest.fixture(scope="session")
+def shared_redis() -> Iterator[SharedRedis]:
+    """The run's Redis (the machine's at 127.0.0.1:6379, or one started here); never skipped."""
+    redis = SharedRedis()
+    try:
+        yield redis
+    finally:
+        redis.close()
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where one test keeps its Redis keys: the URL and a prefix of its own."""
+
+    url: str
+    prefix: str
+
+
+@pytest.fixture
+async def redis_target(shared_redis: SharedRedis) -> AsyncIterator[RedisTarget]:
+    """A fresh key prefix on the shared Redis; the test's keys are deleted afterwards."""
+    import redis.asyncio as aioredis
+
+    target = RedisTarget(shared_redis.url, shared_redis.new_prefix())
+    yield target
+    client = aioredis.from_url(target.url)
+    try:
+        keys = [key async for key in client.scan_iter(match=target.prefix + "*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
