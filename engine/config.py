@@ -55,6 +55,10 @@ class Config:
         "help": "seconds a client has to send its first request's headers, and any request's body (then 408)"})
     ws_handshake_timeout: float = field(default=10.0, metadata={
         "help": "seconds a client has to complete the websocket handshake (then closed)"})
+    ws_ping_interval: float = field(default=20.0, metadata={
+        "help": "seconds between websocket keepalive pings; a client silent for a whole interval is cut"})
+    ws_inbox: int = field(default=256, metadata={
+        "help": "client messages held while a connection waits for an answer (more: closed 4429)"})
     guest_rate: float = field(default=1.0, metadata={"help": "guest tokens minted per second per client address"})
     guest_burst: int = field(default=20, metadata={"help": "guest token burst per client address"})
     guest_checkout: bool = field(default=True, metadata={

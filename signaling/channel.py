@@ -10,20 +10,16 @@ with roles and rate limits), ``snapshot_parts`` (their share of the room snapsho
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgpack
 import orjson
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from engine import metrics
@@ -35,10 +31,11 @@ from engine.rooms import Rooms
 from signaling import protocol
 from signaling.audience import Audience
 from signaling.fanout import BINARY, TEXT, Frames, RoomHub, frame
-from signaling.guard import AddressGate, http_error, peer_address
+from signaling.guard import AddressGate
 from signaling.protocol import ProtocolError
 from signaling.ratelimit import UserLimits, Users
 from signaling.tokens import Identity, TokenError, verify
+from signaling.websocket import Listener, WebSocket
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +71,7 @@ class Actions:
 class Session:
     """One client connection: its identity, its place in the room's order, its limits."""
 
-    def __init__(self, channel: Channel, connection: ServerConnection, identity: Identity,
+    def __init__(self, channel: Channel, connection: WebSocket, identity: Identity,
                  room: str, conn_id: int, limits: UserLimits) -> None:
         self.channel = channel
         self.connection = connection
@@ -92,6 +89,7 @@ class Session:
         self.resync_bytes = 0  # size of the last snapshot that did not fit: none is built until it would
         self.limits = limits  # shared by all connections of this user
         self.flood = 0
+        self.expiry: asyncio.TimerHandle | None = None  # the token's end
 
     @property
     def open(self) -> bool:
@@ -105,7 +103,7 @@ class Session:
             data, count = frames.after(self.last_seq, self.packed)
             if not self.fits(len(data)):
                 return 0
-            self.transport.write(data)
+            self.connection.write(data)
         else:
             payloads = [event.packed if self.packed else event.json
                         for event in frames.events if event.seq > self.last_seq]
@@ -113,7 +111,7 @@ class Session:
                 return 0
             for payload in payloads:
                 self._send_payload(payload)
-            self.connection.send_data()
+            self.connection.flush_protocol()
             count = len(payloads)
         self.last_seq = frames.last
         return count
@@ -132,7 +130,7 @@ class Session:
 
         Everything written to a client (events, acks, errors, direct messages) is checked here,
         so a client that does not read holds at most ``--send-queue-bytes`` of this process's memory."""
-        if self.transport.get_write_buffer_size() + size <= self.channel.config.send_queue_bytes:
+        if self.connection.buffered() + size <= self.channel.config.send_queue_bytes:
             return True
         self.mark_lagging()
         return False
@@ -144,19 +142,22 @@ class Session:
         snapshot with ``resync`` once it has caught up, or is closed 4008)."""
         if not self.open or self.lagging_since is not None:
             return False
-        return self._write(self.encode(message))
+        return self.write_payload(self.encode(message))
 
-    def _write(self, payload: bytes) -> bool:
+    def write_payload(self, payload: bytes) -> bool:
+        """Write one encoded message (JSON or msgpack, as this connection speaks)."""
+        if not self.open or self.lagging_since is not None:
+            return False
         if self.raw:
             data = frame(BINARY if self.packed else TEXT, payload)
             if not self.fits(len(data)):
                 return False
-            self.transport.write(data)
+            self.connection.write(data)
         else:
             if not self.fits(len(payload)):  # before compression: an upper bound
                 return False
             self._send_payload(payload)
-            self.connection.send_data()
+            self.connection.flush_protocol()
         return True
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -174,7 +175,7 @@ class Session:
         if not self.open:
             self.channel.lagging.discard(self)
             return
-        buffered = self.transport.get_write_buffer_size()
+        buffered = self.connection.buffered()
         if (buffered <= config.send_queue_bytes // 4 and buffered + self.resync_bytes <= config.send_queue_bytes
                 and self.room != "*"):
             snapshot = self.encode(self.channel.snapshot(self, resync=True))
@@ -182,32 +183,25 @@ class Session:
                 self.lagging_since = None
                 self.resync_bytes = 0
                 self.channel.lagging.discard(self)
-                self._write(snapshot)
+                self.write_payload(snapshot)
                 metrics.SEND_QUEUE.labels("resynced").inc()
+                self.connection.release()  # its messages waited while it was not reading
                 return
             self.resync_bytes = len(snapshot) + 16
         if self.lagging_since is not None and now - self.lagging_since > config.slow_close_after:
             self.lagging_since = None
             self.channel.lagging.discard(self)
             metrics.SEND_QUEUE.labels("closed").inc()
-            self._drop(protocol.CLOSE_TOO_SLOW, "too slow: reconnect with since")
+            self.close(protocol.CLOSE_TOO_SLOW, "too slow: reconnect with since")
 
     def close(self, code: int, reason: str) -> None:
-        asyncio.get_running_loop().create_task(self.connection.close(code, reason))
-
-    def _drop(self, code: int, reason: str) -> None:
-        """Close a client that does not read: a close handshake would wait behind its backlog.
-
-        The close frame goes after what is already buffered (a client that catches up reads
-        it), and the connection is cut after the close timeout either way.
-        """
-        self.connection.protocol.send_close(code, reason)
-        self.connection.send_data()
-        asyncio.get_running_loop().call_later(self.channel.close_timeout, self.transport.abort)
+        """Close with ``code``; the close frame queues behind what is buffered, and a client that
+        does not read is cut after the close timeout (a handshake would wait behind its backlog)."""
+        self.connection.close(code, reason)
 
 
 class Channel:
-    """The websocket server and the registry of rooms' hubs on this node."""
+    """The websocket server and the registry of rooms' hubs on this node (the websocket layer's Handler)."""
 
     def __init__(self, config: Config, bus: Bus, rooms: Rooms, secret: str) -> None:
         self.config = config
@@ -224,58 +218,50 @@ class Channel:
         self.lagging: set[Session] = set()  # checked every 100 ms, so the check never scans everyone
         self.users = Users(config.max_connections_per_user, config.msg_rate, config.msg_burst,
                            config.limiter_entries)
-        self.addresses = AddressGate(config.max_ws_per_ip)
-        self.close_timeout = 2.0
+        self.listener = Listener(
+            self, gate=AddressGate(config.max_ws_per_ip), path="/ws",
+            subprotocols=[protocol.MSGPACK_SUBPROTOCOL], compression=config.permessage_deflate,
+            max_size=config.max_frame, open_timeout=config.ws_handshake_timeout, close_timeout=2.0,
+            max_inbox=config.ws_inbox, turn=CLIENT_TURN)
         self._ids = itertools.count(1)
-        self._server: Server | None = None
-        self._lag_task: asyncio.Task[None] | None = None
+        self._refusals = Refusals()
+        self._background: set[asyncio.Task[None]] = set()  # answers that suspend, and close cleanups
+        self._timers: list[asyncio.Task[None]] = []
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return self._server.sockets[0].getsockname()[1]
+        return self.listener.port
+
+    @property
+    def close_timeout(self) -> float:
+        """Seconds a closing client has to answer the close frame before it is cut."""
+        return self.listener.close_timeout
+
+    @close_timeout.setter
+    def close_timeout(self, seconds: float) -> None:
+        self.listener.close_timeout = seconds
 
     async def start(self) -> None:
-        self._server = await serve(
-            self._handle,
-            self.config.host,
-            self.config.ws_port,
-            process_request=self._check_path,
-            subprotocols=[protocol.MSGPACK_SUBPROTOCOL],
-            select_subprotocol=_select_subprotocol,
-            create_connection=functools.partial(_Connection, gate=self.addresses),
-            compression="deflate" if self.config.permessage_deflate else None,
-            max_size=self.config.max_frame,
-            max_queue=16,
-            close_timeout=self.close_timeout,
-            open_timeout=self.config.ws_handshake_timeout,
-        )
-        self._lag_task = asyncio.get_running_loop().create_task(self._watch_laggards())
+        await self.listener.start(self.config.host, self.config.ws_port)
+        loop = asyncio.get_running_loop()
+        self._timers = [loop.create_task(self._watch_laggards()), loop.create_task(self._keepalive())]
 
     async def stop(self) -> None:
-        """Close every client with a resumable code, then the server."""
-        if self._server is None:
-            return
-        self._server.close(close_connections=False)
-        closing = [
-            asyncio.ensure_future(s.connection.close(protocol.CLOSE_RESUMABLE_RESTART, "server restart"))
-            for s in list(self.sessions.values())
-        ]
-        if closing:
-            await asyncio.wait(closing, timeout=self.config.shutdown_grace)
-        for session in list(self.sessions.values()):
-            session.transport.abort()
-        if self._lag_task is not None:
-            self._lag_task.cancel()
-        await self._server.wait_closed()
+        """Close every client with a resumable code, finish answers in flight, then the hubs."""
+        self.listener.stop_listening()
+        for ws in list(self.listener.connections):
+            if ws.session is None:
+                ws.abort()  # still in its handshake, or refused
+            else:
+                ws.close(protocol.CLOSE_RESUMABLE_RESTART, "server restart")
+        await self.listener.wait_closed(self.config.shutdown_grace)
+        for timer in self._timers:
+            timer.cancel()
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=self.config.shutdown_grace)
         for hub in list(self.hubs.values()):
             await hub.close()
         self.hubs.clear()
-
-    def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
-        if urlsplit(request.path).path != "/ws":
-            return connection.respond(404, "not found: the websocket path is /ws\n")
-        return None
 
     def snapshot(self, session: Session, resync: bool = False) -> dict[str, Any]:
         """The room as it is now, with the seq it reflects; later events follow it."""
@@ -308,9 +294,11 @@ class Channel:
                                             config.history_size, on_viewers)
         return hub
 
-    async def _handle(self, connection: ServerConnection) -> None:
-        assert connection.request is not None
-        params = {k: v[-1] for k, v in parse_qs(urlsplit(connection.request.path).query).items()}
+    # -- the websocket layer's Handler ---------------------------------------------------------
+
+    def opened(self, ws: WebSocket) -> None:
+        assert ws.request is not None
+        params = {k: v[-1] for k, v in parse_qs(urlsplit(ws.request.path).query).items()}
         try:
             identity, room, since = self._admit(params)
             limits = self.users.acquire(_user_key(identity, room))
@@ -319,50 +307,66 @@ class Channel:
                                        f"at most {self.config.max_connections_per_user} connections per user")
         except protocol.Refusal as refusal:
             metrics.rejected(refusal.code).inc()
-            await connection.send(orjson.dumps(protocol.error(refusal.code, refusal.message)).decode())
-            await connection.close(refusal.close_code, refusal.message[:120])
+            ws.write(frame(TEXT, orjson.dumps(protocol.error(refusal.code, refusal.message))))
+            ws.close(refusal.close_code, refusal.message[:120])
             return
-        session = Session(self, connection, identity, room, next(self._ids), limits)
+        session = Session(self, ws, identity, room, next(self._ids), limits)
+        ws.session = session
         self.sessions[session.conn_id] = session
         metrics.CONNECTIONS.labels(session.role).inc()
-        hub = None if room == "*" else self._hub(room)  # "*": a service in no room (purchase events)
-        if hub is not None:
-            hub.add(session)
-        expiry = asyncio.get_running_loop().call_later(
+        session.expiry = asyncio.get_running_loop().call_later(
             max(0.0, identity.exp - time.time()), session.close, protocol.CLOSE_UNAUTHORIZED, "token expired")
-        try:
-            if hub is None:
-                session.send_now({"type": "hello", "you": {"sub": session.sub, "role": session.role}})
-            else:
-                self._greet(session, since)
-            turn = time.perf_counter()
-            async for message in connection:
-                if session.lagging_since is not None:
-                    await self._caught_up(session)
-                await self._on_message(session, message)
-                # Frames a client sent together are all queued at once and taken without a pause:
-                # a flood from one client must not keep the loop from everyone else.
-                if time.perf_counter() - turn > CLIENT_TURN:
-                    await asyncio.sleep(0)
-                    turn = time.perf_counter()
-        except ConnectionClosed:
-            pass
-        finally:
-            expiry.cancel()
-            self.users.release(_user_key(session.identity, session.room))
-            if hub is not None:
-                hub.remove(session)
-            del self.sessions[session.conn_id]
-            self.lagging.discard(session)
-            metrics.CONNECTIONS.labels(session.role).dec()
-            for cleanup in self.on_close:
-                try:
-                    await cleanup(session)
-                except Exception:
-                    log.exception("connection cleanup failed")
-            if hub is not None and not hub.sessions and self.hubs.get(room) is hub:
-                del self.hubs[room]
-                await hub.close()
+        if room == "*":  # a service in no room (purchase events)
+            session.send_now({"type": "hello", "you": {"sub": session.sub, "role": session.role}})
+            return
+        self._hub(room).add(session)
+        self._greet(session, since)
+
+    def received(self, ws: WebSocket, data: bytes, binary: bool) -> None:
+        session: Session | None = ws.session
+        if session is None:
+            return  # refused: its close is on the way
+        if session.lagging_since is not None:
+            # Its answers would only be dropped: read nothing more from it until it reads again
+            # (then the lagging watcher resyncs it and releases its messages) or is closed.
+            ws.defer(data, binary)
+            return
+        self._on_message(session, data, binary)
+
+    def closed(self, ws: WebSocket) -> None:
+        session: Session | None = ws.session
+        if session is None:
+            return
+        if session.expiry is not None:
+            session.expiry.cancel()
+        self.users.release(_user_key(session.identity, session.room))
+        hub = self.hubs.get(session.room)
+        empty = None
+        if hub is not None:
+            hub.remove(session)
+            if not hub.sessions:
+                del self.hubs[session.room]
+                empty = hub
+        del self.sessions[session.conn_id]
+        self.lagging.discard(session)
+        metrics.CONNECTIONS.labels(session.role).dec()
+        self._spawn(self._cleanup(session, empty))
+
+    async def _cleanup(self, session: Session, empty_hub: RoomHub | None) -> None:
+        for cleanup in self.on_close:
+            try:
+                await cleanup(session)
+            except Exception:
+                log.exception("connection cleanup failed")
+        if empty_hub is not None:
+            await empty_hub.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- joining ------------------------------------------------------------------------------
 
     def _admit(self, params: dict[str, str]) -> tuple[Identity, str, int | None]:
         """The connecting client's identity, room and resume seq, or a Refusal saying why not."""
@@ -402,7 +406,15 @@ class Channel:
                 return
         session.send_now(self.snapshot(session))
 
-    async def _on_message(self, session: Session, message: str | bytes) -> None:
+    # -- messages -----------------------------------------------------------------------------
+
+    def _on_message(self, session: Session, data: bytes, binary: bool) -> None:
+        """Check, route and answer one message, in the websocket layer's callback.
+
+        A handler that does not suspend (a tap on the memory store, chat, every refusal) is run
+        to its end right here, without a task. One that suspends (a checkout writing its order,
+        a media offer) continues as a task, and this connection's next messages wait for it, so
+        each connection is still answered in order."""
         request_id = None
         try:
             if not session.limits.messages.take():
@@ -411,7 +423,7 @@ class Channel:
                     session.close(protocol.CLOSE_FLOOD, "message flood")
                 raise ProtocolError("rate_limited", "too many messages, slow down")
             session.flood = 0
-            body = protocol.decode(message, session.packed)
+            body = protocol.decode(data, binary and session.packed)
             request_id = body.get("id")
             action = self.actions.get(body["type"])
             if action is None:
@@ -420,28 +432,48 @@ class Channel:
                 raise ProtocolError("forbidden", f"a {session.role} may not send {shown(body['type'])}")
             if action.rate is not None and not session.limits.take(body["type"], action.rate):
                 raise ProtocolError("rate_limited", f"too many {shown(body['type'])} messages, slow down")
-            result = await action.handler(session, body)
-            if isinstance(result, CodedError):
-                _refuse(session, result, request_id)
+            answer = action.handler(session, body)
+            try:
+                waiting_on = answer.send(None)
+            except StopIteration as done:
+                self._answer(session, done.value, request_id)
                 return
-            ack: dict[str, Any] = {"type": "ack", "re": request_id}
-            if result:
-                ack.update(result)
-            session.send_now(ack)
+            session.connection.hold()
+            self._spawn(self._answer_later(session, answer, waiting_on, request_id))
         except CodedError as exc:  # ProtocolError, or a domain/media refusal raised by a handler
-            _refuse(session, exc, request_id)
+            self._refuse(session, exc, request_id)
         except Exception:
             log.exception("action failed")
-            _refuse(session, CodedError("internal", "the server failed on this request"), request_id)
+            self._refuse(session, CodedError("internal", "the server failed on this request"), request_id)
 
-    async def _caught_up(self, session: Session) -> None:
-        """Read nothing more from a client while it is not reading what it is sent.
+    async def _answer_later(self, session: Session, answer: Coroutine[Any, Any, Any], waiting_on: Any,
+                            request_id: Any) -> None:
+        try:
+            result = await _Resumed(answer, waiting_on)
+        except CodedError as exc:
+            self._refuse(session, exc, request_id)
+        except Exception:
+            log.exception("action failed")
+            self._refuse(session, CodedError("internal", "the server failed on this request"), request_id)
+        else:
+            self._answer(session, result, request_id)
+        finally:
+            session.connection.release()
 
-        Its answers would only be dropped, so its next message waits here; websockets then stops
-        reading the socket, and the client's own send buffer fills. The lagging watcher either
-        resyncs the client (it reads again) or closes it."""
-        while session.lagging_since is not None and session.open:
-            await asyncio.sleep(0.05)
+    def _answer(self, session: Session, result: dict[str, Any] | CodedError | None, request_id: Any) -> None:
+        if isinstance(result, CodedError):
+            self._refuse(session, result, request_id)
+            return
+        ack: dict[str, Any] = {"type": "ack", "re": request_id}
+        if result:
+            ack.update(result)
+        session.send_now(ack)
+
+    def _refuse(self, session: Session, error: CodedError, request_id: Any) -> None:
+        metrics.rejected(error.code).inc()
+        session.write_payload(self._refusals.payload(error.code, error.message, request_id, session.packed))
+
+    # -- timers -------------------------------------------------------------------------------
 
     async def _watch_laggards(self) -> None:
         while True:
@@ -450,76 +482,79 @@ class Channel:
             for session in list(self.lagging):
                 session.recover_or_close(now)
 
+    async def _keepalive(self) -> None:
+        """Ping every connection each interval; one that sent nothing since the last ping is cut
+        (a half-open TCP connection would otherwise hold its slot and its user's limits for good)."""
+        while True:
+            await asyncio.sleep(self.config.ws_ping_interval)
+            self.listener.ping_all(time.monotonic())
+
+
+class Refusals:
+    """Error answers as encoded bytes, built once per (code, message, encoding): during a sell-out
+    most answers are the same ``sold_out`` or ``rate_limited``, and only the request id differs."""
+
+    MAX = 256  # distinct refusals kept; past that the cache starts again
+
+    def __init__(self) -> None:
+        self._parts: dict[tuple[str, str, bool], tuple[bytes, bytes, bytes]] = {}
+
+    def payload(self, code: str, message: str, request_id: Any, packed: bool) -> bytes:
+        key = (code, message, packed)
+        parts = self._parts.get(key)
+        if parts is None:
+            if len(self._parts) >= self.MAX:
+                self._parts.clear()
+            parts = self._parts[key] = self._build(code, message, packed)
+        if request_id is None:
+            return parts[0]
+        return parts[1] + (msgpack.packb(request_id) if packed else orjson.dumps(request_id)) + parts[2]
+
+    @staticmethod
+    def _build(code: str, message: str, packed: bool) -> tuple[bytes, bytes, bytes]:
+        """The answer without ``re``, and the bytes before and after the request id's."""
+        body = protocol.error(code, message)
+        if packed:
+            bare = msgpack.packb(body)
+            return bare, bytes([bare[0] + 1]) + bare[1:] + msgpack.packb("re"), b""  # fixmap of 3 -> 4
+        bare = orjson.dumps(body)
+        return bare, bare[:-1] + b',"re":', b"}"
+
+
+class _Resumed:
+    """Awaits the rest of a coroutine that was started outside a task and suspended.
+
+    The channel runs each answer's first step synchronously; when the coroutine waits on
+    something (``waiting_on``, a future), this hands that to the task now driving it and keeps
+    stepping the coroutine, as ``await`` would have from the start."""
+
+    __slots__ = ("_coro", "_waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], waiting_on: Any) -> None:
+        self._coro = coro
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, waiting_on = self._coro, self._waiting_on
+        while True:
+            try:
+                sent = yield waiting_on
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: B036 (cancellation too goes to the coroutine)
+                try:
+                    waiting_on = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    waiting_on = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
+
 
 def _user_key(identity: Identity, room: str) -> str:
     """Whose limits a connection draws on: a user is a token ``sub`` in a room (carts and sale limits
     are per room too), so the hosts of two rooms never share a budget even if their subs are equal."""
     return f"{room}\x00{identity.sub}"
-
-
-def _refuse(session: Session, error: CodedError, request_id: Any) -> None:
-    metrics.rejected(error.code).inc()
-    session.send_now(protocol.error(error.code, error.message, request_id))
-
-
-def _select_subprotocol(connection: ServerConnection, subprotocols: Any) -> str | None:
-    """msgpack when the client asks for it, plain JSON (no subprotocol) otherwise."""
-    return protocol.MSGPACK_SUBPROTOCOL if protocol.MSGPACK_SUBPROTOCOL in subprotocols else None
-
-
-class _Connection(ServerConnection):
-    """A websocket connection that reference counting alone frees once it is closed.
-
-    Left alone, websockets keeps reference cycles in every connection: ``select_subprotocol``
-    is bound onto the sans-I/O protocol, and the bound callback's closure holds the connection;
-    the protocol's parser is a generator that stays suspended after the close, its frame holding
-    the protocol; a connection that ended without a close frame (a dropped viewer) also keeps the
-    parser's error, whose traceback holds a frame that holds the protocol. Such garbage waits for a
-    full cyclic collection, which takes most of a second with 10,000 viewers connected and holds
-    the loop all that time (bench/RESULTS.md, "Event fan-out"), and it cannot be frozen away
-    (engine.gcpolicy). Once the transport is gone the callback and the parser are unused and the
-    tracebacks are only diagnostics: dropping them here breaks every cycle, however the
-    connection ended.
-
-    It also counts open connections per client address (``--max-ws-per-ip``) from the moment
-    the TCP connection is accepted, before any handshake: past the cap it is answered 429 and closed.
-    """
-
-    def __init__(self, *args: Any, gate: AddressGate, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._gate = gate
-        self._address: str | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        address = peer_address(transport)
-        if self._gate.admit(address):
-            self._address = address
-            return
-        metrics.REFUSED_CONNECTIONS.labels("ws", "per_ip").inc()
-        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-        transport.write(http_error(429, "too_many_connections",
-                                   f"at most {self._gate.cap} websocket connections per client address"))
-        transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._address is not None:
-            self._gate.release(self._address)
-            self._address = None
-        super().connection_lost(exc)
-        vars(self.protocol).pop("select_subprotocol", None)
-        self.protocol.parser.close()  # its suspended frame holds the protocol
-        _drop_tracebacks(self.protocol.parser_exc, self.protocol.handshake_exc, self.connection_exc)
-
-
-def _drop_tracebacks(*errors: BaseException | None) -> None:
-    """Clear the tracebacks of these exceptions and of their causes and contexts."""
-    stack = [error for error in errors if error is not None]
-    seen: set[int] = set()
-    while stack:
-        error = stack.pop()
-        if id(error) in seen:
-            continue
-        seen.add(id(error))
-        error.__traceback__ = None
-        stack += [e for e in (error.__cause__, error.__context__) if e is not None]

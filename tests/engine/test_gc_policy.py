@@ -148,8 +148,8 @@ async def test_closed_connections_come_back_with_the_freeze_policy_on(engine: Ap
             await viewers.do(f"open {N}")
             assert len(engine.channel.sessions) == N
             # The connections are tracked objects, and the policy froze most of them.
-            assert tracked() - base_tracked > 40 * N
-            assert gc.get_freeze_count() - base_frozen > 20 * N
+            assert tracked() - base_tracked > 20 * N
+            assert gc.get_freeze_count() - base_frozen > 10 * N
             await viewers.do(ending)
             await all_gone(engine)
             # Young garbage of the test's own (futures, frames) is not what is measured: drop it.

@@ -128,10 +128,10 @@ async def test_websocket_port_caps_connections_per_address_and_times_out_handsha
     for sock in (*viewers, other, again):
         sock.close()
     for _ in range(100):
-        if not len(app.channel.addresses):
+        if not len(app.channel.listener.gate):
             break
         await asyncio.sleep(0.02)
-    assert len(app.channel.addresses) == 0
+    assert len(app.channel.listener.gate) == 0
 
 
 async def _response(sock: socket.socket, timeout: float = 5.0) -> bytes:

@@ -1,0 +1,386 @@
+"""WebSocket connections served from asyncio's protocol callbacks: no task and no future per message.
+
+websockets' asyncio server runs a task per connection and hands every message through an
+assembler, a future and a task wake-up; on a flash sale's tap storm that layer cost as much
+as the shop itself. Here the same library's sans-I/O ``ServerProtocol`` (handshake, frame
+limits, UTF-8 of close reasons, ping answers, the close handshake) is driven straight from
+``data_received``, and each complete message is handed to the ``Handler`` in that callback.
+
+What the layer guarantees its handler:
+- messages of one connection arrive in order, one at a time; a handler that must wait (an
+  answer that suspends, a client that does not read) calls ``hold`` and later ``release``:
+  meanwhile reading stops and messages already read wait in a bounded inbox;
+- one client's burst holds the loop for at most ``turn`` seconds before others get a turn;
+- writes made while messages are handled are corked and go out in one ``write`` per read,
+  so an answer and the direct messages it caused share a TCP segment;
+- a peer that answers no ping within a keepalive interval, or leaves a handshake or a close
+  handshake unfinished, is cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
+from urllib.parse import urlsplit
+
+from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import SEND_EOF, State
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+from engine import metrics
+from signaling.guard import AddressGate, http_error, peer_address
+
+log = logging.getLogger(__name__)
+
+TEXT, BINARY, CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
+OPEN = State.OPEN
+
+
+class Handler(Protocol):
+    """What the channel implements to serve connections."""
+
+    def opened(self, ws: WebSocket) -> None:
+        """The handshake succeeded (101 sent); the handler may write, hold or close."""
+
+    def received(self, ws: WebSocket, data: bytes, binary: bool) -> None:
+        """One complete message (text frames arrive as their UTF-8 bytes)."""
+
+    def closed(self, ws: WebSocket) -> None:
+        """The TCP connection is gone (after ``opened`` only)."""
+
+
+class _Protocol(ServerProtocol):
+    """websockets' sans-I/O server with our subprotocol rule as a method: a callback bound onto
+    the instance would make a reference cycle that only a full collection frees."""
+
+    def select_subprotocol(self, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+        offered = self.available_subprotocols or ()
+        return next((s for s in offered if s in subprotocols), None)
+
+
+class Listener:
+    """Settings and bookkeeping shared by every connection of one listening socket."""
+
+    def __init__(self, handler: Handler, *, gate: AddressGate, path: str, subprotocols: Sequence[str],
+                 compression: bool, max_size: int, open_timeout: float, close_timeout: float,
+                 max_inbox: int, turn: float) -> None:
+        self.handler = handler
+        self.gate = gate
+        self.path = path
+        self.subprotocols = [Subprotocol(s) for s in subprotocols]
+        self.extensions = enable_server_permessage_deflate(None) if compression else None
+        self.max_size = max_size
+        self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
+        self.max_inbox = max_inbox
+        self.turn = turn
+        self.connections: set[WebSocket] = set()
+        self._server: asyncio.Server | None = None
+        self._gone = asyncio.Event()
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: WebSocket(self), host, port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    def stop_listening(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def wait_closed(self, timeout: float) -> None:
+        """Wait until every connection is gone, at most ``timeout``; then cut what is left."""
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            self._gone.clear()
+            try:
+                await asyncio.wait_for(self._gone.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+        for ws in list(self.connections):
+            ws.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def forget(self, ws: WebSocket) -> None:
+        self.connections.discard(ws)
+        self._gone.set()
+
+    def ping_all(self, now: float) -> int:
+        """Keepalive: cut connections that sent nothing since the last ping, ping the others."""
+        cut = 0
+        for ws in list(self.connections):
+            if ws.protocol.state is not OPEN:
+                continue
+            if ws.pinged_at is not None and ws.received_at < ws.pinged_at:
+                ws.abort()
+                cut += 1
+                continue
+            ws.pinged_at = now
+            ws.protocol.send_ping(b"")
+            ws.flush_protocol()
+        return cut
+
+
+class WebSocket(asyncio.Protocol):
+    """One client connection: the sans-I/O protocol, its transport, and what the handler keeps on it."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.protocol = _Protocol(extensions=listener.extensions, subprotocols=listener.subprotocols,
+                                  max_size=listener.max_size)
+        self.transport: asyncio.Transport = cast(asyncio.Transport, None)
+        self.request: Request | None = None
+        self.subprotocol: str | None = None
+        self.session: Any = None  # the handler's object for this connection
+        self.received_at = 0.0  # monotonic time of the last bytes received (keepalive)
+        self.pinged_at: float | None = None
+        self._address: str | None = None
+        self._timer: asyncio.TimerHandle | None = None  # handshake or close deadline
+        self._out: list[bytes] | None = None  # corked writes while messages are handled
+        self._out_bytes = 0
+        self._eof = False
+        self._parts: list[bytes] = []  # fragments of a message being assembled
+        self._parts_binary = False
+        self._inbox: deque[tuple[bytes, bool]] = deque()
+        self._held = False
+        self._turn_started = 0.0
+        self._opened = False
+        self._closing = False  # we sent a close frame
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        listener = self.listener
+        address = peer_address(transport)
+        if not listener.gate.admit(address):
+            metrics.REFUSED_CONNECTIONS.labels("ws", "per_ip").inc()
+            self.transport.write(http_error(429, "too_many_connections",
+                                            f"at most {listener.gate.cap} websocket connections per client address"))
+            self.transport.close()
+            return
+        self._address = address
+        listener.connections.add(self)
+        self._timer = asyncio.get_running_loop().call_later(listener.open_timeout, self.abort)
+
+    def data_received(self, data: bytes) -> None:
+        self.received_at = time.monotonic()
+        protocol = self.protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        self._cork()
+        self._turn_started = time.perf_counter()
+        try:
+            for event in events:
+                if type(event) is Frame:
+                    self._frame(event)
+                else:
+                    self._handshake(cast(Request, event))
+        finally:
+            self.flush_protocol()  # pongs, the close handshake's answer and end of stream
+            self._uncork()
+
+    def eof_received(self) -> bool | None:
+        self.protocol.receive_eof()
+        self.flush_protocol()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._address is not None:
+            self.listener.gate.release(self._address)
+            self._address = None
+        self.listener.forget(self)
+        protocol = self.protocol
+        protocol.receive_eof()  # state CLOSED whatever the peer did
+        self._inbox.clear()
+        if self._opened:
+            self._opened = False
+            try:
+                self.listener.handler.closed(self)
+            except Exception:
+                log.exception("websocket close handling failed")
+        self.session = None
+        protocol.parser.close()  # its suspended frame holds the protocol
+        _drop_tracebacks(protocol.parser_exc, protocol.handshake_exc)
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def _handshake(self, request: Request) -> None:
+        protocol = self.protocol
+        self.request = request
+        if urlsplit(request.path).path != self.listener.path:
+            response = protocol.reject(404, f"not found: the websocket path is {self.listener.path}\n")
+        else:
+            response = protocol.accept(request)
+        protocol.send_response(response)
+        self.flush_protocol()
+        if protocol.state is not OPEN:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.subprotocol = protocol.subprotocol
+        self._opened = True
+        self.listener.handler.opened(self)
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is TEXT or opcode is BINARY:
+            if frame.fin:
+                self._message(frame.data, opcode is BINARY)
+            else:
+                self._parts = [frame.data]
+                self._parts_binary = opcode is BINARY
+        elif opcode is CONT:
+            self._parts.append(frame.data)
+            if frame.fin:
+                data, self._parts = b"".join(self._parts), []
+                self._message(data, self._parts_binary)
+        # ping, pong and close frames are answered by the protocol itself
+
+    def _message(self, data: bytes, binary: bool) -> None:
+        if self._closing:
+            return  # we sent our close frame: nothing more is answered
+        if self._held or self._inbox:
+            self._queue(data, binary)
+            return
+        if time.perf_counter() - self._turn_started > self.listener.turn:
+            self._queue(data, binary)
+            self.hold()
+            asyncio.get_running_loop().call_soon(self.release)
+            return
+        self.listener.handler.received(self, data, binary)
+
+    def _queue(self, data: bytes, binary: bool) -> None:
+        if len(self._inbox) >= self.listener.max_inbox:
+            # Only a client that pipelines far past its rate limit gets here.
+            self._inbox.clear()
+            self.close(4429, "message flood")
+            return
+        self._inbox.append((data, binary))
+
+    def defer(self, data: bytes, binary: bool) -> None:
+        """Put a message handed over just now back in front of the inbox, and hold."""
+        self._inbox.appendleft((data, binary))
+        self.hold()
+
+    def hold(self) -> None:
+        """Hand over no more messages until ``release``; stop reading the socket meanwhile."""
+        if not self._held:
+            self._held = True
+            if not self.transport.is_closing():
+                self.transport.pause_reading()
+
+    def release(self) -> None:
+        """Hand over the messages that waited, then read the socket again (unless held again)."""
+        if not self._held:
+            return
+        self._held = False
+        handler = self.listener.handler
+        self._cork()
+        self._turn_started = time.perf_counter()
+        try:
+            inbox = self._inbox
+            while inbox and not self._held:
+                if time.perf_counter() - self._turn_started > self.listener.turn:
+                    self.hold()
+                    asyncio.get_running_loop().call_soon(self.release)
+                    return
+                data, binary = inbox.popleft()
+                handler.received(self, data, binary)
+            if not self._held and not self.transport.is_closing():
+                self.transport.resume_reading()
+        finally:
+            self._uncork()
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _cork(self) -> None:
+        if self._out is None:
+            self._out = []
+            self._out_bytes = 0
+
+    def _uncork(self) -> None:
+        out, self._out = self._out, None
+        self._out_bytes = 0
+        if out:
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+        if self._eof:
+            self._eof = False
+            self.transport.close()
+
+    def write(self, data: bytes) -> None:
+        """Write wire bytes (whole frames); while messages are handled they go out together."""
+        if self._out is not None:
+            self._out.append(data)
+            self._out_bytes += len(data)
+        else:
+            self.transport.write(data)
+
+    def buffered(self) -> int:
+        """Bytes written to this connection that the client has not taken yet."""
+        return self.transport.get_write_buffer_size() + self._out_bytes
+
+    def flush_protocol(self) -> None:
+        """Write what the sans-I/O protocol queued (frames, the handshake response, end of stream)."""
+        for data in self.protocol.data_to_send():
+            if data is SEND_EOF or not data:
+                if self._out is not None:
+                    self._eof = True
+                else:
+                    self.transport.close()
+            else:
+                self.write(data)
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the close handshake: the close frame goes after what is already buffered (a client
+        that catches up reads it); the connection is cut after the close timeout either way."""
+        protocol = self.protocol
+        if protocol.state is not OPEN:
+            return
+        protocol.send_close(code, reason)
+        self.flush_protocol()
+        # Read again, to see the client's answer (or its end of stream) instead of waiting for the timeout.
+        self._closing = True
+        self._inbox.clear()
+        if self._held:
+            self._held = False
+            self.transport.resume_reading()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.listener.close_timeout, self.abort)
+
+    def abort(self) -> None:
+        self._timer = None
+        self.transport.abort()
+
+
+def _drop_tracebacks(*errors: BaseException | None) -> None:
+    """Clear the tracebacks of these exceptions and of their causes and contexts.
+
+    A connection that ended without a close frame (a dropped viewer) keeps the parser's error,
+    whose traceback holds a frame that holds the protocol: a cycle that would wait for a full
+    collection, which takes most of a second with 10,000 viewers connected (engine.gcpolicy)."""
+    stack = [error for error in errors if error is not None]
+    seen: set[int] = set()
+    while stack:
+        error = stack.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        error.__traceback__ = None
+        stack += [e for e in (error.__cause__, error.__context__) if e is not None]
+
