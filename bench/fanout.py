@@ -25,6 +25,14 @@ Usage (as root, from the repository root):
 
     python bench/fanout.py --matrix 1000x10,5000x10,10000x10 --duration 10
 
+Two engines in one command (before / after a change): check the earlier commit out beside this one
+and name it with ``--baseline``; its engine runs as the server ``baseline`` (``python -m engine.cli
+serve`` from that checkout, same flags), interleaved run by run with this checkout's engine and the
+floor, so both engines are measured under the same noise:
+
+    git worktree add --detach /tmp/livecart-before COMMIT
+    python bench/fanout.py --matrix 1000x10 --repeat 5 --baseline /tmp/livecart-before
+
 Writes a markdown table (medians over ``--repeat``, then every run) and every run's figures to
 bench/results/NAME.{md,json} (bench/measure.py), with the commit, command and machine.
 """
@@ -48,6 +56,7 @@ import orjson
 import uvloop
 from measure import (
     CoreWindow,
+    commit,
     fmt,
     free_port,
     markdown_table,
@@ -67,6 +76,8 @@ CLIENT = str(HERE / "fanout_client.py")
 FLOOR = str(HERE / "fanout_floor.py")
 ROOM = "demo"
 HOST_SUB = "bench-host"
+ENGINES = ("engine", "baseline")  # this checkout's engine, and the one in --baseline's checkout
+ORDER = {"engine": 0, "baseline": 1, "floor": 2}  # the tables' row order
 
 async def wait_listening(port: int, proc: asyncio.subprocess.Process, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
@@ -123,11 +134,16 @@ class Server:
     def __init__(self, kind: str, args: argparse.Namespace, workdir: Path) -> None:
         self.kind = kind
         self.port = free_port()
-        self.secret = secrets.token_hex(16) if kind == "engine" else ""
+        self.secret = secrets.token_hex(16) if kind in ENGINES else ""
         self.log = workdir / f"{kind}-{self.port}.log"
-        if kind == "engine":
+        self.cwd = HERE.parent
+        if kind in ENGINES:
+            # The baseline runs from its own checkout: `-m` puts that directory first on sys.path.
+            program = ["livecart"] if kind == "engine" else [sys.executable, "-m", "engine.cli"]
+            if kind == "baseline":
+                self.cwd = Path(args.baseline).resolve()
             self.argv = [
-                "taskset", "-c", "0", "livecart", "serve", "--host", "127.0.0.1",
+                "taskset", "-c", "0", *program, "serve", "--host", "127.0.0.1",
                 "--http-port", str(free_port()), "--ws-port", str(self.port),
                 "--data-dir", str(workdir / f"data-{self.port}"), "--secret", self.secret,
                 "--admin-key", secrets.token_hex(8), "--demo-room", ROOM,
@@ -144,7 +160,7 @@ class Server:
     async def start(self) -> None:
         with open(self.log, "wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdout=log, stderr=log, cwd=HERE.parent, start_new_session=True)
+                *self.argv, stdout=log, stderr=log, cwd=self.cwd, start_new_session=True)
         prioritise(self.proc.pid, self.nice)
         await wait_listening(self.port, self.proc)
 
@@ -199,7 +215,7 @@ class Publisher:
         assert self.ws is not None
         now = time.time()
         text = f"{k} {now:.6f} {self.pad}"
-        if self.server.kind == "engine":
+        if self.server.kind in ENGINES:
             await self.ws.send(orjson.dumps({"type": "chat", "id": k, "text": text}).decode())
         else:
             await self.ws.send(orjson.dumps(self._floor_event(k, now, text)).decode())
@@ -322,8 +338,9 @@ def gc_warnings(log: Path) -> dict[str, Any]:
     return {"gc_pauses_logged": len(pauses), "gc_pause_max_ms": max(pauses, default=None)}
 
 
-def table(results: list[dict[str, Any]]) -> str:
-    """Medians over repeats per (N, R, server), the engine/floor CPU ratio, then every run."""
+def table(results: list[dict[str, Any]], baseline: str = "") -> str:
+    """Medians over repeats per (N, R, server), the engine/floor CPU ratio, then every run; with a
+    baseline engine (``baseline`` names its commit), the engine's CPU per delivery over the baseline's."""
     groups: dict[tuple[int, float, str], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["n"], r["rate"], r["server"]), []).append(r)
@@ -332,11 +349,21 @@ def table(results: list[dict[str, Any]]) -> str:
         return median(r[key] for r in rows)
 
     rows = []
-    for (n, rate, kind), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "engine")):
+    against: list[str] = []
+    for (n, rate, kind), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], ORDER[kv[0][2]])):
         cost = med(runs, "us_per_delivery")
         floor = groups.get((n, rate, "floor"))
         floor_cost = med(floor, "us_per_delivery") if floor else None
-        ratio = cost / floor_cost if floor_cost and cost and kind == "engine" else None
+        ratio = cost / floor_cost if floor_cost and cost and kind in ENGINES else None
+        before = groups.get((n, rate, "baseline"))
+        if kind == "engine" and before:
+            before_cost = med(before, "us_per_delivery")
+            before_ratio = (before_cost / floor_cost) if floor_cost and before_cost else None
+            against.append(
+                f"- {n:,} x {rate:g}: CPU µs per delivery, engine / baseline = {fmt(cost, 2)} / "
+                f"{fmt(before_cost, 2)} = {fmt(cost / before_cost if cost and before_cost else None, 3)}; "
+                f"x floor {fmt(ratio, 2)} / {fmt(before_ratio, 2)} = "
+                f"{fmt(ratio / before_ratio if ratio and before_ratio else None, 3)}")
         rows.append([
             f"{n:,}", f"{rate:g}", kind, len(runs), fmt(med(runs, "deliveries_per_s"), 0), fmt(cost, 2),
             fmt(ratio, 2), fmt(med(runs, "server_cpu_pct")), fmt(med(runs, "core0_others_pct")),
@@ -357,18 +384,22 @@ def table(results: list[dict[str, Any]]) -> str:
         [[f"{r['n']:,}", f"{r['rate']:g}", r["server"], r["repeat"] + 1, fmt(r["us_per_delivery"], 2),
           fmt(r["server_cpu_pct"]), fmt(r["core0_others_pct"]), fmt(r["p50_ms"]), fmt(r["p99_ms"]),
           fmt(r["probe_busy_max"]), r["missed"]]
-         for r in sorted(results, key=lambda r: (r["n"], r["rate"], r["server"] != "engine", r["repeat"]))],
+         for r in sorted(results, key=lambda r: (r["n"], r["rate"], ORDER[r["server"]], r["repeat"]))],
     )
+    compared = (f"\n\nThe engine against the baseline engine (commit `{baseline}`), medians of this command's "
+                "runs:\n\n" + "\n".join(against)) if against else ""
     return (
         "Medians over the runs of each row (nearest-rank, bench/measure.py); `x floor` = the engine's median CPU "
         "per delivery over the floor's, both from this command's runs. Loop busy = the server loop's own CPU "
         "time during a 5 ms probe ping's round trip.\n\n"
-        f"{medians}\n\nEvery run:\n\n{per_run}"
+        f"{medians}{compared}\n\nEvery run:\n\n{per_run}"
     )
 
 
 async def main(args: argparse.Namespace) -> None:
     run = record("fanout")
+    if args.baseline:
+        run["baseline_commit"] = commit(Path(args.baseline).resolve())
     matrix = [(int(n), float(r)) for n, r in (item.split("x") for item in args.matrix.split(","))]
     args.max_n = max(n for n, _ in matrix)
     results: list[dict[str, Any]] = []
@@ -377,7 +408,7 @@ async def main(args: argparse.Namespace) -> None:
         workdir = Path(tmp)
         for rep in range(args.repeat):
             for n, rate in matrix:
-                kinds = args.servers.split(",")
+                kinds = sorted(args.servers.split(",") + (["baseline"] if args.baseline else []), key=ORDER.__getitem__)
                 for kind in kinds if rep % 2 == 0 else kinds[::-1]:
                     try:
                         result = await run_one(kind, n, rate, args, workdir)
@@ -389,7 +420,7 @@ async def main(args: argparse.Namespace) -> None:
                         results.append(result)
                         print(orjson.dumps(result).decode(), flush=True)
                     # written after every run, so the runs done so far survive an interrupted command
-                    markdown = table(results) + "".join(
+                    markdown = table(results, run.get("baseline_commit", "")) + "".join(
                         f"\n\nRun {f['repeat'] + 1} of {f['server']} at {f['n']:,} x {f['rate']:g} failed: "
                         f"`{f['error']}`" for f in failed)
                     path = write_results(args.name, run, markdown, {"runs": results, "failed": failed})
@@ -417,7 +448,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engine-arg", action="append", default=[], help="extra livecart serve flag (repeatable)")
     parser.add_argument("--py-spy", default="", help="profile each server's measured window into this directory")
     parser.add_argument("--name", default="fanout", help="results go to bench/results/NAME.{md,json}")
-    return parser.parse_args(argv)
+    parser.add_argument("--baseline", default="",
+                        help="another livecart checkout (e.g. an earlier commit): its engine runs too, as `baseline`")
+    args = parser.parse_args(argv)
+    unknown = set(args.servers.split(",")) - {"engine", "floor"}
+    if unknown:
+        parser.error(f"unknown server(s) in --servers: {', '.join(sorted(unknown))}"
+                     " (the baseline comes with --baseline)")
+    if args.baseline and not (Path(args.baseline) / "engine" / "cli.py").is_file():
+        parser.error(f"--baseline {args.baseline}: not a livecart checkout (no engine/cli.py)")
+    return args
 
 
 if __name__ == "__main__":

@@ -180,19 +180,20 @@ def free_port() -> int:
 # -- the record of a run --------------------------------------------------------------------------
 
 
-def _git(*argv: str) -> str:
+def _git(*argv: str, repo: Path = REPO) -> str:
     """Git's output with trailing whitespace removed (leading spaces are part of `status --porcelain`)."""
-    return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, check=False).stdout.rstrip()
+    return subprocess.run(["git", *argv], cwd=repo, capture_output=True, text=True, check=False).stdout.rstrip()
 
 
 # Files no bench runs: editing them while a bench runs does not change what it measures.
 NOT_MEASURED = ("bench/results/", "bench/RESULTS.md", "bench/report.py", "tests/", "docs/")
 
 
-def commit() -> str:
-    """The checked-out commit, with ``+dirty`` when a file a bench may run differs from it."""
-    head = _git("rev-parse", "--short=12", "HEAD") or "unknown"
-    changed = [line[3:] for line in _git("status", "--porcelain").splitlines()]
+def commit(repo: Path = REPO) -> str:
+    """The checked-out commit of ``repo`` (this checkout unless another is measured beside it), with
+    ``+dirty`` when a file a bench may run differs from it."""
+    head = _git("rev-parse", "--short=12", "HEAD", repo=repo) or "unknown"
+    changed = [line[3:] for line in _git("status", "--porcelain", repo=repo).splitlines()]
     return head + ("+dirty" if any(not path.startswith(NOT_MEASURED) for path in changed) else "")
 
 

@@ -1,7 +1,12 @@
 """Tap storm: a flash sale of Q units, N viewers tapping as fast as the tap limit allows, W more
 viewers only watching the counter. Server on core 0, every client on core 1.
 
-    python bench/tapstorm.py --tappers 1000 --rate 15 --watchers 1000 --quantity 10000
+    python bench/tapstorm.py --tappers 1000 --rate 15 --watchers 1000 --quantity 10000 --runs 5
+
+Each of the `--runs` rounds runs, one after the other and under the same load, the echo floors
+(bench/echo_floor.py: a bare websockets server and a bare picows server, each answering every
+message with a small JSON refusal) and then the engine, so the engine's CPU per tap is compared
+with the faster floor's CPU per message from the same round (`x faster floor`).
 
 Why dedicated asyncio clients rather than locust: the load side has one core for 2,000 sockets
 and ~15,000 taps/s plus the room's events; a locust websocket user (gevent + websocket-client)
@@ -9,10 +14,13 @@ costs several times more per message and would measure itself. The clients here 
 protocols (bench/fanout_client.RawSocket: hand-made RFC 6455 handshake and frame parsing) spread
 over a few processes, that only `orjson.loads` acks, errors and frames that may show the zero.
 
-Timeline of a run (all connections open before it starts):
-- floor: the tappers send an action type the server does not know, at the same rate, for
-  `--floor` seconds. It takes the channel's whole path (rate limit, decode, error reply) without
-  the commerce domain: the baseline the tap figures are compared with.
+Timeline of an echo floor's run: the same connections (tappers and idle watchers), a warm-up,
+then the tappers send the storm's tap message at the same rate for `--duration` seconds.
+
+Timeline of the engine's run (all connections open before it starts):
+- in-engine floor: the tappers send an action type the server does not know, at the same rate,
+  for `--floor` seconds. It takes the channel's whole path (rate limit, decode, error reply)
+  without the commerce domain.
 - storm: the host creates the sale to start `--lead` seconds later (so the storm opens with
   sale_not_live answers, like viewers hammering before a sale opens); taps go on for
   `--duration` seconds, through the sell-out and after it (sold_out / limit_reached answers).
@@ -31,7 +39,9 @@ between the phase's start and end, the server's CPU and the other load on core 0
 same two moments (bench/measure.py), and CPU per message is the CPU share over the rate, so each
 row's µs/tap is its CPU column divided by its rate column.
 
-Writes bench/results/NAME.{md,json} (one row per run, then the medians) with commit, command, machine.
+Writes bench/results/NAME.{md,json} after every round, with commit, command and machine: the
+storm's table (one row per run, then the medians), the echo floors' table (each run's floors, the
+ratio, and core 0's other load in every measured window) and the targets judged on the medians.
 """
 
 from __future__ import annotations
@@ -41,12 +51,14 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from array import array
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -73,6 +85,8 @@ ADMIN = "tapstorm-admin"
 ROOM = "bench"
 SALE = "flash"
 HERE = os.path.dirname(os.path.abspath(__file__))
+ECHO = os.path.join(HERE, "echo_floor.py")
+ECHO_FLOORS = ("websockets", "picows")
 
 
 # -- load side (one process per slice of clients) --------------------------------------------
@@ -307,6 +321,15 @@ def wait_quiet(limit: float, timeout: float) -> float:
             return busy
 
 
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def start_server(args: argparse.Namespace, data_dir: str) -> tuple[subprocess.Popen[bytes], int, int]:
     http_port, ws_port = free_port(), free_port()
     command = [
@@ -334,14 +357,33 @@ def start_server(args: argparse.Namespace, data_dir: str) -> tuple[subprocess.Po
     raise RuntimeError("server did not start")
 
 
-def one_run(args: argparse.Namespace) -> dict[str, Any]:
-    idle_before = wait_quiet(0.1, args.quiet)
-    data_dir = tempfile.mkdtemp(prefix="tapstorm-")
-    server, http_port, ws_port = start_server(args, data_dir)
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        http(http_port, "PUT", f"/api/rooms/{ROOM}/products/mug",
-             {"title": "Mug", "price": 1200, "currency": "EUR", "stock": 100})
+def start_echo(kind: str, args: argparse.Namespace, log_path: str) -> tuple[subprocess.Popen[bytes], int]:
+    """An echo floor (bench/echo_floor.py) pinned to core 0, with the engine's nice value."""
+    port = free_port()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, ECHO, kind, "--port", str(port)],
+                                stdout=log, stderr=log, cwd=os.path.dirname(HERE), start_new_session=True)
+    prioritise(proc.pid, args.server_nice)
+    deadline = time.time() + 30
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{kind} echo floor did not start (log: {log_path})")
+
+
+class Load:
+    """The client processes of one run, all on core 1: the tappers and watchers, in `--procs` slices.
+
+    The same load drives the echo floors and the engine: same connections, same tap message,
+    same pace. Each phase's server CPU and the other load on core 0 are read over its window.
+    """
+
+    def __init__(self, args: argparse.Namespace, ws_port: int, server_pid: int) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
         tap_subs = [f"tapper{i}" for i in range(args.tappers)]
         watch_subs = [f"watcher{i}" for i in range(args.watchers)]
         for k in range(args.procs):
@@ -349,53 +391,121 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
                        "--port", str(ws_port), "--rate", str(args.rate), "--drain", str(args.drain),
                        "--tap-subs", ",".join(tap_subs[k :: args.procs]),
                        "--watch-subs", ",".join(watch_subs[k :: args.procs])]
-            procs.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                          cwd=os.path.dirname(HERE),
-                                          env={**os.environ, "PYTHONPATH": os.path.dirname(HERE)}))
-        for proc in procs:
-            assert proc.stdout is not None
-            json.loads(proc.stdout.readline())
-        window = CoreWindow(server.pid, core=0)
+            self.procs.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                               cwd=os.path.dirname(HERE),
+                                               env={**os.environ, "PYTHONPATH": os.path.dirname(HERE)}))
+        for reply in self._read_all():
+            if "ready" not in reply:
+                raise RuntimeError(f"a client process did not connect: {reply}")
+        self.window = CoreWindow(server_pid, core=0)
+        self.load_core = CoreWindow(None, core=1)  # the clients' core: a full one may delay answers too
 
-        def phase(name: str, kind: str, seconds: float) -> tuple[list[dict[str, Any]], CoreShare]:
-            """Every tapper sends ``kind`` for ``seconds``; the reports once all answers are in, and core 0."""
-            start = time.time() + 0.3
-            step = {"phase": name, "kind": kind, "start": start, "end": start + seconds}
-            for proc in procs:
-                assert proc.stdin is not None
-                proc.stdin.write(json.dumps(step) + "\n")
-                proc.stdin.flush()
-            time.sleep(max(0.0, start - time.time()))
-            window.start()
-            spy = None
-            if name == "storm":
-                http(http_port, "POST", f"/api/rooms/{ROOM}/sales", {
-                    "id": SALE, "product_id": "mug", "price": 500, "quantity": args.quantity,
-                    "per_user_limit": args.limit, "starts_at": start + args.lead, "duration": 3600})
-                if args.profile:
-                    spy = subprocess.Popen(["py-spy", "record", "-p", str(server.pid), "-d", str(int(seconds)),
-                                            "-r", "250", "-f", "raw", "-o", args.profile, "--nonblocking"],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(max(0.0, start + seconds - time.time()))
-            share = window.stop()
-            if spy is not None:
-                spy.wait(60)
-            reports = []
-            for proc in procs:
-                assert proc.stdout is not None
-                reports.append(json.loads(proc.stdout.readline()))
-            return reports, share
-
-        phase("warm-up", "floor", 1.5)
-        floor, floor_core = phase("floor", "floor", args.floor)
-        storm, storm_core = phase("storm", "tap", args.duration)
-        results = []
-        for proc in procs:
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(json.dumps({"phase": "checkout"}) + "\n")
+    def _tell_all(self, step: dict[str, Any]) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(step) + "\n")
             proc.stdin.flush()
-            results.append(json.loads(proc.stdout.readline()))
+
+    def _read_all(self) -> list[dict[str, Any]]:
+        replies = []
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"client process {proc.pid} ended (exit {proc.wait(5)})")
+            replies.append(json.loads(line))
+        return replies
+
+    def phase(self, name: str, kind: str, seconds: float,
+              on_start: Callable[[float], None] | None = None) -> tuple[list[dict[str, Any]], CoreShare, float]:
+        """Every tapper sends ``kind`` for ``seconds``; the reports once all answers are in, core 0's
+        shares and core 1's busy share (clients and everything else on it) over the window.
+
+        ``on_start(start)`` runs at the window's start (the storm creates its sale there)."""
+        start = time.time() + 0.3
+        self._tell_all({"phase": name, "kind": kind, "start": start, "end": start + seconds})
+        time.sleep(max(0.0, start - time.time()))
+        self.window.start()
+        self.load_core.start()
+        if on_start is not None:
+            on_start(start)
+        time.sleep(max(0.0, start + seconds - time.time()))
+        share = self.window.stop()
+        load_busy = self.load_core.stop().busy
+        return self._read_all(), share, load_busy
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Every tapper that reserved checks out; the reports (units reserved and ordered, watchers)."""
+        self._tell_all({"phase": "checkout"})
+        results = self._read_all()
+        for proc in self.procs:
             proc.wait(30)
+        return results
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def echo_run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One echo floor under the storm's load: a warm-up, then taps for the storm's `--duration`."""
+    idle_before = wait_quiet(0.1, args.quiet)
+    log_dir = tempfile.mkdtemp(prefix=f"tapstorm-{kind}-")
+    server, port = start_echo(kind, args, os.path.join(log_dir, "server.log"))
+    load: Load | None = None
+    try:
+        load = Load(args, port, server.pid)
+        load.phase("warm-up", "tap", 1.5)
+        reports, core, core1 = load.phase(kind, "tap", args.duration)
+        load.finish()
+    finally:
+        if load is not None:
+            load.kill()
+        stop_server(server)
+    lat = [x for r in reports for x in r["lat"]]
+    per_s = sum(r["in_window"] for r in reports) / args.duration
+    return {
+        "msgs_per_s": per_s,  # answers that reached the clients within the window, per second
+        "answered": sum(r["replies"] for r in reports),
+        "drained": all(r["drained"] for r in reports),
+        "p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": max(lat, default=None),
+        "server_cpu": core.server, "core0_others": core.others, "core0_busy_before": idle_before,
+        "core1_busy": core1,
+        "server_us_per_msg": core.server * 1e6 / per_s if per_s else None,
+        "codes": merge(r["codes"] for r in reports),
+    }
+
+
+def one_run(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine: a warm-up, the in-engine floor (an unknown action), then the storm and checkout."""
+    idle_before = wait_quiet(0.1, args.quiet)
+    data_dir = tempfile.mkdtemp(prefix="tapstorm-")
+    server, http_port, ws_port = start_server(args, data_dir)
+    load: Load | None = None
+    spies: list[subprocess.Popen[bytes]] = []
+    try:
+        http(http_port, "PUT", f"/api/rooms/{ROOM}/products/mug",
+             {"title": "Mug", "price": 1200, "currency": "EUR", "stock": 100})
+        load = Load(args, ws_port, server.pid)
+
+        def open_sale(start: float) -> None:
+            http(http_port, "POST", f"/api/rooms/{ROOM}/sales", {
+                "id": SALE, "product_id": "mug", "price": 500, "quantity": args.quantity,
+                "per_user_limit": args.limit, "starts_at": start + args.lead, "duration": 3600})
+            if args.profile:
+                spies.append(subprocess.Popen(
+                    ["py-spy", "record", "-p", str(server.pid), "-d", str(int(args.duration)), "-r", "250",
+                     "-f", "raw", "-o", args.profile, "--nonblocking"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+        load.phase("warm-up", "floor", 1.5)
+        floor, floor_core, _ = load.phase("floor", "floor", args.floor)
+        storm, storm_core, storm_core1 = load.phase("storm", "tap", args.duration, on_start=open_sale)
+        for spy in spies:
+            spy.wait(60)
+        results = load.finish()
         sale = http(http_port, "GET", f"/api/rooms/{ROOM}/sales/{SALE}")["sale"]
         sold, offset = 0, 0
         while True:
@@ -405,14 +515,9 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
             if len(orders) < 1000:
                 break
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        if load is not None:
+            load.kill()
+        stop_server(server)
     lat = [x for r in storm for x in r["lat"]]
     floor_lat = [x for r in floor for x in r["lat"]]
     ts = [t for r in results for t in r["sold_out_ts"]]
@@ -426,6 +531,7 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         "taps_per_s": taps_per_s,  # answers that reached the clients within the storm window, per second
         "taps_answered": sum(r["replies"] for r in storm),
         "drained": all(r["drained"] for r in floor + storm),  # every message answered before the next phase
+        # every tap of the storm, before the sale opens, through the sell-out and after it
         "p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": max(lat, default=None),
         "floor_per_s": floor_per_s,
         "floor_p50": percentile(floor_lat, 50), "floor_p99": percentile(floor_lat, 99),
@@ -439,11 +545,28 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_storm": storm_core.server,
         "core0_others_storm": storm_core.others,
         "core0_busy_before": idle_before,
+        "core1_busy_storm": storm_core1,  # the clients' core, busy share (1.0 = all) over the storm
         "server_cpu_floor": floor_core.server,
         "core0_others_floor": floor_core.others,
         # CPU share over rate: the same window on both sides
         "server_us_per_tap": storm_core.server * 1e6 / taps_per_s if taps_per_s else None,
         "server_us_per_floor": floor_core.server * 1e6 / floor_per_s if floor_per_s else None,
+    }
+
+
+def one_round(args: argparse.Namespace) -> dict[str, Any]:
+    """The echo floors, then the engine, one after the other under the same load: one row of the tables."""
+    floors = {kind: echo_run(kind, args) for kind in args.floors}
+    result = one_run(args)
+    costs = {kind: f["server_us_per_msg"] for kind, f in floors.items() if f["server_us_per_msg"]}
+    fastest = min(costs, key=lambda kind: costs[kind]) if costs else None
+    tap = result["server_us_per_tap"]
+    return {
+        **result,
+        "floors": floors,
+        "fastest_floor": fastest,
+        "fastest_floor_us": costs[fastest] if fastest else None,
+        "x_fastest_floor": tap / costs[fastest] if fastest and tap else None,
     }
 
 
@@ -466,11 +589,86 @@ def storm_table(runs: list[dict[str, Any]], quantity: int) -> str:
         ["run", "sold / Q", "watchers saw 0", "all answered", *(title for title, _, _ in columns)], rows)
 
 
+def floors_table(runs: list[dict[str, Any]], kinds: list[str]) -> str:
+    """Per run: each echo floor's cost and latency, the engine's tap against the faster floor, and
+    core 0's disturbance (the busy share in the second before each server started, and the other
+    load in each measured window); then the medians."""
+
+    def floor(r: dict[str, Any], kind: str, key: str) -> Any:
+        return r["floors"].get(kind, {}).get(key)
+
+    def triple(values: list[Any], digits: int | list[int]) -> str:
+        places = digits if isinstance(digits, list) else [digits] * len(values)
+        return " / ".join(fmt(v, d) for v, d in zip(values, places, strict=True))
+
+    def row(label: Any, get: Callable[[str, str], Any], ratio: Any, fastest: str, answered: str) -> list[Any]:
+        return [
+            label,
+            *(fmt(get(kind, "server_us_per_msg"), 1) for kind in kinds),
+            fmt(get("storm", "server_us_per_tap"), 1), fastest, fmt(ratio, 2),
+            *(triple([get(kind, "msgs_per_s"), get(kind, "p50"), get(kind, "p99")], [0, 1, 1]) for kind in kinds),
+            triple([get(kind, "core0_busy_before") for kind in (*kinds, "storm")], 2),
+            triple([get(kind, "core1_busy") for kind in kinds] + [get("storm", "core1_busy_storm")], 2),
+            triple([get(kind, "core0_others") for kind in kinds]
+                   + [get("storm", "core0_others_storm"), get("storm", "core0_others_floor")], 2),
+            answered,
+        ]
+
+    rows = []
+    for k, r in enumerate(runs):
+        rows.append(row(k + 1, lambda kind, key, r=r: r.get(key) if kind == "storm" else floor(r, kind, key),
+                        r["x_fastest_floor"], r["fastest_floor"] or "-",
+                        "yes" if all(f["drained"] for f in r["floors"].values()) else "no"))
+    rows.append(row("median", lambda kind, key: median(
+        (r.get(key) if kind == "storm" else floor(r, kind, key)) for r in runs),
+        median(r["x_fastest_floor"] for r in runs), "", ""))
+    return markdown_table([
+        "run", *(f"{kind} echo µs/msg" for kind in kinds), "engine µs/tap", "faster floor", "x faster floor",
+        *(f"{kind} msgs/s / p50 / p99 ms" for kind in kinds),
+        f"core 0 busy before start ({' / '.join([*kinds, 'engine'])})",
+        f"core 1 (clients) busy ({' / '.join([*kinds, 'storm'])})",
+        f"others on core 0 ({' / '.join([*kinds, 'storm', 'in-engine floor'])})",
+        "floors all answered",
+    ], rows)
+
+
 def domain_table(runs: list[dict[str, float]]) -> str:
     answers = list(runs[0])
     rows = [[answer, fmt(median(r[answer] for r in runs), 1), ", ".join(fmt(r[answer], 1) for r in runs)]
             for answer in answers]
     return markdown_table(["tap answer", "CPU µs per tap (median)", "per run"], rows)
+
+
+def verdict(ok: bool | None) -> str:
+    return "not judged" if ok is None else "met" if ok else "not met"
+
+
+def targets(runs: list[dict[str, Any]], quantity: int) -> str:
+    """The storm's targets, judged on the medians over this command's runs (nearest-rank)."""
+    p99 = median(r["p99"] for r in runs)
+    last = median(r["last_watcher_ms"] for r in runs)
+    ratio = median(r["x_fastest_floor"] for r in runs)
+    exact = sum(1 for r in runs if r["sold"] == quantity and r["remaining"] == 0)
+    all_saw = sum(1 for r in runs if r["watchers_saw_zero"] == r["watchers"])
+    others = [r[key] for r in runs for key in ("core0_others_storm", "core0_others_floor")]
+    others += [f["core0_others"] for r in runs for f in r["floors"].values()]
+    busiest = max(others, default=None)
+    return "\n".join([
+        f"Targets, on the medians of {len(runs)} run(s):",
+        "",
+        f"- p99 tap-to-ack over the whole storm (before the sale opens, the sell-out and after it) < 25 ms: "
+        f"{fmt(p99, 1)} ms, {verdict(None if p99 is None else p99 < 25)}",
+        f"- exactly Q = {quantity:,} sold, remaining 0: in {exact} of {len(runs)} run(s), "
+        f"{verdict(exact == len(runs))}",
+        f"- the last watcher sees sold out within 250 ms: {fmt(last, 0)} ms "
+        f"(all watchers saw it in {all_saw} of {len(runs)} run(s)), "
+        f"{verdict(None if last is None or all_saw < len(runs) else last <= 250)}",
+        f"- server CPU per tap <= 1.25x the faster echo floor's per message: "
+        f"{fmt(ratio, 2) + 'x' if ratio is not None else '-'}, "
+        f"{verdict(None if ratio is None else ratio <= 1.25)}",
+        f"- the most other load on core 0 in any measured window: {fmt(busiest, 2)} of the core "
+        "(the targets assume a quiet core)",
+    ])
 
 
 def main() -> None:
@@ -481,19 +679,21 @@ def main() -> None:
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--quantity", type=int, default=10000, help="units in the flash sale (Q)")
     parser.add_argument("--limit", type=int, default=20, help="per-user limit of the sale")
-    parser.add_argument("--duration", type=float, default=8.0, help="storm seconds")
-    parser.add_argument("--floor", type=float, default=3.0, help="floor (baseline) seconds")
+    parser.add_argument("--duration", type=float, default=8.0, help="storm seconds (and each echo floor's)")
+    parser.add_argument("--floor", type=float, default=3.0, help="in-engine floor (unknown action) seconds")
+    parser.add_argument("--floors", default=",".join(ECHO_FLOORS),
+                        help="echo floors run before the engine in every round (bench/echo_floor.py); '' for none")
     parser.add_argument("--lead", type=float, default=2.0, help="seconds from storm start to sale start")
     parser.add_argument("--drain", type=float, default=30.0,
                         help="longest wait, after a phase, for its last answers before the next phase")
     parser.add_argument("--procs", type=int, default=4, help="client processes (all on core 1)")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5, help="rounds (each: the echo floors, then the engine)")
     parser.add_argument("--quiet", type=float, default=120.0,
-                        help="wait up to this many seconds for core 0 to be idle before each run")
+                        help="wait up to this many seconds for core 0 to be idle before each server starts")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra `livecart serve` argument, repeatable (e.g. --server-arg=--fanout-slice=2048)")
     parser.add_argument("--server-nice", type=int, default=0,
-                        help="nice value of the server's session (e.g. -10 when other work shares core 0)")
+                        help="nice value of each server's session (e.g. -10 when other work shares core 0)")
     parser.add_argument("--profile", default="", help="py-spy the server during the storm into this file")
     parser.add_argument("--name", default="", help="results go to bench/results/NAME.{md,json}")
     parser.add_argument("--port", type=int, default=0)
@@ -514,14 +714,31 @@ def main() -> None:
         print(markdown)
         print(write_results(args.name or "tapstorm-domain", run, markdown, domain_runs))
         return
-    runs = []
+    args.floors = [kind for kind in args.floors.split(",") if kind]
+    unknown = set(args.floors) - set(ECHO_FLOORS)
+    if unknown:
+        parser.error(f"unknown echo floor(s): {', '.join(sorted(unknown))}")
+    runs: list[dict[str, Any]] = []
     for k in range(args.runs):
-        result = one_run(args)
-        print(json.dumps({"run": k + 1, **result}), flush=True)
-        runs.append(result)
-    markdown = storm_table(runs, args.quantity)
+        runs.append(one_round(args))
+        print(json.dumps({"run": k + 1, **runs[-1]}), flush=True)
+        # written after every round, so the rounds done so far survive an interrupted command
+        markdown = storm_table(runs, args.quantity)
+        if args.floors:
+            markdown += (
+                "\n\nEcho floors (bench/echo_floor.py) in the same rounds, each pinned to core 0 under the same "
+                "load (same connections, same tap message, same pace), measured over a window as long as the "
+                "storm's; `x faster floor` = the engine's µs per tap over the faster floor's µs per message, "
+                "per run, and the median of those ratios. Core 0 busy before start: its busy share in the last "
+                "second of the wait for a quiet core (`--quiet`) before each server started. Others on core 0: "
+                "its busy share in each measured window that was not the server's. Core 1 busy: all load on "
+                "the clients' core in each window (at 1.00 the clients may have delayed the answers).\n\n"
+                + floors_table(runs, args.floors)
+            )
+        markdown += "\n\n" + targets(runs, args.quantity)
+        path = write_results(args.name or "tapstorm", run, markdown, runs)
     print(markdown)
-    print(write_results(args.name or "tapstorm", run, markdown, runs))
+    print(path)
 
 
 if __name__ == "__main__":
