@@ -109,7 +109,6 @@ class App:
             await self.rooms.create(self.config.demo_room, "Demo room")
         metrics.ROOMS.set(len(self.rooms.list()))
         await self.bus.start()
-        await self.cluster.start()
         await self.commerce.start(room.id for room in self.rooms.list())
         if new_demo and self.config.demo_catalog:
             await seed_demo_catalog(self.commerce, self.config.demo_room)
@@ -133,6 +132,8 @@ class App:
             raise StartupError(f"cannot listen on {self.config.host} port {self.config.http_port} "
                                f"(--http-port): {_reason(exc)}") from exc
         self.http_port = self._runner.addresses[0][1]
+        # Announced, and taking rooms' clocks, only once it serves: a node that cannot listen is never listed.
+        await self.cluster.start()
 
     async def stop(self) -> None:
         await self.channel.stop()

@@ -58,7 +58,9 @@ class Cluster:
         leases: Leases
         registry: NodeRegistry
         if config.redis_url:
-            self.redis = Redis.from_url(config.redis_url)
+            # A call that hangs is given up after a third of the lease TTL: the next renewal is due then.
+            wait = config.lease_ttl / 3
+            self.redis = Redis.from_url(config.redis_url, socket_timeout=wait, socket_connect_timeout=wait)
             leases = RedisLeases(self.redis, config.redis_prefix)
             registry = RedisNodeRegistry(self.redis, config.redis_prefix, config.node_ttl)
         else:
@@ -66,16 +68,19 @@ class Cluster:
             registry = MemoryNodeRegistry(config.node_ttl)
         self.clocks = LeaseKeeper(leases, self.node_id, config.lease_ttl, rooms)
         self.presence = Presence(registry, self.node_id, urls, load, config.node_heartbeat)
+        self._started = False
 
     async def start(self) -> None:
+        self._started = True
         await self.presence.start()
         await self.clocks.start()
         ROOM_CLOCKS.set_function(lambda: len(self.clocks.held()))
         NODES.set_function(lambda: len(self.presence.view()["nodes"]))
 
     async def stop(self) -> None:
-        await self.clocks.stop()
-        await self.presence.stop()
+        if self._started:
+            await self.clocks.stop()
+            await self.presence.stop()
         if self.redis is not None:
             await self.redis.aclose()
 

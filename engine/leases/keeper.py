@@ -17,6 +17,18 @@ from engine.leases.base import Grant, Leases
 
 log = logging.getLogger(__name__)
 
+#: Lease calls in flight at once in a round: a node with many rooms takes them in batches, not
+#: with one Redis connection per room.
+BATCH = 32
+
+
+async def _batched(calls: list[Awaitable[Grant | None]]) -> list[Grant | None | BaseException]:
+    """The calls' outcomes in order, at most BATCH of them awaited at a time; failures as values."""
+    results: list[Grant | None | BaseException] = []
+    for start in range(0, len(calls), BATCH):
+        results += await asyncio.gather(*calls[start:start + BATCH], return_exceptions=True)
+    return results
+
 
 class LeaseKeeper:
     """Holds, for ``holder``, every lease named by ``names()`` it can get, renewing each every third of ``ttl``.
@@ -87,14 +99,13 @@ class LeaseKeeper:
         names = sorted(wanted)
         calls = [self.leases.renew(self._grants[name], self.ttl) if name in self._grants
                  else self.leases.acquire(name, self.holder, self.ttl) for name in names]
-        results = await asyncio.gather(*calls, return_exceptions=True)
+        results = await _batched(calls)
         lost = [name for name, result in zip(names, results, strict=True)
                 if result is None and self._grants.pop(name, None) is not None]
         for name in lost:
             log.warning("lease %s: lost (it lapsed, or another node holds it now)", name)
         # A lease that lapsed (say while the store was away) may be free: try to take it again now.
-        retried = await asyncio.gather(*(self.leases.acquire(name, self.holder, self.ttl) for name in lost),
-                                       return_exceptions=True)
+        retried = await _batched([self.leases.acquire(name, self.holder, self.ttl) for name in lost])
         outcomes = dict(zip(names, results, strict=True)) | dict(zip(lost, retried, strict=True))
         failed = 0
         for name, result in outcomes.items():

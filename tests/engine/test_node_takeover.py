@@ -20,7 +20,7 @@ import pytest
 import websockets
 
 from tests.conftest import Client, RedisTarget
-from tests.engine.test_cli import start_server
+from tests.engine.test_cli import fails_to_start, start_server
 
 ADMIN = "cluster-admin-key"
 MUG = {"title": "Mug", "price": 1200, "currency": "EUR", "stock": 10}
@@ -128,3 +128,12 @@ def test_a_killed_holders_room_clock_is_taken_over_and_its_work_done_once(
     taken_over = asyncio.run(scenario())
     first.proc.wait(10)
     print(f"room clock taken over {taken_over:.2f} s after the holder was killed (lease TTL 1.5 s)")
+
+
+def test_bad_cluster_settings_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    assert "--node-heartbeat must be positive and shorter than --node-ttl" in fails_to_start(
+        "--node-heartbeat", "5", "--node-ttl", "5", data_dir=tmp_path / "a")
+    assert "--lease-ttl must be positive" in fails_to_start("--lease-ttl", "0", data_dir=tmp_path / "b")
+    assert "--node-id" in fails_to_start("--node-id", "node a", data_dir=tmp_path / "c")
+    assert "redis://" in fails_to_start("--redis-url", "http://127.0.0.1:6379", data_dir=tmp_path / "d")
+    assert not any(tmp_path.iterdir()), "a refused setting must not create a data directory"
