@@ -4,7 +4,8 @@ The Shop is pure (no sockets, no tasks); this module is where time passes and ev
 - each DomainEvent goes to the bus by kind: state -> `set_state` (coalesced per key at the bus tick),
   to one user -> `send_direct`, otherwise -> `publish` (ordered, kept in history);
 - a task ticks every room's shop on the room clock (reservation expiry, scheduled sales starting
-  and ending, the "bought in the last minute" window);
+  and ending, the "bought in the last minute" window); among several nodes, only the rooms whose
+  clock lease this node holds (`ClockLeases`);
 - calls that read then write across awaits (checkout, payment transitions, host edits, the tick)
   are serialised per user, order or room, so a backend whose calls really suspend (Redis) cannot
   interleave two of them. Taps are not: each is one atomic store call, and the hot path stays lean.

@@ -16,7 +16,7 @@ from engine.leases.redis import RedisLeases
 from tests.conftest import RedisTarget
 from tests.redis_server import RedisServer
 
-TTL = 0.4
+TTL = 1.0
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -14,7 +14,7 @@ from engine.nodes.presence import Presence
 from engine.nodes.redis import RedisNodeRegistry
 from tests.conftest import RedisTarget
 
-TTL = 0.4
+TTL = 1.0
 
 
 @pytest.fixture(params=["memory", "redis"])
