@@ -119,7 +119,9 @@ class Presence:
     async def beat(self) -> None:
         """One heartbeat, then a fresh list of live nodes; a registry that fails is logged once until it answers."""
         try:
-            for room in await self.registry.heartbeat(self.info()):
+            refused = await self.registry.heartbeat(self.info())
+            self._refused &= set(refused)  # a claim granted since may be refused and reported again later
+            for room in refused:
                 self._refused_claim(room, await self.registry.publisher_node(room) or "another")
             self._nodes = await self.registry.nodes()
         except Exception as exc:
