@@ -9,6 +9,7 @@ from aiohttp import web
 
 from engine import metrics
 from engine.bus.memory import MemoryBus
+from engine.cluster import Cluster
 from engine.config import Config
 from engine.demo import seed_demo_catalog
 from engine.media.config import MediaConfig
@@ -51,6 +52,8 @@ class App:
         # Settings are checked before any I/O: a bad one leaves nothing behind on disk.
         public_urls(config, config.http_port, config.ws_port)
         media = media_config(config)
+        self.cluster = Cluster(config, rooms=lambda: [room.id for room in self.rooms.list()],
+                               urls=lambda: (self.urls().base, self.urls().ws), load=self.load)
         self.config = config
         self.lock = DataDirLock(config.data_path)  # DataDirInUse if another process serves it
         self.storage = Storage(config.data_path, busy_timeout=config.db_busy_timeout, fsync=config.fsync_orders)
@@ -64,19 +67,21 @@ class App:
         self.http = web.Application(middlewares=middlewares, client_max_size=1 << 20)
         self.http_gate = AddressGate(config.max_http_per_ip)
         self.guest_limiter = room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key),
-                                         self.viewers, self.urls)
+                                         self.viewers, self.urls, health=lambda: {"node": self.cluster.view()})
         # Rooms, commerce records and the purchase log share the storage's one connection on its own
         # thread: an order and its log entry commit in one transaction, and no commit runs on the loop.
         purchase_log = SqlitePurchaseLog(self.storage.db, config.purchase_log_size)
         self.commerce = Commerce(
             self.bus, stock=MemoryStockStore(config.max_user_requests), log=purchase_log,
             records=SqliteRecords(self.storage.db, purchase_log), config=shop_config(config),
-            room_exists=lambda room: self.rooms.get(room) is not None, tick_seconds=config.commerce_tick_ms / 1000)
+            room_exists=lambda room: self.rooms.get(room) is not None, tick_seconds=config.commerce_tick_ms / 1000,
+            clock_leases=self.cluster.clocks if config.redis_url else None)
         register_commerce(self.channel, self.commerce, config)
         self.purchases = register_purchases(self.channel, self.commerce.log, config)
         commerce_routes(self.http, self.commerce, Auth(self.secret, self.admin_key))
         purchase_routes(self.http, self.commerce.log, Auth(self.secret, self.admin_key))
         self.media = MediaService(config=media, rooms=self.rooms, bus=self.bus, audience=self.channel.audience)
+        self.media.on_publisher = self.cluster.presence.publisher
         access = ViewAccess(self.rooms, self.secret)
         add_media_routes(self.http, self.media, access)
         register_media(self.channel, self.media, access)
@@ -92,6 +97,11 @@ class App:
     def viewers(self, room: str) -> int:
         """People watching ``room``, each once, by websocket, WHEP or both (signaling.audience)."""
         return self.channel.audience.count(room)
+
+    def load(self) -> tuple[int, int]:
+        """(viewers, open connections) of this node, for its registry heartbeat."""
+        viewers = sum(self.viewers(room.id) for room in self.rooms.list())
+        return viewers, len(self.channel.sessions) + self.media.peer_count
 
     async def start(self) -> None:
         new_demo = bool(self.config.demo_room) and self.rooms.get(self.config.demo_room) is None
@@ -122,6 +132,8 @@ class App:
             raise StartupError(f"cannot listen on {self.config.host} port {self.config.http_port} "
                                f"(--http-port): {_reason(exc)}") from exc
         self.http_port = self._runner.addresses[0][1]
+        # Announced, and taking rooms' clocks, only once it serves: a node that cannot listen is never listed.
+        await self.cluster.start()
 
     async def stop(self) -> None:
         await self.channel.stop()
@@ -130,6 +142,7 @@ class App:
         await self.media.stop()
         await self.purchases.stop()
         await self.commerce.stop()
+        await self.cluster.stop()
         await self.bus.stop()
         self.storage.close()
         self.lock.release()

@@ -24,6 +24,16 @@ class Config:
     public_url: str = field(default="", metadata={
         "help": "base URL people reach the HTTP side at, for links and pages (default from host and port)"})
     data_dir: str = field(default="./livecart-data", metadata={"help": "SQLite data directory"})
+    redis_url: str = field(default="", metadata={"help": "Redis URL (redis://, rediss://) for shared backends; empty: this process alone"})
+    redis_prefix: str = field(default="livecart:", metadata={"help": "prefix of every Redis key"})
+    node_id: str = field(default="", metadata={
+        "help": "this node's id in the node registry and on its leases (default: host name and a random suffix)"})
+    node_heartbeat: float = field(default=1.0, metadata={"help": "seconds between this node's registry heartbeats"})
+    node_ttl: float = field(default=5.0, metadata={
+        "help": "seconds a node stays listed (and keeps its publisher claims) after its last heartbeat"})
+    lease_ttl: float = field(default=3.0, metadata={
+        "help": "seconds a room's clock lease outlives its holder's last renewal (renewed every third of it): "
+                "how soon another node takes a dead node's rooms over"})
     secret: str = field(default="", metadata={"help": "token signing secret (default: kept in data dir)"})
     admin_key: str = field(default="", metadata={"help": "admin API key (default: kept in data dir)"})
     demo_room: str = field(default="demo", metadata={"help": "room created on start ('' for none)"})

@@ -4,7 +4,8 @@ The Shop is pure (no sockets, no tasks); this module is where time passes and ev
 - each DomainEvent goes to the bus by kind: state -> `set_state` (coalesced per key at the bus tick),
   to one user -> `send_direct`, otherwise -> `publish` (ordered, kept in history);
 - a task ticks every room's shop on the room clock (reservation expiry, scheduled sales starting
-  and ending, the "bought in the last minute" window);
+  and ending, the "bought in the last minute" window); among several nodes, only the rooms whose
+  clock lease this node holds (`ClockLeases`);
 - calls that read then write across awaits (checkout, payment transitions, host edits, the tick)
   are serialised per user, order or room, so a backend whose calls really suspend (Redis) cannot
   interleave two of them. Taps are not: each is one atomic store call, and the hot path stays lean.
@@ -57,6 +58,13 @@ def run_now(coro: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("this stock backend suspends: snapshots need an async hook")
 
 
+class ClockLeases(Protocol):
+    """Which rooms' clocks run on this node (engine.leases.keeper.LeaseKeeper): one node per room at a time."""
+
+    def token(self, room: str) -> int | None: ...
+    async def confirm(self, room: str, token: int) -> bool: ...
+
+
 class KeyedLocks:
     """One asyncio.Lock per key while someone holds or waits for it (bounded by callers in flight)."""
 
@@ -95,6 +103,7 @@ class Commerce:
         room_exists: Callable[[str], bool],
         tick_seconds: float = 0.2,
         clock: Callable[[], float] = time.time,
+        clock_leases: ClockLeases | None = None,
     ) -> None:
         self.bus = bus
         self.stock = stock
@@ -104,6 +113,7 @@ class Commerce:
         self.clock = clock
         self._room_exists = room_exists
         self._tick_seconds = tick_seconds
+        self._clock_leases = clock_leases  # None: this process alone runs every room's clock
         self._shops: dict[str, Shop] = {}
         self._loading: dict[str, asyncio.Task[Shop]] = {}
         self._unloaded: set[str] = set()  # rooms whose records failed to load at start
@@ -181,11 +191,25 @@ class Commerce:
                 await bus.send_direct(room, event.user, event.type, event.data)
 
     async def tick(self) -> None:
-        """Advance every loaded shop to the clock's now and publish what changed."""
+        """Advance every loaded shop whose clock lease this node holds to the clock's now and publish
+        what changed.
+
+        Fencing: before a tick's events go out, the lease's token is checked against the store. If
+        another node took the room over meanwhile (this one paused past the TTL), the room-wide
+        announcements (sale.started, sale.ended) are withheld, since the new holder makes them; what
+        the stock store applied atomically (an expired reservation is removed by one caller only) and
+        latest-wins state values are still reported by the node that applied them. Nothing goes out twice."""
+        leases = self._clock_leases
         for room, shop in list(self._shops.items()):
+            token = None if leases is None else leases.token(room)
+            if leases is not None and token is None:
+                continue  # another node runs this room's clock
             try:
                 async with self._locks.hold(("room", room)):
                     events = await shop.tick()
+                if token is not None and events and not await leases.confirm(room, token):
+                    log.warning("room %s: its clock lease was lost during a tick; its announcements are withheld", room)
+                    events = [event for event in events if event.state or event.user is not None]
                 await self.deliver(room, events)
             except Exception:  # one room's failure must not stop the clock of the others
                 log.exception("commerce tick failed in room %s", room)

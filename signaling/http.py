@@ -125,9 +125,10 @@ class Auth:
 
 
 def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
-                viewers: Callable[[str], int], urls: Callable[[], PublicUrls]) -> BucketTable:
-    """Rooms, tokens, health and metrics; ``urls`` gives the public URLs for room links. Returns the
-    guest-token limiter (per client address)."""
+                viewers: Callable[[str], int], urls: Callable[[], PublicUrls],
+                health: Callable[[], dict[str, Any]] = dict) -> BucketTable:
+    """Rooms, tokens, health and metrics; ``urls`` gives the public URLs for room links, ``health``
+    what /healthz tells beside its status. Returns the guest-token limiter (per client address)."""
     guests = BucketTable(config.guest_rate, config.guest_burst, config.limiter_entries)
 
     def public(room_id: str) -> dict[str, Any]:
@@ -199,7 +200,7 @@ def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
         return json_response({"token": token, "role": "viewer", "ws": urls().ws}, status=201)
 
     async def healthz(request: web.Request) -> web.Response:
-        return json_response({"status": "ok"})
+        return json_response({"status": "ok", **health()})
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

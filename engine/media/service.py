@@ -124,6 +124,9 @@ class MediaService:
         self._audience = audience
         #: Told of each viewer ended for a codec change (the websocket channel tells its page to offer again).
         self.on_stranded: StrandedHook | None = None
+        #: Told ``(room, True)`` when a room's publisher attaches here and ``(room, False)`` when it
+        #: leaves (the node registry records which node holds each room's publisher).
+        self.on_publisher: Callable[[str, bool], None] | None = None
         self._media: dict[str, MediaRoom] = {}
         self._sessions: dict[str, _Session] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -215,6 +218,8 @@ class MediaService:
             session.remote_candidates = screened.received
             self._sessions[session_id] = session
         metrics.PUBLISHERS.labels(room_id).set(1)
+        if self.on_publisher is not None:
+            self.on_publisher(room_id, True)
         self._watch(session)
         self._spawn(self._connect_deadline(session))
         self._spawn(self._watch_media(session))
@@ -607,6 +612,8 @@ class MediaService:
             await self._discard(session.pc)
             if media.end_source(session.id):
                 metrics.PUBLISHERS.labels(media.id).set(0)
+                if self.on_publisher is not None:
+                    self.on_publisher(media.id, False)
                 await self._bus.publish(media.id, "media.offline", {"reason": "publisher_left"})
                 self._bus.set_state(media.id, "media", "media.status", self._status(media))
         self._forget_if_empty(media)

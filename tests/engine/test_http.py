@@ -108,7 +108,14 @@ async def metrics_page(app: App) -> dict[str, float]:
 
 async def test_health_and_metrics(engine: App) -> None:
     async with aiohttp.ClientSession() as http, http.get(f"{base(engine)}/healthz") as resp:
-        assert resp.status == 200 and (await resp.json()) == {"status": "ok"}
+        assert resp.status == 200
+        health = await resp.json()
+    # This node alone: it runs the demo room's clock, holds no publisher, and is the one live node.
+    node = health["node"]
+    assert health["status"] == "ok" and node["id"] == engine.cluster.node_id
+    assert node["clocks"] == ["demo"] and node["publishers"] == []
+    assert [(n["id"], n["http_url"], n["ws_url"]) for n in node["nodes"]] == [
+        (node["id"], engine.urls().base, engine.urls().ws)]
     # Counters are process-wide and earlier tests moved them too: check what this test changes.
     before = await metrics_page(engine)
     client = await connect(engine)
@@ -128,6 +135,7 @@ async def test_health_and_metrics(engine: App) -> None:
     for name in ("livecart_rooms", "livecart_events_published_total", "livecart_events_delivered_total",
                  'livecart_event_delivery_seconds_bucket{le="+Inf"}'):
         assert name in after, name
+    assert after["livecart_room_clocks"] == 1 and after["livecart_nodes"] == 1
     await client.close()
     await refused.close()
 
