@@ -142,12 +142,15 @@ class Session:
         snapshot with ``resync`` once it has caught up, or is closed 4008)."""
         if not self.open or self.lagging_since is not None:
             return False
-        return self.write_payload(self.encode(message))
+        return self._write(self.encode(message))
 
     def write_payload(self, payload: bytes) -> bool:
         """Write one encoded message (JSON or msgpack, as this connection speaks)."""
         if not self.open or self.lagging_since is not None:
             return False
+        return self._write(payload)
+
+    def _write(self, payload: bytes) -> bool:
         if self.raw:
             data = frame(BINARY if self.packed else TEXT, payload)
             if not self.fits(len(data)):
@@ -306,7 +309,7 @@ class Channel:
                 raise protocol.Refusal("too_many_connections", protocol.CLOSE_FLOOD,
                                        f"at most {self.config.max_connections_per_user} connections per user")
         except protocol.Refusal as refusal:
-            metrics.rejected(refusal.code).inc()
+            metrics.rejected(refusal.code)
             ws.write(frame(TEXT, orjson.dumps(protocol.error(refusal.code, refusal.message))))
             ws.close(refusal.close_code, refusal.message[:120])
             return
@@ -470,7 +473,7 @@ class Channel:
         session.send_now(ack)
 
     def _refuse(self, session: Session, error: CodedError, request_id: Any) -> None:
-        metrics.rejected(error.code).inc()
+        metrics.rejected(error.code)
         session.write_payload(self._refusals.payload(error.code, error.message, request_id, session.packed))
 
     # -- timers -------------------------------------------------------------------------------
