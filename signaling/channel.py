@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 CLIENT_TURN = 0.002  # seconds one client's messages may hold the loop before others get a turn
 
 # A handler answers with the ack's fields, or returns (or raises) a CodedError for an error reply.
-Handler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any] | CodedError | None]]
+# It is a coroutine function: the channel steps it itself, and makes a task only if it suspends.
+Handler = Callable[["Session", dict[str, Any]], Coroutine[Any, Any, dict[str, Any] | CodedError | None]]
 
 
 @dataclass(frozen=True, slots=True)
