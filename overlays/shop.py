@@ -30,7 +30,7 @@ from overlays.events import DomainError, DomainEvent, discrete, state
 from overlays.idempotency import RequestMemory
 from overlays.orders import CANCELLED, PAID, PLACED, Order, OrderLine, SalesStats
 from overlays.records import RecordStore
-from overlays.sales import ENDED, LIVE, Sale, SaleBook
+from overlays.sales import ENDED, LIVE, SCHEDULED, Sale, SaleBook
 from overlays.stock.base import Reservation, StockStore
 from overlays.tags import Tag, TagBoard
 
@@ -90,6 +90,9 @@ class Shop:
         self._sales = SaleBook(self.config.max_sales)
         self._pools: dict[str, tuple[str, str | None]] = {}  # pool -> (product id, sale id or None)
         self._sold_out: set[str] = set()  # sales announced sold out
+        # (sale id, phase) -> the refusal of a tap outside the sale's live time, made once: a storm
+        # opens with thousands of them. Returned, never raised, so sharing one is safe.
+        self._not_live: dict[tuple[str, str], DomainError] = {}
         self._figures: dict[str, int] = {}  # pool -> store version of the newest figure handled
         # Refused checkouts for retries, each kept for the hold time (a placed order is found in the
         # records; taps are remembered by the stock store).
@@ -275,6 +278,8 @@ class Shop:
         self._pools.pop(sale.pool, None)
         self._figures.pop(sale.pool, None)
         self._sold_out.discard(sale.id)
+        for phase in (SCHEDULED, ENDED):
+            self._not_live.pop((sale.id, phase), None)
         await self._records.delete_sale(self.room, sale.id)
 
     # -- carts (viewers) ----------------------------------------------------------------------
@@ -373,16 +378,22 @@ class Shop:
         if type(qty) is not int or not 1 <= qty <= self.config.max_tap_qty:
             raise DomainError("bad_request", f"qty must be an integer in [1, {self.config.max_tap_qty}]")
         if sale_id is not None:
-            sale = self._sales.get(check_id("sale_id", sale_id))
+            # A known id was checked when its sale was made: only an unknown one is checked here.
+            sale = (type(sale_id) is str and self._sales.find(sale_id)) or self._sales.get(check_id("sale_id", sale_id))
             if product_id is not None and check_id("product_id", product_id) != sale.product_id:
                 raise DomainError("bad_request", "the sale is for another product")
             phase = sale.phase(now)
             if phase != LIVE:
-                return DomainError("sale_not_live", f"sale {sale.id} is {phase}")
+                refusal = self._not_live.get((sale.id, phase))
+                if refusal is None:
+                    refusal = self._not_live[(sale.id, phase)] = DomainError(
+                        "sale_not_live", f"sale {sale.id} is {phase}")
+                return refusal
             return sale.pool, sale.per_user_limit, sale.price
         if product_id is None:
             raise DomainError("bad_request", "tap a product_id or a sale_id")
-        product = self._catalog.get(check_id("product_id", product_id))
+        product = (type(product_id) is str and self._catalog.find(product_id)) or self._catalog.get(
+            check_id("product_id", product_id))
         return product.pool, None, product.price
 
     async def uncart(self, user: str, reservation_id: str) -> Outcome[dict[str, Any]]:
