@@ -7,7 +7,8 @@ The Shop is pure (no sockets, no tasks); this module is where time passes and ev
   and ending, the "bought in the last minute" window);
 - calls that read then write across awaits (checkout, payment transitions, host edits, the tick)
   are serialised per user, order or room, so a backend whose calls really suspend (Redis) cannot
-  interleave two of them. Taps are not: each is one atomic store call, and the hot path stays lean.
+  interleave two of them. Taps are not: each is one atomic store call (then a read of the cart's
+  totals for the answer), and the hot path stays lean.
 
 `clock` is a plain attribute so tests can swap in a controllable clock at any time.
 """
