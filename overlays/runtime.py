@@ -8,7 +8,8 @@ The Shop is pure (no sockets, no tasks); this module is where time passes and ev
   clock lease this node holds (`ClockLeases`);
 - calls that read then write across awaits (checkout, payment transitions, host edits, the tick)
   are serialised per user, order or room, so a backend whose calls really suspend (Redis) cannot
-  interleave two of them. Taps are not: each is one atomic store call, and the hot path stays lean.
+  interleave two of them. Taps are not: each is one atomic store call (then a read of the cart's
+  totals for the answer), and the hot path stays lean.
 
 `clock` is a plain attribute so tests can swap in a controllable clock at any time.
 """
@@ -224,16 +225,17 @@ class Commerce:
     async def tap(
         self, room: str, user: str, request_id: str, *,
         product_id: Any = None, sale_id: Any = None, qty: Any = 1,
-    ) -> tuple[dict[str, Any], dict[str, Any]] | DomainError:
-        """(the new cart line, the whole cart), or the refusal as a value (see
-        Shop.tap_or_refusal). The hot path: one store call, no lock."""
+    ) -> dict[str, Any] | DomainError:
+        """The tap's answer (the reservation and the cart's totals; the line itself goes to the
+        user as `cart.added`, handed to the bus before this returns), or the refusal as a value
+        (see Shop.tap_or_refusal). The hot path: no lock."""
         shop = self._shops.get(room) or await self.shop(room)
         outcome = await shop.tap_or_refusal(user, request_id, product_id=product_id, sale_id=sale_id, qty=qty)
         if type(outcome) is DomainError:
             return outcome
         if outcome.events:
             await self.deliver(room, outcome.events)
-        return outcome.result, await shop.cart_of(user)
+        return outcome.result
 
     async def uncart(self, room: str, user: str, reservation_id: Any) -> dict[str, Any]:
         if type(reservation_id) is not str:

@@ -46,16 +46,15 @@ def register_commerce(channel: Channel, commerce: Commerce, config: Config) -> N
         if session.identity.guest and not config.guest_checkout:
             raise ProtocolError("forbidden", "guests may watch and chat; buying needs a token from the shop")
 
-    async def tap(session: Session, message: dict[str, Any]) -> dict[str, Any]:
-        """A storm is mostly refusals, so they come back as values and are answered without a raise."""
+    async def tap(session: Session, message: dict[str, Any]) -> dict[str, Any] | DomainError:
+        """A storm is mostly refusals, so they come back as values and are answered without a raise.
+        The answer is the runtime's as it is (`reservation`, `cart` totals): the new line reached
+        the user as `cart.added` just before it."""
         may_buy(session)
-        result = await commerce.tap(
+        return await commerce.tap(
             session.room, session.sub, _request_id(message, "tap"),
             product_id=message.get("product_id"), sale_id=message.get("sale_id"), qty=message.get("qty", 1),
         )
-        if type(result) is DomainError:
-            return result
-        return {"line": result[0], "cart": result[1]}
 
     async def uncart(session: Session, message: dict[str, Any]) -> dict[str, Any]:
         return {"cart": await commerce.uncart(session.room, session.sub, message.get("reservation"))}

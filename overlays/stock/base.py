@@ -36,7 +36,8 @@ class Reservation(NamedTuple):
 
 
 class ReserveResult(NamedTuple):
-    """`code` is None on success, else sold_out, limit_reached, not_found or bad_request.
+    """`code` is None on success, else sold_out, limit_reached, not_found or bad_request, or the
+    code of a refusal the caller decided itself (`refuse`), which comes with its `message`.
     `available` is the pool's availability after the call (0 when the pool is unknown).
     `replay` marks the first result handed out again for a repeated request id: nothing changed,
     and `available` is a figure from the past (not to be published)."""
@@ -46,6 +47,7 @@ class ReserveResult(NamedTuple):
     available: int
     version: int
     replay: bool = False
+    message: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -87,7 +89,19 @@ class StockStore(Protocol):
         """Hold qty units for user at `unit_amount` each, idempotent on (room, user, request_id):
         a repeat returns the first result with `replay` set, until `expires_at` of the first
         call has passed (refusals too), whatever other users do meanwhile. A backend may bound
-        the requests it remembers per user (that user's oldest go first), never across users."""
+        the requests it remembers per user (that user's oldest go first), never across users.
+        This memory is the only one of tap outcomes: it is atomic with the units, so a retry that
+        races its original (a backend whose calls suspend) cannot reserve twice."""
+        ...
+
+    async def refuse(
+        self, room: str, user: str, request_id: str, code: str, message: str, expires_at: float
+    ) -> ReserveResult:
+        """A tap the caller refused before any pool was touched (the sale is not live, the item is
+        unknown, the request is malformed), kept in the same memory as `reserve`'s results: the
+        first result of (room, user, request_id) with `replay` set if the id was seen (a retry of
+        a tap that reserved gets its reservation back, whatever the caller decides now), else this
+        refusal, remembered until `expires_at`."""
         ...
 
     async def release(self, room: str, user: str, reservation_id: str) -> Returned | None:

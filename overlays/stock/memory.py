@@ -37,9 +37,15 @@ class _Pool:
             self.held.pop(user, None)
 
 
+def _replayed(result: ReserveResult) -> ReserveResult:
+    """The remembered result, marked as handed out again (built directly: `_replace` costs twice
+    as much, and every retry pays it)."""
+    return ReserveResult(result.code, result.reservation, result.available, result.version, True, result.message)
+
+
 class MemoryStockStore:
-    """Tap results are remembered per room until their hold time ends, at most
-    `max_user_requests` per user and room (see overlays.idempotency for the memory bound)."""
+    """Tap results (`reserve`'s and `refuse`'s) are remembered per room until their hold time
+    ends, at most `max_user_requests` per user and room (see overlays.idempotency for the bound)."""
 
     def __init__(self, max_user_requests: int = 1000) -> None:
         self.max_user_requests = max_user_requests
@@ -97,12 +103,10 @@ class MemoryStockStore:
         expires_at: float,
         unit_amount: int,
     ) -> ReserveResult:
-        memory = self._requests.get(room)
-        if memory is None:
-            memory = self._requests[room] = RequestMemory(self.max_user_requests)
+        memory = self._memory(room)
         result = memory.get(user, request_id)
         if result is not None:
-            return result._replace(replay=True)
+            return _replayed(result)
         current = self._pools.get((room, pool))
         if current is None:
             result = ReserveResult("not_found", None, 0, 0)
@@ -119,6 +123,23 @@ class MemoryStockStore:
                 result = ReserveResult(None, reservation, available - qty, current.version)
         memory.remember(user, request_id, result, expires_at)
         return result
+
+    async def refuse(
+        self, room: str, user: str, request_id: str, code: str, message: str, expires_at: float
+    ) -> ReserveResult:
+        memory = self._memory(room)
+        result = memory.get(user, request_id)
+        if result is not None:
+            return _replayed(result)
+        result = ReserveResult(code, None, 0, 0, False, message)
+        memory.remember(user, request_id, result, expires_at)
+        return result
+
+    def _memory(self, room: str) -> RequestMemory[ReserveResult]:
+        memory = self._requests.get(room)
+        if memory is None:
+            memory = self._requests[room] = RequestMemory(self.max_user_requests)
+        return memory
 
     def _hold(
         self, room: str, current: _Pool, pool: str, user: str, qty: int, expires_at: float, unit_amount: int

@@ -149,3 +149,20 @@ async def test_refusals_are_remembered_for_the_hold_time(stock) -> None:
     assert (await stock.reserve(R, "p", "u", "a", 2, None, 10.0, 5)).code == "sold_out"
     await stock.expire(R, 10.0)
     assert (await stock.reserve(R, "p", "u", "a", 2, None, 20.0, 5)).ok
+
+
+async def test_refusals_the_caller_decided_share_the_request_memory(stock) -> None:
+    await stock.define(R, "p", 5)
+    refused = await stock.refuse(R, "u", "a", "sale_not_live", "sale s is scheduled", 10.0)
+    assert (refused.code, refused.message, refused.replay, refused.reservation) == (
+        "sale_not_live", "sale s is scheduled", False, None)
+    again = await stock.reserve(R, "p", "u", "a", 1, None, 10.0, 5)  # the same id, reservable now
+    assert again.replay and again._replace(replay=False) == refused
+    assert (await stock.counters(R, "p")).reserved == 0
+    first = await stock.reserve(R, "p", "u", "b", 1, None, 10.0, 5)
+    back = await stock.refuse(R, "u", "b", "sale_not_live", "sale s is ended", 10.0)  # a retry, refused now
+    assert back.replay and back.reservation == first.reservation
+    await stock.expire(R, 10.0)  # the hold is over: both ids are forgotten
+    fresh = await stock.refuse(R, "u", "a", "not_found", "no such sale", 20.0)
+    assert not fresh.replay and fresh.code == "not_found"
+    assert (await stock.reserve(R, "p", "u", "b", 1, None, 20.0, 5)).ok
