@@ -30,6 +30,7 @@ from overlays.purchases.base import PurchaseLog
 from overlays.records import RecordStore
 from overlays.shop import Shop, ShopConfig
 from overlays.stock.base import StockStore
+from overlays.stock.memory import MemoryStockStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -291,6 +292,23 @@ class Commerce:
     async def sale(self, room: str, sale_id: Any) -> dict[str, Any]:
         """One sale of the room's public view (not_found if there is none)."""
         return await (await self.shop(room)).sale_view(sale_id)
+
+    @property
+    def suspends(self) -> bool:
+        """Whether stock calls really wait (a networked store): snapshots are then read ahead
+        with `snapshot`, as `snapshot_now` cannot run them."""
+        return not isinstance(self.stock, MemoryStockStore)
+
+    async def snapshot(self, room: str, user: str | None) -> dict[str, Any]:
+        """The shop part of the room snapshot, read again (at most twice more) if the shop changed
+        while it was read, so its parts agree with each other."""
+        shop = await self.shop(room)
+        for _ in range(3):
+            version = shop.version
+            snap = await shop.snapshot(user)
+            if shop.version == version:
+                break
+        return snap
 
     def snapshot_now(self, room: str, user: str | None) -> dict[str, Any]:
         """The same, synchronously, for the channel's snapshot hook. It never touches the

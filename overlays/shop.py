@@ -101,6 +101,11 @@ class Shop:
         self._view: dict[str, Any] | None = None
         self._version = 0
 
+    @property
+    def version(self) -> int:
+        """Grows with every change clients see (the view is rebuilt after it)."""
+        return self._version
+
     # -- start --------------------------------------------------------------------------------
 
     async def load(self) -> None:
@@ -133,7 +138,14 @@ class Shop:
             if units > quantity:
                 self.oversold[pool] = (units, quantity)
                 quantity = units
-            counters = await self._stock.define(self.room, pool, quantity, sold.get(pool, {}))
+            try:
+                counters = await self._stock.define(self.room, pool, quantity, sold.get(pool, {}))
+            except DomainError as error:
+                if error.code != "conflict":
+                    raise
+                # A shared store (Redis) that outlived this process still holds carts of this
+                # pool: its counts are current (orders were counted there as they were made).
+                counters = await self._stock.define(self.room, pool, quantity)
             if (
                 sale_id is not None
                 and counters.available == 0

@@ -216,6 +216,9 @@ class Channel:
         self.secret = secret
         self.actions = Actions()
         self.snapshot_parts: list[Callable[[Session], dict[str, Any]]] = []
+        #: Awaited just before a snapshot is built, for parts whose data lives elsewhere (Redis):
+        #: they fetch it here, and their snapshot part, built right after, hands it out.
+        self.snapshot_prepares: list[Callable[[Session], Awaitable[None]]] = []
         self.on_close: list[Callable[[Session], Awaitable[None]]] = []
         self.hubs: dict[str, RoomHub] = {}
         #: Viewers per room, websocket and media paths together (the media relay reports its own).
@@ -295,6 +298,10 @@ class Channel:
         session.last_seq = body["seq"]
         return body
 
+    async def _prepare_snapshot(self, session: Session) -> None:
+        for prepare in self.snapshot_prepares:
+            await prepare(session)
+
     def _hub(self, room: str) -> RoomHub:
         hub = self.hubs.get(room)
         if hub is None:
@@ -325,6 +332,8 @@ class Channel:
         session = Session(self, connection, identity, room, next(self._ids), limits)
         self.sessions[session.conn_id] = session
         metrics.CONNECTIONS.labels(session.role).inc()
+        if room != "*":
+            await self._prepare_snapshot(session)  # then no await until the greeting is sent
         hub = None if room == "*" else self._hub(room)  # "*": a service in no room (purchase events)
         if hub is not None:
             hub.add(session)
@@ -448,6 +457,7 @@ class Channel:
             await asyncio.sleep(0.1)
             now = time.monotonic()
             for session in list(self.lagging):
+                await self._prepare_snapshot(session)
                 session.recover_or_close(now)
 
 

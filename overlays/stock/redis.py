@@ -340,8 +340,15 @@ class RedisStockStore:
                  timeout: float = 1.0, max_connections: int = 64) -> RedisStockStore:
         return cls(connect(url, timeout=timeout, max_connections=max_connections), prefix, max_user_requests)
 
+    async def ping(self) -> None:
+        """Check that Redis answers (at start); StorageUnavailable if it does not."""
+        try:
+            await self.client.ping()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StorageUnavailable(f"Redis does not answer ({exc})") from exc
+
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)
 
     def _base(self, room: str) -> str:
         return f"{self.prefix}{{{room}}}:"
