@@ -110,6 +110,7 @@ class Commerce:
         self._unloaded: set[str] = set()  # rooms whose records failed to load at start
         self._locks = KeyedLocks()
         self._ticker: asyncio.Task[None] | None = None
+        self._ticks_failing: set[str] = set()  # rooms whose last tick found the store unavailable
 
     def _now(self) -> float:
         return self.clock()
@@ -187,7 +188,14 @@ class Commerce:
             try:
                 async with self._locks.hold(("room", room)):
                     events = await shop.tick()
+                if room in self._ticks_failing:
+                    self._ticks_failing.discard(room)
+                    log.warning("room %s: its clock runs again", room)
                 await self.deliver(room, events)
+            except StorageUnavailable as error:  # said once per outage, not at every tick
+                if room not in self._ticks_failing:
+                    self._ticks_failing.add(room)
+                    log.warning("room %s: its clock waits for the store: %s", room, error)
             except Exception:  # one room's failure must not stop the clock of the others
                 log.exception("commerce tick failed in room %s", room)
 
