@@ -402,7 +402,7 @@ class Shop:
         if found is not None:
             return Outcome(Order.from_dict(found).public(), [])
         now = self._clock()
-        held = await self._stock.commit(self.room, user, now)
+        held = await self._stock.commit(self.room, user, now, request_id)
         if not held:
             error = DomainError("cart_empty", "nothing in the cart to check out")
             self._checkouts.remember(user, request_id, error, now + self.config.hold_seconds)

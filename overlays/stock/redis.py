@@ -14,6 +14,8 @@ is the hash tag; room ids hold no braces):
   req:<user>      hash  request id -> the first reserve result (JSON)
   reqo:<user>     zset  that user's request ids, oldest first (the per-user bound drops these first)
   reqx            zset  "user\\nrequest" by the time the result stops being remembered
+  ck:<user>       hash  the user's last commit made with a request id: request, lines (for a retry)
+  ckx             zset  users with a remembered commit, by the end of its lines' hold
   seq             string  the room's counter: reservation ids and cart order
 Scripts name the room's keys they always touch in KEYS and derive the per-pool and per-user ones
 from the room's key base, which lies in the same slot.
@@ -178,11 +180,15 @@ if cjson.decode(rec)[2] ~= ARGV[2] then return {} end
 return unhold(ARGV[3], rec)
 """
 
-# KEYS: res, expiry, reqx. ARGV: base, now, batch. Returns the units given back, flattened by 4.
-# The request ids remembered until `now` are forgotten in the first batch.
+# KEYS: res, expiry, reqx, ckx. ARGV: base, now, batch. Returns the units given back, flattened by 4.
+# The request ids and commits remembered until `now` are forgotten in the first batch.
 _EXPIRE = _LIB + r"""
-local res, expiry, reqx = KEYS[1], KEYS[2], KEYS[3]
+local res, expiry, reqx, ckx = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = ARGV[2]
+for _, user in ipairs(redis.call('ZRANGEBYSCORE', ckx, '-inf', now)) do
+  redis.call('DEL', base .. 'ck:' .. user)
+end
+redis.call('ZREMRANGEBYSCORE', ckx, '-inf', now)
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', reqx, '-inf', now)) do
   local cut = string.find(member, '\n', 1, true)
   local user, request = string.sub(member, 1, cut - 1), string.sub(member, cut + 1)
@@ -202,15 +208,23 @@ end
 return out
 """
 
-# KEYS: res, cart:<user>, expiry. ARGV: base, now. Returns the committed records, flattened by 2.
+# KEYS: res, cart:<user>, expiry, ck:<user>, ckx. ARGV: base, now, request id ('' for none), user.
+# Returns the committed records, flattened by 2.
 _COMMIT = _LIB + r"""
-local res, cart, expiry = KEYS[1], KEYS[2], KEYS[3]
+local res, cart, expiry, ck, ckx = unpack(KEYS)
+local request = ARGV[3]
+if request ~= '' then
+  local last = redis.call('HMGET', ck, 'request', 'lines')
+  if last[1] == request then return cjson.decode(last[2]) end
+end
 local now = tonumber(ARGV[2])
 local out = {}
+local hold_end = nil
 for _, id in ipairs(redis.call('ZRANGE', cart, 0, -1)) do
   local rec = redis.call('HGET', res, id)
   local r = cjson.decode(rec)
   if tonumber(r[4]) > now then
+    if hold_end == nil or tonumber(r[4]) > tonumber(hold_end) then hold_end = r[4] end
     local pkey = base .. 'pool:' .. r[1]
     local qty = tonumber(r[3])
     redis.call('HDEL', res, id)
@@ -223,15 +237,21 @@ for _, id in ipairs(redis.call('ZRANGE', cart, 0, -1)) do
     out[#out + 1] = rec
   end
 end
+if request ~= '' and #out > 0 then
+  redis.call('HSET', ck, 'request', request, 'lines', cjson.encode(out))
+  redis.call('ZADD', ckx, hold_end, ARGV[4])
+end
 return out
 """
 
-# KEYS: res, expiry, seq. ARGV: base, then id, record pairs (as commit returned them).
+# KEYS: res, expiry, seq, ckx. ARGV: base, then id, record pairs (as commit returned them).
 _RESTORE = _LIB + r"""
-local res, expiry, seq = KEYS[1], KEYS[2], KEYS[3]
+local res, expiry, seq, ckx = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 for i = 2, #ARGV, 2 do
   local id, rec = ARGV[i], ARGV[i + 1]
   local r = cjson.decode(rec)
+  redis.call('DEL', base .. 'ck:' .. r[2])
+  redis.call('ZREM', ckx, r[2])
   local pkey = base .. 'pool:' .. r[1]
   if redis.call('EXISTS', pkey) == 1 then
     local qty = tonumber(r[3])
@@ -418,7 +438,7 @@ class RedisStockStore:
 
     async def expire(self, room: str, now: float) -> list[Returned]:
         base = self._base(room)
-        keys = [f"{base}res", f"{base}expiry", f"{base}reqx"]
+        keys = [f"{base}res", f"{base}expiry", f"{base}reqx", f"{base}ckx"]
         returned: list[Returned] = []
         while True:
             reply = await self._run(self._expire, keys, [base, repr(float(now)), EXPIRE_BATCH])
@@ -427,10 +447,10 @@ class RedisStockStore:
             if len(reply) < 4 * EXPIRE_BATCH:
                 return returned
 
-    async def commit(self, room: str, user: str, now: float) -> list[Reservation]:
+    async def commit(self, room: str, user: str, now: float, request_id: str | None = None) -> list[Reservation]:
         base = self._base(room)
-        keys = [f"{base}res", f"{base}cart:{user}", f"{base}expiry"]
-        reply = await self._run(self._commit, keys, [base, repr(float(now))])
+        keys = [f"{base}res", f"{base}cart:{user}", f"{base}expiry", f"{base}ck:{user}", f"{base}ckx"]
+        reply = await self._run(self._commit, keys, [base, repr(float(now)), request_id or "", user])
         return [_reservation(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
 
     async def restore(self, room: str, lines: list[Reservation]) -> None:
@@ -441,7 +461,7 @@ class RedisStockStore:
         for r in lines:
             record = orjson.dumps([r.pool, r.user, str(r.qty), repr(float(r.expires_at)), str(r.unit_amount)])
             args += [r.id, record]
-        await self._run(self._restore, [f"{base}res", f"{base}expiry", f"{base}seq"], args)
+        await self._run(self._restore, [f"{base}res", f"{base}expiry", f"{base}seq", f"{base}ckx"], args)
 
     async def refund(self, room: str, lines: list[Reservation]) -> dict[str, Counters]:
         if not lines:
