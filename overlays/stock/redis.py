@@ -364,7 +364,7 @@ class RedisStockStore:
         """Check that Redis answers (at start); StorageUnavailable if it does not."""
         try:
             await self.client.ping()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (RedisError, OSError) as exc:  # unreachable, or a wrong password or database
             raise StorageUnavailable(f"Redis does not answer ({exc})") from exc
 
     async def close(self) -> None:
