@@ -2,9 +2,11 @@
 
 A connection gets a snapshot (or the events it missed), then the room's events in seq
 order through the room's hub (signaling.fanout), and sends actions that are answered by
-request id. Feature packages plug in through three hooks: ``actions`` (message handlers
-with roles and rate limits), ``snapshot_parts`` (their share of the room snapshot) and
-``on_close`` (cleanup when a connection ends, e.g. a websocket viewer's peer connection).
+request id. Feature packages plug in through four hooks: ``actions`` (message handlers
+with roles and rate limits), ``snapshot_parts`` (their share of the room snapshot, built
+synchronously so it matches the seq it is sent with), ``snapshot_prepares`` (awaited just
+before, to read a share kept elsewhere, e.g. stock on Redis) and ``on_close`` (cleanup when a
+connection ends, e.g. a websocket viewer's peer connection).
 """
 
 from __future__ import annotations
@@ -330,10 +332,14 @@ class Channel:
             await connection.close(refusal.close_code, refusal.message[:120])
             return
         session = Session(self, connection, identity, room, next(self._ids), limits)
+        if room != "*":
+            try:
+                await self._prepare_snapshot(session)  # then no await until the greeting is sent
+            except BaseException:
+                self.users.release(_user_key(identity, room))
+                raise
         self.sessions[session.conn_id] = session
         metrics.CONNECTIONS.labels(session.role).inc()
-        if room != "*":
-            await self._prepare_snapshot(session)  # then no await until the greeting is sent
         hub = None if room == "*" else self._hub(room)  # "*": a service in no room (purchase events)
         if hub is not None:
             hub.add(session)
