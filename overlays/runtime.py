@@ -218,7 +218,7 @@ class Commerce:
             return outcome
         if outcome.events:
             await self.deliver(room, outcome.events)
-        return outcome.result, await shop.cart_of(user)
+        return outcome.result, outcome.cart if outcome.cart is not None else await shop.cart_of(user)
 
     async def uncart(self, room: str, user: str, reservation_id: Any) -> dict[str, Any]:
         if type(reservation_id) is not str:

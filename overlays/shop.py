@@ -65,6 +65,7 @@ class ShopConfig:
 class Outcome(NamedTuple, Generic[T]):
     result: T
     events: list[DomainEvent]
+    cart: dict[str, Any] | None = None  # a tap's: the user's cart as the store's reply had it
 
 
 def _token() -> str:
@@ -342,13 +343,15 @@ class Shop:
             return refusal
         line = self._line(reservation)
         self._taps.remember(user, request_id, line, until)
+        # A store that read the cart in the same step saves the caller another round trip for it.
+        cart = None if result.cart is None else cart_view([self._line(r) for r in result.cart if r.expires_at > now])
         if result.replay:  # a retry that raced its original, or outlived this memory: nothing changed
-            return Outcome(line, [])
+            return Outcome(line, [], cart)
         events = self._stock_events(pool, result.available, result.version, now)
         events.insert(0, discrete("cart.added", line, user))
         self._view = None  # inline _changed(): the hot path
         self._version += 1
-        return Outcome(line, events)
+        return Outcome(line, events, cart)
 
     def _tap_target(
         self, product_id: str | None, sale_id: str | None, qty: int, now: float

@@ -39,13 +39,16 @@ class ReserveResult(NamedTuple):
     """`code` is None on success, else sold_out, limit_reached, not_found or bad_request.
     `available` is the pool's availability after the call (0 when the pool is unknown).
     `replay` marks the first result handed out again for a repeated request id: nothing changed,
-    and `available` is a figure from the past (not to be published)."""
+    and `available` is a figure from the past (not to be published). `cart` is the user's cart
+    right after the call when the backend read it in the same step (a networked store saves a
+    round trip), else None (call `cart`)."""
 
     code: str | None
     reservation: Reservation | None
     available: int
     version: int
     replay: bool = False
+    cart: tuple[Reservation, ...] | None = None
 
     @property
     def ok(self) -> bool:

@@ -124,52 +124,60 @@ return 'ok'
 
 # KEYS: pool, held, res, cart:<user>, expiry, req:<user>, reqo:<user>, reqx, seq.
 # ARGV: base, pool, user, request, qty, limit ('' for none), expires_at, unit_amount, per-user bound.
-# Returns the result as stored: [code ('' on success), available, version, id, pool, user, qty,
-# expires_at, unit_amount], and as its last element 1 when it is a replay.
+# Returns {1 if a replay else 0, the result as stored (JSON: code ('' on success), available,
+# version, and on success id, pool, user, qty, expires_at, unit_amount), then the user's cart as
+# id, record pairs}: the caller's ack needs no other round trip.
 _RESERVE = _LIB + r"""
 local pkey, hkey, res, cart, expiry, req, reqo, reqx, seq = unpack(KEYS)
 local pool, user, request = ARGV[2], ARGV[3], ARGV[4]
 local qty, expires_at, unit = tonumber(ARGV[5]), ARGV[7], ARGV[8]
-local first = redis.call('HGET', req, request)
-if first then
-  local out = cjson.decode(first)
-  out[#out + 1] = 1
-  return out
-end
-local out
-if redis.call('EXISTS', pkey) == 0 then
-  out = {'not_found', 0, 0}
-else
-  local c = counters(pkey)
-  local available = c[1] - c[2] - c[3]
-  local held = tonumber(redis.call('HGET', hkey, user) or '0')
-  if qty < 1 then
-    out = {'bad_request', available, c[4]}
-  elseif qty > available then
-    out = {'sold_out', available, c[4]}
-  elseif ARGV[6] ~= '' and held + qty > tonumber(ARGV[6]) then
-    out = {'limit_reached', available, c[4]}
+local replay, encoded = 1, redis.call('HGET', req, request)
+if not encoded then
+  replay = 0
+  local out
+  if redis.call('EXISTS', pkey) == 0 then
+    out = {'not_found', 0, 0}
   else
-    local n = redis.call('INCR', seq)
-    local id = 'r' .. n
-    redis.call('HINCRBY', pkey, 'reserved', qty)
-    local version = redis.call('HINCRBY', pkey, 'version', 1)
-    redis.call('HINCRBY', hkey, user, qty)
-    redis.call('HSET', res, id, cjson.encode({pool, user, ARGV[5], expires_at, unit}))
-    redis.call('ZADD', cart, n, id)
-    redis.call('ZADD', expiry, expires_at, id)
-    out = {'', available - qty, version, id, pool, user, ARGV[5], expires_at, unit}
+    local c = counters(pkey)
+    local available = c[1] - c[2] - c[3]
+    local held = tonumber(redis.call('HGET', hkey, user) or '0')
+    if qty < 1 then
+      out = {'bad_request', available, c[4]}
+    elseif qty > available then
+      out = {'sold_out', available, c[4]}
+    elseif ARGV[6] ~= '' and held + qty > tonumber(ARGV[6]) then
+      out = {'limit_reached', available, c[4]}
+    else
+      local n = redis.call('INCR', seq)
+      local id = 'r' .. n
+      redis.call('HINCRBY', pkey, 'reserved', qty)
+      local version = redis.call('HINCRBY', pkey, 'version', 1)
+      redis.call('HINCRBY', hkey, user, qty)
+      redis.call('HSET', res, id, cjson.encode({pool, user, ARGV[5], expires_at, unit}))
+      redis.call('ZADD', cart, n, id)
+      redis.call('ZADD', expiry, expires_at, id)
+      out = {'', available - qty, version, id, pool, user, ARGV[5], expires_at, unit}
+    end
+  end
+  encoded = cjson.encode(out)
+  redis.call('HSET', req, request, encoded)
+  redis.call('ZADD', reqo, redis.call('INCR', seq), request)
+  redis.call('ZADD', reqx, expires_at, user .. '\n' .. request)
+  if redis.call('ZCARD', reqo) > tonumber(ARGV[9]) then
+    local oldest = redis.call('ZPOPMIN', reqo)
+    redis.call('HDEL', req, oldest[1])
   end
 end
-redis.call('HSET', req, request, cjson.encode(out))
-redis.call('ZADD', reqo, redis.call('INCR', seq), request)
-redis.call('ZADD', reqx, expires_at, user .. '\n' .. request)
-if redis.call('ZCARD', reqo) > tonumber(ARGV[9]) then
-  local oldest = redis.call('ZPOPMIN', reqo)
-  redis.call('HDEL', req, oldest[1])
+local reply = {replay, encoded}
+local ids = redis.call('ZRANGE', cart, 0, -1)
+if #ids > 0 then
+  local recs = redis.call('HMGET', res, unpack(ids))
+  for i, id in ipairs(ids) do
+    reply[#reply + 1] = id
+    reply[#reply + 1] = recs[i]
+  end
 end
-out[#out + 1] = 0
-return out
+return reply
 """
 
 # KEYS: res. ARGV: base, user, reservation id. Returns {id, record, available, version} or {}.
@@ -421,13 +429,14 @@ class RedisStockStore:
         args = [base, pool, user, request_id, qty, limit, repr(float(expires_at)), unit_amount,
                 self.max_user_requests]
         reply = await self._run(self._reserve, keys, args)
-        replay = reply[-1] == 1
-        code = _text(reply[0]) or None
-        if code is not None:
-            return ReserveResult(code, None, int(reply[1]), int(reply[2]), replay)
-        id, pool_, user_, qty_, expires, unit = (_text(v) for v in reply[3:9])
+        replay = reply[0] == 1
+        code, available, version, *made = orjson.loads(reply[1])
+        cart = tuple(_reservation(reply[i], reply[i + 1]) for i in range(2, len(reply), 2))
+        if code:
+            return ReserveResult(code, None, int(available), int(version), replay, cart)
+        id, pool_, user_, qty_, expires, unit = made
         reservation = Reservation(id, pool_, user_, int(qty_), float(expires), int(unit))
-        return ReserveResult(None, reservation, int(reply[1]), int(reply[2]), replay)
+        return ReserveResult(None, reservation, int(available), int(version), replay, cart)
 
     async def release(self, room: str, user: str, reservation_id: str) -> Returned | None:
         base = self._base(room)

@@ -175,7 +175,10 @@ class RedisStockMachine(RuleBasedStateMachine):
     def account_tap(self, plan: tuple[Any, ...], result: ReserveResult) -> None:
         _, user, request, pool, qty, until = plan
         assert not result.replay
-        self.taps.setdefault((user, request), (pool, qty, until, []))[3].append(result)
+        assert {r.user for r in result.cart} <= {user}  # the cart the reply carries is the tapper's
+        if result.ok:
+            assert result.reservation in result.cart
+        self.taps.setdefault((user, request), (pool, qty, until, []))[3].append(result._replace(cart=None))
         if result.ok:
             assert result.reservation.id not in self.live
             self.live[result.reservation.id] = result.reservation
@@ -187,7 +190,7 @@ class RedisStockMachine(RuleBasedStateMachine):
     def account_retry(self, plan: tuple[Any, ...], result: ReserveResult) -> None:
         _, user, request, pool, qty, until = plan
         if result.replay:  # a result it was given before, unchanged
-            assert result._replace(replay=False) in self.taps[(user, request)][3]
+            assert result._replace(replay=False, cart=None) in self.taps[(user, request)][3]
             event("retry: first result again")
         else:  # run again: only once an expiry (on any node's clock) passed its time
             assert until <= self.forgotten_until
