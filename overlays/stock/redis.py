@@ -198,8 +198,8 @@ for _, user in ipairs(redis.call('ZRANGEBYSCORE', ckx, '-inf', now)) do
 end
 redis.call('ZREMRANGEBYSCORE', ckx, '-inf', now)
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', reqx, '-inf', now)) do
-  local cut = string.find(member, '\n', 1, true)
-  local user, request = string.sub(member, 1, cut - 1), string.sub(member, cut + 1)
+  -- request ids hold no newline (user ids might): the last one separates them
+  local user, request = string.match(member, '^(.*)\n([^\n]*)$')
   redis.call('HDEL', base .. 'req:' .. user, request)
   redis.call('ZREM', base .. 'reqo:' .. user, request)
 end

@@ -85,6 +85,19 @@ async def test_a_refused_connection_is_unavailable() -> None:
         await store.close()
 
 
+async def test_request_ids_of_a_user_id_with_a_newline_are_forgotten_in_time(store: RedisStockStore) -> None:
+    """User ids come from tokens a shop mints: any characters. The remembered tap of one whose id
+    holds a newline is forgotten when its hold ends, like anyone's."""
+    await store.define("room1", "p", 5)
+    first = await store.reserve("room1", "p", "ann\nlee", "t1", 1, None, 10.0, 100)
+    assert (await store.reserve("room1", "p", "ann\nlee", "t1", 1, None, 10.0, 100)).replay
+    await store.expire("room1", 10.0)
+    again = await store.reserve("room1", "p", "ann\nlee", "t1", 1, None, 20.0, 100)
+    assert again.ok and not again.replay and again.reservation.id != first.reservation.id
+    keys = {key.decode() async for key in store.client.scan_iter(match=store.prefix + "*req*")}
+    assert store.prefix + "{room1}:req:ann\nlee" in keys
+
+
 async def test_two_nodes_expiring_at_once_return_each_unit_once(redis_target: RedisTarget) -> None:
     nodes = [RedisStockStore.from_url(redis_target.url, prefix=redis_target.prefix) for _ in range(3)]
     try:
