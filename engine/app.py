@@ -15,13 +15,14 @@ from engine.demo import seed_demo_catalog
 from engine.media.config import MediaConfig
 from engine.media.service import MediaService
 from engine.rooms import Rooms
-from engine.storage import DataDirLock, Storage
+from engine.storage import DataDirLock, Storage, StorageUnavailable
 from engine.urls import PublicUrls, public_urls
 from overlays.purchases.sqlite import SqlitePurchaseLog
 from overlays.records import SqliteRecords
 from overlays.runtime import Commerce
 from overlays.shop import ShopConfig
 from overlays.stock.memory import MemoryStockStore
+from overlays.stock.redis import RedisStockStore
 from signaling.access import ViewAccess
 from signaling.accesslog import AccessLogger
 from signaling.channel import Channel
@@ -71,8 +72,9 @@ class App:
         # Rooms, commerce records and the purchase log share the storage's one connection on its own
         # thread: an order and its log entry commit in one transaction, and no commit runs on the loop.
         purchase_log = SqlitePurchaseLog(self.storage.db, config.purchase_log_size)
+        self.stock = stock_store(config)
         self.commerce = Commerce(
-            self.bus, stock=MemoryStockStore(config.max_user_requests), log=purchase_log,
+            self.bus, stock=self.stock, log=purchase_log,
             records=SqliteRecords(self.storage.db, purchase_log), config=shop_config(config),
             room_exists=lambda room: self.rooms.get(room) is not None, tick_seconds=config.commerce_tick_ms / 1000,
             clock_leases=self.cluster.clocks if config.redis_url else None)
@@ -108,6 +110,11 @@ class App:
         if new_demo:
             await self.rooms.create(self.config.demo_room, "Demo room")
         metrics.ROOMS.set(len(self.rooms.list()))
+        if isinstance(self.stock, RedisStockStore):
+            try:
+                await self.stock.ping()
+            except StorageUnavailable as exc:
+                raise StartupError(f"cannot reach Redis (--redis-url): {exc}") from exc
         await self.bus.start()
         await self.commerce.start(room.id for room in self.rooms.list())
         if new_demo and self.config.demo_catalog:
@@ -143,6 +150,8 @@ class App:
         await self.purchases.stop()
         await self.commerce.stop()
         await self.cluster.stop()
+        if isinstance(self.stock, RedisStockStore):
+            await self.stock.close()
         await self.bus.stop()
         self.storage.close()
         self.lock.release()
@@ -179,6 +188,15 @@ def media_config(config: Config) -> MediaConfig:
         ended_sessions_max=config.ended_sessions_max,
         publisher_idle=config.publisher_idle,
     )
+
+
+def stock_store(config: Config) -> MemoryStockStore | RedisStockStore:
+    """Stock and carts in this process, or on Redis with --redis-url (shared by every node using it)."""
+    if not config.redis_url:
+        return MemoryStockStore(config.max_user_requests)
+    return RedisStockStore.from_url(config.redis_url, prefix=config.redis_prefix,
+                                    max_user_requests=config.max_user_requests, timeout=config.redis_timeout,
+                                    max_connections=config.redis_connections)
 
 
 def shop_config(config: Config) -> ShopConfig:

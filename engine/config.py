@@ -24,8 +24,14 @@ class Config:
     public_url: str = field(default="", metadata={
         "help": "base URL people reach the HTTP side at, for links and pages (default from host and port)"})
     data_dir: str = field(default="./livecart-data", metadata={"help": "SQLite data directory"})
-    redis_url: str = field(default="", metadata={"help": "Redis URL (redis://, rediss://) for shared backends; empty: this process alone"})
-    redis_prefix: str = field(default="livecart:", metadata={"help": "prefix of every Redis key"})
+    redis_url: str = field(default="", metadata={
+        "help": "Redis for shared state, redis://[:PASSWORD@]HOST:PORT/DB or rediss:// for TLS (now: stock and "
+                "carts); '' keeps everything in this process"})
+    redis_prefix: str = field(default="livecart:", metadata={"help": "prefix of every Redis key this engine writes"})
+    redis_timeout: float = field(default=1.0, metadata={
+        "help": "seconds a Redis call may take (connect, or wait for a reply or a free connection); then the "
+                "action answers unavailable"})
+    redis_connections: int = field(default=64, metadata={"help": "Redis connections per process, at most"})
     node_id: str = field(default="", metadata={
         "help": "this node's id in the node registry and on its leases (default: host name and a random suffix)"})
     node_heartbeat: float = field(default=1.0, metadata={"help": "seconds between this node's registry heartbeats"})

@@ -32,6 +32,7 @@ from overlays.purchases.base import PurchaseLog
 from overlays.records import RecordStore
 from overlays.shop import Shop, ShopConfig
 from overlays.stock.base import StockStore
+from overlays.stock.memory import MemoryStockStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -120,6 +121,7 @@ class Commerce:
         self._unloaded: set[str] = set()  # rooms whose records failed to load at start
         self._locks = KeyedLocks()
         self._ticker: asyncio.Task[None] | None = None
+        self._ticks_failing: set[str] = set()  # rooms whose last tick found the store unavailable
 
     def _now(self) -> float:
         return self.clock()
@@ -211,7 +213,14 @@ class Commerce:
                 if token is not None and events and not await leases.confirm(room, token):
                     log.warning("room %s: its clock lease was lost during a tick; its announcements are withheld", room)
                     events = [event for event in events if event.state or event.user is not None]
+                if room in self._ticks_failing:
+                    self._ticks_failing.discard(room)
+                    log.warning("room %s: its clock runs again", room)
                 await self.deliver(room, events)
+            except StorageUnavailable as error:  # said once per outage, not at every tick
+                if room not in self._ticks_failing:
+                    self._ticks_failing.add(room)
+                    log.warning("room %s: its clock waits for the store: %s", room, error)
             except Exception:  # one room's failure must not stop the clock of the others
                 log.exception("commerce tick failed in room %s", room)
 
@@ -317,6 +326,23 @@ class Commerce:
     async def sale(self, room: str, sale_id: Any) -> dict[str, Any]:
         """One sale of the room's public view (not_found if there is none)."""
         return await (await self.shop(room)).sale_view(sale_id)
+
+    @property
+    def suspends(self) -> bool:
+        """Whether stock calls really wait (a networked store): snapshots are then read ahead
+        with `snapshot`, as `snapshot_now` cannot run them."""
+        return not isinstance(self.stock, MemoryStockStore)
+
+    async def snapshot(self, room: str, user: str | None) -> dict[str, Any]:
+        """The shop part of the room snapshot, read again (at most twice more) if the shop changed
+        while it was read, so its parts agree with each other."""
+        shop = await self.shop(room)
+        for _ in range(3):
+            version = shop.version
+            snap = await shop.snapshot(user)
+            if shop.version == version:
+                break
+        return snap
 
     def snapshot_now(self, room: str, user: str | None) -> dict[str, Any]:
         """The same, synchronously, for the channel's snapshot hook. It never touches the

@@ -104,6 +104,11 @@ class Shop:
         self._view: dict[str, Any] | None = None
         self._version = 0
 
+    @property
+    def version(self) -> int:
+        """Grows with every change clients see (the view is rebuilt after it)."""
+        return self._version
+
     # -- start --------------------------------------------------------------------------------
 
     async def load(self) -> None:
@@ -136,7 +141,14 @@ class Shop:
             if units > quantity:
                 self.oversold[pool] = (units, quantity)
                 quantity = units
-            counters = await self._stock.define(self.room, pool, quantity, sold.get(pool, {}))
+            try:
+                counters = await self._stock.define(self.room, pool, quantity, sold.get(pool, {}))
+            except DomainError as error:
+                if error.code != "conflict":
+                    raise
+                # A shared store (Redis) that outlived this process still holds carts of this
+                # pool: its counts are current (orders were counted there as they were made).
+                counters = await self._stock.define(self.room, pool, quantity)
             if (
                 sale_id is not None
                 and counters.available == 0
@@ -342,9 +354,9 @@ class Shop:
                 return DomainError(result.code or "conflict", result.message)
             return _STOCK_REFUSALS.get(result.code or "not_found") or DomainError("conflict", "refused")
         if result.replay:  # a retry: nothing changed, nothing to tell the room
-            return Outcome(await self._answer(user, reservation, now), [])
+            return Outcome(await self._answer(user, reservation, now, result.cart), [])
         line = self._line(reservation)
-        answer = await self._answer(user, reservation, now, line["currency"])
+        answer = await self._answer(user, reservation, now, result.cart, line["currency"])
         # The figures after the last await: a newer one handled meanwhile makes this one stale.
         events = self._stock_events(reservation.pool, result.available, result.version, now)
         events.insert(0, discrete("cart.added", line, user))
@@ -353,12 +365,15 @@ class Shop:
         return Outcome(answer, events)
 
     async def _answer(
-        self, user: str, reservation: Reservation, now: float, currency: str | None = None
+        self, user: str, reservation: Reservation, now: float, cart: tuple[Reservation, ...] | None,
+        currency: str | None = None,
     ) -> dict[str, Any]:
         """A tap's answer: the reservation and the totals of the user's cart as `cart_of` counts
-        them (unexpired lines), summed from the held reservations without building their lines."""
+        them (unexpired lines), summed from the held reservations without building their lines.
+        ``cart``: the user's reservations when the store read them in the tap's own step (a
+        networked store saves a round trip), else None and they are read here."""
         quantity = total = 0
-        for held in await self._stock.cart(self.room, user):
+        for held in cart if cart is not None else await self._stock.cart(self.room, user):
             if held.expires_at > now:
                 quantity += held.qty
                 total += held.qty * held.unit_amount
@@ -427,7 +442,7 @@ class Shop:
         if found is not None:
             return Outcome(Order.from_dict(found).public(), [])
         now = self._clock()
-        held = await self._stock.commit(self.room, user, now)
+        held = await self._stock.commit(self.room, user, now, request_id)
         if not held:
             error = DomainError("cart_empty", "nothing in the cart to check out")
             self._checkouts.remember(user, request_id, error, now + self.config.hold_seconds)

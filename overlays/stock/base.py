@@ -40,7 +40,9 @@ class ReserveResult(NamedTuple):
     code of a refusal the caller decided itself (`refuse`), which comes with its `message`.
     `available` is the pool's availability after the call (0 when the pool is unknown).
     `replay` marks the first result handed out again for a repeated request id: nothing changed,
-    and `available` is a figure from the past (not to be published)."""
+    and `available` is a figure from the past (not to be published). `cart` is the user's cart
+    right after the call when the backend read it in the same step (a networked store saves a
+    round trip), else None (call `cart`)."""
 
     code: str | None
     reservation: Reservation | None
@@ -48,6 +50,7 @@ class ReserveResult(NamedTuple):
     version: int
     replay: bool = False
     message: str | None = None
+    cart: tuple[Reservation, ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -113,14 +116,19 @@ class StockStore(Protocol):
         ids remembered until then)."""
         ...
 
-    async def commit(self, room: str, user: str, now: float) -> list[Reservation]:
-        """Turn the user's unexpired reservations into sold units; returns them (the order lines)."""
+    async def commit(self, room: str, user: str, now: float, request_id: str | None = None) -> list[Reservation]:
+        """Turn the user's unexpired reservations into sold units; returns them (the order lines).
+        With `request_id`, the user's last non-empty commit is remembered until its lines' hold
+        would have ended (or `restore` undoes it): the same request id again returns the same
+        lines and sells nothing more, so a checkout whose reply was lost (a networked store) can
+        be retried."""
         ...
 
     async def restore(self, room: str, lines: list[Reservation]) -> None:
         """Undo `commit`: turn the units of `lines` (as commit returned them) back into the same
-        reservations in their users' carts, with the same ids and expiry. For an order that could
-        not be written; lines of pools that no longer exist are skipped."""
+        reservations in their users' carts, with the same ids and expiry, and forget those users'
+        remembered commits. For an order that could not be written; lines of pools that no longer
+        exist are skipped."""
         ...
 
     async def refund(self, room: str, lines: list[Reservation]) -> dict[str, Counters]:
