@@ -15,6 +15,7 @@ from typing import Any
 
 from engine import metrics
 from engine.bus.base import Event, RoomListener
+from engine.bus.pacing import TickPacer
 
 
 class _RoomStream:
@@ -31,8 +32,9 @@ class _RoomStream:
 class MemoryBus:
     """Bus backend for one process (see engine.bus.base.Bus for the contract)."""
 
-    def __init__(self, tick_ms: int = 50, history_size: int = 1024, history_age: float = 300.0) -> None:
-        self._tick = tick_ms / 1000
+    def __init__(self, tick_ms: int = 50, history_size: int = 1024, history_age: float = 300.0,
+                 tick_max_ms: int | None = None) -> None:
+        self._tick = TickPacer(tick_ms / 1000, (tick_max_ms if tick_max_ms is not None else tick_ms) / 1000)
         self._history_size = history_size
         self._history_age = history_age
         self._rooms: dict[str, _RoomStream] = {}
@@ -116,9 +118,18 @@ class MemoryBus:
             for listener in stream.listeners:
                 listener.on_events(batch)
 
+    @property
+    def tick(self) -> float:
+        """The current coalescing interval in seconds (stretched while the loop is loaded)."""
+        return self._tick.interval
+
     async def _run_ticker(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self._tick)
+            interval = self._tick.interval
+            due = loop.time() + interval
+            await asyncio.sleep(interval)
+            self._tick.woke(loop.time() - due)
             self.flush_state()
 
     async def start(self) -> None:
