@@ -56,7 +56,7 @@ class MemoryBus:
     async def publish(self, room: str, type: str, data: dict[str, Any]) -> Event:
         stream = self._room(room)
         event = self._emit(room, stream, type, data)
-        batch = [event]
+        batch = [event, *self._pending_state(room, stream)]
         for listener in stream.listeners:
             listener.on_events(batch)
         return event
@@ -108,13 +108,19 @@ class MemoryBus:
         while history and history[0].ts < cutoff:
             history.popleft()
 
+    def _pending_state(self, room: str, stream: _RoomStream) -> list[Event]:
+        """The room's state values set since they last went out, as events (one per key), now."""
+        if not stream.dirty:
+            return []
+        dirty, stream.dirty = stream.dirty, {}
+        return [self._emit(room, stream, type, {"key": key, **data}) for key, (type, data) in dirty.items()]
+
     def flush_state(self) -> None:
         """Emit every dirty state value as one event per key (called at each tick)."""
         for room, stream in self._rooms.items():
-            if not stream.dirty:
+            batch = self._pending_state(room, stream)
+            if not batch:
                 continue
-            dirty, stream.dirty = stream.dirty, {}
-            batch = [self._emit(room, stream, type, {"key": key, **data}) for key, (type, data) in dirty.items()]
             for listener in stream.listeners:
                 listener.on_events(batch)
 
