@@ -61,7 +61,7 @@ class App:
         self.secret = config.secret or self.storage.secret_setting("secret")
         self.admin_key = config.admin_key or self.storage.secret_setting("admin_key")
         self.rooms = Rooms(self.storage)
-        self.bus = MemoryBus(config.tick_ms, config.history_size, config.history_age)
+        self.bus = MemoryBus(config.tick_ms, config.history_size, config.history_age, config.tick_max_ms)
         self.channel = Channel(config, self.bus, self.rooms, self.secret)
         register_chat(self.channel, self.bus, config)
         middlewares = [next_head_deadline, errors_as_json, body_deadline(config.http_read_timeout)]

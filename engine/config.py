@@ -47,7 +47,9 @@ class Config:
     guest_tokens: bool = field(default=True, metadata={"help": "let the watch page mint viewer tokens"})
     token_ttl: int = field(default=86400, metadata={"help": "default token lifetime, seconds"})
 
-    tick_ms: int = field(default=50, metadata={"help": "state-event coalescing tick, ms"})
+    tick_ms: int = field(default=50, metadata={"help": "state-event coalescing tick while the loop is quiet, ms"})
+    tick_max_ms: int = field(default=250, metadata={
+        "help": "longest the coalescing tick stretches while the event loop is loaded, ms (= --tick-ms: never)"})
     history_size: int = field(default=1024, metadata={"help": "events kept per room for resume"})
     history_age: float = field(default=300.0, metadata={"help": "max age of replayable events, s"})
     fanout_slice: int = field(default=128, metadata={"help": "connections written between clock checks"})

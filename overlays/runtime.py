@@ -184,11 +184,19 @@ class Commerce:
     # -- delivery and the clock ---------------------------------------------------------------
 
     async def deliver(self, room: str, events: list[DomainEvent]) -> None:
+        """Hand a call's events to the bus: its state values first, then the rest in order.
+
+        The bus sends the state values pending at a discrete event right after it in the same
+        batch, so a sale's start carries its counter and a product's edit its stock: one write to
+        every viewer rather than a second one at the tick."""
         bus = self.bus
         for event in events:
             if event.state:
                 bus.set_state(room, event.key, event.type, event.data)
-            elif event.user is None:
+        for event in events:
+            if event.state:
+                continue
+            if event.user is None:
                 await bus.publish(room, event.type, event.data)
             else:
                 await bus.send_direct(room, event.user, event.type, event.data)
