@@ -121,8 +121,8 @@ class Listener:
         for ws in list(self.connections):
             if ws.protocol.state is not OPEN:
                 continue
-            if ws.pinged_at is not None and ws.received_at < ws.pinged_at:
-                ws.abort()
+            if ws.pinged_at is not None and ws.received_at < ws.pinged_at and not ws.held:
+                ws.abort()  # (a held connection is not read: its pong may be waiting unread)
                 continue
             ws.pinged_at = now
             ws.protocol.send_ping(b"")
@@ -309,6 +309,10 @@ class WebSocket(asyncio.Protocol):
         """Put a message handed over just now back in front of the inbox, and hold."""
         self._inbox.appendleft((data, binary))
         self.hold()
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     def hold(self) -> None:
         """Hand over no more messages until ``release``; stop reading the socket meanwhile."""
