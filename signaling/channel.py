@@ -40,6 +40,7 @@ from signaling.websocket import Listener, WebSocket
 log = logging.getLogger(__name__)
 
 CLIENT_TURN = 0.002  # seconds one client's messages may hold the loop before others get a turn
+UNGREETED = 1 << 63  # a connection's last seq until its snapshot or replay: past every seq, it gets no event
 
 # A handler answers with the ack's fields, or returns (or raises) a CodedError for an error reply.
 Handler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any] | CodedError | None]]
@@ -84,7 +85,7 @@ class Session:
         self.packed = connection.subprotocol == protocol.MSGPACK_SUBPROTOCOL
         # Without a compression extension every client gets the same pre-framed bytes.
         self.raw = not connection.protocol.extensions
-        self.last_seq = 0
+        self.last_seq = UNGREETED
         self.lagging_since: float | None = None
         self.resync_bytes = 0  # size of the last snapshot that did not fit: none is built until it would
         self.limits = limits  # shared by all connections of this user
@@ -323,7 +324,19 @@ class Channel:
             session.send_now({"type": "hello", "you": {"sub": session.sub, "role": session.role}})
             return
         self._hub(room).add(session)
-        self._greet(session, since)
+        # The bus may first have to load the room (a shared backend); the connection's messages
+        # wait meanwhile. On this node's loaded rooms, and on the memory bus, it greets at once.
+        joining = self.bus.ready(room)
+        try:
+            waiting_on = joining.send(None)
+        except StopIteration:
+            self._greet(session, since)
+            return
+        except CodedError as exc:
+            self._not_ready(session, exc)
+            return
+        ws.hold()
+        self._spawn(self._greet_later(session, joining, waiting_on, since))
 
     def received(self, ws: WebSocket, data: bytes, binary: bool) -> None:
         session: Session | None = ws.session
@@ -397,6 +410,23 @@ class Channel:
             raise protocol.Refusal("bad_request", protocol.CLOSE_BAD_REQUEST,
                                    f"since must be an integer of 1-{protocol.MAX_SEQ_DIGITS} digits 0-9")
         return identity, room, since
+
+    async def _greet_later(self, session: Session, joining: Coroutine[Any, Any, None], waiting_on: Any,
+                           since: int | None) -> None:
+        try:
+            await _Resumed(joining, waiting_on)
+        except CodedError as exc:
+            self._not_ready(session, exc)
+        else:
+            self._greet(session, since)
+        finally:
+            session.connection.release()
+
+    def _not_ready(self, session: Session, error: CodedError) -> None:
+        """The room's events cannot be read now: say why and close resumably (reconnect with since)."""
+        metrics.rejected(error.code)
+        session.send_now(protocol.error(error.code, error.message))
+        session.close(protocol.CLOSE_RESUMABLE_RESTART, "events unavailable, reconnect with since")
 
     def _greet(self, session: Session, since: int | None) -> None:
         """Replay what the client missed, or send a snapshot when that is not possible."""
