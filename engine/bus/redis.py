@@ -25,7 +25,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Coroutine
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from prometheus_client import Counter, Gauge
@@ -40,6 +41,8 @@ from engine.bus.base import Event, RoomListener
 from engine.errors import CodedError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 BUS_CONNECTED = Gauge("livecart_bus_connected", "1 while the bus's Redis pub/sub connection is up, else 0")
 BUS_RECONNECTS = Counter("livecart_bus_reconnects_total", "Times the bus's pub/sub connection was lost and made again")
@@ -132,6 +135,12 @@ class _Mirror:
         self.loader: asyncio.Task[None] | None = None
 
 
+def _in_task(call: Coroutine[Any, Any, T]) -> Awaitable[T]:
+    """The Redis client's timeouts need a current task; the websocket layer runs the first step of
+    a message's handler (a chat, say) right in its callback, outside any task."""
+    return call if asyncio.current_task() is not None else asyncio.ensure_future(call)
+
+
 def _state_entry(type: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"type": type, **data}
 
@@ -180,8 +189,8 @@ class RedisBus:
 
     async def _run_publish(self, room: str, items: list[Any]) -> list[int]:
         try:
-            seqs = await self._publish(keys=self._keys(room), args=[
-                int(time.time() * 1_000_000), self._channel(room), self._history_size, *items])
+            seqs = await _in_task(self._publish(keys=self._keys(room), args=[
+                int(time.time() * 1_000_000), self._channel(room), self._history_size, *items]))
         except RedisError as exc:
             raise BusUnavailable(f"the event bus (Redis) is unavailable: {exc}") from None
         return [int(seq) for seq in seqs]
@@ -220,7 +229,8 @@ class RedisBus:
 
     async def send_direct(self, room: str, user: str, type: str, data: dict[str, Any]) -> None:
         try:
-            await self._client.publish(self._channel(room), b"d " + orjson.dumps([user, {**data, "type": type}]))
+            message = b"d " + orjson.dumps([user, {**data, "type": type}])
+            await _in_task(self._client.publish(self._channel(room), message))
         except RedisError as exc:
             raise BusUnavailable(f"the event bus (Redis) is unavailable: {exc}") from None
 
@@ -262,7 +272,7 @@ class RedisBus:
         if mirror.loaded.done():
             return
         try:
-            await asyncio.wait_for(asyncio.shield(mirror.loaded), self._timeout * 3)
+            await _in_task(asyncio.wait_for(asyncio.shield(mirror.loaded), self._timeout * 3))
         except TimeoutError:
             raise BusUnavailable("the event bus (Redis) is unavailable: the room could not be loaded") from None
 
