@@ -444,8 +444,9 @@ class RedisBus:
 
     async def _run_subscriber(self) -> None:
         backoff = 0.05
-        pool = ConnectionPool.from_url(self._url, socket_timeout=self._timeout,
-                                       socket_connect_timeout=self._timeout, protocol=2)
+        # No retries inside the client: this loop reconnects, with its own backoff.
+        pool = ConnectionPool.from_url(self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout,
+                                       retry=Retry(NoBackoff(), 0), protocol=2)
         try:
             while True:
                 connection = pool.make_connection()
