@@ -8,7 +8,7 @@ Each engine keeps its own data directory; the demo room exists on each of them."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,6 @@ from engine.app import App
 from engine.config import Config
 from tests.conftest import Client, RedisTarget, connect, token
 from tests.redis_server import RedisServer
-
-Nodes = Callable[..., Any]
 
 
 @asynccontextmanager
@@ -54,6 +52,11 @@ async def health(app: App) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{app.http_port}/healthz") as r:
         assert r.status == 200
         return await r.json()
+
+
+async def metrics(app: App) -> str:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{app.http_port}/metrics") as r:
+        return await r.text()
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> None:
@@ -110,7 +113,7 @@ async def test_a_viewer_dropped_from_one_node_resumes_on_another(config: Config,
 
 
 @pytest.fixture
-def own_redis() -> AsyncIterator[RedisServer]:
+def own_redis() -> Iterator[RedisServer]:
     server = RedisServer()
     server.start()
     try:
@@ -135,6 +138,7 @@ async def test_nodes_ride_out_redis_going_away(config: Config, tmp_path: Path, o
             return view["status"] == "degraded" and not view["bus"]["connected"]
 
         await eventually(degraded)
+        assert "livecart_bus_connected 0.0" in await metrics(a)
         refused = await sender.request({"type": "chat", "id": 2, "text": "while down"})
         assert refused["type"] == "error" and refused["code"] == "unavailable"
 
@@ -145,6 +149,8 @@ async def test_nodes_ride_out_redis_going_away(config: Config, tmp_path: Path, o
 
         await eventually(recovered)
         assert (await health(a))["bus"]["reconnects"] >= 1
+        exposed = await metrics(a)
+        assert "livecart_bus_connected 1.0" in exposed and "livecart_bus_reconnects_total" in exposed
         ack = await sender.request({"type": "chat", "id": 3, "text": "after"})
         assert ack["type"] == "ack"
         # The same websockets, no snapshot: the stream goes on right after what they had.
