@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from prometheus_client import Counter, Gauge
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -150,10 +150,11 @@ class RedisBus:
 
     ``timeout`` bounds every Redis call (a publish while Redis is down fails with ``unavailable``
     within it) and is the pub/sub connection's keepalive interval; reconnection backs off up to
-    ``max_backoff`` seconds."""
+    ``max_backoff`` seconds; ``max_connections`` bounds the connections that publish."""
 
     def __init__(self, url: str, prefix: str = "livecart:", tick_ms: int = 50, history_size: int = 1024,
-                 history_age: float = 300.0, timeout: float = 1.0, max_backoff: float = 2.0) -> None:
+                 history_age: float = 300.0, timeout: float = 1.0, max_backoff: float = 2.0,
+                 max_connections: int = 32) -> None:
         self._url = url
         self._prefix = prefix
         self._tick = tick_ms / 1000
@@ -162,8 +163,11 @@ class RedisBus:
         self._timeout = timeout
         self._max_backoff = max_backoff
         # RESP2 on both connections: pub/sub messages arrive as plain replies to the reader below.
-        self._client = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                      retry=Retry(NoBackoff(), 0), protocol=2)
+        # At most ``max_connections`` publishes are in flight at once; more wait up to ``timeout``
+        # for a connection (a burst of chats in many rooms), then fail ``unavailable``.
+        self._client = Redis.from_pool(BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout,
+            socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), protocol=2))
         self._publish = self._client.register_script(_PUBLISH)
         self._load_script = self._client.register_script(_LOAD)
         self._mirrors: dict[str, _Mirror] = {}

@@ -194,3 +194,17 @@ async def test_redis_that_lost_its_data_means_a_reset_and_a_fresh_epoch() -> Non
             await bus.stop()
     finally:
         server.close()
+
+
+async def test_a_burst_of_publishes_waits_for_the_bounded_connections(redis_target: RedisTarget) -> None:
+    bus = RedisBus(redis_target.url, redis_target.prefix, max_connections=4)
+    await bus.start()
+    try:
+        on = await listening(bus, "room")
+        published = await asyncio.gather(*(bus.publish("room", "chat", {"n": n}) for n in range(300)))
+        seqs = sorted(event.seq for event in published)
+        assert seqs == list(range(seqs[0], seqs[0] + 300))
+        await until(lambda: len(on.events) == 300)
+        assert on.seqs() == seqs
+    finally:
+        await bus.stop()
