@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from aiohttp import web
 
 from engine import metrics
+from engine.bus.base import Bus
 from engine.bus.memory import MemoryBus
+from engine.bus.redis import RedisBus
 from engine.cluster import Cluster
 from engine.config import Config
 from engine.demo import seed_demo_catalog
@@ -61,14 +64,14 @@ class App:
         self.secret = config.secret or self.storage.secret_setting("secret")
         self.admin_key = config.admin_key or self.storage.secret_setting("admin_key")
         self.rooms = Rooms(self.storage)
-        self.bus = MemoryBus(config.tick_ms, config.history_size, config.history_age, config.tick_max_ms)
+        self.bus = bus(config)
         self.channel = Channel(config, self.bus, self.rooms, self.secret)
         register_chat(self.channel, self.bus, config)
         middlewares = [next_head_deadline, errors_as_json, body_deadline(config.http_read_timeout)]
         self.http = web.Application(middlewares=middlewares, client_max_size=1 << 20)
         self.http_gate = AddressGate(config.max_http_per_ip)
         self.guest_limiter = room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key),
-                                         self.viewers, self.urls, health=lambda: {"node": self.cluster.view()})
+                                         self.viewers, self.urls, health=self.health)
         # Rooms, commerce records and the purchase log share the storage's one connection on its own
         # thread: an order and its log entry commit in one transaction, and no commit runs on the loop.
         purchase_log = SqlitePurchaseLog(self.storage.db, config.purchase_log_size)
@@ -99,6 +102,15 @@ class App:
     def viewers(self, room: str) -> int:
         """People watching ``room``, each once, by websocket, WHEP or both (signaling.audience)."""
         return self.channel.audience.count(room)
+
+    def health(self) -> dict[str, Any]:
+        """What /healthz tells: this node, and its bus; ``degraded`` while the bus cannot reach Redis
+        (websockets stay open and the bus reconnects by itself, but nothing is published meanwhile)."""
+        bus = self.bus.health()
+        view: dict[str, Any] = {"node": self.cluster.view(), "bus": bus}
+        if not bus["connected"]:
+            view["status"] = "degraded"
+        return view
 
     def load(self) -> tuple[int, int]:
         """(viewers, open connections) of this node, for its registry heartbeat."""
@@ -155,6 +167,14 @@ class App:
         await self.bus.stop()
         self.storage.close()
         self.lock.release()
+
+
+def bus(config: Config) -> Bus:
+    """The event bus: on Redis with ``--redis-url`` (rooms' events shared by every node), else in memory."""
+    if config.redis_url:
+        return RedisBus(config.redis_url, config.redis_prefix, config.tick_ms, config.history_size,
+                        config.history_age, timeout=config.redis_timeout)
+    return MemoryBus(config.tick_ms, config.history_size, config.history_age, config.tick_max_ms)
 
 
 def _csv(value: str) -> tuple[str, ...]:

@@ -42,6 +42,7 @@ from signaling.websocket import Listener, WebSocket
 log = logging.getLogger(__name__)
 
 CLIENT_TURN = 0.002  # seconds one client's messages may hold the loop before others get a turn
+UNGREETED = 1 << 63  # a connection's last seq until its snapshot or replay: past every seq, it gets no event
 
 # A handler answers with the ack's fields, or returns (or raises) a CodedError for an error reply.
 # It is a coroutine function: the channel steps it itself, and makes a task only if it suspends.
@@ -90,7 +91,7 @@ class Session:
         self.packed = connection.subprotocol == protocol.MSGPACK_SUBPROTOCOL
         # Without a compression extension every client gets the same pre-framed bytes.
         self.raw = not connection.protocol.extensions
-        self.last_seq = 0
+        self.last_seq = UNGREETED
         self.lagging_since: float | None = None
         self.resync_bytes = 0  # size of the last snapshot that did not fit: none is built until it would
         self.limits = limits  # shared by all connections of this user
@@ -337,23 +338,14 @@ class Channel:
         if room == "*":  # a service in no room (purchase events)
             session.send_now({"type": "hello", "you": {"sub": session.sub, "role": session.role}})
             return
-        if self.snapshot_prepares:
-            # Parts of the snapshot live in a store that suspends (Redis): read them first, and
-            # hold the client's messages until it has its snapshot.
-            ws.hold()
-            self._spawn(self._join_prepared(session, since))
+        self._hub(room).add(session)  # it gets no event before its greeting (UNGREETED)
+        if self._inline and not self.snapshot_prepares:
+            self._greet(session, since)  # the memory bus has nothing to load first
             return
-        self._join(session, since)
-
-    def _join(self, session: Session, since: int | None) -> None:
-        self._hub(session.room).add(session)
-        self._greet(session, since)
-
-    async def _join_prepared(self, session: Session, since: int | None) -> None:
-        await self._prepare_snapshot(session)  # then no await until the greeting is sent
-        if session.connection.session is session:  # still connected
-            self._join(session, since)
-            session.connection.release()
+        # A shared backend: the bus may first load the room, and parts of the snapshot are read
+        # from a store that suspends; the connection's messages wait meanwhile.
+        ws.hold()
+        self._spawn(self._greet_later(session, since))
 
     def received(self, ws: WebSocket, data: bytes, binary: bool) -> None:
         session: Session | None = ws.session
@@ -427,6 +419,24 @@ class Channel:
             raise protocol.Refusal("bad_request", protocol.CLOSE_BAD_REQUEST,
                                    f"since must be an integer of 1-{protocol.MAX_SEQ_DIGITS} digits 0-9")
         return identity, room, since
+
+    async def _greet_later(self, session: Session, since: int | None) -> None:
+        try:
+            await self.bus.ready(session.room)
+            await self._prepare_snapshot(session)  # then no await until the greeting is sent
+        except CodedError as exc:
+            self._not_ready(session, exc)
+        else:
+            if session.connection.session is session:  # still connected
+                self._greet(session, since)
+        finally:
+            session.connection.release()
+
+    def _not_ready(self, session: Session, error: CodedError) -> None:
+        """The room's events cannot be read now: say why and close resumably (reconnect with since)."""
+        metrics.rejected(error.code)
+        session.send_now(protocol.error(error.code, error.message))
+        session.close(protocol.CLOSE_RESUMABLE_RESTART, "events unavailable, reconnect with since")
 
     def _greet(self, session: Session, since: int | None) -> None:
         """Replay what the client missed, or send a snapshot when that is not possible."""

@@ -93,14 +93,21 @@ class RoomHub:
         if len(self._pending) > self._max_pending:
             # The node cannot keep up with the room: rather than queue without bound,
             # drop the backlog and resync everyone with a snapshot.
-            self._pending.clear()
-            for session in self.sessions.values():
-                session.mark_lagging()
+            self._resync_everyone()
         self._wake.set()
 
     def on_direct(self, user: str, message: dict[str, Any]) -> None:
         for session in self._by_user.get(user, ()):
             session.send_now(message)
+
+    def on_reset(self) -> None:
+        # Events the clients have not seen are gone for good: resync everyone with a snapshot.
+        self._resync_everyone()
+
+    def _resync_everyone(self) -> None:
+        self._pending.clear()
+        for session in self.sessions.values():
+            session.mark_lagging()
 
     # delivery
 

@@ -56,6 +56,11 @@ class RoomListener(Protocol):
     def on_direct(self, user: str, message: dict[str, Any]) -> None:
         """A message for every connection of one user in the room (cart updates)."""
 
+    def on_reset(self) -> None:
+        """Events were lost beyond what history can replay (a shared backend was unreachable or
+        lost its data): the bus's seq, state and history are the room's anew, and every client
+        needs a snapshot. Later events follow the new seq."""
+
 
 class Bus(Protocol):
     """Per-room event streams. Every method is safe to call from the event loop thread."""
@@ -75,9 +80,15 @@ class Bus(Protocol):
     async def send_direct(self, room: str, user: str, type: str, data: dict[str, Any]) -> None:
         """A message for one user's connections only; not part of the room's order."""
 
-    def subscribe(self, room: str, listener: RoomListener) -> None: ...
+    def subscribe(self, room: str, listener: RoomListener) -> None:
+        """Start handing the room's traffic to ``listener``; the reads below answer for the room
+        once ``ready`` has returned (while any listener stays subscribed)."""
 
     def unsubscribe(self, room: str, listener: RoomListener) -> None: ...
+
+    async def ready(self, room: str) -> None:
+        """Wait until a subscribed room's seq, state and history can be read here. A shared
+        backend loads them from its store; raises ``unavailable`` (CodedError) if it cannot now."""
 
     def seq(self, room: str) -> int:
         """The seq of the room's latest event (what a snapshot taken now reflects)."""
@@ -87,6 +98,9 @@ class Bus(Protocol):
 
     def history(self, room: str, since: int) -> list[Event] | None:
         """Events after ``since``, or None when the gap is older than the kept history."""
+
+    def health(self) -> dict[str, Any]:
+        """For /healthz: the backend and whether it is reachable (``connected``)."""
 
     async def start(self) -> None: ...
 

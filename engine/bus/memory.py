@@ -82,6 +82,12 @@ class MemoryBus:
         if stream is not None and listener in stream.listeners:
             stream.listeners.remove(listener)
 
+    async def ready(self, room: str) -> None:
+        """Everything is here already."""
+
+    def health(self) -> dict[str, Any]:
+        return {"backend": "memory", "connected": True}
+
     def seq(self, room: str) -> int:
         return self._room(room).seq
 
