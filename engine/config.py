@@ -24,8 +24,14 @@ class Config:
     public_url: str = field(default="", metadata={
         "help": "base URL people reach the HTTP side at, for links and pages (default from host and port)"})
     data_dir: str = field(default="./livecart-data", metadata={"help": "SQLite data directory"})
-    redis_url: str = field(default="", metadata={"help": "Redis URL (redis://, rediss://) for shared backends; empty: this process alone"})
+    redis_url: str = field(default="", metadata={
+        "help": "Redis URL (redis://, rediss://) for shared backends; empty: this process alone"})
     redis_prefix: str = field(default="livecart:", metadata={"help": "prefix of every Redis key"})
+    redis_timeout: float = field(default=1.0, metadata={
+        "help": "seconds a Redis call of the commerce records, purchase log or rooms may take before the"
+                " action is answered `unavailable`"})
+    purchase_group: str = field(default="services", metadata={
+        "help": "consumer group created on the purchase stream for other services (with --redis-url)"})
     node_id: str = field(default="", metadata={
         "help": "this node's id in the node registry and on its leases (default: host name and a random suffix)"})
     node_heartbeat: float = field(default=1.0, metadata={"help": "seconds between this node's registry heartbeats"})
