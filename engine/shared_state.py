@@ -22,6 +22,21 @@ from overlays.purchases.redis import WAIT_BLOCK_MS, RedisPurchaseLog
 from overlays.records.redis import RedisRecords
 
 
+def kept_shared_setting(config: Config, key: str) -> str:
+    """The setting ``key`` the nodes keep on Redis, read without creating anything (``livecart token``);
+    LookupError saying why when Redis does not answer or keeps none."""
+    settings = f"{config.redis_prefix}{{settings}}:settings"
+    try:
+        with redis.Redis.from_url(config.redis_url, socket_timeout=config.redis_timeout,
+                                  socket_connect_timeout=config.redis_timeout) as client:
+            value = client.hget(settings, key)
+    except (redis.RedisError, OSError) as exc:
+        raise LookupError(f"cannot read {settings} on {config.redis_url}: {exc}") from None
+    if value is None:
+        raise LookupError(f"no {key} in {settings} on {config.redis_url} (no node has started with this prefix)")
+    return str(value.decode())
+
+
 class SharedState:
     """The Redis-backed settings, room directory, records and purchase log of one node."""
 

@@ -5,6 +5,8 @@ every purchase event once, resuming from its last id on the other node."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from commercekit import MUG, Rest, joined, no_message, running
 
 from engine.app import App
 from engine.config import Config
+from signaling.tokens import verify
 from tests.conftest import Client, RedisTarget, connect, token
 
 
@@ -114,3 +117,20 @@ async def test_a_restarted_node_finds_rooms_orders_and_log(config: Config, redis
         buyer, _ = await joined(c, sub="alice")
         again = await buyer.request({"type": "checkout", "id": "o1"})  # a retry after the restart: same order
         assert again["order"]["id"] == bought
+
+
+def test_token_command_signs_with_the_secret_kept_on_redis(config: Config, redis_target: RedisTarget,
+                                                           tmp_path: Path) -> None:
+    async def start_and_stop() -> str:
+        async with running(node_config(config, redis_target, tmp_path, "a")) as a:
+            return a.secret
+
+    secret = asyncio.run(start_and_stop())
+    command = [sys.executable, "-m", "engine.cli", "token", "--room", "demo", "--role", "viewer",
+               "--redis-url", redis_target.url]
+    made = subprocess.run([*command, "--redis-prefix", redis_target.prefix], capture_output=True, text=True,
+                          cwd=tmp_path, check=True)
+    assert verify(secret, made.stdout.strip()).room == "demo"
+    other = subprocess.run([*command, "--redis-prefix", redis_target.prefix + "other:"], capture_output=True,
+                           text=True, cwd=tmp_path)
+    assert other.returncode == 2 and not other.stdout and "no secret in" in other.stderr
