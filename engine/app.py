@@ -57,10 +57,10 @@ class App:
         self.cluster = Cluster(config, rooms=lambda: [room.id for room in self.rooms.list()],
                                urls=lambda: (self.urls().base, self.urls().ws), load=self.load)
         self.config = config
-        self.lock = DataDirLock(config.data_path)  # DataDirInUse if another process serves it
-        self.storage = Storage(config.data_path, busy_timeout=config.db_busy_timeout, fsync=config.fsync_orders)
         # With --redis-url, settings, rooms, records and the purchase log are shared by every node.
         self.shared = SharedState(config) if config.redis_url else None
+        self.lock = DataDirLock(config.data_path)  # DataDirInUse if another process serves it
+        self.storage = Storage(config.data_path, busy_timeout=config.db_busy_timeout, fsync=config.fsync_orders)
         settings = self.shared or self.storage
         self.secret = config.secret or settings.secret_setting("secret")
         self.admin_key = config.admin_key or settings.secret_setting("admin_key")

@@ -27,3 +27,17 @@ def redis_unavailable() -> Iterator[None]:
         yield
     except UNREACHABLE as exc:
         raise StorageUnavailable(f"Redis is unavailable ({exc}); retry") from exc
+
+
+class RedisUnreachable(ValueError):
+    """Redis did not answer while the engine started: reported like a refused setting (one line
+    naming --redis-url), since nothing can be served without it."""
+
+
+@contextlib.contextmanager
+def redis_at_start(url: str) -> Iterator[None]:
+    """Start-up calls to Redis: an unreachable one is RedisUnreachable."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        raise RedisUnreachable(f"cannot reach Redis at {url} (--redis-url): {exc}") from None

@@ -23,7 +23,7 @@ import orjson
 import redis
 from redis.asyncio import Redis
 
-from engine.rediscalls import UNREACHABLE, redis_unavailable
+from engine.rediscalls import UNREACHABLE, redis_at_start, redis_unavailable
 from engine.rooms import Room
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ class RedisRoomDirectory:
 
     def load(self) -> list[Room]:
         """Read before serving, on a short-lived blocking client (the constructor of the app is not async)."""
-        with redis.Redis.from_url(self._url, socket_timeout=self._timeout,
-                                  socket_connect_timeout=self._timeout) as client:
+        with redis_at_start(self._url), redis.Redis.from_url(
+                self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout) as client:
             return [_room(body) for body in client.hgetall(self.key).values()]
 
     async def insert(self, room: Room) -> bool:

@@ -17,6 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from engine.config import Config
+from engine.rediscalls import redis_at_start
 from engine.rooms_redis import RedisRoomDirectory
 from overlays.purchases.redis import WAIT_BLOCK_MS, RedisPurchaseLog
 from overlays.records.redis import RedisRecords
@@ -59,8 +60,8 @@ class SharedState:
         """A random secret kept under ``key`` in ``P{settings}:settings``, created by the first node
         that asks: every node then signs and checks tokens with the same secret."""
         settings = f"{self._prefix}{{settings}}:settings"
-        with redis.Redis.from_url(self._url, socket_timeout=self._timeout,
-                                  socket_connect_timeout=self._timeout) as client:
+        with redis_at_start(self._url), redis.Redis.from_url(
+                self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout) as client:
             client.hsetnx(settings, key, secrets.token_urlsafe(32))
             return str(client.hget(settings, key).decode())
 

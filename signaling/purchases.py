@@ -37,8 +37,8 @@ DRAIN_POLL = 0.01  # seconds between checks of a full send buffer
 async def check_position(purchases: PurchaseLog, after: str | None) -> int:
     """The resume position as an int, or why it cannot be honoured.
 
-    The memory and SQLite logs number entries contiguously, so a position is still covered
-    when the oldest retained entry is at most one past it."""
+    Every log (memory, SQLite, the Redis stream) numbers entries contiguously, so a position is
+    still covered when the oldest retained entry is at most one past it."""
     try:
         position = parse_id(after)
     except DomainError as exc:

@@ -18,7 +18,7 @@ from commercekit import MUG, Rest, joined, no_message, running
 from engine.app import App
 from engine.config import Config
 from signaling.tokens import verify
-from tests.conftest import Client, RedisTarget, connect, token
+from tests.conftest import Client, RedisTarget, connect, free_port, token
 
 
 def node_config(config: Config, target: RedisTarget, tmp_path: Path, name: str) -> Config:
@@ -134,3 +134,12 @@ def test_token_command_signs_with_the_secret_kept_on_redis(config: Config, redis
     other = subprocess.run([*command, "--redis-prefix", redis_target.prefix + "other:"], capture_output=True,
                            text=True, cwd=tmp_path)
     assert other.returncode == 2 and not other.stdout and "no secret in" in other.stderr
+
+
+def test_serve_without_its_redis_says_so_in_one_line(tmp_path: Path) -> None:
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--redis-url", nowhere, "--data-dir",
+                           str(tmp_path / "data"), "--http-port", "0", "--ws-port", "0"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"cannot reach Redis at {nowhere} (--redis-url)" in done.stderr
