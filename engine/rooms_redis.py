@@ -70,18 +70,26 @@ class RedisRoomDirectory:
         self._task = asyncio.get_running_loop().create_task(self._follow(learn, reload), name="rooms-follow")
 
     async def _follow(self, learn: Callable[[Room], None], reload: Callable[[list[Room]], None]) -> None:
+        away = False
         while not self._stopping:
             pubsub = self._client.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
                 reload([_room(body) for body in (await self._client.hgetall(self.key)).values()])
+                if away:
+                    log.warning("rooms: Redis answers again; the room directory is reloaded")
+                    away = False
                 while not self._stopping:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_SECONDS)
                     if message is not None and message["type"] == "message":
                         body = await self._client.hget(self.key, message["data"])
                         if body is not None:
                             learn(_room(body))
-            except UNREACHABLE:
+            except UNREACHABLE as exc:
+                if not away:
+                    log.warning("rooms: Redis is unavailable (%s); rooms other nodes change are learnt when it"
+                                " answers again", exc)
+                away = True
                 await asyncio.sleep(RETRY_SECONDS)
             finally:
                 with contextlib.suppress(*UNREACHABLE):

@@ -126,12 +126,19 @@ class RedisPurchaseLog(WakesReaders):
         """Wake readers whenever the stream grows, whoever appended. While Redis is away readers
         simply keep waiting; the next read after it returns picks up from `last`."""
         assert self._waker is not None
+        away = False
         while not self._stopping:
             try:
                 found = await self._waker.xread({self.stream: last}, count=100, block=WAIT_BLOCK_MS)
-            except UNREACHABLE:
+            except UNREACHABLE as exc:
+                if not away:
+                    log.warning("purchase stream: Redis is unavailable (%s); subscriptions wait for it", exc)
+                away = True
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
+            if away:
+                log.warning("purchase stream: Redis answers again")
+                away = False
             if found:
                 last = found[0][1][-1][0].decode()
                 self.appended()
