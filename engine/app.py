@@ -16,7 +16,7 @@ from engine.media.config import MediaConfig
 from engine.media.service import MediaService
 from engine.rooms import RoomError, Rooms, SqliteRoomDirectory
 from engine.shared_state import SharedState
-from engine.storage import DataDirLock, Storage
+from engine.storage import DataDirLock, Storage, StorageUnavailable
 from engine.urls import PublicUrls, public_urls
 from overlays.purchases.base import PurchaseLog
 from overlays.purchases.sqlite import SqlitePurchaseLog
@@ -24,6 +24,7 @@ from overlays.records import RecordStore, SqliteRecords
 from overlays.runtime import Commerce
 from overlays.shop import ShopConfig
 from overlays.stock.memory import MemoryStockStore
+from overlays.stock.redis import RedisStockStore
 from signaling.access import ViewAccess
 from signaling.accesslog import AccessLogger
 from signaling.channel import Channel
@@ -65,7 +66,7 @@ class App:
         self.secret = config.secret or settings.secret_setting("secret")
         self.admin_key = config.admin_key or settings.secret_setting("admin_key")
         self.rooms = Rooms(self.shared.rooms if self.shared else SqliteRoomDirectory(self.storage))
-        self.bus = MemoryBus(config.tick_ms, config.history_size, config.history_age)
+        self.bus = MemoryBus(config.tick_ms, config.history_size, config.history_age, config.tick_max_ms)
         self.channel = Channel(config, self.bus, self.rooms, self.secret)
         register_chat(self.channel, self.bus, config)
         middlewares = [next_head_deadline, errors_as_json, body_deadline(config.http_read_timeout)]
@@ -74,8 +75,9 @@ class App:
         self.guest_limiter = room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key),
                                          self.viewers, self.urls, health=lambda: {"node": self.cluster.view()})
         purchase_log, records = self._commerce_storage()
+        self.stock = stock_store(config)
         self.commerce = Commerce(
-            self.bus, stock=MemoryStockStore(config.max_user_requests), log=purchase_log,
+            self.bus, stock=self.stock, log=purchase_log,
             records=records, config=shop_config(config),
             room_exists=lambda room: self.rooms.get(room) is not None, tick_seconds=config.commerce_tick_ms / 1000,
             clock_leases=self.cluster.clocks if config.redis_url else None)
@@ -128,6 +130,11 @@ class App:
                     raise
                 new_demo = False  # another node sharing the rooms created it first
         metrics.ROOMS.set(len(self.rooms.list()))
+        if isinstance(self.stock, RedisStockStore):
+            try:
+                await self.stock.ping()
+            except StorageUnavailable as exc:
+                raise StartupError(f"cannot reach Redis (--redis-url): {exc}") from exc
         await self.bus.start()
         await self.commerce.start(room.id for room in self.rooms.list())
         if new_demo and self.config.demo_catalog:
@@ -166,6 +173,8 @@ class App:
         if self.shared is not None:
             await self.shared.stop()
         await self.cluster.stop()
+        if isinstance(self.stock, RedisStockStore):
+            await self.stock.close()
         await self.bus.stop()
         self.storage.close()
         self.lock.release()
@@ -202,6 +211,15 @@ def media_config(config: Config) -> MediaConfig:
         ended_sessions_max=config.ended_sessions_max,
         publisher_idle=config.publisher_idle,
     )
+
+
+def stock_store(config: Config) -> MemoryStockStore | RedisStockStore:
+    """Stock and carts in this process, or on Redis with --redis-url (shared by every node using it)."""
+    if not config.redis_url:
+        return MemoryStockStore(config.max_user_requests)
+    return RedisStockStore.from_url(config.redis_url, prefix=config.redis_prefix,
+                                    max_user_requests=config.max_user_requests, timeout=config.redis_timeout,
+                                    max_connections=config.redis_connections)
 
 
 def shop_config(config: Config) -> ShopConfig:

@@ -25,11 +25,13 @@ class Config:
         "help": "base URL people reach the HTTP side at, for links and pages (default from host and port)"})
     data_dir: str = field(default="./livecart-data", metadata={"help": "SQLite data directory"})
     redis_url: str = field(default="", metadata={
-        "help": "Redis URL (redis://, rediss://) for shared backends; empty: this process alone"})
-    redis_prefix: str = field(default="livecart:", metadata={"help": "prefix of every Redis key"})
+        "help": "Redis for shared state, redis://[:PASSWORD@]HOST:PORT/DB or rediss:// for TLS (stock and carts, "
+                "rooms, the secret, catalogs, sales, orders, the purchase log); '' keeps everything in this process"})
+    redis_prefix: str = field(default="livecart:", metadata={"help": "prefix of every Redis key this engine writes"})
     redis_timeout: float = field(default=1.0, metadata={
-        "help": "seconds a Redis call of the commerce records, purchase log or rooms may take before the"
-                " action is answered `unavailable`"})
+        "help": "seconds a Redis call may take (connect, or wait for a reply or a free connection); then the "
+                "action answers unavailable"})
+    redis_connections: int = field(default=64, metadata={"help": "Redis connections per process, at most"})
     purchase_group: str = field(default="services", metadata={
         "help": "consumer group created on the purchase stream for other services (with --redis-url)"})
     node_id: str = field(default="", metadata={
@@ -47,7 +49,9 @@ class Config:
     guest_tokens: bool = field(default=True, metadata={"help": "let the watch page mint viewer tokens"})
     token_ttl: int = field(default=86400, metadata={"help": "default token lifetime, seconds"})
 
-    tick_ms: int = field(default=50, metadata={"help": "state-event coalescing tick, ms"})
+    tick_ms: int = field(default=50, metadata={"help": "state-event coalescing tick while the loop is quiet, ms"})
+    tick_max_ms: int = field(default=250, metadata={
+        "help": "longest the coalescing tick stretches while the event loop is loaded, ms (= --tick-ms: never)"})
     history_size: int = field(default=1024, metadata={"help": "events kept per room for resume"})
     history_age: float = field(default=300.0, metadata={"help": "max age of replayable events, s"})
     fanout_slice: int = field(default=128, metadata={"help": "connections written between clock checks"})

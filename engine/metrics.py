@@ -26,6 +26,8 @@ SEND_QUEUE = Counter(
     "Slow-connection handling: 'lagged' (events skipped), 'resynced' (snapshot sent), 'closed'",
     ["outcome"],
 )
+BUS_TICK = Gauge("livecart_bus_tick_seconds",
+                 "Current state-event coalescing interval (stretched toward --tick-max-ms while the loop is loaded)")
 
 
 class _Rejections:

@@ -8,7 +8,8 @@ The Shop is pure (no sockets, no tasks); this module is where time passes and ev
   clock lease this node holds (`ClockLeases`);
 - calls that read then write across awaits (checkout, payment transitions, host edits, the tick)
   are serialised per user, order or room, so a backend whose calls really suspend (Redis) cannot
-  interleave two of them. Taps are not: each is one atomic store call, and the hot path stays lean.
+  interleave two of them. Taps are not: each is one atomic store call (then a read of the cart's
+  totals for the answer), and the hot path stays lean.
 
 `clock` is a plain attribute so tests can swap in a controllable clock at any time.
 """
@@ -31,6 +32,7 @@ from overlays.purchases.base import PurchaseLog
 from overlays.records import RecordStore
 from overlays.shop import Shop, ShopConfig
 from overlays.stock.base import StockStore
+from overlays.stock.memory import MemoryStockStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,6 +121,7 @@ class Commerce:
         self._unloaded: set[str] = set()  # rooms whose records failed to load at start
         self._locks = KeyedLocks()
         self._ticker: asyncio.Task[None] | None = None
+        self._ticks_failing: set[str] = set()  # rooms whose last tick found the store unavailable
 
     def _now(self) -> float:
         return self.clock()
@@ -181,11 +184,19 @@ class Commerce:
     # -- delivery and the clock ---------------------------------------------------------------
 
     async def deliver(self, room: str, events: list[DomainEvent]) -> None:
+        """Hand a call's events to the bus: its state values first, then the rest in order.
+
+        The bus sends the state values pending at a discrete event right after it in the same
+        batch, so a sale's start carries its counter and a product's edit its stock: one write to
+        every viewer rather than a second one at the tick."""
         bus = self.bus
         for event in events:
             if event.state:
                 bus.set_state(room, event.key, event.type, event.data)
-            elif event.user is None:
+        for event in events:
+            if event.state:
+                continue
+            if event.user is None:
                 await bus.publish(room, event.type, event.data)
             else:
                 await bus.send_direct(room, event.user, event.type, event.data)
@@ -210,7 +221,14 @@ class Commerce:
                 if token is not None and events and not await leases.confirm(room, token):
                     log.warning("room %s: its clock lease was lost during a tick; its announcements are withheld", room)
                     events = [event for event in events if event.state or event.user is not None]
+                if room in self._ticks_failing:
+                    self._ticks_failing.discard(room)
+                    log.warning("room %s: its clock runs again", room)
                 await self.deliver(room, events)
+            except StorageUnavailable as error:  # said once per outage, not at every tick
+                if room not in self._ticks_failing:
+                    self._ticks_failing.add(room)
+                    log.warning("room %s: its clock waits for the store: %s", room, error)
             except Exception:  # one room's failure must not stop the clock of the others
                 log.exception("commerce tick failed in room %s", room)
 
@@ -224,16 +242,17 @@ class Commerce:
     async def tap(
         self, room: str, user: str, request_id: str, *,
         product_id: Any = None, sale_id: Any = None, qty: Any = 1,
-    ) -> tuple[dict[str, Any], dict[str, Any]] | DomainError:
-        """(the new cart line, the whole cart), or the refusal as a value (see
-        Shop.tap_or_refusal). The hot path: one store call, no lock."""
+    ) -> dict[str, Any] | DomainError:
+        """The tap's answer (the reservation and the cart's totals; the line itself goes to the
+        user as `cart.added`, handed to the bus before this returns), or the refusal as a value
+        (see Shop.tap_or_refusal). The hot path: no lock."""
         shop = self._shops.get(room) or await self.shop(room)
         outcome = await shop.tap_or_refusal(user, request_id, product_id=product_id, sale_id=sale_id, qty=qty)
         if type(outcome) is DomainError:
             return outcome
         if outcome.events:
             await self.deliver(room, outcome.events)
-        return outcome.result, await shop.cart_of(user)
+        return outcome.result
 
     async def uncart(self, room: str, user: str, reservation_id: Any) -> dict[str, Any]:
         if type(reservation_id) is not str:
@@ -315,6 +334,23 @@ class Commerce:
     async def sale(self, room: str, sale_id: Any) -> dict[str, Any]:
         """One sale of the room's public view (not_found if there is none)."""
         return await (await self.shop(room)).sale_view(sale_id)
+
+    @property
+    def suspends(self) -> bool:
+        """Whether stock calls really wait (a networked store): snapshots are then read ahead
+        with `snapshot`, as `snapshot_now` cannot run them."""
+        return not isinstance(self.stock, MemoryStockStore)
+
+    async def snapshot(self, room: str, user: str | None) -> dict[str, Any]:
+        """The shop part of the room snapshot, read again (at most twice more) if the shop changed
+        while it was read, so its parts agree with each other."""
+        shop = await self.shop(room)
+        for _ in range(3):
+            version = shop.version
+            snap = await shop.snapshot(user)
+            if shop.version == version:
+                break
+        return snap
 
     def snapshot_now(self, room: str, user: str | None) -> dict[str, Any]:
         """The same, synchronously, for the channel's snapshot hook. It never touches the

@@ -101,6 +101,9 @@ class SaleBook:
     def __contains__(self, sale_id: str) -> bool:
         return sale_id in self._sales
 
+    def find(self, sale_id: str) -> Sale | None:
+        return self._sales.get(sale_id)
+
     def get(self, sale_id: str) -> Sale:
         sale = self._sales.get(sale_id)
         if sale is None:

@@ -30,7 +30,7 @@ from overlays.events import DomainError, DomainEvent, discrete, state
 from overlays.idempotency import RequestMemory
 from overlays.orders import CANCELLED, PAID, PLACED, Order, OrderLine, SalesStats
 from overlays.records import RecordStore
-from overlays.sales import ENDED, LIVE, Sale, SaleBook
+from overlays.sales import ENDED, LIVE, SCHEDULED, Sale, SaleBook
 from overlays.stock.base import Reservation, StockStore
 from overlays.tags import Tag, TagBoard
 
@@ -56,7 +56,7 @@ class ShopConfig:
     max_tags: int = 8  # pinned at once
     max_sales: int = 100  # kept per room; ended sales without held units are pruned to make room
     max_tap_qty: int = 20
-    user_requests: int = 1000  # tap/checkout outcomes kept per user for retries, each for the hold time
+    user_requests: int = 1000  # refused checkouts kept per user for retries, each for the hold time
     recent_orders: int = 10_000  # orders kept for "N bought in the last minute"
     proof_window: float = 60.0  # seconds of "N bought in the last minute"
     auto_confirm: bool = False  # demos: orders are paid as soon as they are placed
@@ -90,9 +90,12 @@ class Shop:
         self._sales = SaleBook(self.config.max_sales)
         self._pools: dict[str, tuple[str, str | None]] = {}  # pool -> (product id, sale id or None)
         self._sold_out: set[str] = set()  # sales announced sold out
+        # (sale id, phase) -> the refusal of a tap outside the sale's live time, made once: a storm
+        # opens with thousands of them. Returned, never raised, so sharing one is safe.
+        self._not_live: dict[tuple[str, str], DomainError] = {}
         self._figures: dict[str, int] = {}  # pool -> store version of the newest figure handled
-        # Outcomes for retries, each kept for the hold time (a checkout's order is found in the records).
-        self._taps: RequestMemory[dict[str, Any] | DomainError] = RequestMemory(self.config.user_requests)
+        # Refused checkouts for retries, each kept for the hold time (a placed order is found in the
+        # records; taps are remembered by the stock store).
         self._checkouts: RequestMemory[DomainError] = RequestMemory(self.config.user_requests)
         self.oversold: dict[str, tuple[int, int]] = {}  # pool -> (sold, quantity), found by load()
         self.stats = SalesStats(self.config.proof_window, self.config.recent_orders)
@@ -100,6 +103,11 @@ class Shop:
         # change clients see comes with events, so whatever returns events drops it.
         self._view: dict[str, Any] | None = None
         self._version = 0
+
+    @property
+    def version(self) -> int:
+        """Grows with every change clients see (the view is rebuilt after it)."""
+        return self._version
 
     # -- start --------------------------------------------------------------------------------
 
@@ -133,7 +141,14 @@ class Shop:
             if units > quantity:
                 self.oversold[pool] = (units, quantity)
                 quantity = units
-            counters = await self._stock.define(self.room, pool, quantity, sold.get(pool, {}))
+            try:
+                counters = await self._stock.define(self.room, pool, quantity, sold.get(pool, {}))
+            except DomainError as error:
+                if error.code != "conflict":
+                    raise
+                # A shared store (Redis) that outlived this process still holds carts of this
+                # pool: its counts are current (orders were counted there as they were made).
+                counters = await self._stock.define(self.room, pool, quantity)
             if (
                 sale_id is not None
                 and counters.available == 0
@@ -275,6 +290,8 @@ class Shop:
         self._pools.pop(sale.pool, None)
         self._figures.pop(sale.pool, None)
         self._sold_out.discard(sale.id)
+        for phase in (SCHEDULED, ENDED):
+            self._not_live.pop((sale.id, phase), None)
         await self._records.delete_sale(self.room, sale.id)
 
     # -- carts (viewers) ----------------------------------------------------------------------
@@ -289,8 +306,9 @@ class Shop:
         qty: int = 1,
     ) -> Outcome[dict[str, Any]]:
         """Reserve qty units of a product, or of a live sale, into the user's cart for the hold
-        time. Idempotent on (user, request_id): a retry gets the first outcome (result or error)
-        again, with no events. Raises the refusal; see `tap_or_refusal`."""
+        time. Idempotent on (user, request_id): a retry gets the first outcome (the same
+        reservation, or the same error) again, with no events. Raises the refusal; see
+        `tap_or_refusal` for the answer."""
         outcome = await self.tap_or_refusal(user, request_id, product_id=product_id, sale_id=sale_id, qty=qty)
         if type(outcome) is DomainError:
             raise DomainError(outcome.code, outcome.message)
@@ -307,36 +325,64 @@ class Shop:
     ) -> Outcome[dict[str, Any]] | DomainError:
         """`tap` with the refusal returned, not raised. This is the hot path, and in a storm most
         taps are refused (not live yet, sold out, over the limit): unwinding an exception through
-        the handler's frames would cost more than deciding. Keep it to lookups and one store call."""
-        seen = self._taps.get(check_user(user), check_request_id(request_id))
-        if seen is not None:
-            return seen if type(seen) is DomainError else Outcome(seen, [])
+        the handler's frames would cost more than deciding. Keep it to lookups and one store call
+        (two on success: the cart's totals).
+
+        The result is the tap's answer, `{"reservation": id, "cart": {quantity, total, currency}}`:
+        the new line's id and the cart's totals after the tap. The line itself is the `cart.added`
+        event, which reaches the user's connections before (and together with) the answer, so it
+        is not repeated here. A retry gets the same reservation and the cart's totals as they are
+        then. Outcomes are remembered in one place, the stock store, even refusals decided here:
+        its memory is atomic with the units, so a retry racing its original cannot reserve twice."""
+        user, request_id = check_user(user), check_request_id(request_id)
         now = self._clock()
         until = now + self.config.hold_seconds
         try:
             target = self._tap_target(product_id, sale_id, qty, now)
-            if type(target) is DomainError:
-                self._taps.remember(user, request_id, target, until)
+        except DomainError as error:
+            target = error
+        if type(target) is DomainError:
+            result = await self._stock.refuse(self.room, user, request_id, target.code, target.message, until)
+            if not result.replay:  # remembered as decided: answer the same error object
                 return target
+        else:
             pool, limit, unit = target
             result = await self._stock.reserve(self.room, pool, user, request_id, qty, limit, until, unit)
-        except DomainError as error:
-            self._taps.remember(user, request_id, error, until)
-            return error
         reservation = result.reservation
         if reservation is None or (result.replay and reservation.pool not in self._pools):
-            refusal = _STOCK_REFUSALS.get(result.code or "not_found") or DomainError("conflict", "refused")
-            self._taps.remember(user, request_id, refusal, until)
-            return refusal
+            if result.message is not None:
+                return DomainError(result.code or "conflict", result.message)
+            return _STOCK_REFUSALS.get(result.code or "not_found") or DomainError("conflict", "refused")
+        if result.replay:  # a retry: nothing changed, nothing to tell the room
+            return Outcome(await self._answer(user, reservation, now, result.cart), [])
         line = self._line(reservation)
-        self._taps.remember(user, request_id, line, until)
-        if result.replay:  # a retry that raced its original, or outlived this memory: nothing changed
-            return Outcome(line, [])
-        events = self._stock_events(pool, result.available, result.version, now)
+        answer = await self._answer(user, reservation, now, result.cart, line["currency"])
+        # The figures after the last await: a newer one handled meanwhile makes this one stale.
+        events = self._stock_events(reservation.pool, result.available, result.version, now)
         events.insert(0, discrete("cart.added", line, user))
         self._view = None  # inline _changed(): the hot path
         self._version += 1
-        return Outcome(line, events)
+        return Outcome(answer, events)
+
+    async def _answer(
+        self, user: str, reservation: Reservation, now: float, cart: tuple[Reservation, ...] | None,
+        currency: str | None = None,
+    ) -> dict[str, Any]:
+        """A tap's answer: the reservation and the totals of the user's cart as `cart_of` counts
+        them (unexpired lines), summed from the held reservations without building their lines.
+        ``cart``: the user's reservations when the store read them in the tap's own step (a
+        networked store saves a round trip), else None and they are read here."""
+        quantity = total = 0
+        for held in cart if cart is not None else await self._stock.cart(self.room, user):
+            if held.expires_at > now:
+                quantity += held.qty
+                total += held.qty * held.unit_amount
+        if quantity and currency is None:
+            currency = self._catalog.get(self._pools[reservation.pool][0]).currency
+        return {
+            "reservation": reservation.id,
+            "cart": {"quantity": quantity, "total": total, "currency": currency if quantity else None},
+        }
 
     def _tap_target(
         self, product_id: str | None, sale_id: str | None, qty: int, now: float
@@ -347,16 +393,22 @@ class Shop:
         if type(qty) is not int or not 1 <= qty <= self.config.max_tap_qty:
             raise DomainError("bad_request", f"qty must be an integer in [1, {self.config.max_tap_qty}]")
         if sale_id is not None:
-            sale = self._sales.get(check_id("sale_id", sale_id))
+            # A known id was checked when its sale was made: only an unknown one is checked here.
+            sale = (type(sale_id) is str and self._sales.find(sale_id)) or self._sales.get(check_id("sale_id", sale_id))
             if product_id is not None and check_id("product_id", product_id) != sale.product_id:
                 raise DomainError("bad_request", "the sale is for another product")
             phase = sale.phase(now)
             if phase != LIVE:
-                return DomainError("sale_not_live", f"sale {sale.id} is {phase}")
+                refusal = self._not_live.get((sale.id, phase))
+                if refusal is None:
+                    refusal = self._not_live[(sale.id, phase)] = DomainError(
+                        "sale_not_live", f"sale {sale.id} is {phase}")
+                return refusal
             return sale.pool, sale.per_user_limit, sale.price
         if product_id is None:
             raise DomainError("bad_request", "tap a product_id or a sale_id")
-        product = self._catalog.get(check_id("product_id", product_id))
+        product = (type(product_id) is str and self._catalog.find(product_id)) or self._catalog.get(
+            check_id("product_id", product_id))
         return product.pool, None, product.price
 
     async def uncart(self, user: str, reservation_id: str) -> Outcome[dict[str, Any]]:
@@ -390,7 +442,7 @@ class Shop:
         if found is not None:
             return Outcome(Order.from_dict(found).public(), [])
         now = self._clock()
-        held = await self._stock.commit(self.room, user, now)
+        held = await self._stock.commit(self.room, user, now, request_id)
         if not held:
             error = DomainError("cart_empty", "nothing in the cart to check out")
             self._checkouts.remember(user, request_id, error, now + self.config.hold_seconds)
@@ -452,7 +504,6 @@ class Shop:
         """Advance clock-driven state to `now` (default: the clock): expire reservations, start
         and end sales, slide the recent-purchases window. Returns the events to publish."""
         now = self._clock() if now is None else now
-        self._taps.forget(now)
         self._checkouts.forget(now)
         events: list[DomainEvent] = []
         for returned in await self._stock.expire(self.room, now):

@@ -2,9 +2,11 @@
 
 A connection gets a snapshot (or the events it missed), then the room's events in seq
 order through the room's hub (signaling.fanout), and sends actions that are answered by
-request id. Feature packages plug in through three hooks: ``actions`` (message handlers
-with roles and rate limits), ``snapshot_parts`` (their share of the room snapshot) and
-``on_close`` (cleanup when a connection ends, e.g. a websocket viewer's peer connection).
+request id. Feature packages plug in through four hooks: ``actions`` (message handlers
+with roles and rate limits), ``snapshot_parts`` (their share of the room snapshot, built
+synchronously so it matches the seq it is sent with), ``snapshot_prepares`` (awaited just
+before, to read a share kept elsewhere, e.g. stock on Redis) and ``on_close`` (cleanup when a
+connection ends, e.g. a websocket viewer's peer connection).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ log = logging.getLogger(__name__)
 CLIENT_TURN = 0.002  # seconds one client's messages may hold the loop before others get a turn
 
 # A handler answers with the ack's fields, or returns (or raises) a CodedError for an error reply.
-Handler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any] | CodedError | None]]
+# It is a coroutine function: the channel steps it itself, and makes a task only if it suspends.
+Handler = Callable[["Session", dict[str, Any]], Coroutine[Any, Any, dict[str, Any] | CodedError | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,7 @@ class Action:
     handler: Handler
     roles: frozenset[str]
     rate: tuple[float, int] | None
+    inline: bool  # does not suspend on the embedded backends: answered in the read callback, no task
 
 
 class Actions:
@@ -59,10 +63,12 @@ class Actions:
         self._actions: dict[str, Action] = {}
 
     def register(self, type: str, roles: frozenset[str], handler: Handler,
-                 rate: tuple[float, int] | None = None) -> None:
+                 rate: tuple[float, int] | None = None, inline: bool = False) -> None:
+        """``inline``: the handler does not suspend when the bus and stores are this process's own
+        (a tap on the memory store, chat), so the channel steps it without a task."""
         if type in self._actions:
             raise ValueError(f"action {type!r} registered twice")
-        self._actions[type] = Action(handler, roles, rate)
+        self._actions[type] = Action(handler, roles, rate, inline)
 
     def get(self, type: str) -> Action | None:
         return self._actions.get(type)
@@ -213,6 +219,9 @@ class Channel:
         self.secret = secret
         self.actions = Actions()
         self.snapshot_parts: list[Callable[[Session], dict[str, Any]]] = []
+        #: Awaited just before a snapshot is built, for parts whose data lives elsewhere (Redis):
+        #: they fetch it here, and their snapshot part, built right after, hands it out.
+        self.snapshot_prepares: list[Callable[[Session], Awaitable[None]]] = []
         self.on_close: list[Callable[[Session], Awaitable[None]]] = []
         self.hubs: dict[str, RoomHub] = {}
         #: Viewers per room, websocket and media paths together (the media relay reports its own).
@@ -228,6 +237,8 @@ class Channel:
             max_inbox=config.ws_inbox, turn=CLIENT_TURN)
         self._ids = itertools.count(1)
         self._refusals = Refusals()
+        # With Redis every action may wait on it, and redis-py's calls need a task around them.
+        self._inline = not config.redis_url
         self._background: set[asyncio.Task[None]] = set()  # answers that suspend, and close cleanups
         self._timers: list[asyncio.Task[None]] = []
 
@@ -284,6 +295,10 @@ class Channel:
         session.last_seq = body["seq"]
         return body
 
+    async def _prepare_snapshot(self, session: Session) -> None:
+        for prepare in self.snapshot_prepares:
+            await prepare(session)
+
     def _hub(self, room: str) -> RoomHub:
         hub = self.hubs.get(room)
         if hub is None:
@@ -322,8 +337,23 @@ class Channel:
         if room == "*":  # a service in no room (purchase events)
             session.send_now({"type": "hello", "you": {"sub": session.sub, "role": session.role}})
             return
-        self._hub(room).add(session)
+        if self.snapshot_prepares:
+            # Parts of the snapshot live in a store that suspends (Redis): read them first, and
+            # hold the client's messages until it has its snapshot.
+            ws.hold()
+            self._spawn(self._join_prepared(session, since))
+            return
+        self._join(session, since)
+
+    def _join(self, session: Session, since: int | None) -> None:
+        self._hub(session.room).add(session)
         self._greet(session, since)
+
+    async def _join_prepared(self, session: Session, since: int | None) -> None:
+        await self._prepare_snapshot(session)  # then no await until the greeting is sent
+        if session.connection.session is session:  # still connected
+            self._join(session, since)
+            session.connection.release()
 
     def received(self, ws: WebSocket, data: bytes, binary: bool) -> None:
         session: Session | None = ws.session
@@ -414,10 +444,11 @@ class Channel:
     def _on_message(self, session: Session, data: bytes, binary: bool) -> None:
         """Check, route and answer one message, in the websocket layer's callback.
 
-        A handler that does not suspend (a tap on the memory store, chat, every refusal) is run
-        to its end right here, without a task. One that suspends (a checkout writing its order,
-        a media offer) continues as a task, and this connection's next messages wait for it, so
-        each connection is still answered in order."""
+        An inline handler (a tap on the memory store, chat) and every refusal are run to their end
+        right here, without a task. Other handlers (a checkout writing its order, a media offer,
+        anything with Redis: its client needs a task around its calls) run as a task, and so
+        does the rest of an inline one that did suspend; this connection's next messages wait
+        for it, so each connection is still answered in order."""
         request_id = None
         try:
             if not session.limits.messages.take():
@@ -436,23 +467,25 @@ class Channel:
             if action.rate is not None and not session.limits.take(body["type"], action.rate):
                 raise ProtocolError("rate_limited", f"too many {shown(body['type'])} messages, slow down")
             answer = action.handler(session, body)
-            try:
-                waiting_on = answer.send(None)
-            except StopIteration as done:
-                self._answer(session, done.value, request_id)
-                return
+            pending: Awaitable[Any] = answer
+            if action.inline and self._inline:
+                try:
+                    waiting_on = answer.send(None)
+                except StopIteration as done:
+                    self._answer(session, done.value, request_id)
+                    return
+                pending = _Resumed(answer, waiting_on)  # it did suspend: a task drives the rest
             session.connection.hold()
-            self._spawn(self._answer_later(session, answer, waiting_on, request_id))
+            self._spawn(self._answer_later(session, pending, request_id))
         except CodedError as exc:  # ProtocolError, or a domain/media refusal raised by a handler
             self._refuse(session, exc, request_id)
         except Exception:
             log.exception("action failed")
             self._refuse(session, CodedError("internal", "the server failed on this request"), request_id)
 
-    async def _answer_later(self, session: Session, answer: Coroutine[Any, Any, Any], waiting_on: Any,
-                            request_id: Any) -> None:
+    async def _answer_later(self, session: Session, pending: Awaitable[Any], request_id: Any) -> None:
         try:
-            result = await _Resumed(answer, waiting_on)
+            result = await pending
         except CodedError as exc:
             self._refuse(session, exc, request_id)
         except Exception:
@@ -483,6 +516,7 @@ class Channel:
             await asyncio.sleep(0.1)
             now = time.monotonic()
             for session in list(self.lagging):
+                await self._prepare_snapshot(session)
                 session.recover_or_close(now)
 
     async def _keepalive(self) -> None:

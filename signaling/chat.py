@@ -20,4 +20,5 @@ def register_chat(channel: Channel, bus: Bus, config: Config) -> None:
         event = await bus.publish(session.room, "chat", {"user": session.sub, "role": session.role, "text": text})
         return {"seq": event.seq}
 
-    channel.actions.register("chat", frozenset({"viewer", "host"}), chat, rate=(config.chat_rate, config.chat_burst))
+    channel.actions.register("chat", frozenset({"viewer", "host"}), chat, rate=(config.chat_rate, config.chat_burst),
+                             inline=True)

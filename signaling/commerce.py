@@ -7,6 +7,7 @@ becomes a websocket error with the same code, or an HTTP status from `signaling.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from overlays.runtime import Commerce
 from signaling.channel import Channel, Session
 from signaling.http import ApiError, Auth, json_response, read_json
 from signaling.protocol import ProtocolError
+
+log = logging.getLogger(__name__)
 
 HOSTS = frozenset({"host"})
 SHOPPERS = frozenset({"viewer", "host"})
@@ -46,16 +49,15 @@ def register_commerce(channel: Channel, commerce: Commerce, config: Config) -> N
         if session.identity.guest and not config.guest_checkout:
             raise ProtocolError("forbidden", "guests may watch and chat; buying needs a token from the shop")
 
-    async def tap(session: Session, message: dict[str, Any]) -> dict[str, Any]:
-        """A storm is mostly refusals, so they come back as values and are answered without a raise."""
+    async def tap(session: Session, message: dict[str, Any]) -> dict[str, Any] | DomainError:
+        """A storm is mostly refusals, so they come back as values and are answered without a raise.
+        The answer is the runtime's as it is (`reservation`, `cart` totals): the new line reached
+        the user as `cart.added` just before it."""
         may_buy(session)
-        result = await commerce.tap(
+        return await commerce.tap(
             session.room, session.sub, _request_id(message, "tap"),
             product_id=message.get("product_id"), sale_id=message.get("sale_id"), qty=message.get("qty", 1),
         )
-        if type(result) is DomainError:
-            return result
-        return {"line": result[0], "cart": result[1]}
 
     async def uncart(session: Session, message: dict[str, Any]) -> dict[str, Any]:
         return {"cart": await commerce.uncart(session.room, session.sub, message.get("reservation"))}
@@ -87,9 +89,9 @@ def register_commerce(channel: Channel, commerce: Commerce, config: Config) -> N
         return {"sale": await commerce.end_sale(session.room, message.get("sale_id"))}
 
     register = channel.actions.register
-    register("tap", SHOPPERS, tap, rate=cart_rate)
-    register("uncart", SHOPPERS, uncart, rate=cart_rate)
-    register("cart", SHOPPERS, cart)
+    register("tap", SHOPPERS, tap, rate=cart_rate, inline=True)
+    register("uncart", SHOPPERS, uncart, rate=cart_rate, inline=True)
+    register("cart", SHOPPERS, cart, inline=True)
     register("checkout", SHOPPERS, checkout, rate=cart_rate)
     register("product.put", HOSTS, product_put)
     register("product.remove", HOSTS, product_remove)
@@ -98,11 +100,34 @@ def register_commerce(channel: Channel, commerce: Commerce, config: Config) -> N
     register("sale.start", HOSTS, sale_start)
     register("sale.end", HOSTS, sale_end)
 
+    # A store that suspends (Redis) is read before the snapshot is built: session -> its shop part.
+    # An entry lives from the prepare to the snapshot right after it (or the session's end).
+    prepared: dict[int, dict[str, Any]] = {}
+
+    async def prepare(session: Session) -> None:
+        user = session.sub if session.role in SHOPPERS else None
+        try:
+            prepared[session.conn_id] = await commerce.snapshot(session.room, user)
+        except Exception as error:  # the room stays watchable; its shop comes with a later snapshot
+            prepared.pop(session.conn_id, None)
+            log.warning("room %s: the shop part of a snapshot could not be read: %s", session.room, error)
+
     def snapshot_part(session: Session) -> dict[str, Any]:
         """Products, tags, sales, totals, recent and (for shoppers) the connecting user's cart."""
+        part = prepared.pop(session.conn_id, None)
+        if part is not None:
+            return part
+        if commerce.suspends:  # it could not be read just now
+            return {}
         user = session.sub if session.role in SHOPPERS else None
         return commerce.snapshot_now(session.room, user)
 
+    async def forget(session: Session) -> None:
+        prepared.pop(session.conn_id, None)
+
+    if commerce.suspends:  # the memory store is read in the snapshot itself, with no task per join
+        channel.snapshot_prepares.append(prepare)
+        channel.on_close.append(forget)
     channel.snapshot_parts.append(snapshot_part)
 
 

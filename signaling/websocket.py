@@ -116,20 +116,17 @@ class Listener:
         self.connections.discard(ws)
         self._gone.set()
 
-    def ping_all(self, now: float) -> int:
+    def ping_all(self, now: float) -> None:
         """Keepalive: cut connections that sent nothing since the last ping, ping the others."""
-        cut = 0
         for ws in list(self.connections):
             if ws.protocol.state is not OPEN:
                 continue
             if ws.pinged_at is not None and ws.received_at < ws.pinged_at:
                 ws.abort()
-                cut += 1
                 continue
             ws.pinged_at = now
             ws.protocol.send_ping(b"")
             ws.flush_protocol()
-        return cut
 
 
 class WebSocket(asyncio.Protocol):

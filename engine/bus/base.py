@@ -61,10 +61,16 @@ class Bus(Protocol):
     """Per-room event streams. Every method is safe to call from the event loop thread."""
 
     async def publish(self, room: str, type: str, data: dict[str, Any]) -> Event:
-        """A discrete event: delivered individually and in order, kept in history."""
+        """A discrete event: delivered individually and in order, kept in history.
+
+        State values set since the room's last tick go out with it, as events right after it in
+        the same batch: every viewer gets them in the one write the discrete event costs anyway,
+        instead of a second write to everyone at the tick (a sale's start and its counter, a sell-out
+        and the zero)."""
 
     def set_state(self, room: str, key: str, type: str, data: dict[str, Any]) -> None:
-        """A state value (latest wins), emitted as an event at the room's next tick."""
+        """A state value (latest wins), emitted as an event at the room's next tick, or with the
+        room's next discrete event if that comes first."""
 
     async def send_direct(self, room: str, user: str, type: str, data: dict[str, Any]) -> None:
         """A message for one user's connections only; not part of the room's order."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from engine import metrics
 from engine.bus.base import Event, RoomListener
+from engine.bus.pacing import TickPacer
 
 
 class _RoomStream:
@@ -31,8 +32,9 @@ class _RoomStream:
 class MemoryBus:
     """Bus backend for one process (see engine.bus.base.Bus for the contract)."""
 
-    def __init__(self, tick_ms: int = 50, history_size: int = 1024, history_age: float = 300.0) -> None:
-        self._tick = tick_ms / 1000
+    def __init__(self, tick_ms: int = 50, history_size: int = 1024, history_age: float = 300.0,
+                 tick_max_ms: int | None = None) -> None:
+        self._tick = TickPacer(tick_ms / 1000, (tick_max_ms if tick_max_ms is not None else tick_ms) / 1000)
         self._history_size = history_size
         self._history_age = history_age
         self._rooms: dict[str, _RoomStream] = {}
@@ -54,7 +56,7 @@ class MemoryBus:
     async def publish(self, room: str, type: str, data: dict[str, Any]) -> Event:
         stream = self._room(room)
         event = self._emit(room, stream, type, data)
-        batch = [event]
+        batch = [event, *self._pending_state(room, stream)]
         for listener in stream.listeners:
             listener.on_events(batch)
         return event
@@ -106,19 +108,34 @@ class MemoryBus:
         while history and history[0].ts < cutoff:
             history.popleft()
 
+    def _pending_state(self, room: str, stream: _RoomStream) -> list[Event]:
+        """The room's state values set since they last went out, as events (one per key), now."""
+        if not stream.dirty:
+            return []
+        dirty, stream.dirty = stream.dirty, {}
+        return [self._emit(room, stream, type, {"key": key, **data}) for key, (type, data) in dirty.items()]
+
     def flush_state(self) -> None:
         """Emit every dirty state value as one event per key (called at each tick)."""
         for room, stream in self._rooms.items():
-            if not stream.dirty:
+            batch = self._pending_state(room, stream)
+            if not batch:
                 continue
-            dirty, stream.dirty = stream.dirty, {}
-            batch = [self._emit(room, stream, type, {"key": key, **data}) for key, (type, data) in dirty.items()]
             for listener in stream.listeners:
                 listener.on_events(batch)
 
+    @property
+    def tick(self) -> float:
+        """The current coalescing interval in seconds (stretched while the loop is loaded)."""
+        return self._tick.interval
+
     async def _run_ticker(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self._tick)
+            interval = self._tick.interval
+            due = loop.time() + interval
+            await asyncio.sleep(interval)
+            self._tick.woke(loop.time() - due)
             self.flush_state()
 
     async def start(self) -> None:

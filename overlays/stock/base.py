@@ -36,16 +36,21 @@ class Reservation(NamedTuple):
 
 
 class ReserveResult(NamedTuple):
-    """`code` is None on success, else sold_out, limit_reached, not_found or bad_request.
+    """`code` is None on success, else sold_out, limit_reached, not_found or bad_request, or the
+    code of a refusal the caller decided itself (`refuse`), which comes with its `message`.
     `available` is the pool's availability after the call (0 when the pool is unknown).
     `replay` marks the first result handed out again for a repeated request id: nothing changed,
-    and `available` is a figure from the past (not to be published)."""
+    and `available` is a figure from the past (not to be published). `cart` is the user's cart
+    right after the call when the backend read it in the same step (a networked store saves a
+    round trip), else None (call `cart`)."""
 
     code: str | None
     reservation: Reservation | None
     available: int
     version: int
     replay: bool = False
+    message: str | None = None
+    cart: tuple[Reservation, ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -87,7 +92,19 @@ class StockStore(Protocol):
         """Hold qty units for user at `unit_amount` each, idempotent on (room, user, request_id):
         a repeat returns the first result with `replay` set, until `expires_at` of the first
         call has passed (refusals too), whatever other users do meanwhile. A backend may bound
-        the requests it remembers per user (that user's oldest go first), never across users."""
+        the requests it remembers per user (that user's oldest go first), never across users.
+        This memory is the only one of tap outcomes: it is atomic with the units, so a retry that
+        races its original (a backend whose calls suspend) cannot reserve twice."""
+        ...
+
+    async def refuse(
+        self, room: str, user: str, request_id: str, code: str, message: str, expires_at: float
+    ) -> ReserveResult:
+        """A tap the caller refused before any pool was touched (the sale is not live, the item is
+        unknown, the request is malformed), kept in the same memory as `reserve`'s results: the
+        first result of (room, user, request_id) with `replay` set if the id was seen (a retry of
+        a tap that reserved gets its reservation back, whatever the caller decides now), else this
+        refusal, remembered until `expires_at`."""
         ...
 
     async def release(self, room: str, user: str, reservation_id: str) -> Returned | None:
@@ -99,14 +116,19 @@ class StockStore(Protocol):
         ids remembered until then)."""
         ...
 
-    async def commit(self, room: str, user: str, now: float) -> list[Reservation]:
-        """Turn the user's unexpired reservations into sold units; returns them (the order lines)."""
+    async def commit(self, room: str, user: str, now: float, request_id: str | None = None) -> list[Reservation]:
+        """Turn the user's unexpired reservations into sold units; returns them (the order lines).
+        With `request_id`, the user's last non-empty commit is remembered until its lines' hold
+        would have ended (or `restore` undoes it): the same request id again returns the same
+        lines and sells nothing more, so a checkout whose reply was lost (a networked store) can
+        be retried."""
         ...
 
     async def restore(self, room: str, lines: list[Reservation]) -> None:
         """Undo `commit`: turn the units of `lines` (as commit returned them) back into the same
-        reservations in their users' carts, with the same ids and expiry. For an order that could
-        not be written; lines of pools that no longer exist are skipped."""
+        reservations in their users' carts, with the same ids and expiry, and forget those users'
+        remembered commits. For an order that could not be written; lines of pools that no longer
+        exist are skipped."""
         ...
 
     async def refund(self, room: str, lines: list[Reservation]) -> dict[str, Counters]:

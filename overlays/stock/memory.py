@@ -37,9 +37,15 @@ class _Pool:
             self.held.pop(user, None)
 
 
+def _replayed(result: ReserveResult) -> ReserveResult:
+    """The remembered result, marked as handed out again (built directly: `_replace` costs twice
+    as much, and every retry pays it)."""
+    return ReserveResult(result.code, result.reservation, result.available, result.version, True, result.message)
+
+
 class MemoryStockStore:
-    """Tap results are remembered per room until their hold time ends, at most
-    `max_user_requests` per user and room (see overlays.idempotency for the memory bound)."""
+    """Tap results (`reserve`'s and `refuse`'s) are remembered per room until their hold time
+    ends, at most `max_user_requests` per user and room (see overlays.idempotency for the bound)."""
 
     def __init__(self, max_user_requests: int = 1000) -> None:
         self.max_user_requests = max_user_requests
@@ -48,6 +54,9 @@ class MemoryStockStore:
         self._carts: dict[tuple[str, str], dict[str, Reservation]] = {}
         self._expiry: dict[str, list[tuple[float, str]]] = {}  # room -> heap, lazily cleaned
         self._requests: dict[str, RequestMemory[ReserveResult]] = {}  # room -> remembered results
+        # (room, user) -> their last commit with a request id, and per room when each is forgotten
+        self._commits: dict[tuple[str, str], tuple[str, list[Reservation]]] = {}
+        self._commit_expiry: dict[str, list[tuple[float, str, str]]] = {}
         self._ids = itertools.count(1)
 
     async def define(
@@ -97,12 +106,10 @@ class MemoryStockStore:
         expires_at: float,
         unit_amount: int,
     ) -> ReserveResult:
-        memory = self._requests.get(room)
-        if memory is None:
-            memory = self._requests[room] = RequestMemory(self.max_user_requests)
+        memory = self._memory(room)
         result = memory.get(user, request_id)
         if result is not None:
-            return result._replace(replay=True)
+            return _replayed(result)
         current = self._pools.get((room, pool))
         if current is None:
             result = ReserveResult("not_found", None, 0, 0)
@@ -119,6 +126,23 @@ class MemoryStockStore:
                 result = ReserveResult(None, reservation, available - qty, current.version)
         memory.remember(user, request_id, result, expires_at)
         return result
+
+    async def refuse(
+        self, room: str, user: str, request_id: str, code: str, message: str, expires_at: float
+    ) -> ReserveResult:
+        memory = self._memory(room)
+        result = memory.get(user, request_id)
+        if result is not None:
+            return _replayed(result)
+        result = ReserveResult(code, None, 0, 0, False, message)
+        memory.remember(user, request_id, result, expires_at)
+        return result
+
+    def _memory(self, room: str) -> RequestMemory[ReserveResult]:
+        memory = self._requests.get(room)
+        if memory is None:
+            memory = self._requests[room] = RequestMemory(self.max_user_requests)
+        return memory
 
     def _hold(
         self, room: str, current: _Pool, pool: str, user: str, qty: int, expires_at: float, unit_amount: int
@@ -163,6 +187,14 @@ class MemoryStockStore:
             memory.forget(now)
             if not memory.pending:
                 del self._requests[room]
+        commits = self._commit_expiry.get(room)
+        while commits and commits[0][0] <= now:
+            _, user, request_id = heapq.heappop(commits)
+            last = self._commits.get((room, user))
+            if last is not None and last[0] == request_id:
+                del self._commits[(room, user)]
+        if commits is not None and not commits:
+            del self._commit_expiry[room]
         heap = self._expiry.get(room)
         returned: list[Returned] = []
         while heap and heap[0][0] <= now:
@@ -174,11 +206,19 @@ class MemoryStockStore:
             del self._expiry[room]
         return returned
 
-    async def commit(self, room: str, user: str, now: float) -> list[Reservation]:
+    async def commit(self, room: str, user: str, now: float, request_id: str | None = None) -> list[Reservation]:
+        if request_id is not None:
+            last = self._commits.get((room, user))
+            if last is not None and last[0] == request_id:
+                return list(last[1])
         cart = self._carts.get((room, user))
         if not cart:
             return []
         lines = [r for r in cart.values() if r.expires_at > now]
+        if request_id is not None and lines:
+            self._commits[(room, user)] = (request_id, lines)
+            until = max(r.expires_at for r in lines)
+            heapq.heappush(self._commit_expiry.setdefault(room, []), (until, user, request_id))
         for reservation in lines:
             del cart[reservation.id]
             del self._reservations[reservation.id]
@@ -192,6 +232,7 @@ class MemoryStockStore:
 
     async def restore(self, room: str, lines: list[Reservation]) -> None:
         for reservation in lines:
+            self._commits.pop((room, reservation.user), None)
             current = self._pools.get((room, reservation.pool))
             if current is None:
                 continue

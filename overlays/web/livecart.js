@@ -470,6 +470,16 @@ const LC = (() => {
       this.onChange('cart');
     }
 
+    /**
+     * A tap's answer: the cart's totals after it (`{quantity, total, currency}`, no lines). The new
+     * line itself came just before, as `cart.added`. Returns the line of `reservation` if held.
+     */
+    tapped(reservation, totals) {
+      if (totals) this.cart = {...this.cart, ...totals};
+      this.onChange('cart');
+      return this.cart.lines.find((l) => l.reservation === reservation) || null;
+    }
+
     recount() {
       const lines = this.cart.lines;
       this.cart = {lines, quantity: lines.reduce((n, l) => n + l.quantity, 0),

@@ -146,8 +146,8 @@
   async function tap(product, sale) {
     try {
       const ack = await channel.request('tap', sale ? {sale_id: sale.id, qty: 1} : {product_id: product.id, qty: 1});
-      state.setCart(ack.cart);
-      toast(`Added ${product.title} — held for ${clock(ack.line.expires_at - serverNow())}`, 'ok');
+      const line = state.tapped(ack.reservation, ack.cart);
+      toast(line ? `Added ${product.title} — held for ${clock(line.expires_at - serverNow())}` : `Added ${product.title}`, 'ok');
       const button = $('#cart-button');
       button.classList.remove('bump');
       void button.offsetWidth;

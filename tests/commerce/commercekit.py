@@ -89,3 +89,13 @@ async def request_seen(client: Client, message: dict[str, Any]) -> tuple[dict[st
     await client.send(message)
     seen = await events_until(client, lambda m: m.get("re") == message["id"] and m["type"] in ("ack", "error"))
     return seen[-1], seen[:-1]
+
+
+async def tap(client: Client, message: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Send a tap; its ack or error, and the cart line it added: the `cart.added` naming the ack's
+    reservation, which comes before the ack (None for a refusal, or a retry: it adds nothing)."""
+    reply, seen = await request_seen(client, {"type": "tap", **message})
+    added = [m for m in seen if m["type"] == "cart.added" and m["reservation"] == reply.get("reservation")]
+    if not added:
+        return reply, None
+    return reply, {k: v for k, v in added[-1].items() if k != "type"}

@@ -60,10 +60,9 @@ async def test_remembered_refusals_stay_small(app: App) -> None:
     for i in range(50):
         reply = await _request(ws, {"type": "tap", "id": f"r{i}", "product_id": HUGE})
         assert reply["code"] == "bad_request"
-    shop = app.commerce._shops["demo"]
-    remembered = shop._taps._users["mallory"]
+    remembered = app.commerce.stock._requests["demo"]._users["mallory"]  # the one memory of taps
     assert len(remembered) == 50
-    assert sum(len(error.message) for _, error in remembered.values()) < 50 * SMALL
+    assert sum(len(result.message) for _, result in remembered.values()) < 50 * SMALL
     await ws.close()
 
 

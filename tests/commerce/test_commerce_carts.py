@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from commercekit import MUG, Clock, Rest, events_until, joined, no_message
+from commercekit import MUG, Clock, Rest, events_until, joined, no_message, tap
 
 from engine.app import App
 from tests.conftest import Client
@@ -24,23 +24,28 @@ async def _shop(app: App, quantity: int = 3, limit: int = 2) -> Client:
 async def test_tap_reserves_into_the_cart_once_per_request_id(app: App, rest: Rest) -> None:
     host = await _shop(app)
     alice, _ = await joined(app, sub="alice")
-    ack = await alice.request({"type": "tap", "id": "tap-1", "sale_id": "flash"})
-    assert ack["type"] == "ack"
-    line = ack["line"]
+    ack, line = await tap(alice, {"id": "tap-1", "sale_id": "flash"})
+    assert line is not None
     assert line == {**line, "product": "mug", "sale": "flash", "quantity": 1, "unit_amount": 500, "amount": 500,
                     "currency": "EUR"}
-    assert ack["cart"] == {"lines": [line], "quantity": 1, "total": 500, "currency": "EUR"}
+    # The ack says what changed: which line (sent just before it, not repeated) and the cart's totals.
+    assert ack == {"type": "ack", "re": "tap-1", "reservation": line["reservation"],
+                   "cart": {"quantity": 1, "total": 500, "currency": "EUR"}}
 
-    # A retry (same id) answers the same line and reserves nothing more.
-    again = await alice.request({"type": "tap", "id": "tap-1", "sale_id": "flash"})
-    assert again["line"] == line and again["cart"]["quantity"] == 1
+    # A retry (same id) answers the same, adds no line and reserves nothing more.
+    again, added = await tap(alice, {"id": "tap-1", "sale_id": "flash"})
+    assert again == ack and added is None
     status, body = await rest.call("GET", "/api/rooms/demo/sales/flash")
     assert body["sale"]["remaining"] == 2
 
     # Catalog taps (no sale) use the product's own stock and price.
-    product = await alice.request({"type": "tap", "id": "tap-2", "product_id": "mug", "qty": 3})
-    assert product["line"]["unit_amount"] == 1200 and product["line"]["sale"] is None
-    assert product["cart"]["quantity"] == 4 and product["cart"]["total"] == 500 + 3600
+    product, line = await tap(alice, {"id": "tap-2", "product_id": "mug", "qty": 3})
+    assert line is not None and line["unit_amount"] == 1200 and line["sale"] is None
+    assert product["cart"] == {"quantity": 4, "total": 500 + 3600, "currency": "EUR"}
+    # The cart the user asks for agrees with the ack's totals.
+    cart = (await alice.request({"type": "cart", "id": "c"}))["cart"]
+    assert {k: cart[k] for k in ("quantity", "total", "currency")} == product["cart"]
+    assert [ln["reservation"] for ln in cart["lines"]] == [ack["reservation"], product["reservation"]]
     status, body = await rest.call("GET", "/api/rooms/demo/products/mug")
     assert body["product"]["available"] == 7
     await host.close()
@@ -75,10 +80,11 @@ async def test_concurrent_taps_never_oversell(app: App, rest: Rest) -> None:
     for tapper in tappers:
         replies = [m for m in await events_until(tapper, lambda m: m.get("re") == "k3") if "re" in m]
         assert len(replies) == 4
+        acks = [reply for reply in replies if reply["type"] == "ack"]
+        won += max((ack["cart"]["quantity"] for ack in acks), default=0)  # the tapper's cart, once all answered
+        assert len(acks) == max((ack["cart"]["quantity"] for ack in acks), default=0)  # one unit per tap
         for reply in replies:
-            if reply["type"] == "ack":
-                won += reply["line"]["quantity"]
-            else:
+            if reply["type"] == "error":
                 codes[reply["code"]] = codes.get(reply["code"], 0) + 1
     assert won == 25
     assert set(codes) <= {"sold_out", "limit_reached"} and sum(codes.values()) == 48 - 25
@@ -93,23 +99,23 @@ async def test_cart_events_reach_every_connection_of_that_user_only(app: App, re
     phone, _ = await joined(app, sub="alice")
     laptop, _ = await joined(app, sub="alice")
     bob, _ = await joined(app, sub="bob")
-    ack = await phone.request({"type": "tap", "id": "t", "sale_id": "flash"})
+    ack, line = await tap(phone, {"id": "t", "sale_id": "flash"})
     added = await laptop.recv_type("cart.added")
-    assert added["reservation"] == ack["line"]["reservation"] and "seq" not in added
+    assert added == {**line, "type": "cart.added"} and added["reservation"] == ack["reservation"]
     await no_message(bob, "cart.added")
 
     cart = await laptop.request({"type": "cart", "id": "c"})
-    assert cart["cart"]["lines"] == [ack["line"]]
-    removed = await laptop.request({"type": "uncart", "id": "u", "reservation": ack["line"]["reservation"]})
+    assert cart["cart"]["lines"] == [line]
+    removed = await laptop.request({"type": "uncart", "id": "u", "reservation": ack["reservation"]})
     assert removed["cart"]["lines"] == []
-    assert (await phone.recv_type("cart.removed"))["reservation"] == ack["line"]["reservation"]
+    assert (await phone.recv_type("cart.removed"))["reservation"] == ack["reservation"]
     status, body = await rest.call("GET", "/api/rooms/demo/sales/flash")
     assert body["sale"]["remaining"] == 3
-    again = await phone.request({"type": "uncart", "id": "u2", "reservation": ack["line"]["reservation"]})
+    again = await phone.request({"type": "uncart", "id": "u2", "reservation": ack["reservation"]})
     assert again["code"] == "not_found"
     # Someone else's reservation cannot be removed.
     theirs = await bob.request({"type": "tap", "id": "b", "sale_id": "flash"})
-    stolen = await phone.request({"type": "uncart", "id": "u3", "reservation": theirs["line"]["reservation"]})
+    stolen = await phone.request({"type": "uncart", "id": "u3", "reservation": theirs["reservation"]})
     assert stolen["code"] == "not_found"
     for client in (host, phone, laptop, bob):
         await client.close()
@@ -119,9 +125,9 @@ async def test_reservations_expire_on_the_room_clock(app: App, rest: Rest, clock
     host = await _shop(app)
     alice, _ = await joined(app, sub="alice")
     other_tab, _ = await joined(app, sub="alice")
-    ack = await alice.request({"type": "tap", "id": "t", "sale_id": "flash", "qty": 2})
-    reservation = ack["line"]["reservation"]
-    assert ack["line"]["expires_at"] == clock.now + app.config.hold_seconds
+    ack, line = await tap(alice, {"id": "t", "sale_id": "flash", "qty": 2})
+    reservation = ack["reservation"]
+    assert line is not None and line["expires_at"] == clock.now + app.config.hold_seconds
     await events_until(host, lambda m: m["type"] == "sale.remaining" and m["remaining"] == 1)
 
     clock.advance(app.config.hold_seconds - 1)
@@ -147,9 +153,9 @@ async def test_reservations_expire_on_the_room_clock(app: App, rest: Rest, clock
 async def test_a_snapshot_carries_the_connecting_users_cart(app: App) -> None:
     host = await _shop(app)
     alice, _ = await joined(app, sub="alice")
-    ack = await alice.request({"type": "tap", "id": "t", "sale_id": "flash"})
+    _, line = await tap(alice, {"id": "t", "sale_id": "flash"})
     _, snap = await joined(app, sub="alice")
-    assert snap["cart"]["lines"] == [ack["line"]]
+    assert snap["cart"]["lines"] == [line]
     assert snap["sales"][0] == {**snap["sales"][0], "id": "flash", "remaining": 2, "state": "live"}
     assert snap["totals"] == {"orders": 0, "units": 0, "revenue": {}}
     assert snap["recent"]["units"] == 0

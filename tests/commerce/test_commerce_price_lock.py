@@ -3,7 +3,7 @@ tap and checkout (over the websocket or REST) changes it for later taps only."""
 
 from __future__ import annotations
 
-from commercekit import MUG, Rest, joined, request_seen
+from commercekit import MUG, Rest, joined, request_seen, tap
 
 from engine.app import App
 from tests.conftest import token
@@ -15,10 +15,9 @@ async def test_checkout_charges_the_price_the_buyer_tapped_at(app: App, rest: Re
     host, _ = await joined(app, "host", "hana")
     await host.request({"type": "product.put", "id": 1, "product": {**MUG, "price": 1500}})
     alice, _ = await joined(app, sub="alice")
-    ack, seen = await request_seen(alice, {"type": "tap", "id": "t1", "product_id": "mug", "qty": 2})
-    line = ack["line"]
-    assert (line["unit_amount"], line["amount"]) == (1500, 3000)
-    assert [m for m in seen if m["type"] == "cart.added"][0]["unit_amount"] == 1500
+    ack, line = await tap(alice, {"id": "t1", "product_id": "mug", "qty": 2})
+    assert line is not None and (line["unit_amount"], line["amount"]) == (1500, 3000)
+    assert ack["cart"]["total"] == 3000
 
     # The host raises the price over the websocket, then again over REST.
     assert (await host.request({"type": "product.put", "id": 2, "product": {"id": "mug", "price": 50000}}))[
@@ -30,11 +29,11 @@ async def test_checkout_charges_the_price_the_buyer_tapped_at(app: App, rest: Re
     # The cart still shows the locked price; a retry of the tap answers it too; a new tap pays the new one.
     cart = (await alice.request({"type": "cart", "id": "c"}))["cart"]
     assert cart["lines"] == [line] and cart["total"] == 3000
-    assert (await alice.request({"type": "tap", "id": "t1", "product_id": "mug", "qty": 2}))["line"] == line
+    assert (await alice.request({"type": "tap", "id": "t1", "product_id": "mug", "qty": 2})) == ack
     bob, snap = await joined(app, sub="bob")
     assert snap["products"][0]["price"] == EXPENSIVE
-    later = (await bob.request({"type": "tap", "id": "t1", "product_id": "mug"}))["line"]
-    assert later["unit_amount"] == EXPENSIVE
+    later, bobs = await tap(bob, {"id": "t1", "product_id": "mug"})
+    assert bobs is not None and bobs["unit_amount"] == EXPENSIVE and later["cart"]["total"] == EXPENSIVE
 
     ack, seen = await request_seen(alice, {"type": "checkout", "id": "pay-1"})
     order = ack["order"]
@@ -56,8 +55,8 @@ async def test_a_snapshot_after_reconnect_shows_the_locked_price(app: App, rest:
     await host.request({"type": "sale.start", "id": 2, "sale": {
         "id": "flash", "product_id": "mug", "price": 700, "quantity": 5, "duration": 600}})
     alice, _ = await joined(app, sub="alice")
-    assert (await alice.request({"type": "tap", "id": "t1", "sale_id": "flash"}))["line"]["unit_amount"] == 700
-    assert (await alice.request({"type": "tap", "id": "t2", "product_id": "mug"}))["line"]["unit_amount"] == 1500
+    assert (await tap(alice, {"id": "t1", "sale_id": "flash"}))[1]["unit_amount"] == 700
+    assert (await tap(alice, {"id": "t2", "product_id": "mug"}))[0]["cart"]["total"] == 700 + 1500
     await host.request({"type": "product.put", "id": 3, "product": {"id": "mug", "price": 3000}})
     await alice.close()
     alice, snap = await joined(app, sub="alice")

@@ -119,3 +119,29 @@ async def test_a_new_process_starts_above_any_earlier_seq(make_bus) -> None:
     time.sleep(0.002)
     later = await make_bus()
     assert later.seq("r") > event.seq
+
+
+async def test_pending_state_goes_out_with_the_next_discrete_event(make_bus) -> None:
+    """One batch (one write to every viewer) instead of the event now and the state at the tick."""
+
+    class Batches(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches: list[list[tuple[str, int]]] = []
+
+        def on_events(self, events: list[Event]) -> None:
+            super().on_events(events)
+            self.batches.append([(e.type, e.seq) for e in events])
+
+    bus = await make_bus()
+    recorder = Batches()
+    bus.subscribe("r", recorder)
+    bus.set_state("r", "sale.remaining:s1", "sale.remaining", {"remaining": 5})
+    bus.set_state("r", "sale.remaining:s1", "sale.remaining", {"remaining": 4})
+    started = await bus.publish("r", "sale.started", {"id": "s1"})
+    assert recorder.batches == [[("sale.started", started.seq), ("sale.remaining", started.seq + 1)]]
+    assert recorder.events[1].data == {"key": "sale.remaining:s1", "remaining": 4}
+    await asyncio.sleep(0.1)  # nothing was left for the tick
+    assert len(recorder.batches) == 1
+    assert bus.history("r", started.seq - 1) == recorder.events
+    assert bus.state("r")["sale.remaining:s1"] == {"type": "sale.remaining", "remaining": 4}

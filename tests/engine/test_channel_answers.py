@@ -42,8 +42,8 @@ def add_test_actions(app: App) -> None:
         return {"twice": True}
 
     app.channel.actions.register("slow", VIEWERS, slow)
-    app.channel.actions.register("fast", VIEWERS, fast)
-    app.channel.actions.register("twice", VIEWERS, twice)
+    app.channel.actions.register("fast", VIEWERS, fast, inline=True)
+    app.channel.actions.register("twice", VIEWERS, twice, inline=True)
 
 
 async def test_answers_keep_each_connections_order_when_a_handler_suspends(engine: App) -> None:

@@ -1,6 +1,7 @@
 """Fixtures for the commerce tests. The contract suites take `stock`, `purchase_log` and `records`,
 which are parametrized over STOCK_BACKENDS and backendkit's LOG_KINDS and RECORD_KINDS, so the same
-contracts run against every backend (Redis ones on a key prefix of the test's own)."""
+contracts run against every backend (the Redis ones on the test's own key prefix, see
+tests/conftest.py's `redis_target`)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,25 @@ from shopkit import Clock, make_shop
 
 from overlays.shop import Shop
 from overlays.stock.memory import MemoryStockStore
+from overlays.stock.redis import RedisStockStore
+from tests.redis_server import SharedRedis
 
-STOCK_BACKENDS: dict[str, Callable[[], Any]] = {"memory": MemoryStockStore}
+STOCK_BACKENDS: dict[str, Callable[[Any], Any]] = {
+    "memory": lambda redis: MemoryStockStore(),
+    "redis": lambda redis: RedisStockStore.from_url(redis.url, prefix=redis.new_prefix()),
+}
 
 
 @pytest.fixture(params=sorted(STOCK_BACKENDS))
-def stock(request: pytest.FixtureRequest) -> Any:
-    return STOCK_BACKENDS[request.param]()
+async def stock(request: pytest.FixtureRequest, shared_redis: SharedRedis) -> AsyncIterator[Any]:
+    """A fresh store of each backend; a Redis one on a key prefix of its own, deleted afterwards."""
+    store = STOCK_BACKENDS[request.param](shared_redis)
+    yield store
+    if isinstance(store, RedisStockStore):
+        keys = [key async for key in store.client.scan_iter(match=store.prefix + "*", count=1000)]
+        if keys:
+            await store.client.delete(*keys)
+        await store.close()
 
 
 @pytest.fixture(params=LOG_KINDS)

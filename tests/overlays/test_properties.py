@@ -147,11 +147,18 @@ class ShopMachine(RuleBasedStateMachine):
             self.taps[(user, request)] = (out.code, self.clock.now, where)
             event(f"tap: {out.code}")
             return
-        line = out.result
-        assert line["unit_amount"] == self.prices[what] and line["quantity"] == qty
         assert out.events[0].type == "cart.added"
-        self.taps[(user, request)] = (line, self.clock.now, where)
+        line = out.events[0].data
+        assert line["unit_amount"] == self.prices[what] and line["quantity"] == qty
+        self.check_answer(user, out.result, line["reservation"])
+        self.taps[(user, request)] = (line["reservation"], self.clock.now, where)
         event(f"tap: reserved ({'product' if what in PRODUCTS else 'sale'})")
+
+    def check_answer(self, user: str, answer: dict[str, Any], reservation: str) -> None:
+        """A tap's answer names the line and carries the cart's totals, as the cart counts them."""
+        cart = run(self.shop.cart_of(user))
+        assert answer == {"reservation": reservation,
+                          "cart": {k: cart[k] for k in ("quantity", "total", "currency")}}
 
     @rule(data=st.data())
     def retry_tap(self, data: st.DataObject) -> None:
@@ -179,7 +186,8 @@ class ShopMachine(RuleBasedStateMachine):
         if type(out) is DomainError:
             assert out.code == first
         else:
-            assert out.result == first and out.events == []
+            assert out.events == []
+            self.check_answer(user, out.result, first)
         assert run(stock_table(self.shop)) == before
         event(f"tap retry: replayed {'refusal' if type(out) is DomainError else 'line'}")
 
@@ -413,6 +421,8 @@ class CommerceMachine(RuleBasedStateMachine):
         self.clock = Clock()
         self.stock = SuspendingStock(MemoryStockStore(CONFIG.user_requests))
         self.bus = MemoryBus()
+        self.added: dict[str, dict[str, Any]] = {}  # reservation -> its line, from cart.added
+        self.bus.subscribe("room1", self)
         db = Database(":memory:", threaded=False)
         log = SqlitePurchaseLog(db)
         self.commerce = Commerce(
@@ -428,6 +438,13 @@ class CommerceMachine(RuleBasedStateMachine):
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return self.loop.run_until_complete(coro)
+
+    def on_events(self, events: Any) -> None: ...
+
+    def on_direct(self, user: str, message: dict[str, Any]) -> None:
+        """The lines taps added, as their users are told (the answers only name them)."""
+        if message["type"] == "cart.added":
+            self.added[message["reservation"]] = message
 
     def teardown(self) -> None:
         if hasattr(self, "loop"):
@@ -497,17 +514,19 @@ class CommerceMachine(RuleBasedStateMachine):
                     assert isinstance(second, dict) and second["id"] == first["id"]
                 else:
                     assert type(first) is type(second)
-                    if isinstance(first, tuple):
-                        assert first[0] == second[0]
+                    if isinstance(first, dict):  # taps: the same line (the cart may have moved between)
+                        assert first["reservation"] == second["reservation"]
                     elif type(first) is DomainError:
                         assert first.code == second.code
                     else:
                         assert first == second
                 event(f"together: {kind} (a retry racing its original)")
             for result in got:
-                if kind.startswith("tap") and isinstance(result, tuple):
+                if kind.startswith("tap") and isinstance(result, dict):
                     what = op[2]
-                    assert result[0]["unit_amount"] in (before[what], self.prices[what])
+                    line = self.added[result["reservation"]]
+                    had = {before[what], *(o[2] for o in ops if o[0] == "reprice" and o[1] == what)}
+                    assert line["unit_amount"] in had
                     event("together: tap reserved")
                 if kind.startswith("checkout") and isinstance(result, dict):
                     self.orders[result["id"]] = result

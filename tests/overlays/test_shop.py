@@ -51,14 +51,53 @@ async def test_stock_cannot_drop_below_held(stocked: Shop) -> None:
 
 async def test_tap_reserves_and_is_idempotent(stocked: Shop) -> None:
     out = await stocked.tap("u1", "r1", product_id="mug", qty=2)
-    line = out.result
-    assert (line["product"], line["quantity"], line["amount"], line["sale"]) == ("mug", 2, 2400, None)
     added, stock = out.events
     assert added.type == "cart.added" and added.user == "u1" and not added.state
+    line = added.data
+    assert (line["product"], line["quantity"], line["amount"], line["sale"]) == ("mug", 2, 2400, None)
     assert stock.type == "product.stock" and stock.data == {"product": "mug", "available": 3}
+    # The answer names the line the event carries and sums the cart; it does not repeat the line.
+    totals = {"quantity": 2, "total": 2400, "currency": "EUR"}
+    assert out.result == {"reservation": line["reservation"], "cart": totals}
     again = await stocked.tap("u1", "r1", product_id="mug", qty=2)
-    assert again.result == line and again.events == []
+    assert again.result == out.result and again.events == []
     assert (await stocked.cart_of("u1"))["quantity"] == 2
+    more = await stocked.tap("u1", "r2", product_id="mug")
+    assert more.result["cart"] == {"quantity": 3, "total": 3600, "currency": "EUR"}
+    # A retry answers the same reservation with the cart as it is now.
+    assert (await stocked.tap("u1", "r1", product_id="mug", qty=2)).result == {
+        "reservation": line["reservation"], "cart": more.result["cart"]}
+
+
+async def test_tap_answer_counts_only_unexpired_lines(stocked: Shop, clock: Clock) -> None:
+    """Between a hold's end and the tick that returns its units, the answer counts what the cart
+    shows, not what the store still holds."""
+    await stocked.tap("u1", "r1", product_id="mug", qty=2)
+    clock.advance(stocked.config.hold_seconds)
+    out = await stocked.tap("u1", "r2", product_id="mug")
+    assert out.result["cart"] == {"quantity": 1, "total": 1200, "currency": "EUR"}
+    assert (await stocked.cart_of("u1"))["quantity"] == 1
+
+
+async def test_a_retry_gets_its_reservation_whatever_the_shop_decides_now(stocked: Shop, clock: Clock) -> None:
+    """Taps are remembered in one place, the stock store, before the shop's own checks: a retry
+    of a tap that reserved gets its line back after the sale ended, and a retry of a tap refused
+    before the sale opened stays refused once it is live."""
+    now = clock.now
+    await stocked.start_sale({"id": "soon", "product_id": "mug", "price": 500, "quantity": 2,
+                              "starts_at": now + 10, "duration": 60, "per_user_limit": 2})
+    early = await stocked.tap_or_refusal("u1", "early", sale_id="soon")
+    assert type(early) is DomainError and early.code == "sale_not_live"
+    clock.advance(10)
+    await stocked.tick()
+    again = await stocked.tap_or_refusal("u1", "early", sale_id="soon")
+    assert type(again) is DomainError and (again.code, again.message) == (early.code, early.message)
+    tapped = await stocked.tap("u1", "live", sale_id="soon")
+    clock.advance(60)
+    await stocked.tick()  # the sale has ended; the reservation is still held
+    late = await stocked.tap("u1", "live", sale_id="soon")
+    assert late.result == tapped.result and late.events == []
+    assert await code_of(stocked.tap("u1", "after", sale_id="soon")) == "sale_not_live"
 
 
 async def test_tap_errors(stocked: Shop) -> None:
@@ -111,7 +150,7 @@ async def test_sale_lifecycle(stocked: Shop, clock: Clock) -> None:
     clock.advance(10)
     assert types(await stocked.tick()) == ["sale.started"]
     tap = await stocked.tap("u1", "r2", sale_id="flash")
-    assert tap.result["unit_amount"] == 500
+    assert tap.events[0].data["unit_amount"] == 500
     assert await code_of(stocked.tap("u1", "r3", sale_id="flash")) == "limit_reached"
     out = await stocked.tap("u2", "r1", sale_id="flash")
     assert types(out.events) == ["cart.added", "sale.remaining", "sale.sold_out"]

@@ -149,3 +149,37 @@ async def test_refusals_are_remembered_for_the_hold_time(stock) -> None:
     assert (await stock.reserve(R, "p", "u", "a", 2, None, 10.0, 5)).code == "sold_out"
     await stock.expire(R, 10.0)
     assert (await stock.reserve(R, "p", "u", "a", 2, None, 20.0, 5)).ok
+
+
+async def test_refusals_the_caller_decided_share_the_request_memory(stock) -> None:
+    await stock.define(R, "p", 5)
+    refused = await stock.refuse(R, "u", "a", "sale_not_live", "sale s is scheduled", 10.0)
+    assert (refused.code, refused.message, refused.replay, refused.reservation) == (
+        "sale_not_live", "sale s is scheduled", False, None)
+    again = await stock.reserve(R, "p", "u", "a", 1, None, 10.0, 5)  # the same id, reservable now
+    assert again.replay and again._replace(replay=False) == refused
+    assert (await stock.counters(R, "p")).reserved == 0
+    first = await stock.reserve(R, "p", "u", "b", 1, None, 10.0, 5)
+    back = await stock.refuse(R, "u", "b", "sale_not_live", "sale s is ended", 10.0)  # a retry, refused now
+    assert back.replay and back.reservation == first.reservation
+    await stock.expire(R, 10.0)  # the hold is over: both ids are forgotten
+    fresh = await stock.refuse(R, "u", "a", "not_found", "no such sale", 20.0)
+    assert not fresh.replay and fresh.code == "not_found"
+    assert (await stock.reserve(R, "p", "u", "b", 1, None, 20.0, 5)).ok
+
+
+async def test_a_commit_retried_with_its_request_id_sells_nothing_more(stock) -> None:
+    await stock.define(R, "p", 5)
+    await stock.reserve(R, "p", "u", "a", 2, None, 10.0, 5)
+    lines = await stock.commit(R, "u", 1.0, "c1")
+    assert [line.qty for line in lines] == [2]
+    assert await stock.commit(R, "u", 1.0, "c1") == lines  # its reply was lost: the same lines again
+    assert await stock.commit(R, "u", 1.0, "c2") == []
+    assert (await stock.counters(R, "p")).sold == 2
+    await stock.restore(R, lines)  # the order could not be written: back in the cart, nothing remembered
+    assert [r.id for r in await stock.cart(R, "u")] == [lines[0].id]
+    assert await stock.commit(R, "u", 1.0, "c1") == lines  # a retry sells them (once)
+    assert (await stock.counters(R, "p")).sold == 2
+    await stock.expire(R, 10.0)  # past the lines' hold the commit is forgotten
+    assert await stock.commit(R, "u", 11.0, "c1") == []
+    assert (await stock.counters(R, "p")).sold == 2

@@ -185,6 +185,8 @@ async def test_host_pins_and_sells_viewers_tap_and_check_out(app: App, pages: Pa
 
     await tag.locator("button.tag-buy").click()
     await buyer.locator("#cart-count", has_text="1").wait_for()
+    # The ack names the line that came just before it (cart.added): the page says how long it is held.
+    await buyer.locator("#toast", has_text="held for").wait_for()
     await other.locator(remaining, has_text="4").wait_for()
     await buyer.click(".sale-card button.grab")
     await other.locator(remaining, has_text="3").wait_for()

@@ -1,0 +1,43 @@
+"""The coalescing tick's pace: stretched while the loop is loaded, back to the configured tick when quiet.
+
+Every state flush fans a frame out to every viewer of a room, so on a saturated core the
+counters compete with the taps they count. The ticker already knows how loaded the loop is
+without any work on the hot path: it is woken late by exactly the time the loop spent on other
+callbacks past its deadline. A smoothed lag above ``LOADED_LAG`` doubles the interval (up to the
+maximum); below it the interval halves back toward the configured tick. Doubling and halving
+reach either end in a few ticks, and the smoothing keeps a single stray pause (a GC pass) from
+stretching the tick for long. Discrete events (sold out, sale start and end) never wait for the
+tick, so only the coalesced counters slow down.
+"""
+
+from __future__ import annotations
+
+from engine import metrics
+
+# Smoothed wake-up lag, seconds, above which the loop counts as loaded. A quiet loop wakes its
+# timers within a millisecond; a loop saturated with taps is late by tens of milliseconds.
+LOADED_LAG = 0.010
+# Weight of the newest lag sample in the smoothed lag.
+SMOOTHING = 0.5
+
+
+class TickPacer:
+    """Chooses the next tick interval from how late the ticker woke from the previous one."""
+
+    __slots__ = ("quiet", "maximum", "interval", "lag")
+
+    def __init__(self, quiet: float, maximum: float) -> None:
+        self.quiet = quiet
+        self.maximum = max(quiet, maximum)
+        self.interval = quiet
+        self.lag = 0.0
+        metrics.BUS_TICK.set(quiet)
+
+    def woke(self, late: float) -> None:
+        """Record how late (seconds) the ticker woke and pick the next interval."""
+        self.lag += SMOOTHING * (max(late, 0.0) - self.lag)
+        loaded = self.lag > LOADED_LAG
+        interval = min(self.maximum, self.interval * 2) if loaded else max(self.quiet, self.interval / 2)
+        if interval != self.interval:
+            self.interval = interval
+            metrics.BUS_TICK.set(interval)

@@ -1,0 +1,148 @@
+"""What only the Redis stock store has to get right: its key layout, its scripts surviving a Redis
+that forgot them, and a Redis that stops answering."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from redis.crc import key_slot
+
+from engine.storage import StorageUnavailable
+from overlays.stock.redis import RedisStockStore
+from tests.conftest import RedisTarget, free_port
+
+
+@pytest.fixture
+async def store(redis_target: RedisTarget) -> AsyncIterator[RedisStockStore]:
+    store = RedisStockStore.from_url(redis_target.url, prefix=redis_target.prefix)
+    yield store
+    await store.close()
+
+
+async def test_a_rooms_keys_share_one_cluster_slot_under_the_prefix(store: RedisStockStore) -> None:
+    for room in ("shop-a", "shop-b"):
+        await store.define(room, "p", 5)
+        await store.define(room, "s", 3)
+        await store.reserve(room, "p", "ann", "t1", 1, None, time.time() + 60, 100)
+        await store.reserve(room, "s", "bob", "t2", 1, 1, time.time() + 60, 100)
+        lines = await store.commit(room, "bob", time.time(), "c1")
+        await store.refund(room, lines)
+    keys = [key async for key in store.client.scan_iter(match=store.prefix + "*")]
+    slots: dict[str, set[int]] = {}
+    for key in keys:
+        room = key.decode().removeprefix(store.prefix).split("}")[0].removeprefix("{")
+        slots.setdefault(room, set()).add(key_slot(key))
+    assert set(slots) == {"shop-a", "shop-b"}
+    assert all(len(room_slots) == 1 for room_slots in slots.values()), slots
+
+
+async def test_scripts_are_loaded_again_when_redis_forgot_them(store: RedisStockStore) -> None:
+    await store.define("room1", "p", 2)
+    await store.client.script_flush()  # as after a Redis restart
+    result = await store.reserve("room1", "p", "ann", "t1", 1, None, time.time() + 60, 100)
+    assert result.ok and result.available == 1
+
+
+async def test_a_redis_that_does_not_answer_is_unavailable_within_the_timeout() -> None:
+    """A server that accepts connections and never replies (a hung or partitioned Redis)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read(1 << 16)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisStockStore.from_url(f"redis://127.0.0.1:{port}/0", timeout=0.3)
+    try:
+        async with asyncio.timeout(5):  # never a hang: the store gives up by itself
+            with pytest.raises(StorageUnavailable) as refused:
+                await store.reserve("room1", "p", "ann", "t1", 1, None, time.time() + 60, 100)
+        assert refused.value.code == "unavailable"
+    finally:
+        await store.close()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_refused_connection_is_unavailable() -> None:
+    store = RedisStockStore.from_url(f"redis://127.0.0.1:{free_port()}/0", timeout=0.3)
+    try:
+        with pytest.raises(StorageUnavailable):
+            await store.counters("room1", "p")
+        with pytest.raises(StorageUnavailable):
+            await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_request_ids_of_a_user_id_with_a_newline_are_forgotten_in_time(store: RedisStockStore) -> None:
+    """User ids come from tokens a shop mints: any characters. The remembered tap of one whose id
+    holds a newline is forgotten when its hold ends, like anyone's."""
+    await store.define("room1", "p", 5)
+    first = await store.reserve("room1", "p", "ann\nlee", "t1", 1, None, 10.0, 100)
+    assert (await store.reserve("room1", "p", "ann\nlee", "t1", 1, None, 10.0, 100)).replay
+    await store.expire("room1", 10.0)
+    again = await store.reserve("room1", "p", "ann\nlee", "t1", 1, None, 20.0, 100)
+    assert again.ok and not again.replay and again.reservation.id != first.reservation.id
+    keys = {key.decode() async for key in store.client.scan_iter(match=store.prefix + "*req*")}
+    assert store.prefix + "{room1}:req:ann\nlee" in keys
+
+
+async def test_two_nodes_expiring_at_once_return_each_unit_once(redis_target: RedisTarget) -> None:
+    nodes = [RedisStockStore.from_url(redis_target.url, prefix=redis_target.prefix) for _ in range(3)]
+    try:
+        await nodes[0].define("room1", "p", 1000)
+        for n in range(600):  # more than one expiry batch
+            await nodes[n % 3].reserve("room1", "p", f"u{n % 7}", f"t{n}", 1, None, 100.0 + n % 5, 100)
+        returned = await asyncio.gather(*(node.expire("room1", 200.0 + i) for i, node in enumerate(nodes)))
+        ids = [r.reservation.id for batch in returned for r in batch]
+        assert len(ids) == len(set(ids)) == 600
+        counters = await nodes[1].counters("room1", "p")
+        assert (counters.available, counters.reserved) == (1000, 0)
+    finally:
+        for node in nodes:
+            await node.close()
+
+
+async def test_a_password_in_the_url_is_used(tmp_path: Path) -> None:
+    """redis://:PASSWORD@HOST:PORT/DB reaches a Redis that requires it; a wrong password is refused."""
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server is not installed"
+    port = free_port()
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "s3cret",
+                               "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                await asyncio.sleep(0.05)
+        good = RedisStockStore.from_url(f"redis://:s3cret@127.0.0.1:{port}/2", timeout=2.0)
+        bad = RedisStockStore.from_url(f"redis://:wrong@127.0.0.1:{port}/2", timeout=2.0)
+        try:
+            await good.ping()
+            assert (await good.define("room1", "p", 3)).available == 3
+            with pytest.raises(StorageUnavailable):
+                await bad.ping()
+            with pytest.raises(StorageUnavailable):
+                await bad.counters("room1", "p")
+        finally:
+            await good.close()
+            await bad.close()
+    finally:
+        server.kill()
+        server.wait()
