@@ -63,6 +63,7 @@ _APPEND = APPEND_LUA + "return append(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1
 
 WAIT_BLOCK_MS = 250  # one XREAD BLOCK of the wake task (it loops): how long stop() may wait
 RETRY_SECONDS = 0.5  # between the wake task's attempts while Redis is away
+STOP_WAIT = 5.0  # seconds stop() waits for the wake task
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,9 @@ class RedisPurchaseLog(WakesReaders):
         blocking read can leave the task waiting on a future nothing completes)."""
         self._stopping = True
         if self._task is not None:
-            await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_WAIT)
+            if not done:  # a call that outlived every timeout: give up on it rather than hang the stop
+                self._task.cancel()
             self._task = None
 
     async def _follow(self, last: str) -> None:
