@@ -1,10 +1,11 @@
 """What nodes share on Redis (``--redis-url``): the engine's settings (the token secret and the admin
 key), the room directory, the commerce records and the purchase log.
 
-One client serves the calls of all of them, each bounded by ``--redis-timeout`` and tried once
-more on a fresh connection (a pooled connection may be dead after a Redis restart), so an
-action meets an unreachable Redis with ``unavailable`` within about twice that timeout. The
-purchase log's wake task has a client of its own, whose blocking reads outlast that timeout.
+One client serves the calls of all of them (at most ``--redis-connections`` connections, as the
+stock store's), each bounded by ``--redis-timeout`` and not retried, so an action meets an
+unreachable Redis with ``unavailable`` within about that timeout (the client retries, with the
+same request id). The purchase log's wake task has a client of its own, whose blocking reads
+outlast that timeout.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from engine.rediscalls import redis_at_start
 from engine.rooms_redis import RedisRoomDirectory
 from overlays.purchases.redis import WAIT_BLOCK_MS, RedisPurchaseLog
 from overlays.records.redis import RedisRecords
+from overlays.stock.redis import connect
 
 
 def kept_shared_setting(config: Config, key: str) -> str:
@@ -47,8 +49,7 @@ class SharedState:
         if not config.purchase_group or any(ch.isspace() for ch in config.purchase_group):
             raise ValueError("--purchase-group must be a name without spaces")
         self._url, self._prefix, self._timeout = config.redis_url, config.redis_prefix, config.redis_timeout
-        self.client = Redis.from_url(config.redis_url, socket_timeout=config.redis_timeout,
-                                     socket_connect_timeout=config.redis_timeout, retry=Retry(NoBackoff(), 1))
+        self.client = connect(config.redis_url, timeout=config.redis_timeout, max_connections=config.redis_connections)
         self._waker = Redis.from_url(config.redis_url, socket_timeout=config.redis_timeout + WAIT_BLOCK_MS / 1000,
                                      socket_connect_timeout=config.redis_timeout, retry=Retry(NoBackoff(), 0))
         self.log = RedisPurchaseLog(self.client, config.redis_prefix, config.purchase_log_size,
