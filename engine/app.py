@@ -17,11 +17,13 @@ from engine.config import Config
 from engine.demo import seed_demo_catalog
 from engine.media.config import MediaConfig
 from engine.media.service import MediaService
-from engine.rooms import Rooms
+from engine.rooms import RoomError, Rooms, SqliteRoomDirectory
+from engine.shared_state import SharedState
 from engine.storage import DataDirLock, Storage, StorageUnavailable
 from engine.urls import PublicUrls, public_urls
+from overlays.purchases.base import PurchaseLog
 from overlays.purchases.sqlite import SqlitePurchaseLog
-from overlays.records import SqliteRecords
+from overlays.records import RecordStore, SqliteRecords
 from overlays.runtime import Commerce
 from overlays.shop import ShopConfig
 from overlays.stock.memory import MemoryStockStore
@@ -59,11 +61,14 @@ class App:
         self.cluster = Cluster(config, rooms=lambda: [room.id for room in self.rooms.list()],
                                urls=lambda: (self.urls().base, self.urls().ws), load=self.load)
         self.config = config
+        # With --redis-url, settings, rooms, records and the purchase log are shared by every node.
+        self.shared = SharedState(config) if config.redis_url else None
         self.lock = DataDirLock(config.data_path)  # DataDirInUse if another process serves it
         self.storage = Storage(config.data_path, busy_timeout=config.db_busy_timeout, fsync=config.fsync_orders)
-        self.secret = config.secret or self.storage.secret_setting("secret")
-        self.admin_key = config.admin_key or self.storage.secret_setting("admin_key")
-        self.rooms = Rooms(self.storage)
+        settings = self.shared or self.storage
+        self.secret = config.secret or settings.secret_setting("secret")
+        self.admin_key = config.admin_key or settings.secret_setting("admin_key")
+        self.rooms = Rooms(self.shared.rooms if self.shared else SqliteRoomDirectory(self.storage))
         self.bus = bus(config)
         self.channel = Channel(config, self.bus, self.rooms, self.secret)
         register_chat(self.channel, self.bus, config)
@@ -72,13 +77,11 @@ class App:
         self.http_gate = AddressGate(config.max_http_per_ip)
         self.guest_limiter = room_routes(self.http, config, self.rooms, Auth(self.secret, self.admin_key),
                                          self.viewers, self.urls, health=self.health)
-        # Rooms, commerce records and the purchase log share the storage's one connection on its own
-        # thread: an order and its log entry commit in one transaction, and no commit runs on the loop.
-        purchase_log = SqlitePurchaseLog(self.storage.db, config.purchase_log_size)
+        purchase_log, records = self._commerce_storage()
         self.stock = stock_store(config)
         self.commerce = Commerce(
             self.bus, stock=self.stock, log=purchase_log,
-            records=SqliteRecords(self.storage.db, purchase_log), config=shop_config(config),
+            records=records, config=shop_config(config),
             room_exists=lambda room: self.rooms.get(room) is not None, tick_seconds=config.commerce_tick_ms / 1000,
             clock_leases=self.cluster.clocks if config.redis_url else None)
         register_commerce(self.channel, self.commerce, config)
@@ -94,6 +97,15 @@ class App:
         self._runner: web.AppRunner | None = None
         self.http_port = config.http_port
         self.ws_port = config.ws_port
+
+    def _commerce_storage(self) -> tuple[PurchaseLog, RecordStore]:
+        """The purchase log and the records, on Redis when shared; else they share the storage's one
+        connection on its own thread: an order and its log entry commit in one transaction, and no
+        commit runs on the loop."""
+        if self.shared is not None:
+            return self.shared.log, self.shared.records
+        purchase_log = SqlitePurchaseLog(self.storage.db, self.config.purchase_log_size)
+        return purchase_log, SqliteRecords(self.storage.db, purchase_log)
 
     def urls(self) -> PublicUrls:
         """Where clients reach this engine, with the ports it actually listens on (0 means any)."""
@@ -118,9 +130,17 @@ class App:
         return viewers, len(self.channel.sessions) + self.media.peer_count
 
     async def start(self) -> None:
+        if self.shared is not None:
+            await self.shared.start()
+        await self.rooms.start()
         new_demo = bool(self.config.demo_room) and self.rooms.get(self.config.demo_room) is None
         if new_demo:
-            await self.rooms.create(self.config.demo_room, "Demo room")
+            try:
+                await self.rooms.create(self.config.demo_room, "Demo room")
+            except RoomError as exc:
+                if exc.code != "conflict":
+                    raise
+                new_demo = False  # another node sharing the rooms created it first
         metrics.ROOMS.set(len(self.rooms.list()))
         if isinstance(self.stock, RedisStockStore):
             try:
@@ -161,6 +181,9 @@ class App:
         await self.media.stop()
         await self.purchases.stop()
         await self.commerce.stop()
+        await self.rooms.stop()
+        if self.shared is not None:
+            await self.shared.stop()
         await self.cluster.stop()
         if isinstance(self.stock, RedisStockStore):
             await self.stock.close()

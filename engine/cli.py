@@ -18,6 +18,7 @@ import uvloop
 
 from engine.config import Config, add_arguments, from_args
 from engine.gcpolicy import GcPolicy
+from engine.shared_state import kept_shared_setting
 from engine.storage import DataDirInUse, kept_setting
 from signaling.tokens import ROLES, mint
 
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", default=None, help="user id (default: random)")
     token.add_argument("--ttl", type=int, default=None,
                        help="lifetime in seconds (default: LIVECART_TOKEN_TTL or 86400)")
-    add_arguments(token, names=("data_dir", "secret"))
+    add_arguments(token, names=("data_dir", "secret", "redis_url", "redis_prefix"))
     return parser
 
 
@@ -120,6 +121,12 @@ def configure_logging(level_name: str) -> None:
 def _token(args: argparse.Namespace, config: Config) -> None:
     if config.secret:
         secret = config.secret
+    elif config.redis_url:
+        try:
+            secret = kept_shared_setting(config, "secret")
+        except LookupError as exc:
+            raise CommandError(f"{exc}. Pass the --redis-url and --redis-prefix the nodes serve with, "
+                               "or the --secret they were given (LIVECART_SECRET)") from None
     else:
         try:
             secret = kept_setting(config.data_path, "secret")

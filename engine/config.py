@@ -25,13 +25,15 @@ class Config:
         "help": "base URL people reach the HTTP side at, for links and pages (default from host and port)"})
     data_dir: str = field(default="./livecart-data", metadata={"help": "SQLite data directory"})
     redis_url: str = field(default="", metadata={
-        "help": "Redis for shared state, redis://[:PASSWORD@]HOST:PORT/DB or rediss:// for TLS (now: stock and "
-                "carts); '' keeps everything in this process"})
+        "help": "Redis for shared state, redis://[:PASSWORD@]HOST:PORT/DB or rediss:// for TLS (stock and carts, "
+                "rooms, the secret, catalogs, sales, orders, the purchase log); '' keeps everything in this process"})
     redis_prefix: str = field(default="livecart:", metadata={"help": "prefix of every Redis key this engine writes"})
     redis_timeout: float = field(default=1.0, metadata={
         "help": "seconds a Redis call may take (connect, or wait for a reply or a free connection); then the "
                 "action answers unavailable"})
     redis_connections: int = field(default=64, metadata={"help": "Redis connections per process, at most"})
+    purchase_group: str = field(default="services", metadata={
+        "help": "consumer group created on the purchase stream for other services (with --redis-url)"})
     node_id: str = field(default="", metadata={
         "help": "this node's id in the node registry and on its leases (default: host name and a random suffix)"})
     node_heartbeat: float = field(default=1.0, metadata={"help": "seconds between this node's registry heartbeats"})

@@ -3,7 +3,8 @@
 A room has an id (used in URLs and tokens), a title, a stream key (the publisher's WHIP
 bearer secret) and whether it is private: a private room's media is for holders of a viewer
 or host token the shop issued, not for anyone with the URL or a guest token. The embedded
-default keeps rooms in SQLite so stream keys and links survive a restart.
+default keeps rooms in SQLite so stream keys and links survive a restart; nodes sharing a Redis
+keep them there (engine.rooms_redis), so every node knows every room and its stream key.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from engine.errors import CodedError, shown
 from engine.storage import Storage
@@ -45,21 +48,87 @@ def new_stream_key() -> str:
     return "sk_" + secrets.token_urlsafe(24)
 
 
-class Rooms:
-    """The room directory, cached in memory and written through to SQLite (off the event loop: a
-    room exists once its row is committed)."""
+class RoomDirectory(Protocol):
+    """Where rooms are kept: SQLite for one process (SqliteRoomDirectory), Redis for nodes sharing
+    rooms (engine.rooms_redis). Rooms keeps a cache of it, because ``Rooms.get`` is synchronous
+    and on every hot path (tokens, taps, media)."""
 
-    def __init__(self, storage: Storage, max_rooms: int = 10000) -> None:
+    def load(self) -> list[Room]:
+        """Every room, read once before serving."""
+        ...
+
+    async def insert(self, room: Room) -> bool:
+        """Keep a new room; False if its id is taken (by another node)."""
+        ...
+
+    async def save(self, room: Room) -> None:
+        """Keep a changed room (stream key, title, privacy)."""
+        ...
+
+    async def follow(self, learn: Callable[[Room], None], reload: Callable[[list[Room]], None]) -> None:
+        """Start telling the cache about rooms other nodes create or change."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
+class SqliteRoomDirectory:
+    """Rooms in the data directory's database, for a process alone (nothing to follow)."""
+
+    def __init__(self, storage: Storage) -> None:
         self._db = storage.db
-        self._max = max_rooms
         self._db.now(lambda conn: conn.execute(_SCHEMA))
         columns = {row[1] for row in self._db.now(lambda conn: conn.execute("PRAGMA table_info(rooms)").fetchall())}
         if "private" not in columns:  # a data directory from before private rooms
             self._db.now(lambda conn: conn.execute("ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0"))
+
+    def load(self) -> list[Room]:
         rows = self._db.now(
             lambda conn: conn.execute("SELECT id, title, stream_key, created_at, private FROM rooms").fetchall())
-        self._rooms: dict[str, Room] = {row[0]: Room(row[0], row[1], row[2], row[3], bool(row[4])) for row in rows}
+        return [Room(row[0], row[1], row[2], row[3], bool(row[4])) for row in rows]
+
+    async def insert(self, room: Room) -> bool:
+        return await self._db.write(lambda conn: conn.execute(
+            "INSERT OR IGNORE INTO rooms (id, title, stream_key, created_at, private) VALUES (?, ?, ?, ?, ?)",
+            (room.id, room.title, room.stream_key, room.created_at, int(room.private)),
+        ).rowcount == 1)
+
+    async def save(self, room: Room) -> None:
+        await self._db.write(lambda conn: conn.execute(
+            "UPDATE rooms SET title = ?, stream_key = ?, private = ? WHERE id = ?",
+            (room.title, room.stream_key, int(room.private), room.id),
+        ))
+
+    async def follow(self, learn: Callable[[Room], None], reload: Callable[[list[Room]], None]) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+class Rooms:
+    """The room directory, cached in memory and written through to its RoomDirectory (off the event
+    loop: a room exists once it is kept there). With a shared directory the cache also learns the
+    rooms other nodes create or change (``start()``)."""
+
+    def __init__(self, directory: RoomDirectory | Storage, max_rooms: int = 10000) -> None:
+        self._directory: RoomDirectory = (
+            SqliteRoomDirectory(directory) if isinstance(directory, Storage) else directory)
+        self._max = max_rooms
+        self._rooms: dict[str, Room] = {room.id: room for room in self._directory.load()}
         self._creating: set[str] = set()  # ids being written, so two creates cannot race
+
+    async def start(self) -> None:
+        await self._directory.follow(self._learn, self._reload)
+
+    async def stop(self) -> None:
+        await self._directory.stop()
+
+    def _learn(self, room: Room) -> None:
+        self._rooms[room.id] = room
+
+    def _reload(self, rooms: list[Room]) -> None:
+        self._rooms = {room.id: room for room in rooms}
 
     def get(self, room_id: str) -> Room | None:
         return self._rooms.get(room_id)
@@ -79,10 +148,8 @@ class Rooms:
         room = Room(room_id, title or room_id, new_stream_key(), time.time(), private)
         self._creating.add(room.id)
         try:
-            await self._db.write(lambda conn: conn.execute(
-                "INSERT INTO rooms (id, title, stream_key, created_at, private) VALUES (?, ?, ?, ?, ?)",
-                (room.id, room.title, room.stream_key, room.created_at, int(room.private)),
-            ))
+            if not await self._directory.insert(room):
+                raise RoomError("conflict", f"room {room_id!r} exists")
         finally:
             self._creating.discard(room.id)
         self._rooms[room.id] = room
@@ -93,9 +160,7 @@ class Rooms:
         if room is None:
             raise RoomError("not_found", f"no room {shown(room_id)}")
         room = replace(room, stream_key=new_stream_key())
-        await self._db.write(lambda conn: conn.execute(
-            "UPDATE rooms SET stream_key = ? WHERE id = ?", (room.stream_key, room.id)
-        ))
+        await self._directory.save(room)
         self._rooms[room.id] = room
         return room
 
@@ -106,9 +171,7 @@ class Rooms:
             raise RoomError("not_found", f"no room {shown(room_id)}")
         _check_settings(room.title if title is None else title, room.private if private is None else private)
         room = replace(room, title=title or room.title, private=room.private if private is None else private)
-        await self._db.write(lambda conn: conn.execute(
-            "UPDATE rooms SET title = ?, private = ? WHERE id = ?", (room.title, int(room.private), room.id)
-        ))
+        await self._directory.save(room)
         self._rooms[room.id] = room
         return room
 

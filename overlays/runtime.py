@@ -121,6 +121,7 @@ class Commerce:
         self._unloaded: set[str] = set()  # rooms whose records failed to load at start
         self._locks = KeyedLocks()
         self._ticker: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._ticks_failing: set[str] = set()  # rooms whose last tick found the store unavailable
 
     def _now(self) -> float:
@@ -143,13 +144,15 @@ class Commerce:
                           " data directory?); it is served sold out", room, pool, sold, quantity)
         metrics.UNLOADED_ROOMS.set(len(self._unloaded))
         metrics.OVERSOLD_POOLS.set(sum(len(shop.oversold) for shop in self._shops.values()))
+        self._stopping.clear()
         self._ticker = asyncio.get_running_loop().create_task(self._run_ticker(), name="commerce-tick")
 
     async def stop(self) -> None:
+        """Stop the ticker after its current tick. It is not cancelled: a Redis call cancelled
+        midway (redis-py) can leave its task waiting forever, and a tick's calls are bounded anyway."""
+        self._stopping.set()
         if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+            await self._ticker
             self._ticker = None
 
     async def shop(self, room: str) -> Shop:
@@ -234,8 +237,11 @@ class Commerce:
 
     async def _run_ticker(self) -> None:
         while True:
-            await asyncio.sleep(self._tick_seconds)
-            await self.tick()
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self._tick_seconds)
+                return
+            except TimeoutError:
+                await self.tick()
 
     # -- viewers ------------------------------------------------------------------------------
 

@@ -37,8 +37,8 @@ DRAIN_POLL = 0.01  # seconds between checks of a full send buffer
 async def check_position(purchases: PurchaseLog, after: str | None) -> int:
     """The resume position as an int, or why it cannot be honoured.
 
-    The memory and SQLite logs number entries contiguously, so a position is still covered
-    when the oldest retained entry is at most one past it."""
+    Every log (memory, SQLite, the Redis stream) numbers entries contiguously, so a position is
+    still covered when the oldest retained entry is at most one past it."""
     try:
         position = parse_id(after)
     except DomainError as exc:
@@ -71,12 +71,14 @@ class Subscriptions:
         if after is not None and not isinstance(after, str):
             raise ProtocolError("bad_request", "after must be a log id string")
         position = await check_position(self.purchases, after)
+        last_id = await self.purchases.last_id()
         self.cancel(session)
         task = asyncio.get_running_loop().create_task(self._stream(session, position))
         self._tasks[session.conn_id] = task
         task.add_done_callback(lambda done: self._forget(session.conn_id, done))
-        # The reader's first write happens on a later loop turn, after the channel sends this ack.
-        return {"last_id": await self.purchases.last_id()}
+        # Nothing is awaited after the reader starts: its first write happens on a later loop turn,
+        # after the channel sends this ack.
+        return {"last_id": last_id}
 
     def _forget(self, conn_id: int, task: asyncio.Task[None]) -> None:
         if self._tasks.get(conn_id) is task:

@@ -44,15 +44,16 @@ class SqlitePurchaseLog(WakesReaders):
         """Append within the caller's open transaction on `conn` (idempotent on source and id);
         the caller calls `appended()` once that transaction has committed."""
         source, ce_id = event["source"], event["id"]
+        # Look first: an INSERT OR IGNORE that is ignored still draws an AUTOINCREMENT number, and
+        # that gap would read as entries lost to retention for a reader resuming across it.
+        known = conn.execute(
+            "SELECT seq FROM purchase_log WHERE source = ? AND ce_id = ?", (source, ce_id)
+        ).fetchone()
+        if known is not None:
+            return format_id(known[0])
         cursor = conn.execute(
-            "INSERT OR IGNORE INTO purchase_log (source, ce_id, body) VALUES (?, ?, ?)",
-            (source, ce_id, orjson.dumps(event)),
+            "INSERT INTO purchase_log (source, ce_id, body) VALUES (?, ?, ?)", (source, ce_id, orjson.dumps(event))
         )
-        if cursor.rowcount == 0:
-            (seq,) = conn.execute(
-                "SELECT seq FROM purchase_log WHERE source = ? AND ce_id = ?", (source, ce_id)
-            ).fetchone()
-            return format_id(seq)
         seq = cursor.lastrowid
         conn.execute("DELETE FROM purchase_log WHERE seq <= ?", (seq - self.max_entries,))
         return format_id(seq)

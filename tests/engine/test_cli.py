@@ -210,7 +210,8 @@ def test_token_help_shows_only_its_own_options(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "engine.cli", "token", "--help"], capture_output=True, text=True,
                           check=True)
     options = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", done.stdout))
-    assert options == {"--help", "--room", "--role", "--sub", "--ttl", "--data-dir", "--secret"}, options
+    assert options == {"--help", "--room", "--role", "--sub", "--ttl", "--data-dir", "--secret", "--redis-url",
+                       "--redis-prefix"}, options
 
 
 def test_announcement_with_a_public_url_without_port(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
-"""Fixtures for the commerce tests. The contract suites take `stock` and `purchase_log`, which are
-parametrized over STOCK_BACKENDS and LOG_BACKENDS, so the same contracts run against every backend
-(the Redis ones on the test's own key prefix, see tests/conftest.py's `redis_target`)."""
+"""Fixtures for the commerce tests. The contract suites take `stock`, `purchase_log` and `records`,
+which are parametrized over STOCK_BACKENDS and backendkit's LOG_KINDS and RECORD_KINDS, so the same
+contracts run against every backend (the Redis ones on the test's own key prefix, see
+tests/conftest.py's `redis_target`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backendkit import LOG_KINDS, RECORD_KINDS, open_log, open_records
 from shopkit import Clock, make_shop
 
-from overlays.purchases.memory import MemoryPurchaseLog
-from overlays.purchases.sqlite import SqlitePurchaseLog
 from overlays.shop import Shop
 from overlays.stock.memory import MemoryStockStore
 from overlays.stock.redis import RedisStockStore
@@ -21,10 +21,6 @@ from tests.redis_server import SharedRedis
 STOCK_BACKENDS: dict[str, Callable[[Any], Any]] = {
     "memory": lambda redis: MemoryStockStore(),
     "redis": lambda redis: RedisStockStore.from_url(redis.url, prefix=redis.new_prefix()),
-}
-LOG_BACKENDS: dict[str, Callable[[Path], Any]] = {
-    "memory": lambda tmp_path: MemoryPurchaseLog(max_entries=5),
-    "sqlite": lambda tmp_path: SqlitePurchaseLog(tmp_path / "log.db", max_entries=5),
 }
 
 
@@ -40,9 +36,18 @@ async def stock(request: pytest.FixtureRequest, shared_redis: SharedRedis) -> As
         await store.close()
 
 
-@pytest.fixture(params=sorted(LOG_BACKENDS))
-def purchase_log(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    return LOG_BACKENDS[request.param](tmp_path)
+@pytest.fixture(params=LOG_KINDS)
+async def purchase_log(request: pytest.FixtureRequest, tmp_path: Path, redis_target: Any) -> AsyncIterator[Any]:
+    """Each PurchaseLog backend (backendkit.LOG_KINDS), keeping 5 entries."""
+    async with open_log(request.param, tmp_path, redis_target, max_entries=5) as log:
+        yield log
+
+
+@pytest.fixture(params=RECORD_KINDS)
+async def records(request: pytest.FixtureRequest, tmp_path: Path, redis_target: Any) -> AsyncIterator[Any]:
+    """Each RecordStore backend (backendkit.RECORD_KINDS), its purchase log keeping 5 entries."""
+    async with open_records(request.param, tmp_path, redis_target, max_entries=5) as store:
+        yield store
 
 
 @pytest.fixture

@@ -41,6 +41,15 @@ async def test_append_is_idempotent_on_source_and_id(purchase_log) -> None:
     assert len(await purchase_log.read()) == 2
 
 
+async def test_a_repeated_append_leaves_no_gap(purchase_log) -> None:
+    """Readers resume gaplessly: the entry after a deduplicated append is the next number."""
+    first = await purchase_log.append(event(1))
+    await purchase_log.append(event(1))
+    assert await purchase_log.last_id() == first
+    second = await purchase_log.append(event(2))
+    assert int(second) == int(first) + 1
+
+
 async def test_retention_drops_oldest(purchase_log) -> None:
     ids = [await purchase_log.append(event(n)) for n in range(8)]
     entries = await purchase_log.read(limit=100)

@@ -1,0 +1,43 @@
+"""Redis calls as the engine's errors: a Redis that is down, restarting (loading its AOF) or too slow
+to answer within the client's socket timeout becomes the retryable ``unavailable`` error
+(engine.storage.StorageUnavailable), the same answer a locked or full SQLite gives.
+
+A call that timed out may still have run on the server: callers that write keep their scripts
+idempotent (a retry with the same request id or CloudEvents id changes nothing twice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from engine.storage import StorageUnavailable
+
+#: What a call to a Redis that is away raises (BusyLoadingError, a restart reading its AOF, is a ConnectionError).
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@contextlib.contextmanager
+def redis_unavailable() -> Iterator[None]:
+    """Turn an unreachable or slow Redis into StorageUnavailable for the block's calls."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        raise StorageUnavailable(f"Redis is unavailable ({exc}); retry") from exc
+
+
+class RedisUnreachable(ValueError):
+    """Redis did not answer while the engine started: reported like a refused setting (one line
+    naming --redis-url), since nothing can be served without it."""
+
+
+@contextlib.contextmanager
+def redis_at_start(url: str) -> Iterator[None]:
+    """Start-up calls to Redis: an unreachable one is RedisUnreachable."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        raise RedisUnreachable(f"cannot reach Redis at {url} (--redis-url): {exc}") from None
