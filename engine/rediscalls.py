@@ -8,6 +8,7 @@ idempotent (a retry with the same request id or CloudEvents id changes nothing t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 
@@ -41,3 +42,18 @@ def redis_at_start(url: str) -> Iterator[None]:
         yield
     except UNREACHABLE as exc:
         raise RedisUnreachable(f"cannot reach Redis at {url} (--redis-url): {exc}") from None
+
+
+#: Seconds stopping waits for a task that follows Redis (a blocking read or a pub/sub channel).
+STOP_WAIT = 5.0
+
+
+async def stop_following(task: asyncio.Task[None] | None) -> None:
+    """Stop a task that follows Redis once it has noticed its stop flag, at the end of its current
+    wait: cancelling redis-py inside a blocking read can leave the task waiting on a future nothing
+    completes. A call that outlived every timeout is given up rather than hang the stop."""
+    if task is None:
+        return
+    done, _ = await asyncio.wait({task}, timeout=STOP_WAIT)
+    if not done:
+        task.cancel()

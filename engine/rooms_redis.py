@@ -23,14 +23,13 @@ import orjson
 import redis
 from redis.asyncio import Redis
 
-from engine.rediscalls import UNREACHABLE, redis_at_start, redis_unavailable
+from engine.rediscalls import UNREACHABLE, redis_at_start, redis_unavailable, stop_following
 from engine.rooms import Room
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25  # one wait for a published change; how long stop() may take
 RETRY_SECONDS = 0.5  # between attempts to subscribe again while Redis is away
-STOP_WAIT = 5.0  # seconds stop() waits for the follow task
 
 
 def _room(body: bytes) -> Room:
@@ -99,8 +98,5 @@ class RedisRoomDirectory:
     async def stop(self) -> None:
         """Stop following at the end of the current wait (see RedisPurchaseLog.stop)."""
         self._stopping = True
-        if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=STOP_WAIT)
-            if not done:  # a call that outlived every timeout: give up on it rather than hang the stop
-                self._task.cancel()
-            self._task = None
+        await stop_following(self._task)
+        self._task = None

@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection
 from engine.app import App
 from engine.config import Config
 from signaling.tokens import mint
-from tests.redis_server import SharedRedis
+from tests.redis_server import RedisServer, SharedRedis
 
 
 def free_port() -> int:
@@ -119,3 +119,14 @@ async def redis_target(shared_redis: SharedRedis) -> AsyncIterator[RedisTarget]:
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own (append-only), which the test may stop and restart."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 MAX_STALL = 0.100
 
@@ -39,10 +40,12 @@ class LoopLag:
             self.worst = max(self.worst, asyncio.get_running_loop().time() - self._due)
 
 
+L = TypeVar("L", bound=LoopLag)
+
+
 @contextlib.asynccontextmanager
-async def loop_lag(interval: float = 0.005) -> AsyncIterator[LoopLag]:
-    """Probe the running loop for the duration of the block; the result holds the worst stall."""
-    probe = LoopLag(interval)
+async def probing(probe: L) -> AsyncIterator[L]:
+    """Run ``probe`` on the running loop for the duration of the block; it then holds the worst stall."""
     task = asyncio.create_task(probe._run())
     try:
         yield probe
@@ -51,3 +54,8 @@ async def loop_lag(interval: float = 0.005) -> AsyncIterator[LoopLag]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def loop_lag(interval: float = 0.005) -> contextlib.AbstractAsyncContextManager[LoopLag]:
+    """Probe the running loop for the duration of the block; the result holds the worst stall."""
+    return probing(LoopLag(interval))

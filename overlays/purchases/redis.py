@@ -31,7 +31,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from engine.rediscalls import UNREACHABLE, redis_unavailable
+from engine.rediscalls import UNREACHABLE, redis_unavailable, stop_following
 from overlays.purchases.base import LogEntry, WakesReaders, check_limit, format_id, parse_id
 
 #: Lua: ``append(stream, meta, seen, bound, source, ce_id, type, body)`` -> N. Defines a local
@@ -63,7 +63,6 @@ _APPEND = APPEND_LUA + "return append(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1
 
 WAIT_BLOCK_MS = 250  # one XREAD BLOCK of the wake task (it loops): how long stop() may wait
 RETRY_SECONDS = 0.5  # between the wake task's attempts while Redis is away
-STOP_WAIT = 5.0  # seconds stop() waits for the wake task
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +118,8 @@ class RedisPurchaseLog(WakesReaders):
         """Stop the wake task at the end of its current blocking read (cancelling redis-py inside a
         blocking read can leave the task waiting on a future nothing completes)."""
         self._stopping = True
-        if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=STOP_WAIT)
-            if not done:  # a call that outlived every timeout: give up on it rather than hang the stop
-                self._task.cancel()
-            self._task = None
+        await stop_following(self._task)
+        self._task = None
 
     async def _follow(self, last: str) -> None:
         """Wake readers whenever the stream grows, whoever appended. While Redis is away readers

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -27,7 +27,7 @@ from engine.config import Config
 from engine.gcpolicy import GcPolicy
 from tests.conftest import token
 from tests.engine.rawws import server_frames, ws_client
-from tests.looplag import MAX_STALL, LoopLag
+from tests.looplag import MAX_STALL, LoopLag, probing
 
 VIEWERS = 300
 PRODUCTS = 40
@@ -71,18 +71,9 @@ class HeldLag(LoopLag):
             self._record(asyncio.get_running_loop().time())
 
 
-@contextlib.asynccontextmanager
-async def held_lag() -> AsyncIterator[HeldLag]:
+def held_lag() -> contextlib.AbstractAsyncContextManager[HeldLag]:
     """Probe the running loop for the block; the result holds the worst stall the loop itself caused."""
-    probe = HeldLag()
-    task = asyncio.create_task(probe._run())
-    try:
-        yield probe
-    finally:
-        probe.settle()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return probing(HeldLag())
 
 
 @pytest.fixture

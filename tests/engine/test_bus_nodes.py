@@ -8,7 +8,7 @@ Each engine keeps its own data directory; the demo room exists on each of them."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -110,16 +110,6 @@ async def test_a_viewer_dropped_from_one_node_resumes_on_another(config: Config,
         assert snapshot["type"] == "snapshot" and snapshot["seq"] >= latest + 1
         for client in (host, back, old):
             await client.close()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def test_nodes_ride_out_redis_going_away(config: Config, tmp_path: Path, own_redis: RedisServer) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,16 +17,6 @@ from tests.engine.test_bus import listening, same, until
 from tests.redis_server import RedisServer
 
 MakeBus = Callable[..., Awaitable[RedisBus]]
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def _buses(url: str, prefix: str, timeout: float = 1.0, max_backoff: float = 2.0) -> AsyncIterator[MakeBus]:
