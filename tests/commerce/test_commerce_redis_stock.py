@@ -7,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from commercekit import MUG, Clock, Rest, joined, running
 from engine.app import App
 from engine.config import Config
 from tests.conftest import Client, RedisTarget, free_port
+from tests.engine.test_cli import announcement
 from tests.redis_server import RedisServer
 
 SALE = {"id": "drop", "product_id": "mug", "price": 500, "quantity": 4, "duration": 600, "per_user_limit": 2}
@@ -119,18 +119,7 @@ def _serve(data_dir: Path, env: dict[str, str], *args: str) -> tuple[subprocess.
         [sys.executable, "-m", "engine.cli", "serve", "--data-dir", str(data_dir), "--http-port", str(http_port),
          "--ws-port", str(ws_port), "--no-demo-catalog", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    info: dict[str, str] = {}
-    deadline = time.time() + 30
-    assert proc.stdout is not None
-    while "host token" not in info and time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if ":" in line and line.startswith("  "):
-            key, _, value = line.strip().partition(":")
-            info[key.strip()] = value.strip().split()[0] if value.strip() else ""
-    assert "host token" in info, "server did not announce itself"
-    return proc, ws_port, info
+    return proc, ws_port, announcement(proc)
 
 
 async def test_livecart_serve_with_redis_url_taps_and_checks_out(tmp_path: Path, redis_target: RedisTarget) -> None:

@@ -58,6 +58,11 @@ def start_server(data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], int
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(),
     )
     _started.append(proc)
+    return proc, http_port, ws_port, announcement(proc)
+
+
+def announcement(proc: subprocess.Popen[str]) -> dict[str, str]:
+    """What a starting `livecart serve` prints: the line it serves on, then its tokens and keys."""
     info: dict[str, str] = {}
     deadline = time.time() + 30
     assert proc.stdout is not None
@@ -71,7 +76,7 @@ def start_server(data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], int
             key, _, value = line.strip().partition(":")
             info[key.strip()] = value.strip().split()[0] if value.strip() else ""
     assert "host token" in info, "server did not announce itself"
-    return proc, http_port, ws_port, info
+    return info
 
 
 def test_token_command_uses_the_kept_secret(tmp_path: Path) -> None:
