@@ -375,6 +375,10 @@ class WebSocket(asyncio.Protocol):
         """Write what the sans-I/O protocol queued (frames, the handshake response, end of stream)."""
         for data in self.protocol.data_to_send():
             if data is SEND_EOF or not data:
+                # Closing waits for the write buffer to drain: a client that stopped reading (then
+                # sent a close frame, a bad frame or its end of stream) is cut after the close timeout.
+                if self._timer is None and self._opened:
+                    self._timer = asyncio.get_running_loop().call_later(self.listener.close_timeout, self.abort)
                 if self._out is not None:
                     self._eof = True
                 else:

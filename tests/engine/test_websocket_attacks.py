@@ -1,0 +1,66 @@
+"""What an anonymous client can do to the websocket port through a raw socket: every way of ending
+a connection leaves no session, user limit or per-address slot behind, whatever it left unread."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.app import App
+from engine.config import Config
+from tests.conftest import token
+from tests.engine.rawws import client_frame, ws_client
+
+CLOSE_TIMEOUT = 0.5
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> App:
+    config = Config(http_port=0, ws_port=0, data_dir=str(tmp_path), secret="s" * 32, admin_key="a",
+                    send_queue_bytes=1 << 20, slow_close_after=60.0)
+    app = App(config)
+    app.channel.close_timeout = CLOSE_TIMEOUT
+    await app.start()
+    yield app
+    await app.stop()
+
+
+async def _unread_backlog(app: App, sock: socket.socket) -> None:
+    """Fill the client's kernel buffers with room events until the server holds bytes it cannot write."""
+    session = next(iter(app.channel.sessions.values()))
+    n = 0
+    while session.transport.get_write_buffer_size() == 0:
+        await app.bus.publish("demo", "test.bulk", {"n": n, "pad": "x" * 16000})
+        n += 1
+        await asyncio.sleep(0.005)
+        assert n < 5000, "the kernel buffers never filled"
+
+
+async def _gone(app: App) -> None:
+    deadline = time.monotonic() + CLOSE_TIMEOUT + 5
+    while app.channel.sessions or app.channel.listener.connections:
+        assert time.monotonic() < deadline, "the connection was kept: its session and slot are held for good"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("ending", ["close frame", "unmasked frame", "oversized frame", "end of stream"])
+async def test_a_client_that_never_reads_and_ends_the_connection_is_cut(app: App, ending: str) -> None:
+    loop = asyncio.get_running_loop()
+    sock = await ws_client(app.ws_port, token(app, sub="reader"), rcvbuf=4096)
+    try:
+        await _unread_backlog(app, sock)
+        if ending == "close frame":
+            await loop.sock_sendall(sock, client_frame(b"\x03\xe8", opcode=0x8))
+        elif ending == "unmasked frame":
+            await loop.sock_sendall(sock, b"\x81\x02hi")
+        elif ending == "oversized frame":
+            await loop.sock_sendall(sock, b"\x82\xff" + (1 << 62).to_bytes(8, "big") + b"mask")
+        else:
+            sock.shutdown(socket.SHUT_WR)
+        await _gone(app)
+    finally:
+        sock.close()
