@@ -331,7 +331,9 @@ class WebSocket(asyncio.Protocol):
         self._turn_started = time.perf_counter()
         try:
             inbox = self._inbox
-            while inbox and not self._held:
+            # Once a close frame went out (ours, or the protocol's answer to a bad frame or to the
+            # client's close), nothing that waited is acted on: its answer could not be sent.
+            while inbox and not self._held and self.protocol.close_sent is None:
                 if time.perf_counter() - self._turn_started > self.listener.turn:
                     self.hold()
                     asyncio.get_running_loop().call_soon(self.release)

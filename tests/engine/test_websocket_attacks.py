@@ -7,15 +7,19 @@ import asyncio
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from engine.app import App
 from engine.config import Config
+from signaling.channel import Session
 from tests.conftest import token
 from tests.engine.rawws import client_frame, ws_client
 
 CLOSE_TIMEOUT = 0.5
+VIEWERS = frozenset({"viewer"})
 
 
 @pytest.fixture
@@ -62,5 +66,40 @@ async def test_a_client_that_never_reads_and_ends_the_connection_is_cut(app: App
         else:
             sock.shutdown(socket.SHUT_WR)
         await _gone(app)
+    finally:
+        sock.close()
+
+
+async def test_messages_waiting_behind_a_handler_are_dropped_once_the_connection_is_closed(app: App) -> None:
+    """A client pipelines behind a suspended answer, then breaks the protocol (a frame without its
+    mask): the server has sent its close frame, so what waited is not acted on after it."""
+    loop = asyncio.get_running_loop()
+    done: list[int] = []
+    gate = asyncio.Event()
+
+    async def slow(session: Session, message: dict[str, Any]) -> dict[str, Any]:
+        await gate.wait()
+        return {}
+
+    async def record(session: Session, message: dict[str, Any]) -> dict[str, Any]:
+        done.append(message["id"])
+        return {}
+
+    app.channel.actions.register("slow", VIEWERS, slow)
+    app.channel.actions.register("record", VIEWERS, record, inline=True)
+    sock = await ws_client(app.ws_port, token(app, sub="piper"), rcvbuf=4096)
+    try:
+        await _unread_backlog(app, sock)  # so the server's close waits on a backlog for a while
+        session = next(iter(app.channel.sessions.values()))
+        pipelined = [client_frame(orjson.dumps({"type": "slow", "id": 0}))]
+        pipelined += [client_frame(orjson.dumps({"type": "record", "id": i})) for i in range(1, 4)]
+        await loop.sock_sendall(sock, b"".join(pipelined) + b"\x81\x02hi")
+        deadline = time.monotonic() + 5
+        while session.connection.protocol.close_sent is None:
+            assert time.monotonic() < deadline, "the unmasked frame was not refused"
+            await asyncio.sleep(0.01)
+        gate.set()
+        await _gone(app)
+        assert done == []
     finally:
         sock.close()
