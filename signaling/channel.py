@@ -96,6 +96,9 @@ class Session:
         self.resync_bytes = 0  # size of the last snapshot that did not fit: none is built until it would
         self.limits = limits  # shared by all connections of this user
         self.flood = 0
+        #: A message was put back while lagging: the resync releases the connection. Otherwise the
+        #: connection may be held by an answer in flight, whose own end releases it (in order).
+        self.deferred = False
         self.expiry: asyncio.TimerHandle | None = None  # the token's end
 
     @property
@@ -195,7 +198,9 @@ class Session:
                 self.channel.lagging.discard(self)
                 self.write_payload(snapshot)
                 metrics.SEND_QUEUE.labels("resynced").inc()
-                self.connection.release()  # its messages waited while it was not reading
+                if self.deferred:  # its messages waited while it was not reading
+                    self.deferred = False
+                    self.connection.release()
                 return
             self.resync_bytes = len(snapshot) + 16
         if self.lagging_since is not None and now - self.lagging_since > config.slow_close_after:
@@ -354,6 +359,7 @@ class Channel:
         if session.lagging_since is not None:
             # Its answers would only be dropped: read nothing more from it until it reads again
             # (then the lagging watcher resyncs it and releases its messages) or is closed.
+            session.deferred = True
             ws.defer(data, binary)
             return
         self._on_message(session, data, binary)

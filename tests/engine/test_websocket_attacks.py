@@ -103,3 +103,55 @@ async def test_messages_waiting_behind_a_handler_are_dropped_once_the_connection
         assert done == []
     finally:
         sock.close()
+
+
+async def test_a_lagging_client_that_catches_up_is_answered_in_order(app: App) -> None:
+    """A client stops reading while an answer of its is suspended, lags behind the room, then reads
+    again: its resync must not hand over the messages waiting behind that answer before it."""
+    loop = asyncio.get_running_loop()
+    done: list[int] = []
+    gate = asyncio.Event()
+
+    async def slow(session: Session, message: dict[str, Any]) -> dict[str, Any]:
+        await gate.wait()
+        done.append(message["id"])
+        return {}
+
+    async def record(session: Session, message: dict[str, Any]) -> dict[str, Any]:
+        done.append(message["id"])
+        return {}
+
+    app.channel.actions.register("slow", VIEWERS, slow)
+    app.channel.actions.register("record", VIEWERS, record, inline=True)
+    sock = await ws_client(app.ws_port, token(app, sub="laggard"), rcvbuf=4096)
+    try:
+        session = next(iter(app.channel.sessions.values()))
+        await _unread_backlog(app, sock)
+        await loop.sock_sendall(sock, client_frame(orjson.dumps({"type": "slow", "id": 0}))
+                                + client_frame(orjson.dumps({"type": "record", "id": 1})))
+        n = 0
+        while session.lagging_since is None:
+            await app.bus.publish("demo", "test.bulk", {"n": n, "pad": "x" * 16000})
+            n += 1
+            await asyncio.sleep(0.001)
+            assert n < 5000, "the client never lagged"
+
+        async def drain() -> None:
+            while await loop.sock_recv(sock, 1 << 20):
+                pass
+
+        reader = asyncio.create_task(drain())
+        deadline = time.monotonic() + 5
+        while session.lagging_since is not None:  # resynced once it caught up
+            assert time.monotonic() < deadline, "the client was not resynced"
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert done == []  # the second message still waits for the first one's answer
+        gate.set()
+        while len(done) < 2:
+            assert time.monotonic() < deadline + 5
+            await asyncio.sleep(0.01)
+        assert done == [0, 1]
+        reader.cancel()
+    finally:
+        sock.close()
