@@ -254,7 +254,11 @@ class WebSocket(asyncio.Protocol):
     def _handshake(self, request: Request) -> None:
         protocol = self.protocol
         self.request = request
-        if urlsplit(request.path).path != self.listener.path:
+        try:
+            path = urlsplit(request.path).path
+        except ValueError:  # a target such as "//[/ws" (no URL) is taken as-is by the HTTP parser
+            path = None
+        if path != self.listener.path:
             response = protocol.reject(404, f"not found: the websocket path is {self.listener.path}\n")
         else:
             response = protocol.accept(request)

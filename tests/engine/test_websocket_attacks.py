@@ -4,6 +4,7 @@ a connection leaves no session, user limit or per-address slot behind, whatever 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from engine.app import App
 from engine.config import Config
 from signaling.channel import Session
 from tests.conftest import token
-from tests.engine.rawws import client_frame, ws_client
+from tests.engine.rawws import client_frame, raw_socket, upgrade, ws_client
 
 CLOSE_TIMEOUT = 0.5
 VIEWERS = frozenset({"viewer"})
@@ -155,3 +156,18 @@ async def test_a_lagging_client_that_catches_up_is_answered_in_order(app: App) -
         reader.cancel()
     finally:
         sock.close()
+
+
+async def test_a_request_target_that_is_no_url_gets_a_404(app: App, caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.get_running_loop()
+    for target in ("//[/ws", "http://[::1/ws?token=x"):
+        sock = await raw_socket(app.ws_port)
+        try:
+            request = upgrade("token=x").replace(b"/ws?token=x", target.encode(), 1)
+            await loop.sock_sendall(sock, request)
+            head = await asyncio.wait_for(loop.sock_recv(sock, 4096), 5)
+            assert head.startswith(b"HTTP/1.1 404 "), head
+        finally:
+            sock.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    await _gone(app)
