@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 TEXT, BINARY, CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 OPEN, CONNECTING = State.OPEN, State.CONNECTING
+PONG_HEAD = 0x80 | Opcode.PONG  # first byte of a server's pong frame: FIN, no RSV bit (never compressed)
 
 
 class Handler(Protocol):
@@ -70,7 +71,7 @@ class Listener:
 
     def __init__(self, handler: Handler, *, gate: AddressGate, path: str, subprotocols: Sequence[str],
                  compression: bool, max_size: int, open_timeout: float, close_timeout: float,
-                 max_inbox: int, turn: float) -> None:
+                 max_inbox: int, turn: float, max_buffer: int) -> None:
         self.handler = handler
         self.gate = gate
         self.path = path
@@ -81,6 +82,7 @@ class Listener:
         self.close_timeout = close_timeout
         self.max_inbox = max_inbox
         self.turn = turn
+        self.max_buffer = max_buffer  # bytes a client may owe before pongs to its pings are dropped
         self.connections: set[WebSocket] = set()
         self._server: asyncio.Server | None = None
         self._gone = asyncio.Event()
@@ -389,6 +391,11 @@ class WebSocket(asyncio.Protocol):
                     self._eof = True
                 else:
                     self.transport.close()
+            elif data[0] == PONG_HEAD and self.buffered() + len(data) > self.listener.max_buffer:
+                # Pings are no messages and have no rate limit: a client that sends them and does
+                # not read would otherwise make us buffer pongs without end (RFC 6455 5.5.3 lets an
+                # endpoint answer only the latest of several pings; this one reads its answers late).
+                continue
             else:
                 self.write(data)
 

@@ -171,3 +171,22 @@ async def test_a_request_target_that_is_no_url_gets_a_404(app: App, caplog: pyte
             sock.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     await _gone(app)
+
+
+async def test_pings_from_a_client_that_never_reads_buffer_no_more_than_the_send_queue(app: App) -> None:
+    """Pings are not messages (no rate limit) and each is answered by a pong: a client that sends
+    them and reads nothing must not make the server buffer pongs without end in a quiet room."""
+    loop = asyncio.get_running_loop()
+    sock = await ws_client(app.ws_port, token(app, sub="pinger"), rcvbuf=4096)
+    try:
+        session = next(iter(app.channel.sessions.values()))
+        batch = client_frame(b"p" * 125, opcode=0x9) * 1000
+        worst = 0
+        for _ in range(64):  # 8 MB of pings
+            await loop.sock_sendall(sock, batch)
+            worst = max(worst, session.connection.buffered())
+        await asyncio.sleep(0.2)
+        worst = max(worst, session.connection.buffered())
+        assert worst <= app.config.send_queue_bytes, worst
+    finally:
+        sock.close()
