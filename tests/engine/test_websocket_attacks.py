@@ -17,7 +17,7 @@ from engine.app import App
 from engine.config import Config
 from signaling.channel import Session
 from tests.conftest import token
-from tests.engine.rawws import client_frame, raw_socket, upgrade, ws_client
+from tests.engine.rawws import client_frame, raw_socket, server_frames, upgrade, ws_client
 
 CLOSE_TIMEOUT = 0.5
 VIEWERS = frozenset({"viewer"})
@@ -190,3 +190,54 @@ async def test_pings_from_a_client_that_never_reads_buffer_no_more_than_the_send
         assert worst <= app.config.send_queue_bytes, worst
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("compression", [False, True])
+async def test_a_request_and_frames_sent_before_the_101_one_byte_at_a_time_are_answered_in_order(
+        tmp_path: Path, compression: bool) -> None:
+    """The opening request, then (without waiting for the 101) a message fragmented around a ping,
+    and a plain message, all trickled byte by byte: each answer comes, in order, once."""
+    config = Config(http_port=0, ws_port=0, data_dir=str(tmp_path), secret="s" * 32, admin_key="a",
+                    permessage_deflate=compression)
+    app = App(config)
+    await app.start()
+    loop = asyncio.get_running_loop()
+
+    async def record(session: Session, message: dict[str, Any]) -> dict[str, Any]:
+        return {"n": message["id"]}
+
+    app.channel.actions.register("record", VIEWERS, record, inline=True)
+    sock = await raw_socket(app.ws_port)
+    try:
+        request = upgrade(f"token={token(app, sub='trickle')}")
+        if compression:
+            request = request[:-2] + b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+        first = orjson.dumps({"type": "record", "id": 1})
+        data = (request + b"\x01" + client_frame(first[:5])[1:]  # text, not final
+                + client_frame(b"hello", opcode=0x9)
+                + client_frame(first[5:], opcode=0x0) + client_frame(orjson.dumps({"type": "record", "id": 2})))
+        for i in range(len(data)):
+            await loop.sock_sendall(sock, data[i:i + 1])
+        rest, head = b"", b""
+        while b"\r\n\r\n" not in head:
+            head += await asyncio.wait_for(loop.sock_recv(sock, 1), 5)
+        assert b" 101 " in head.split(b"\r\n")[0]
+        assert (b"permessage-deflate" in head) is compression
+        kinds: list[tuple[str, Any]] = []
+        data_frames = 0
+        while ("pong", b"hello") not in kinds or data_frames < 3 or not (compression or ("ack", 2) in kinds):
+            frames, rest = server_frames(rest + await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), 5))
+            for opcode, payload in frames:
+                if opcode == 0xA:
+                    kinds.append(("pong", payload))
+                    continue
+                data_frames += 1
+                if not compression:  # compressed ones are counted only
+                    body = orjson.loads(payload)
+                    kinds.append((body["type"], body.get("n")))
+        if not compression:
+            assert [k for k in kinds if k[0] in ("snapshot", "ack")] == [("snapshot", None), ("ack", 1), ("ack", 2)]
+        assert ("pong", b"hello") in kinds
+    finally:
+        sock.close()
+        await app.stop()
