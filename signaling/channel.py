@@ -304,6 +304,11 @@ class Channel:
     async def _prepare_snapshot(self, session: Session) -> None:
         for prepare in self.snapshot_prepares:
             await prepare(session)
+        if self.snapshot_prepares and session.connection.session is not session:
+            # It left while they read, and its on_close cleanups ran before the reads ended: the
+            # parts are built anyway, for no one, so that they drop what was read for it.
+            for part in self.snapshot_parts:
+                part(session)
 
     def _hub(self, room: str) -> RoomHub:
         hub = self.hubs.get(room)

@@ -12,12 +12,14 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 
 from engine.app import App
 from engine.config import Config
 from signaling.channel import Session
 from tests.conftest import token
 from tests.engine.rawws import client_frame, raw_socket, server_frames, upgrade, ws_client
+from tests.redis_server import RedisServer
 
 CLOSE_TIMEOUT = 0.5
 VIEWERS = frozenset({"viewer"})
@@ -241,3 +243,42 @@ async def test_a_request_and_frames_sent_before_the_101_one_byte_at_a_time_are_a
     finally:
         sock.close()
         await app.stop()
+
+
+async def test_a_lagging_client_that_leaves_while_its_resync_reads_redis_leaves_no_prepared_snapshot(
+        tmp_path: Path) -> None:
+    """With Redis, a lagging client's resync snapshot is read before it is built; a client that
+    leaves while that read is in flight must not leave what was read behind. (What was read has
+    no wire surface: the test looks into the commerce part's table.)"""
+    server = RedisServer()
+    server.start()
+    try:
+        config = Config(http_port=0, ws_port=0, data_dir=str(tmp_path), secret="s" * 32, admin_key="a",
+                        redis_url=server.url, redis_timeout=5.0, send_queue_bytes=256 * 1024,
+                        slow_close_after=60.0)
+        app = App(config)
+        await app.start()
+        try:
+            prepare = app.channel.snapshot_prepares[0]
+            prepared = next(c.cell_contents for c in prepare.__closure__ or () if type(c.cell_contents) is dict)
+            pauser = redis.Redis.from_url(server.url)
+            sock = await ws_client(app.ws_port, token(app, sub="leaver"), rcvbuf=4096)
+            session = next(iter(app.channel.sessions.values()))
+            n = 0
+            while session.lagging_since is None:
+                await app.bus.publish("demo", "test.bulk", {"n": n, "pad": "x" * 16000})
+                n += 1
+                await asyncio.sleep(0.005)
+                assert n < 5000, "the client never lagged"
+            await asyncio.to_thread(pauser.execute_command, "CLIENT", "PAUSE", "600", "ALL")
+            await asyncio.sleep(0.25)  # the lagging watcher is reading the client's cart
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.close()
+            await _gone(app)
+            await asyncio.sleep(0.8)  # the read finishes
+            assert prepared == {}
+            pauser.close()
+        finally:
+            await app.stop()
+    finally:
+        server.close()
