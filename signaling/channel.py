@@ -96,6 +96,9 @@ class Session:
         self.resync_bytes = 0  # size of the last snapshot that did not fit: none is built until it would
         self.limits = limits  # shared by all connections of this user
         self.flood = 0
+        #: A message was put back while lagging: the resync releases the connection. Otherwise the
+        #: connection may be held by an answer in flight, whose own end releases it (in order).
+        self.deferred = False
         self.expiry: asyncio.TimerHandle | None = None  # the token's end
 
     @property
@@ -195,7 +198,9 @@ class Session:
                 self.channel.lagging.discard(self)
                 self.write_payload(snapshot)
                 metrics.SEND_QUEUE.labels("resynced").inc()
-                self.connection.release()  # its messages waited while it was not reading
+                if self.deferred:  # its messages waited while it was not reading
+                    self.deferred = False
+                    self.connection.release()
                 return
             self.resync_bytes = len(snapshot) + 16
         if self.lagging_since is not None and now - self.lagging_since > config.slow_close_after:
@@ -235,7 +240,7 @@ class Channel:
             self, gate=AddressGate(config.max_ws_per_ip), path="/ws",
             subprotocols=[protocol.MSGPACK_SUBPROTOCOL], compression=config.permessage_deflate,
             max_size=config.max_frame, open_timeout=config.ws_handshake_timeout, close_timeout=2.0,
-            max_inbox=config.ws_inbox, turn=CLIENT_TURN)
+            max_inbox=config.ws_inbox, turn=CLIENT_TURN, max_buffer=config.send_queue_bytes)
         self._ids = itertools.count(1)
         self._refusals = Refusals()
         # With Redis every action may wait on it, and redis-py's calls need a task around them.
@@ -299,6 +304,11 @@ class Channel:
     async def _prepare_snapshot(self, session: Session) -> None:
         for prepare in self.snapshot_prepares:
             await prepare(session)
+        if self.snapshot_prepares and session.connection.session is not session:
+            # It left while they read, and its on_close cleanups ran before the reads ended: the
+            # parts are built anyway, for no one, so that they drop what was read for it.
+            for part in self.snapshot_parts:
+                part(session)
 
     def _hub(self, room: str) -> RoomHub:
         hub = self.hubs.get(room)
@@ -354,6 +364,7 @@ class Channel:
         if session.lagging_since is not None:
             # Its answers would only be dropped: read nothing more from it until it reads again
             # (then the lagging watcher resyncs it and releases its messages) or is closed.
+            session.deferred = True
             ws.defer(data, binary)
             return
         self._on_message(session, data, binary)

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 TEXT, BINARY, CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 OPEN, CONNECTING = State.OPEN, State.CONNECTING
+PONG_HEAD = 0x80 | Opcode.PONG  # first byte of a server's pong frame: FIN, no RSV bit (never compressed)
 
 
 class Handler(Protocol):
@@ -70,7 +71,7 @@ class Listener:
 
     def __init__(self, handler: Handler, *, gate: AddressGate, path: str, subprotocols: Sequence[str],
                  compression: bool, max_size: int, open_timeout: float, close_timeout: float,
-                 max_inbox: int, turn: float) -> None:
+                 max_inbox: int, turn: float, max_buffer: int) -> None:
         self.handler = handler
         self.gate = gate
         self.path = path
@@ -81,6 +82,7 @@ class Listener:
         self.close_timeout = close_timeout
         self.max_inbox = max_inbox
         self.turn = turn
+        self.max_buffer = max_buffer  # bytes a client may owe before pongs to its pings are dropped
         self.connections: set[WebSocket] = set()
         self._server: asyncio.Server | None = None
         self._gone = asyncio.Event()
@@ -254,7 +256,11 @@ class WebSocket(asyncio.Protocol):
     def _handshake(self, request: Request) -> None:
         protocol = self.protocol
         self.request = request
-        if urlsplit(request.path).path != self.listener.path:
+        try:
+            path = urlsplit(request.path).path
+        except ValueError:  # a target such as "//[/ws" (no URL) is taken as-is by the HTTP parser
+            path = None
+        if path != self.listener.path:
             response = protocol.reject(404, f"not found: the websocket path is {self.listener.path}\n")
         else:
             response = protocol.accept(request)
@@ -331,7 +337,9 @@ class WebSocket(asyncio.Protocol):
         self._turn_started = time.perf_counter()
         try:
             inbox = self._inbox
-            while inbox and not self._held:
+            # Once a close frame went out (ours, or the protocol's answer to a bad frame or to the
+            # client's close), nothing that waited is acted on: its answer could not be sent.
+            while inbox and not self._held and self.protocol.close_sent is None:
                 if time.perf_counter() - self._turn_started > self.listener.turn:
                     self.hold()
                     asyncio.get_running_loop().call_soon(self.release)
@@ -375,10 +383,19 @@ class WebSocket(asyncio.Protocol):
         """Write what the sans-I/O protocol queued (frames, the handshake response, end of stream)."""
         for data in self.protocol.data_to_send():
             if data is SEND_EOF or not data:
+                # Closing waits for the write buffer to drain: a client that stopped reading (then
+                # sent a close frame, a bad frame or its end of stream) is cut after the close timeout.
+                if self._timer is None and self._opened:
+                    self._timer = asyncio.get_running_loop().call_later(self.listener.close_timeout, self.abort)
                 if self._out is not None:
                     self._eof = True
                 else:
                     self.transport.close()
+            elif data[0] == PONG_HEAD and self.buffered() + len(data) > self.listener.max_buffer:
+                # Pings are no messages and have no rate limit: a client that sends them and does
+                # not read would otherwise make us buffer pongs without end (RFC 6455 5.5.3 lets an
+                # endpoint answer only the latest of several pings; this one reads its answers late).
+                continue
             else:
                 self.write(data)
 
