@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -175,21 +177,38 @@ class App:
         await self.cluster.start()
 
     async def stop(self) -> None:
-        await self.channel.stop()
+        """Stop every part in order; a part that does not finish within STOP_STEP is left behind
+        with a warning (a Redis call cut off mid-way can leave a task waiting on nothing), so a
+        stop always ends and the data directory is always released."""
+        await _bounded("websocket channel", self.channel.stop())
         if self._runner is not None:
-            await self._runner.cleanup()
-        await self.media.stop()
-        await self.purchases.stop()
-        await self.commerce.stop()
-        await self.rooms.stop()
+            await _bounded("HTTP server", self._runner.cleanup())
+        await _bounded("media relay", self.media.stop())
+        await _bounded("purchase subscriptions", self.purchases.stop())
+        await _bounded("commerce", self.commerce.stop())
+        await _bounded("rooms", self.rooms.stop())
         if self.shared is not None:
-            await self.shared.stop()
-        await self.cluster.stop()
+            await _bounded("shared state", self.shared.stop())
+        await _bounded("cluster", self.cluster.stop())
         if isinstance(self.stock, RedisStockStore):
-            await self.stock.close()
-        await self.bus.stop()
+            await _bounded("stock store", self.stock.close())
+        await _bounded("event bus", self.bus.stop())
         self.storage.close()
         self.lock.release()
+
+
+#: Seconds one part of the engine may take to stop (the channel's own grace is inside it).
+STOP_STEP = 15.0
+
+
+async def _bounded(part: str, stopping: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.ensure_future(stopping)
+    done, _ = await asyncio.wait({task}, timeout=STOP_STEP)
+    if not done:
+        log.warning("%s did not stop within %.0f s; the engine stops without it", part, STOP_STEP)
+        task.cancel()
+    elif task.exception() is not None:
+        log.error("%s failed to stop", part, exc_info=task.exception())
 
 
 def bus(config: Config) -> Bus:

@@ -156,6 +156,7 @@ class WebSocket(asyncio.Protocol):
         self._inbox: deque[tuple[bytes, bool]] = deque()
         self._held = False
         self._turn_started = 0.0
+        self._split = False  # this read's turn is over: its remaining messages wait, whatever their number
         self._opened = False
         self._closing = False  # we sent a close frame
 
@@ -177,6 +178,7 @@ class WebSocket(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_at = time.monotonic()
+        self._split = False
         protocol = self.protocol
         self._cork()
         self._turn_started = time.perf_counter()
@@ -297,6 +299,9 @@ class WebSocket(asyncio.Protocol):
             self._queue(data, binary)
             return
         if time.perf_counter() - self._turn_started > self.listener.turn:
+            # The rest of this read waits for the next turn. It is bounded by the read itself
+            # (reading stops meanwhile), and each of its messages still meets the rate limit.
+            self._split = True
             self._queue(data, binary)
             self.hold()
             asyncio.get_running_loop().call_soon(self.release)
@@ -304,7 +309,7 @@ class WebSocket(asyncio.Protocol):
         self.listener.handler.received(self, data, binary)
 
     def _queue(self, data: bytes, binary: bool) -> None:
-        if len(self._inbox) >= self.listener.max_inbox:
+        if len(self._inbox) >= self.listener.max_inbox and not self._split:
             # Only a client that pipelines far past its rate limit gets here.
             self._inbox.clear()
             self.close(4429, "message flood")
