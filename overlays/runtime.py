@@ -207,6 +207,15 @@ class Commerce:
             await shop.reload_offer()
             self._revisions[room] = revision
 
+    async def _catch_up_if_moved(self, room: str, shop: Shop) -> None:
+        """`_catch_up` for callers without the room's lock: it is taken only when the revision
+        moved, so a flood of taps on unknown ids costs reads, never a queue on the lock that the
+        room's clock and host edits wait on."""
+        assert self._shared is not None
+        if (await self._shared.revisions([room]))[0] != self._revisions.get(room):
+            async with self._locks.hold(("room", room)):
+                await self._catch_up(room, shop)
+
     async def catch_up(self) -> None:
         """Bring every loaded room's offer up to the shared records: one round trip for all of them,
         then a reload of the few that changed."""
@@ -325,8 +334,7 @@ class Commerce:
         racing its original cannot see an emptied cart and answer cart_empty."""
         shop = await self.shop(room)
         if self._shared is not None:  # the cart may hold units of a sale another node made since
-            async with self._locks.hold(("room", room)):
-                await self._catch_up(room, shop)
+            await self._catch_up_if_moved(room, shop)
         async with self._locks.hold(("user", room, user)):
             outcome = await shop.checkout(user, request_id)
             await self.deliver(room, outcome.events)
@@ -397,8 +405,7 @@ class Commerce:
         """The room's shop, caught up first if it does not know the product or sale asked for."""
         shop = await self.shop(room)
         if self._shared is not None and not shop.knows(product_id, sale_id):
-            async with self._locks.hold(("room", room)):
-                await self._catch_up(room, shop)
+            await self._catch_up_if_moved(room, shop)
         return shop
 
     @property
