@@ -9,7 +9,12 @@ The Shop is pure (no sockets, no tasks); this module is where time passes and ev
 - calls that read then write across awaits (checkout, payment transitions, host edits, the tick)
   are serialised per user, order or room, so a backend whose calls really suspend (Redis) cannot
   interleave two of them. Taps are not: each is one atomic store call (then a read of the cart's
-  totals for the answer), and the hot path stays lean.
+  totals for the answer), and the hot path stays lean;
+- with records shared by several nodes (Redis), another node's host edits reach this one's copy
+  of the offer (catalog, tags, sales) by the room's records revision: read for every loaded room
+  at each tick, and before a host edit, a checkout, or a tap on a product or sale this copy does
+  not know (the event announcing it may reach a viewer before the tick). The single-node stores
+  have no revision and skip all of it.
 
 `clock` is a plain attribute so tests can swap in a controllable clock at any time.
 """
@@ -30,6 +35,7 @@ from overlays import metrics
 from overlays.events import DomainError, DomainEvent
 from overlays.purchases.base import PurchaseLog
 from overlays.records import RecordStore
+from overlays.records.base import SharedRecords
 from overlays.shop import Shop, ShopConfig
 from overlays.stock.base import StockStore
 from overlays.stock.memory import MemoryStockStore
@@ -123,6 +129,8 @@ class Commerce:
         self._ticker: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._ticks_failing: set[str] = set()  # rooms whose last tick found the store unavailable
+        self._shared = records if isinstance(records, SharedRecords) else None
+        self._revisions: dict[str, int] = {}  # room -> records revision its loaded shop reflects
 
     def _now(self) -> float:
         return self.clock()
@@ -174,6 +182,8 @@ class Commerce:
             shop = self._shops.get(room)
             if shop is None:
                 shop = self._new_shop(room)
+                if self._shared is not None:  # read first: a change made during the load is caught up later
+                    self._revisions[room] = (await self._shared.revisions([room]))[0]
                 await shop.load()
                 shop = self._shops.setdefault(room, shop)  # the snapshot hook may have made it meanwhile
             return shop
@@ -183,6 +193,50 @@ class Commerce:
     def _new_shop(self, room: str) -> Shop:
         # Rooms have no owner account yet: the room id is the host the purchase events name.
         return Shop(room, room, stock=self.stock, records=self.records, config=self.config, clock=self._now)
+
+    # -- other nodes' edits ---------------------------------------------------------------------
+
+    async def _catch_up(self, room: str, shop: Shop) -> None:
+        """Reload the room's offer if another node changed it since this one read it. The caller
+        holds the room's lock, so no host edit or tick of this node runs across the reload. This
+        node's own edits move the revision too: they are read back once, changing nothing."""
+        if self._shared is None:
+            return
+        revision = (await self._shared.revisions([room]))[0]
+        if revision != self._revisions.get(room):
+            await shop.reload_offer()
+            self._revisions[room] = revision
+
+    async def _catch_up_if_moved(self, room: str, shop: Shop) -> None:
+        """`_catch_up` for callers without the room's lock: it is taken only when the revision
+        moved, so a flood of taps on unknown ids costs reads, never a queue on the lock that the
+        room's clock and host edits wait on."""
+        assert self._shared is not None
+        if (await self._shared.revisions([room]))[0] != self._revisions.get(room):
+            async with self._locks.hold(("room", room)):
+                await self._catch_up(room, shop)
+
+    async def catch_up(self) -> None:
+        """Bring every loaded room's offer up to the shared records: one round trip for all of them,
+        then a reload of the few that changed."""
+        if self._shared is None or not self._shops:
+            return
+        rooms = list(self._shops)
+        try:
+            revisions = await self._shared.revisions(rooms)
+        except StorageUnavailable:
+            return  # the tick reports the outage; the next one tries again
+        for room, revision in zip(rooms, revisions, strict=True):
+            shop = self._shops.get(room)
+            if shop is None or revision == self._revisions.get(room):
+                continue
+            try:
+                async with self._locks.hold(("room", room)):
+                    await self._catch_up(room, shop)
+            except StorageUnavailable:
+                return
+            except Exception:  # one room's records must not stop the others' catching up
+                log.exception("room %s: its offer could not be read again", room)
 
     # -- delivery and the clock ---------------------------------------------------------------
 
@@ -213,6 +267,7 @@ class Commerce:
         announcements (sale.started, sale.ended) are withheld, since the new holder makes them; what
         the stock store applied atomically (an expired reservation is removed by one caller only) and
         latest-wins state values are still reported by the node that applied them. Nothing goes out twice."""
+        await self.catch_up()
         leases = self._clock_leases
         for room, shop in list(self._shops.items()):
             token = None if leases is None else leases.token(room)
@@ -253,6 +308,8 @@ class Commerce:
         user as `cart.added`, handed to the bus before this returns), or the refusal as a value
         (see Shop.tap_or_refusal). The hot path: no lock."""
         shop = self._shops.get(room) or await self.shop(room)
+        if self._shared is not None and not shop.knows(product_id, sale_id):
+            shop = await self._knowing(room, product_id, sale_id)  # before its refusal is remembered
         outcome = await shop.tap_or_refusal(user, request_id, product_id=product_id, sale_id=sale_id, qty=qty)
         if type(outcome) is DomainError:
             return outcome
@@ -276,6 +333,8 @@ class Commerce:
         """The order, committed and logged before this returns. Serialised per user so a retry
         racing its original cannot see an emptied cart and answer cart_empty."""
         shop = await self.shop(room)
+        if self._shared is not None:  # the cart may hold units of a sale another node made since
+            await self._catch_up_if_moved(room, shop)
         async with self._locks.hold(("user", room, user)):
             outcome = await shop.checkout(user, request_id)
             await self.deliver(room, outcome.events)
@@ -302,6 +361,7 @@ class Commerce:
         """Run one host edit (catalog, tags, sales) under the room's lock and publish its events."""
         shop = await self.shop(room)
         async with self._locks.hold(("room", room)):
+            await self._catch_up(room, shop)  # an edit merges into the current offer, not a stale copy
             outcome = await call(shop)
             await self.deliver(room, outcome.events)
             return outcome.result
@@ -335,11 +395,18 @@ class Commerce:
 
     async def product(self, room: str, product_id: Any) -> dict[str, Any]:
         """One product of the room's public view (not_found if there is none)."""
-        return await (await self.shop(room)).product_view(product_id)
+        return await (await self._knowing(room, product_id, None)).product_view(product_id)
 
     async def sale(self, room: str, sale_id: Any) -> dict[str, Any]:
         """One sale of the room's public view (not_found if there is none)."""
-        return await (await self.shop(room)).sale_view(sale_id)
+        return await (await self._knowing(room, None, sale_id)).sale_view(sale_id)
+
+    async def _knowing(self, room: str, product_id: Any, sale_id: Any) -> Shop:
+        """The room's shop, caught up first if it does not know the product or sale asked for."""
+        shop = await self.shop(room)
+        if self._shared is not None and not shop.knows(product_id, sale_id):
+            await self._catch_up_if_moved(room, shop)
+        return shop
 
     @property
     def suspends(self) -> bool:

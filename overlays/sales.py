@@ -110,14 +110,18 @@ class SaleBook:
             raise DomainError("not_found", f"no sale {shown(sale_id)}")
         return sale
 
-    def add(self, sale: Sale, now: float) -> None:
-        """Add a sale whose current phase is taken as already announced."""
+    def add(self, sale: Sale, now: float, announced: str | None = None) -> None:
+        """Add a sale whose current phase (or `announced`) is taken as already announced."""
         if sale.id in self._sales:
             raise DomainError("conflict", f"sale {sale.id!r} exists")
         if len(self._sales) >= self.max_sales:
             raise DomainError("full", f"a room keeps at most {self.max_sales} sales")
         self._sales[sale.id] = sale
-        self._announced[sale.id] = sale.phase(now)
+        self._announced[sale.id] = sale.phase(now) if announced is None else announced
+
+    def announced(self, sale_id: str) -> str | None:
+        """The phase last announced for the sale (None: no such sale)."""
+        return self._announced.get(sale_id)
 
     def discard(self, sale_id: str) -> None:
         del self._sales[sale_id]

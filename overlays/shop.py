@@ -164,6 +164,47 @@ class Shop:
                 await self._append(order, order.status)
         self._changed()
 
+    async def reload_offer(self) -> None:
+        """Read the catalog, pinned tags and sales again from the records, which another node
+        sharing them changed (overlays.runtime catches up). Stock is not touched: its counts live
+        in the shared store, defined by the node that made the change. No events: that node
+        published them on the shared bus. A sale unchanged since it was known keeps the phase this
+        node last announced (its clock may still owe the announcement); a changed or new one takes
+        its current phase as announced, by the node that changed it."""
+        products, tags, sales = (
+            await self._records.products(self.room), await self._records.tags(self.room),
+            await self._records.sales(self.room))
+        now = self._clock()
+        catalog = Catalog(self.config.max_products, self.config.max_catalog_bytes)
+        pools: dict[str, tuple[str, str | None]] = {}
+        for data in products:
+            product = Product(**data)
+            catalog.put(product)
+            pools[product.pool] = (product.id, None)
+        board = TagBoard(self.config.max_tags)
+        for data in tags:
+            tag = Tag(**data)
+            if catalog.find(tag.product_id) is not None:
+                board.pin(tag)
+        book = SaleBook(self.config.max_sales)
+        for data in sales:
+            sale = Sale(**data)
+            known = self._sales.find(sale.id)
+            book.add(sale, now, self._sales.announced(sale.id) if known is not None and known == sale else None)
+            pools[sale.pool] = (sale.product_id, sale.id)
+        self._catalog, self._tags, self._sales, self._pools = catalog, board, book, pools
+        self._sold_out &= {sale.id for sale in book}
+        self._figures = {pool: version for pool, version in self._figures.items() if pool in pools}
+        self._not_live.clear()
+        self._changed()
+
+    def knows(self, product_id: Any, sale_id: Any) -> bool:
+        """Whether a tap's product or sale is in this shop (else a node sharing the records may
+        have made it since this one read them)."""
+        if sale_id is not None:
+            return type(sale_id) is str and self._sales.find(sale_id) is not None
+        return type(product_id) is str and self._catalog.find(product_id) is not None
+
     # -- catalog and tags (hosts) -------------------------------------------------------------
 
     async def put_product(self, fields: Mapping[str, Any]) -> Outcome[dict[str, Any]]:

@@ -11,7 +11,7 @@ sharing one Redis).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class RecordStore(Protocol):
@@ -55,4 +55,13 @@ class RecordStore(Protocol):
 
     async def totals(self, room: str) -> tuple[int, int, dict[str, int]]:
         """(orders, units, revenue per currency) over orders that are not cancelled."""
+        ...
+
+
+@runtime_checkable
+class SharedRecords(Protocol):
+    """Records several nodes write (Redis): each keeps its copy of a room's offer current by its revision."""
+
+    async def revisions(self, rooms: list[str]) -> list[int]:
+        """Each room's revision, moved by every write of its catalog, tags or sales."""
         ...

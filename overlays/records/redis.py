@@ -5,6 +5,8 @@ Keys (P is the prefix, R the room):
 - the catalog, pinned tags and sales of a room, under the room's hash tag so a Cluster keeps them on
   one slot: ``P{room:R}:products`` (hash id -> JSON) with ``P{room:R}:products:order`` (zset id ->
   place, drawn once from ``P{room:R}:seq``, so an update keeps its place), likewise ``tags`` and ``sales``;
+- ``P{room:R}:revision``: a counter moved by every write of those three, so nodes that loaded the room
+  notice a change another node made (``revisions``);
 - orders, under the purchase log's ``{purchases}`` hash tag, because an order transition and its
   purchase-log entry are written by ONE Lua script and a script touches one slot:
   ``P{purchases}:orders:R`` (hash id -> JSON), ``:requests:R`` ((user, request id) -> order id),
@@ -39,6 +41,7 @@ _PUT_ITEM = """
 if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 then
   redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[1])
 end
+redis.call('INCR', KEYS[4])
 """
 
 # KEYS: stream meta seen | orders requests placed sold totals unlogged | placed:S for S in STATUSES
@@ -101,15 +104,29 @@ class RedisRecords:
         base = f"{self._prefix}{{room:{room}}}"
         return f"{base}:{kind}", f"{base}:{kind}:order", f"{base}:seq"
 
+    def _revision_key(self, room: str) -> str:
+        return f"{self._prefix}{{room:{room}}}:revision"
+
     async def _put(self, kind: str, room: str, item: dict[str, Any]) -> None:
+        keys = [*self._room_keys(kind, room), self._revision_key(room)]
         with redis_unavailable():
-            await self._put_item(keys=list(self._room_keys(kind, room)), args=[item["id"], orjson.dumps(item)])
+            await self._put_item(keys=keys, args=[item["id"], orjson.dumps(item)])
 
     async def _delete(self, kind: str, room: str, item_id: str) -> None:
         items, order, _ = self._room_keys(kind, room)
         with redis_unavailable():
             async with self._client.pipeline(transaction=True) as pipe:
-                await pipe.hdel(items, item_id).zrem(order, item_id).execute()
+                await pipe.hdel(items, item_id).zrem(order, item_id).incr(self._revision_key(room)).execute()
+
+    async def revisions(self, rooms: list[str]) -> list[int]:
+        """Each room's revision: a counter every write of its catalog, tags or sales moves (in
+        the same step as the write), so a node sees in one round trip which rooms' offer changed."""
+        with redis_unavailable():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for room in rooms:
+                    pipe.get(self._revision_key(room))
+                values = await pipe.execute()
+        return [int(value or 0) for value in values]
 
     async def _items(self, kind: str, room: str) -> list[dict[str, Any]]:
         items, order, _ = self._room_keys(kind, room)

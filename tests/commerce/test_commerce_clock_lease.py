@@ -1,9 +1,9 @@
 """A room's clock runs on one node at a time: the node holding the room's lease in Redis.
 
 Two engines share one Redis (as two `livecart serve` processes would) and one controllable room
-clock; each keeps its own shop while both share the room's events (the bus on Redis): the holder's
-announcements reach the viewers of both nodes once, and after a takeover the new holder's shop
-makes its own, once."""
+clock; both share the room's records and events on Redis, the room stocked through one node and
+caught up by the other: the holder's announcements reach the viewers of both nodes once, and after a
+takeover the new holder, whose clock had not announced them, makes its own, once."""
 
 from __future__ import annotations
 
@@ -60,8 +60,10 @@ async def test_only_the_lease_holder_runs_the_clock_and_another_takes_over_when_
             a, b = (await health(first, session))["node"], (await health(second, session))["node"]
             assert a["clocks"] == ["demo"] and b["clocks"] == []
             assert [n["id"] for n in b["nodes"]] == ["node-a", "node-b"]
-            for app in (first, second):
-                await stock_the_room(app, session, clock)
+            assert (await Rest(second, session).call("GET", "/api/rooms/demo/products"))[0] == 200  # b loads the room
+            await stock_the_room(first, session, clock)
+            status, body = await Rest(second, session).call("GET", "/api/rooms/demo/sales/later")
+            assert status == 200 and body["sale"]["state"] == "scheduled", body
             on_a, _ = await joined(first, sub="ana")
             on_b, _ = await joined(second, sub="bo")
             clock.advance(301)
