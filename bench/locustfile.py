@@ -74,6 +74,7 @@ SETUP_SALE = "locust-sale"
 _node_turn = itertools.count()
 _nodes: list[tuple[str, str]] = []  # (HTTP, websocket) URL of each node, once per process
 _samples: dict[str, list[float]] = {"workers_cpu": [], "nodes_cpu": []}
+_worker_cpu: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {}  # worker -> first, last report
 
 
 class ShopError(Exception):
@@ -126,10 +127,33 @@ def set_up_sale(base: str) -> None:
                 "per_user_limit": 1000, "duration": 3600}).raise_for_status()
 
 
+@events.init.add_listener
+def on_init(environment: Environment, **_: Any) -> None:
+    """Workers report their own process CPU time to the master, which keeps each one's first and
+    last report: a worker's busy share of one core over the run, measured by the kernel."""
+    if isinstance(environment.runner, MasterRunner):
+        environment.runner.register_message("cpu", on_cpu_report)
+
+
+def on_cpu_report(msg: Any, **_: Any) -> None:
+    worker, report = msg.node_id, msg.data
+    first, _last = _worker_cpu.get(worker, (report, report))
+    _worker_cpu[worker] = (first, report)
+
+
+def report_cpu(environment: Environment) -> None:
+    """A worker's (CPU seconds, wall seconds) every 2 s, while it runs shoppers."""
+    while environment.runner is not None and environment.runner.state not in ("stopped", "quitting"):
+        times = os.times()
+        environment.runner.send_message("cpu", (times.user + times.system, time.monotonic()))
+        gevent.sleep(2)
+
+
 @events.test_start.add_listener
 def on_test_start(environment: Environment, **_: Any) -> None:
     """The master (or a lone locust) prepares the sale before any shopper is spawned."""
     if isinstance(environment.runner, WorkerRunner):
+        gevent.spawn(report_cpu, environment)
         return
     set_up_sale(environment.host or "")
     if isinstance(environment.runner, MasterRunner):
@@ -292,6 +316,12 @@ def percentile_ms(entry: Any, q: float) -> str:
     return f"{entry.get_response_time_percentile(q):.0f}" if entry.num_requests else "-"
 
 
+def worker_shares() -> str:
+    shares = [100 * (last[0] - first[0]) / (last[1] - first[1])
+              for first, last in _worker_cpu.values() if last[1] > first[1]]
+    return ", ".join(f"{share:.0f}" for share in sorted(shares)) or "-"
+
+
 def mean(values: list[float]) -> str:
     return f"{sum(values) / len(values):.0f}" if values else "-"
 
@@ -310,6 +340,7 @@ def on_test_stop(environment: Environment, **_: Any) -> None:
         f"Workers' CPU (mean of their heartbeats, % of one core each): mean {mean(_samples['workers_cpu'])}, "
         f"max {max(_samples['workers_cpu'], default=0):.0f}. Nodes' CPU (sum, % of one core, "
         f"from the registry): mean {mean(_samples['nodes_cpu'])}, max {max(_samples['nodes_cpu'], default=0):.0f}. "
+        f"Workers' own CPU over the run (kernel accounting, % of one core): {worker_shares()}. "
         f"This machine's load average over the last minute at the end: {os.getloadavg()[0]:.1f} "
         f"on {os.cpu_count()} cores.",
         "",
