@@ -28,8 +28,9 @@ Settings, from the environment (every worker needs the same):
 - `LIVECART_TOKEN_SOURCE` (`secret`, `admin` or `guest`; by default the first whose setting is
   given): force one source.
 - `LIVECART_SALE`: tap this sale; without it the shoppers tap whichever sale of the room is live.
-  With the admin key and no live sale, the master (or a single locust) creates the room, a
-  product and a sale (`LIVECART_SALE_QUANTITY`, default 10,000,000 units, one hour) at test start.
+  With the admin key the master (or a single locust) creates the room at test start, and when
+  no sale is named or live, a product and a sale (`LIVECART_SALE_QUANTITY`, default 10,000,000
+  units, one hour).
 - `LIVECART_TAP_EVERY` (default 2 s): the mean pause between a shopper's actions.
 - `LIVECART_RESULTS`: at test stop the master writes its summary table there (markdown).
 """
@@ -111,10 +112,12 @@ def nodes_of(base: str) -> list[tuple[str, str]]:
 
 
 def set_up_sale(base: str) -> None:
-    """Create the room, its product and a long sale, unless a sale is named or one is already live."""
-    if SALE or not ADMIN_KEY:
+    """Create the room, then its product and a long sale unless a sale is named or one is already live."""
+    if not ADMIN_KEY:
         return
     admin_call(base, "POST", "/api/rooms", {"id": ROOM, "title": "Load test"})  # 409 when it exists
+    if SALE:
+        return
     sales = requests.get(f"{base}/api/rooms/{ROOM}/sales", timeout=10).json()["sales"]
     if any(s["state"] == "live" for s in sales):
         return
