@@ -296,7 +296,9 @@ class Shopper(User):
 
     @task(1)
     def checkout(self) -> None:
-        if self.held:
+        """Check out what the shopper holds; not again while one is on its way (it would find the
+        cart empty, an error of the test's making)."""
+        if self.held and all(action != "checkout" for action, _ in self.pending.values()):
             self.send("checkout")
 
     @task(2)
