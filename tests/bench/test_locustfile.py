@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,10 +18,6 @@ from tests.engine.test_cli import announcement
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 ADMIN_KEY = "test-admin-key-0123456789"
 SECRET = "test-secret-0123456789abcdef0123456789"
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("locust") is None,
-                                reason="locust is in the bench extra: pip install -e '.[bench]'")
-
 
 @pytest.fixture
 def two_nodes(tmp_path: Path, redis_target: RedisTarget) -> Iterator[list[int]]:
