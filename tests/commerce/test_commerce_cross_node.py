@@ -16,8 +16,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-import websockets
 
+from tests.cluster_nodes import Node
 from tests.conftest import Client, RedisTarget
 from tests.engine.test_cli import start_server
 
@@ -39,31 +39,6 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
             proc.wait(10)
 
 
-class Node:
-    """One `livecart serve` process, reached over its HTTP and websocket ports."""
-
-    def __init__(self, proc: subprocess.Popen[str], http_port: int, ws_port: int) -> None:
-        self.proc, self.http, self.ws_port = proc, f"http://127.0.0.1:{http_port}", ws_port
-
-    async def call(self, session: aiohttp.ClientSession, method: str, path: str,
-                   body: Any = None) -> tuple[int, Any]:
-        async with session.request(method, self.http + path, json=body,
-                                   headers={"Authorization": f"Bearer {ADMIN}"}) as response:
-            return response.status, await response.json()
-
-    async def ok(self, session: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> Any:
-        status, answer = await self.call(session, method, path, body)
-        assert status < 300, answer
-        return answer
-
-    async def join(self, session: aiohttp.ClientSession, role: str, sub: str) -> tuple[Client, dict[str, Any]]:
-        """A client of ``role`` in the demo room on this node, and its snapshot."""
-        minted = await self.ok(session, "POST", "/api/rooms/demo/tokens", {"role": role, "sub": sub})
-        client = Client(await websockets.connect(f"ws://127.0.0.1:{self.ws_port}/ws?token={minted['token']}",
-                                                 max_queue=None))
-        return client, await client.recv_type("snapshot")
-
-
 def serve(processes: list[subprocess.Popen[str]], data_dir: Path, node_id: str, redis: RedisTarget) -> Node:
     proc, http_port, ws_port, _ = start_server(
         data_dir, "--redis-url", redis.url, "--redis-prefix", redis.prefix, "--node-id", node_id,
@@ -72,7 +47,7 @@ def serve(processes: list[subprocess.Popen[str]], data_dir: Path, node_id: str, 
     processes.append(proc)
     assert proc.stdout is not None  # read on, so a chatty log never blocks the server on a full pipe
     threading.Thread(target=proc.stdout.read, daemon=True).start()
-    return Node(proc, http_port, ws_port)
+    return Node(proc, http_port, ws_port, ADMIN)
 
 
 async def buy(client: Client, user: str, sale_id: str) -> tuple[int, dict[str, Any] | None]:

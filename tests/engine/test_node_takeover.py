@@ -19,8 +19,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-import websockets
 
+from tests.cluster_nodes import Node
 from tests.conftest import Client, RedisTarget
 from tests.engine.test_cli import fails_to_start, start_server
 
@@ -38,36 +38,19 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
             proc.wait(10)
 
 
-class Node:
-    """One `livecart serve` process, reached over its HTTP and websocket ports."""
+async def node_view(node: Node, session: aiohttp.ClientSession) -> dict[str, Any]:
+    """The node's own view of the cluster, from its /healthz."""
+    return (await node.ok(session, "GET", "/healthz"))["node"]
 
-    def __init__(self, proc: subprocess.Popen[str], http_port: int, ws_port: int) -> None:
-        self.proc, self.http, self.ws_port = proc, f"http://127.0.0.1:{http_port}", ws_port
 
-    async def call(self, session: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> Any:
-        async with session.request(method, self.http + path, json=body,
-                                   headers={"Authorization": f"Bearer {ADMIN}"}) as response:
-            assert response.status < 300, await response.text()
-            return await response.json()
-
-    async def node(self, session: aiohttp.ClientSession) -> dict[str, Any]:
-        return (await self.call(session, "GET", "/healthz"))["node"]
-
-    async def until(self, session: aiohttp.ClientSession, done: Any, timeout: float = 15.0) -> dict[str, Any]:
-        """Poll /healthz until ``done(node view)``."""
-        async with asyncio.timeout(timeout):
-            while True:
-                view = await self.node(session)
-                if done(view):
-                    return view
-                await asyncio.sleep(0.1)
-
-    async def viewer(self, session: aiohttp.ClientSession, sub: str) -> Client:
-        minted = await self.call(session, "POST", "/api/rooms/demo/tokens", {"role": "viewer", "sub": sub})
-        client = Client(await websockets.connect(f"ws://127.0.0.1:{self.ws_port}/ws?token={minted['token']}",
-                                                 max_queue=None))
-        await client.recv_type("snapshot")
-        return client
+async def until(node: Node, session: aiohttp.ClientSession, done: Any, timeout: float = 15.0) -> dict[str, Any]:
+    """Poll the node's /healthz until ``done(node view)``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            view = await node_view(node, session)
+            if done(view):
+                return view
+            await asyncio.sleep(0.1)
 
 
 def serve(processes: list[subprocess.Popen[str]], data_dir: Path, node_id: str, redis: RedisTarget) -> Node:
@@ -76,7 +59,7 @@ def serve(processes: list[subprocess.Popen[str]], data_dir: Path, node_id: str, 
         "--lease-ttl", "3", "--node-heartbeat", "0.3", "--node-ttl", "3", "--commerce-tick-ms", "50",
         "--admin-key", ADMIN, "--no-demo-catalog")
     processes.append(proc)
-    return Node(proc, http_port, ws_port)
+    return Node(proc, http_port, ws_port, ADMIN)
 
 
 async def count(client: Client, type: str, wait: float) -> int:
@@ -98,33 +81,34 @@ def test_a_killed_holders_room_clock_is_taken_over_and_its_work_done_once(
 
     async def scenario() -> float:
         async with aiohttp.ClientSession() as session:
-            await first.until(session, lambda view: view["clocks"] == ["demo"])
+            await until(first, session, lambda view: view["clocks"] == ["demo"])
             second = serve(processes, tmp_path / "b", "node-b", redis_target)
-            view = await second.until(session, lambda view: len(view["nodes"]) == 2)
+            view = await until(second, session, lambda view: len(view["nodes"]) == 2)
             assert view["clocks"] == [] and [n["id"] for n in view["nodes"]] == ["node-a", "node-b"]
             assert view["nodes"][0]["http_url"] == first.http and view["nodes"][0]["load"]["connections"] == 0
 
             starts_at = time.time() + 5  # after both viewers joined
-            await second.call(session, "GET", "/api/rooms/demo/products")  # the second node loads the room
-            await first.call(session, "PUT", "/api/rooms/demo/products/mug", MUG)
-            await first.call(session, "POST", "/api/rooms/demo/sales",
+            await second.ok(session, "GET", "/api/rooms/demo/products")  # the second node loads the room
+            await first.ok(session, "PUT", "/api/rooms/demo/products/mug", MUG)
+            await first.ok(session, "POST", "/api/rooms/demo/sales",
                              {"id": "later", "product_id": "mug", "price": 700, "quantity": 5,
                               "starts_at": starts_at, "ends_at": starts_at + 120})
-            assert (await second.call(session, "GET", "/api/rooms/demo/sales/later"))["sale"]["state"] == "scheduled"
-            on_a, on_b = await first.viewer(session, "ana"), await second.viewer(session, "bo")
+            assert (await second.ok(session, "GET", "/api/rooms/demo/sales/later"))["sale"]["state"] == "scheduled"
+            on_a, _ = await first.join(session, "viewer", "ana")
+            on_b, _ = await second.join(session, "viewer", "bo")
             assert (await on_a.recv_type("sale.started", timeout=10))["id"] == "later"
             assert (await on_b.recv_type("sale.started", timeout=5))["id"] == "later"  # a's, through the bus
             assert await count(on_b, "sale.started", 1.0) == 0  # b's clock does not run: a holds the room
-            view = await second.node(session)
+            view = await node_view(second, session)
             assert view["clocks"] == [] and {n["id"]: n for n in view["nodes"]}["node-a"]["load"]["viewers"] == 1
 
             first.proc.send_signal(signal.SIGKILL)
             killed = time.monotonic()
-            await second.until(session, lambda view: view["clocks"] == ["demo"])
+            await until(second, session, lambda view: view["clocks"] == ["demo"])
             taken_over = time.monotonic() - killed
             assert (await on_b.recv_type("sale.started", timeout=5))["id"] == "later"
             assert await count(on_b, "sale.started", 1.5) == 0  # exactly once
-            view = await second.until(session, lambda view: [n["id"] for n in view["nodes"]] == ["node-b"])
+            view = await until(second, session, lambda view: [n["id"] for n in view["nodes"]] == ["node-b"])
             assert view["clocks"] == ["demo"]
             await on_b.close()
             return taken_over
