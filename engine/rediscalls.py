@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -30,6 +31,17 @@ def redis_unavailable() -> Iterator[None]:
         raise StorageUnavailable(f"Redis is unavailable ({exc}); retry") from exc
 
 
+def redacted(url: str) -> str:
+    """``url`` fit for an error message or a log: its password (``redis://:PASSWORD@...``, or a
+    user's) replaced by ``***``, the rest (scheme, host, port, database, TLS options) kept."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 class RedisUnreachable(ValueError):
     """Redis did not answer while the engine started: reported like a refused setting (one line
     naming --redis-url), since nothing can be served without it."""
@@ -41,7 +53,7 @@ def redis_at_start(url: str) -> Iterator[None]:
     try:
         yield
     except UNREACHABLE as exc:
-        raise RedisUnreachable(f"cannot reach Redis at {url} (--redis-url): {exc}") from None
+        raise RedisUnreachable(f"cannot reach Redis at {redacted(url)} (--redis-url): {exc}") from None
 
 
 #: Seconds stopping waits for a task that follows Redis (a blocking read or a pub/sub channel).

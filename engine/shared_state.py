@@ -18,7 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from engine.config import Config
-from engine.rediscalls import redis_at_start
+from engine.rediscalls import redacted, redis_at_start
 from engine.rooms_redis import RedisRoomDirectory
 from overlays.purchases.redis import WAIT_BLOCK_MS, RedisPurchaseLog
 from overlays.records.redis import RedisRecords
@@ -34,9 +34,10 @@ def kept_shared_setting(config: Config, key: str) -> str:
                                   socket_connect_timeout=config.redis_timeout) as client:
             value = client.hget(settings, key)
     except (redis.RedisError, OSError) as exc:
-        raise LookupError(f"cannot read {settings} on {config.redis_url}: {exc}") from None
+        raise LookupError(f"cannot read {settings} on {redacted(config.redis_url)}: {exc}") from None
     if value is None:
-        raise LookupError(f"no {key} in {settings} on {config.redis_url} (no node has started with this prefix)")
+        raise LookupError(f"no {key} in {settings} on {redacted(config.redis_url)} "
+                          "(no node has started with this prefix)")
     return str(value.decode())
 
 

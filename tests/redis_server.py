@@ -10,12 +10,18 @@ Tests that stop and restart Redis (fault tests) start their own ``RedisServer``.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote
+
+import redis
+
+from tests.tls_certs import TlsFiles
 
 MACHINE_REDIS = ("127.0.0.1", 6379)
 
@@ -39,10 +45,11 @@ def _free_port() -> int:
 class RedisServer:
     """A redis-server process of the test's own, on a free loopback port, that can be stopped and restarted.
 
-    It keeps its data in an append-only file in its own directory, so a restart finds what a
-    real deployment with ``appendonly yes`` would find."""
+    It keeps its data in an append-only file (``appendfsync always``) in its own directory, so a
+    restart finds what a real deployment with ``appendonly yes`` would find. With ``tls`` it
+    listens on TLS only (``--port 0 --tls-port``); with ``password`` it requires it (``requirepass``)."""
 
-    def __init__(self, appendonly: bool = True) -> None:
+    def __init__(self, appendonly: bool = True, *, tls: TlsFiles | None = None, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
@@ -50,19 +57,42 @@ class RedisServer:
         self.port = _free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="livecart-redis-"))
         self.appendonly = appendonly
+        self.tls, self.password = tls, password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL a client reaches it by: ``rediss://`` verifying its certificate against the test's
+        CA when it speaks TLS, with the password in the URL when it has one."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={quote(str(self.tls.ca))}&ssl_cert_reqs=required"
+
+    def _answers(self) -> bool:
+        if self.tls is None and self.password is None:
+            return _answers("127.0.0.1", self.port)
+        try:
+            with redis.Redis.from_url(self.url, socket_timeout=0.5, socket_connect_timeout=0.5) as client:
+                return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
 
     def start(self) -> None:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+        args = [self.binary, "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", "always"]
+        if self.tls is None:
+            args += ["--port", str(self.port)]
+        else:
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert),
+                     "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca),
+                     "--tls-auth-clients", "no"]
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while not _answers("127.0.0.1", self.port):
+        while not self._answers():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server on port {self.port} did not start")
             time.sleep(0.02)
@@ -73,6 +103,17 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): connections stay open and calls go unanswered, as with a stalled host
+        or a network partition, until ``resume``."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run on (SIGCONT); it answers what it was sent meanwhile."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def close(self) -> None:
         self.stop()
