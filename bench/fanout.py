@@ -33,6 +33,14 @@ floor, so both engines are measured under the same noise:
     git worktree add --detach /tmp/livecart-before COMMIT
     python bench/fanout.py --matrix 1000x10 --repeat 5 --baseline /tmp/livecart-before
 
+Several nodes on one Redis (bench/cluster.py): ``--nodes K`` runs K engines sharing a Redis
+(``--redis-url``, or a redis-server of the bench's own pinned to core 1 beside the load), N viewers on
+each, events published through the first node, beside one memory-backed engine holding all K x N
+viewers in the same command; it adds the latency at the other nodes' viewers and Redis's CPU and
+commands per event (``INFO cpu``, ``INFO commandstats``, bench/redis_meter.py):
+
+    python bench/fanout.py --nodes 2 --matrix 1000x10 --repeat 3 --name fanout-nodes
+
 Writes a markdown table (medians over ``--repeat``, then every run) and every run's figures to
 bench/results/NAME.{md,json} (bench/measure.py), with the commit, command and machine.
 """
