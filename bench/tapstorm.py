@@ -812,9 +812,9 @@ def cluster_table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str
         "reached the clients within the storm's window. Nodes µs/tap: every node's CPU over the storm window per "
         "tap answered. Redis figures over the same window: `INFO commandstats` calls (commands run inside scripts "
         "included; one `EVALSHA` is one round trip; a bus event is one publish script, one XADD inside it) and "
-        "`INFO cpu` (used_cpu_sys + used_cpu_user), per tap "
-        "answered; a direct PUBLISH (outside a script) is a message to one user, e.g. the tapper's cart "
-        "answered; the background is what Redis served per second in the in-engine floor's window (no commerce: "
+        "`INFO cpu` (used_cpu_sys + used_cpu_user), per tap answered; a direct PUBLISH (outside a script) is "
+        "a message to one user (the tapper's cart); "
+        "the background is what Redis served per second in the in-engine floor's window (no commerce: "
         "heartbeats, leases, ticks).",
         "",
         markdown_table(header, rows),
