@@ -33,6 +33,14 @@ floor, so both engines are measured under the same noise:
     git worktree add --detach /tmp/livecart-before COMMIT
     python bench/fanout.py --matrix 1000x10 --repeat 5 --baseline /tmp/livecart-before
 
+Several nodes on one Redis (bench/cluster.py): ``--nodes K`` runs K engines sharing a Redis
+(``--redis-url``, or a redis-server of the bench's own pinned to core 1 beside the load), N viewers on
+each, events published through the first node, beside one memory-backed engine holding all K x N
+viewers in the same command; it adds the latency at the other nodes' viewers and Redis's CPU and
+commands per event (``INFO cpu``, ``INFO commandstats``, bench/redis_meter.py):
+
+    python bench/fanout.py --nodes 2 --matrix 1000x10 --repeat 3 --name fanout-nodes
+
 Writes a markdown table (medians over ``--repeat``, then every run) and every run's figures to
 bench/results/NAME.{md,json} (bench/measure.py), with the commit, command and machine.
 """
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import secrets
@@ -51,6 +60,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cluster
 import numpy as np
 import orjson
 import uvloop
@@ -67,6 +77,7 @@ from measure import (
     record,
     write_results,
 )
+from redis_meter import RedisMeter, RedisUsage
 from websockets.asyncio.client import ClientConnection, connect
 
 from signaling.tokens import mint
@@ -76,8 +87,9 @@ CLIENT = str(HERE / "fanout_client.py")
 FLOOR = str(HERE / "fanout_floor.py")
 ROOM = "demo"
 HOST_SUB = "bench-host"
-ENGINES = ("engine", "baseline")  # this checkout's engine, and the one in --baseline's checkout
-ORDER = {"engine": 0, "baseline": 1, "floor": 2}  # the tables' row order
+# this checkout's engine, the one in --baseline's checkout, and this checkout's engine as --nodes K nodes on Redis
+ENGINES = ("engine", "baseline", "nodes")
+ORDER = {"engine": 0, "nodes": 1, "baseline": 2, "floor": 3}  # the tables' row order
 
 async def wait_listening(port: int, proc: asyncio.subprocess.Process, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
@@ -129,31 +141,37 @@ class Child:
 
 
 class Server:
-    """The engine or the floor, pinned to core 0."""
+    """The engine or the floor, pinned to core 0; or one of the nodes of a cluster run (``cluster``:
+    the flags that put it on the shared Redis, ``core``: the core it is pinned to, ``secret``: the
+    token secret all nodes share)."""
 
-    def __init__(self, kind: str, args: argparse.Namespace, workdir: Path) -> None:
+    def __init__(self, kind: str, args: argparse.Namespace, workdir: Path, cluster: list[str] | None = None,
+                 core: int = 0, secret: str = "") -> None:
         self.kind = kind
         self.port = free_port()
-        self.secret = secrets.token_hex(16) if kind in ENGINES else ""
+        self.secret = secret or (secrets.token_hex(16) if kind in ENGINES else "")
         self.log = workdir / f"{kind}-{self.port}.log"
         self.cwd = HERE.parent
         if kind in ENGINES:
             # The baseline runs from its own checkout: `-m` puts that directory first on sys.path.
-            program = ["livecart"] if kind == "engine" else [sys.executable, "-m", "engine.cli"]
+            # This checkout's engine runs from it too (not whichever `livecart` is first on PATH).
+            program = [sys.executable, "-m", "engine.cli"]
             if kind == "baseline":
                 self.cwd = Path(args.baseline).resolve()
+            most = args.max_n * max(1, args.nodes) + 100  # the memory baseline holds every node's viewers
             self.argv = [
-                "taskset", "-c", "0", *program, "serve", "--host", "127.0.0.1",
+                "taskset", "-c", str(core), *program, "serve", "--host", "127.0.0.1",
                 "--http-port", str(free_port()), "--ws-port", str(self.port),
                 "--data-dir", str(workdir / f"data-{self.port}"), "--secret", self.secret,
                 "--admin-key", secrets.token_hex(8), "--demo-room", ROOM,
-                "--max-connections", str(args.max_n + 100), "--max-ws-per-ip", str(args.max_n + 100),
+                "--max-connections", str(most), "--max-ws-per-ip", str(most), *(cluster or []),
                 "--chat-rate", "100000", "--chat-burst", "100000",
                 "--msg-rate", "100000", "--msg-burst", "100000",
                 *args.engine_arg,
             ]
         else:
-            self.argv = ["taskset", "-c", "0", sys.executable, FLOOR, "--port", str(self.port)]
+            self.argv = ["taskset", "-c", str(core), sys.executable, FLOOR, "--port", str(self.port)]
+        self.core = core
         self.nice = args.server_nice
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -227,21 +245,52 @@ class Publisher:
             self._drain.cancel()
 
 
-async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    server = Server(kind, args, workdir)
-    await server.start()
+async def start_servers(kind: str, args: argparse.Namespace, workdir: Path, redis_url: str) -> list[Server]:
+    """The run's server: one process, or with ``kind`` "nodes" the --nodes nodes on ``redis_url`` under a
+    fresh prefix, started one after the other (the first creates the room, the others find it)."""
+    if kind != "nodes":
+        servers = [Server(kind, args, workdir, core=cluster.node_core(args, 0))]
+    else:
+        prefix, secret = cluster.new_prefix(), secrets.token_hex(16)
+        servers = [Server(kind, args, workdir, cluster.node_flags(redis_url, prefix, i), cluster.node_core(args, i),
+                          secret) for i in range(args.nodes)]
+    started: list[Server] = []
+    try:
+        for server in servers:
+            started.append(server)
+            await server.start()
+    except BaseException:
+        for server in started:
+            await server.stop()
+        raise
+    return servers
+
+
+async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, workdir: Path,
+                  redis_url: str = "") -> dict[str, Any]:
+    """One run. With --nodes K, N is the viewers per node: K x N viewers on the K nodes (``kind``
+    "nodes"), or all K x N on the one server of any other kind; events go in through the first node."""
+    servers = await start_servers(kind, args, workdir, redis_url)
+    server = servers[0]
+    total = n * max(1, args.nodes)
     python = sys.executable
-    procs = max(1, min(args.procs, n))
+    procs = max(len(servers), min(args.procs, total))
     warm = max(3, int(rate * args.warmup))
     measured = max(1, int(rate * args.duration))
     workers: list[Child] = []
     probe: Child | None = None
     publisher = Publisher(server, args.size)
     lat_files = [workdir / f"lat-{kind}-{n}-{i}.f32" for i in range(procs)]
+    node_of = [i % len(servers) for i in range(procs)]  # client process i opens its viewers on this node
+    core0_pids = [s.pid for s in servers if s.core == 0]
+    meter = RedisMeter(redis_url) if kind == "nodes" else None
     try:
         for i in range(procs):
-            count = n // procs + (1 if i < n % procs else 0)
-            argv = ["taskset", "-c", "1", python, CLIENT, "viewers", "--port", str(server.port),
+            mine = [j for j in range(procs) if node_of[j] == node_of[i]]  # the processes of this node
+            share = total // len(servers) + (1 if node_of[i] < total % len(servers) else 0)
+            rank = mine.index(i)
+            count = share // len(mine) + (1 if rank < share % len(mine) else 0)
+            argv = ["taskset", "-c", "1", python, CLIENT, "viewers", "--port", str(servers[node_of[i]].port),
                     "--secret", server.secret, "--room", ROOM, "--count", str(count), "--worker", str(i),
                     "--concurrency", str(max(4, args.concurrency // procs)), "--warmup", str(warm),
                     "--lat-file", str(lat_files[i])]
@@ -250,8 +299,8 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
             workers.append(await Child.start(*argv))
         ready = [await w.read(timeout=300) for w in workers]
         connected = sum(r["ready"] for r in ready)
-        if connected < n:
-            raise RuntimeError(f"{kind}: only {connected} of {n} viewers connected: {ready}")
+        if connected < total:
+            raise RuntimeError(f"{kind}: only {connected} of {total} viewers connected: {ready}")
         probe = await Child.start("chrt", "-f", "20", "taskset", "-c", "1", python, CLIENT, "probe",
                                   "--port", str(server.port), "--secret", server.secret, "--room", ROOM,
                                   "--interval", str(args.probe_interval), "--pid", str(server.pid))
@@ -260,7 +309,8 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
         await asyncio.sleep(1.0)  # let the joins' viewer-count events go out before publishing
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.05
-        window = CoreWindow(server.pid, core=0)
+        window = CoreWindow(core0_pids, core=0)
+        every_node = CoreWindow([s.pid for s in servers], core=0)  # its CPU: all nodes, wherever pinned
         clients0 = 0.0
         spy: asyncio.subprocess.Process | None = None
         for k in range(warm + measured):
@@ -270,6 +320,9 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
             if k == warm:
                 probe.tell("start")
                 window.start()
+                every_node.start()
+                if meter is not None:
+                    meter.start()
                 clients0 = sum(process_cpu(w.proc.pid) for w in workers)
                 if args.py_spy:
                     spy = await asyncio.create_subprocess_exec(
@@ -278,7 +331,7 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
                         "-o", str(Path(args.py_spy) / f"{kind}-{n}x{rate:g}.txt"),
                         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
             await publisher.publish(k)
-        expected = n * measured
+        expected = total * measured
         deadline = time.monotonic() + args.drain
         got = 0
         while time.monotonic() < deadline:
@@ -287,16 +340,20 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
                 break
             await asyncio.sleep(0.02)
         core0 = window.stop()
-        cpu = core0.cpu
+        cpu = every_node.stop().cpu
+        redis = meter.stop() if meter is not None else None
         clients1 = sum(process_cpu(w.proc.pid) for w in workers)
         lag = await probe.ask("stop")
         if spy is not None:
             await spy.wait()
         reports = [await w.ask(f"report {measured}") for w in workers]
-        lat = np.concatenate([np.fromfile(f, dtype=np.float32) for f in lat_files])
+        lats = [np.fromfile(f, dtype=np.float32) for f in lat_files]
+        lat = np.concatenate(lats)
+        cross = [x for i, part in enumerate(lats) if node_of[i] != 0 for x in part.tolist()]
         deliveries = sum(r["got"] for r in reports)
         result = {
             "server": kind, "n": n, "rate": rate, "events": measured, "procs": procs,
+            "nodes": len(servers), "viewers": total,
             "payload_bytes": max(r["size"] for r in reports),
             "deliveries": deliveries,
             "window_s": round(core0.seconds, 3),
@@ -310,6 +367,8 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
             "p50_ms": percentile(lat.tolist(), 50),
             "p99_ms": percentile(lat.tolist(), 99),
             "max_ms": float(lat.max()) if lat.size else None,
+            # viewers on the nodes other than the first (the one events are published through)
+            "cross_p50_ms": percentile(cross, 50), "cross_p99_ms": percentile(cross, 99),
             "missed": sum(r["missing"] for r in reports),
             "clients_missing": sum(r["clients_missing"] for r in reports),
             "seq_gaps": sum(r["seq_gaps"] for r in reports),
@@ -319,7 +378,8 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
             **{f"probe_rtt_{k}": v for k, v in lag["rtt"].items()},
             **{f"probe_busy_{k}": v for k, v in lag["busy"].items()},
             "probe_stalls": lag["stalls"],
-            **gc_warnings(server.log),
+            **gc_warnings([s.log for s in servers]),
+            **redis_figures(redis, core0.seconds, measured, deliveries),
         }
         for f in lat_files:
             f.unlink(missing_ok=True)
@@ -328,14 +388,34 @@ async def run_one(kind: str, n: int, rate: float, args: argparse.Namespace, work
         await publisher.close()
         for child in [*workers, *([probe] if probe else [])]:
             await child.end()
-        await server.stop()
+        for one in servers:
+            await one.stop()
+        if meter is not None:
+            meter.close()
 
 
-def gc_warnings(log: Path) -> dict[str, Any]:
-    """The engine's own log of collections that held its loop >= --gc-warn-ms (whole run, joins included)."""
+def gc_warnings(logs: list[Path]) -> dict[str, Any]:
+    """The engines' own logs of collections that held a loop >= --gc-warn-ms (whole run, joins included)."""
     pauses = [float(line.split(" held the loop ")[1].split(" ms")[0])
-              for line in log.read_text(errors="replace").splitlines() if "gc: a generation" in line]
+              for log in logs for line in log.read_text(errors="replace").splitlines() if "gc: a generation" in line]
     return {"gc_pauses_logged": len(pauses), "gc_pause_max_ms": max(pauses, default=None)}
+
+
+def redis_figures(usage: RedisUsage | None, seconds: float, events: int, deliveries: int) -> dict[str, Any]:
+    """Redis's share of a run's window: its CPU per published event and per delivery, its commands per
+    event (every command counted, those inside scripts included; ``EVALSHA`` = scripts called)."""
+    if usage is None:
+        return {}
+    return {
+        "redis_cpu_s": round(usage.cpu, 3),
+        "redis_cpu_pct": round(100 * usage.cpu / seconds, 1) if seconds else None,
+        "redis_us_per_event": round(usage.cpu / events * 1e6, 1) if events else None,
+        "redis_us_per_delivery": round(usage.cpu / deliveries * 1e6, 3) if deliveries else None,
+        "redis_commands_per_event": round(usage.total / events, 2) if events else None,
+        "redis_evalsha_per_event": round(usage.calls("evalsha") / events, 2) if events else None,
+        "redis_publish_per_event": round(usage.calls("publish") / events, 2) if events else None,
+        "redis_commands": usage.commands,
+    }
 
 
 def table(results: list[dict[str, Any]], baseline: str = "") -> str:
@@ -396,6 +476,63 @@ def table(results: list[dict[str, Any]], baseline: str = "") -> str:
     )
 
 
+def cluster_table(results: list[dict[str, Any]], args: argparse.Namespace, cores: str) -> str:
+    """--nodes K: per (N, R) the K nodes on Redis against the memory-backed node (and the floor, if run),
+    medians over the runs; the cross-node latency target judged on them; then every run."""
+    groups: dict[tuple[int, float, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["n"], r["rate"], r["server"]), []).append(r)
+
+    def med(rows: list[dict[str, Any]], key: str) -> Any:
+        return median(r.get(key) for r in rows)
+
+    labels = {"engine": "1 node, memory bus", "nodes": f"{args.nodes} nodes, Redis", "floor": "floor, 1 process",
+              "baseline": "baseline engine, memory bus"}
+    rows, verdicts = [], []
+    for (n, rate, kind), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], ORDER[kv[0][2]])):
+        rows.append([
+            f"{n:,}", f"{runs[0]['viewers']:,}", f"{rate:g}", labels[kind], len(runs),
+            fmt(med(runs, "deliveries_per_s"), 0), fmt(med(runs, "us_per_delivery"), 2),
+            fmt(med(runs, "server_cpu_pct")), fmt(med(runs, "core0_others_pct")), fmt(med(runs, "client_cpu_pct")),
+            fmt(med(runs, "p50_ms")), fmt(med(runs, "p99_ms")),
+            f"{fmt(med(runs, 'cross_p50_ms'))} / {fmt(med(runs, 'cross_p99_ms'))}", fmt(med(runs, "max_ms")),
+            sum(r["missed"] for r in runs), sum(r["seq_gaps"] for r in runs),
+            fmt(med(runs, "redis_cpu_pct")), fmt(med(runs, "redis_us_per_event")),
+            fmt(med(runs, "redis_us_per_delivery"), 3), fmt(med(runs, "redis_commands_per_event"), 2),
+            fmt(med(runs, "redis_evalsha_per_event"), 2),
+        ])
+        if kind == "nodes":
+            p99 = med(runs, "cross_p99_ms")
+            missed = sum(r["missed"] + r["seq_gaps"] for r in runs)
+            verdicts.append(
+                f"- {n:,} viewers per node x {rate:g} events/s, p99 publish-to-receive on the nodes other than the "
+                f"publishing one < 40 ms: {fmt(p99)} ms, "
+                f"{'not judged' if p99 is None else 'met' if p99 < 40 else 'not met'}; "
+                f"events missed or seq gaps over all runs: {missed:,}")
+    medians = markdown_table(
+        ["N per node", "viewers", "R/s", "server", "runs", "deliveries/s", "CPU µs/delivery (all nodes)",
+         "nodes' CPU % (of one core)", "others on core 0 %", "clients CPU %", "p50 ms", "p99 ms",
+         "other nodes' viewers p50 / p99 ms", "max ms", "missed", "seq gaps", "Redis CPU %", "Redis CPU µs/event",
+         "Redis CPU µs/delivery", "Redis commands/event", "EVALSHA/event"],
+        rows)
+    per_run = markdown_table(
+        ["N per node", "R/s", "server", "run", "CPU µs/delivery", "nodes' CPU %", "others on core 0 %", "p50 ms",
+         "p99 ms", "other nodes' p99 ms", "missed", "Redis CPU µs/event", "Redis commands/event"],
+        [[f"{r['n']:,}", f"{r['rate']:g}", labels[r["server"]], r["repeat"] + 1, fmt(r["us_per_delivery"], 2),
+          fmt(r["server_cpu_pct"]), fmt(r["core0_others_pct"]), fmt(r["p50_ms"]), fmt(r["p99_ms"]),
+          fmt(r["cross_p99_ms"]), r["missed"], fmt(r.get("redis_us_per_event")),
+          fmt(r.get("redis_commands_per_event"), 2)]
+         for r in sorted(results, key=lambda r: (r["n"], r["rate"], ORDER[r["server"]], r["repeat"]))])
+    return (
+        f"{cores}\n\nEvents are published through the first node; with {args.nodes} nodes each holds N viewers, "
+        f"the memory-backed node all {args.nodes} x N. Medians over the runs of each row (nearest-rank, "
+        "bench/measure.py). CPU is every node's utime + stime over the measured window; Redis's CPU is "
+        "used_cpu_sys + used_cpu_user of `INFO cpu` and its commands the calls of `INFO commandstats` over the "
+        "same window (commands run inside scripts included), per published event and per delivery.\n\n"
+        f"{medians}\n\nTargets, on the medians:\n\n" + "\n".join(verdicts) + f"\n\nEvery run:\n\n{per_run}"
+    )
+
+
 async def main(args: argparse.Namespace) -> None:
     run = record("fanout")
     if args.baseline:
@@ -404,14 +541,18 @@ async def main(args: argparse.Namespace) -> None:
     args.max_n = max(n for n, _ in matrix)
     results: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fanout-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
+        redis_url = cluster.redis_url(args, stack) if args.nodes else ""
+        if args.nodes:
+            run["cores"] = cluster.core_split(args)
+            print(run["cores"], flush=True)
         for rep in range(args.repeat):
             for n, rate in matrix:
                 kinds = sorted(args.servers.split(",") + (["baseline"] if args.baseline else []), key=ORDER.__getitem__)
                 for kind in kinds if rep % 2 == 0 else kinds[::-1]:
                     try:
-                        result = await run_one(kind, n, rate, args, workdir)
+                        result = await run_one(kind, n, rate, args, workdir, redis_url)
                     except (RuntimeError, TimeoutError) as exc:  # one stalled run must not lose the others
                         failed.append({"server": kind, "n": n, "rate": rate, "repeat": rep, "error": repr(exc)})
                         print(orjson.dumps(failed[-1]).decode(), flush=True)
@@ -420,7 +561,9 @@ async def main(args: argparse.Namespace) -> None:
                         results.append(result)
                         print(orjson.dumps(result).decode(), flush=True)
                     # written after every run, so the runs done so far survive an interrupted command
-                    markdown = table(results, run.get("baseline_commit", "")) + "".join(
+                    tables = cluster_table(results, args, run["cores"]) if args.nodes else table(
+                        results, run.get("baseline_commit", ""))
+                    markdown = tables + "".join(
                         f"\n\nRun {f['repeat'] + 1} of {f['server']} at {f['n']:,} x {f['rate']:g} failed: "
                         f"`{f['error']}`" for f in failed)
                     path = write_results(args.name, run, markdown, {"runs": results, "failed": failed})
@@ -432,7 +575,9 @@ async def main(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--matrix", default="1000x10,5000x10,10000x10", help="comma-separated NxR (viewers x events/s)")
-    parser.add_argument("--servers", default="engine,floor")
+    parser.add_argument("--servers", default="",
+                        help="comma-separated: engine (memory bus), floor, nodes (the --nodes K nodes on Redis); "
+                             "default engine,floor, or engine,nodes with --nodes")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds of publishing per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured events first")
     parser.add_argument("--size", type=int, default=200, help="event JSON bytes (the websocket payload)")
@@ -450,8 +595,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default="fanout", help="results go to bench/results/NAME.{md,json}")
     parser.add_argument("--baseline", default="",
                         help="another livecart checkout (e.g. an earlier commit): its engine runs too, as `baseline`")
+    cluster.add_arguments(parser)
     args = parser.parse_args(argv)
-    unknown = set(args.servers.split(",")) - {"engine", "floor"}
+    cluster.check(parser, args)
+    args.servers = args.servers or ("engine,nodes" if args.nodes else "engine,floor")
+    if "nodes" in args.servers.split(",") and not args.nodes:
+        parser.error("--servers nodes needs --nodes K")
+    unknown = set(args.servers.split(",")) - {"engine", "floor", "nodes"}
     if unknown:
         parser.error(f"unknown server(s) in --servers: {', '.join(sorted(unknown))}"
                      " (the baseline comes with --baseline)")

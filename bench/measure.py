@@ -30,7 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,10 +119,13 @@ class CoreShare:
 
 
 class CoreWindow:
-    """Measures, over one interval, a pinned server's CPU and the rest of the load on its core."""
+    """Measures, over one interval, a pinned server's CPU and the rest of the load on its core.
 
-    def __init__(self, pid: int | None, core: int = 0) -> None:
-        self.pid = pid
+    The server may be several processes pinned to the core (the nodes of a cluster bench): their CPU
+    times are summed."""
+
+    def __init__(self, pid: int | Sequence[int] | None, core: int = 0) -> None:
+        self.pids: tuple[int, ...] = () if pid is None else (pid,) if isinstance(pid, int) else tuple(pid)
         self.core = core
         self._start: tuple[float, float, tuple[int, int]] | None = None
 
@@ -139,7 +142,7 @@ class CoreWindow:
         return CoreShare(seconds, self._cpu() - cpu0, busy)
 
     def _cpu(self) -> float:
-        return process_cpu(self.pid) if self.pid else 0.0
+        return sum(process_cpu(pid) for pid in self.pids)
 
 
 def core_busy_share(core: int, seconds: float) -> float:

@@ -6,7 +6,7 @@ these taps; --url to use another), reads INFO commandstats before and after, and
 calls per tap, the rate and Redis's time per script to bench/results/stock_redis.{md,json}
 (medians of --runs). Usage:
 
-    python -m bench.stock_redis [--url redis://HOST:PORT/DB] [--taps 20000] [--tappers 50] [--nodes 2] [--runs 3]
+    python bench/stock_redis.py [--url redis://HOST:PORT/DB] [--taps 20000] [--tappers 50] [--nodes 2] [--runs 3]
 """
 
 from __future__ import annotations
@@ -14,55 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shutil
-import subprocess
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import redis.asyncio as aioredis
+from measure import fmt, markdown_table, median, record, write_results
+from redis_meter import RedisMeter, own_redis, wait_for
 
-from bench.measure import fmt, free_port, markdown_table, median, record, write_results
 from overlays.stock.redis import RedisStockStore
-
-
-async def commandstats(client: aioredis.Redis) -> dict[str, tuple[int, int]]:
-    """command -> (calls, microseconds spent in it) since Redis started."""
-    stats = await client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for name, v in stats.items()}
-
-
-@contextlib.contextmanager
-def own_redis() -> Iterator[str]:
-    """A redis-server for this bench alone (no persistence), on a free loopback port: its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt-get install -y redis-server), or pass --url")
-    port = free_port()
-    directory = tempfile.mkdtemp(prefix="livecart-bench-redis-")
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
-                                "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.kill()
-        process.wait()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-async def wait_for(url: str) -> None:
-    client = aioredis.from_url(url)
-    try:
-        for _ in range(500):
-            with contextlib.suppress(OSError, aioredis.ConnectionError):
-                await client.ping()
-                return
-            await asyncio.sleep(0.01)
-        raise SystemExit(f"no Redis answers at {url}")
-    finally:
-        await client.aclose()
 
 
 async def one_run(url: str, taps: int, tappers: int, nodes_count: int) -> dict[str, Any]:
@@ -84,15 +44,16 @@ async def one_run(url: str, taps: int, tappers: int, nodes_count: int) -> dict[s
             result = await node.reserve("bench", "drop", f"user{n}", f"t{i}", 1, None, until, 100)
             assert result.ok, result
 
-    before = await commandstats(admin)
+    meter = RedisMeter(url)
+    meter.start()
     started = time.perf_counter()
     await asyncio.gather(*(tapper(n) for n in range(tappers)))
     elapsed = time.perf_counter() - started
-    after = await commandstats(admin)
+    usage = meter.stop()
+    meter.close()
     done = per_tapper * tappers
-    calls = {name: after[name][0] - before.get(name, (0, 0))[0] for name in after}
-    calls = {name: n for name, n in sorted(calls.items()) if n and name != "info"}
-    script_usec = after["evalsha"][1] - before.get("evalsha", (0, 0))[1]
+    calls = usage.commands
+    script_usec = usage.usec.get("evalsha", 0)
     counters = await nodes[0].counters("bench", "drop")
     keys = [key async for key in admin.scan_iter(match=prefix + "*", count=1000)]
     if keys:
@@ -120,7 +81,7 @@ async def main() -> None:
     runs = []
     with contextlib.ExitStack() as stack:
         url = args.url or stack.enter_context(own_redis())
-        await wait_for(url)
+        wait_for(url)
         for k in range(args.runs):
             runs.append(await one_run(url, args.taps, args.tappers, args.nodes))
             print({"run": k + 1, **runs[-1]}, flush=True)

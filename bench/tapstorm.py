@@ -39,6 +39,13 @@ between the phase's start and end, the server's CPU and the other load on core 0
 same two moments (bench/measure.py), and CPU per message is the CPU share over the rate, so each
 row's µs/tap is its CPU column divided by its rate column.
 
+With `--nodes K` each round runs the engine on the memory backend, then K nodes sharing one Redis
+(`--redis-url`, or a redis-server of the bench's own on core 1), no echo floors, and reports the
+taps/s of both, the units sold by both, and Redis's round trips, commands and CPU per tap read from
+`INFO commandstats` and `INFO cpu` before and after the storm (bench/cluster.py, bench/redis_meter.py):
+
+    python bench/tapstorm.py --nodes 2 --runs 3 --name tapstorm-nodes
+
 Writes bench/results/NAME.{md,json} after every round, with commit, command and machine: the
 storm's table (one row per run, then the medians), the echo floors' table (each run's floors, the
 ratio, and core 0's other load in every measured window) and the targets judged on the medians.
@@ -48,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -61,6 +69,7 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
+import cluster
 import orjson
 import uvloop
 from fanout_client import TEXT, RawSocket, masked, upgrade_request
@@ -77,6 +86,7 @@ from measure import (
     record,
     write_results,
 )
+from redis_meter import RedisMeter, RedisUsage
 
 from signaling.tokens import mint
 
@@ -331,17 +341,19 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def start_server(args: argparse.Namespace, data_dir: str) -> tuple[subprocess.Popen[bytes], int, int]:
+def start_server(args: argparse.Namespace, data_dir: str, cluster_flags: list[str] | None = None,
+                 core: int = 0) -> tuple[subprocess.Popen[bytes], int, int]:
+    """One engine pinned to ``core``; with ``cluster_flags``, a node of a cluster on Redis."""
     http_port, ws_port = free_port(), free_port()
     command = [
-        "taskset", "-c", "0", sys.executable, "-m", "engine.cli", "serve",
+        "taskset", "-c", str(core), sys.executable, "-m", "engine.cli", "serve",
         "--http-port", str(http_port), "--ws-port", str(ws_port), "--data-dir", data_dir,
         "--secret", SECRET, "--admin-key", ADMIN, "--demo-room", ROOM, "--max-connections", "20000",
         "--max-ws-per-ip", "20000",
         # The limits the storm runs at: taps at --rate per connection are all admitted.
         "--tap-rate", str(args.rate * 1.5), "--tap-burst", str(int(args.rate * 2) + 5),
         "--msg-rate", str(args.rate * 2 + 10), "--msg-burst", str(int(args.rate * 4) + 20),
-        *args.server_arg,
+        *(cluster_flags or []), *args.server_arg,
     ]
     with open(os.path.join(data_dir, "server.log"), "wb") as log:
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, cwd=os.path.dirname(HERE),
@@ -383,13 +395,17 @@ class Load:
     same pace. Each phase's server CPU and the other load on core 0 are read over its window.
     """
 
-    def __init__(self, args: argparse.Namespace, ws_port: int, server_pid: int) -> None:
+    def __init__(self, args: argparse.Namespace, ws_ports: int | list[int], server_pids: int | list[int],
+                 meter: RedisMeter | None = None, every_pid: list[int] | None = None) -> None:
+        """Client process k opens its sockets on the k-th (mod count) of ``ws_ports`` (the nodes);
+        ``server_pids`` are the processes on core 0, ``every_pid`` every node's wherever pinned."""
+        ports = [ws_ports] if isinstance(ws_ports, int) else ws_ports
         self.procs: list[subprocess.Popen[str]] = []
         tap_subs = [f"tapper{i}" for i in range(args.tappers)]
         watch_subs = [f"watcher{i}" for i in range(args.watchers)]
         for k in range(args.procs):
             command = ["taskset", "-c", "1", sys.executable, os.path.join(HERE, "tapstorm.py"), "client",
-                       "--port", str(ws_port), "--rate", str(args.rate), "--drain", str(args.drain),
+                       "--port", str(ports[k % len(ports)]), "--rate", str(args.rate), "--drain", str(args.drain),
                        "--tap-subs", ",".join(tap_subs[k :: args.procs]),
                        "--watch-subs", ",".join(watch_subs[k :: args.procs])]
             self.procs.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -398,8 +414,12 @@ class Load:
         for reply in self._read_all():
             if "ready" not in reply:
                 raise RuntimeError(f"a client process did not connect: {reply}")
-        self.window = CoreWindow(server_pid, core=0)
+        self.window = CoreWindow(server_pids, core=0)
         self.load_core = CoreWindow(None, core=1)  # the clients' core: a full one may delay answers too
+        self.every_node = CoreWindow(every_pid if every_pid is not None else server_pids, core=0)
+        self.cpu: dict[str, float] = {}  # per phase: every node's CPU seconds in its window
+        self.meter = meter
+        self.redis: dict[str, RedisUsage] = {}  # per phase, with a meter: what Redis did in its window
 
     def _tell_all(self, step: dict[str, Any]) -> None:
         for proc in self.procs:
@@ -428,11 +448,17 @@ class Load:
         time.sleep(max(0.0, start - time.time()))
         self.window.start()
         self.load_core.start()
+        self.every_node.start()
+        if self.meter is not None:
+            self.meter.start()
         if on_start is not None:
             on_start(start)
         time.sleep(max(0.0, start + seconds - time.time()))
         share = self.window.stop()
         load_busy = self.load_core.stop().busy
+        self.cpu[name] = self.every_node.stop().cpu
+        if self.meter is not None:
+            self.redis[name] = self.meter.stop()
         return self._read_all(), share, load_busy
 
     def finish(self) -> list[dict[str, Any]]:
@@ -479,17 +505,35 @@ def echo_run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def one_run(args: argparse.Namespace) -> dict[str, Any]:
-    """The engine: a warm-up, the in-engine floor (an unknown action), then the storm and checkout."""
+def one_run(args: argparse.Namespace, redis_url: str = "") -> dict[str, Any]:
+    """The engine: a warm-up, the in-engine floor (an unknown action), then the storm and checkout.
+
+    With ``redis_url``, --nodes nodes share it (a fresh key prefix): the tappers and watchers are
+    spread over them, the sale is made and the orders are read through the first, and Redis's
+    commands and CPU are read over the floor's and the storm's windows."""
     idle_before = wait_quiet(0.1, args.quiet)
     data_dir = tempfile.mkdtemp(prefix="tapstorm-")
-    server, http_port, ws_port = start_server(args, data_dir)
+    servers: list[subprocess.Popen[bytes]] = []
+    ws_ports: list[int] = []
+    http_ports: list[int] = []
     load: Load | None = None
+    meter = RedisMeter(redis_url) if redis_url else None
     spies: list[subprocess.Popen[bytes]] = []
     try:
+        prefix = cluster.new_prefix()
+        for i in range(args.nodes if redis_url else 1):  # one after the other: the first creates the room
+            node_dir = os.path.join(data_dir, f"node{i}")
+            os.mkdir(node_dir)
+            proc, port, ws_port = start_server(args, node_dir, cluster.node_flags(redis_url, prefix, i)
+                                               if redis_url else None, cluster.node_core(args, i))
+            servers.append(proc)
+            http_ports.append(port)
+            ws_ports.append(ws_port)
+        server, http_port = servers[0], http_ports[0]
         http(http_port, "PUT", f"/api/rooms/{ROOM}/products/mug",
              {"title": "Mug", "price": 1200, "currency": "EUR", "stock": 100})
-        load = Load(args, ws_port, server.pid)
+        on_core0 = [proc.pid for i, proc in enumerate(servers) if cluster.node_core(args, i) == 0]
+        load = Load(args, ws_ports, on_core0, meter, [proc.pid for proc in servers])
 
         def open_sale(start: float) -> None:
             http(http_port, "POST", f"/api/rooms/{ROOM}/sales", {
@@ -518,7 +562,10 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if load is not None:
             load.kill()
-        stop_server(server)
+        for proc in servers:
+            stop_server(proc)
+        if meter is not None:
+            meter.close()
     lat = [x for r in storm for x in r["lat"]]
     floor_lat = [x for r in floor for x in r["lat"]]
     ts = [t for r in results for t in r["sold_out_ts"]]
@@ -552,6 +599,39 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         # CPU share over rate: the same window on both sides
         "server_us_per_tap": storm_core.server * 1e6 / taps_per_s if taps_per_s else None,
         "server_us_per_floor": floor_core.server * 1e6 / floor_per_s if floor_per_s else None,
+        "nodes": len(servers),
+        "nodes_cpu_storm": load.cpu["storm"] / args.duration,  # every node's, wherever pinned (1.0 = one core)
+        "nodes_us_per_tap": load.cpu["storm"] * 1e6 / (taps_per_s * args.duration) if taps_per_s else None,
+        **redis_figures(load.redis, taps_per_s * args.duration, args.duration, args.floor),
+    }
+
+
+def redis_figures(usage: dict[str, RedisUsage], taps: float, storm_s: float, floor_s: float) -> dict[str, Any]:
+    """What Redis did per tap answered in the storm's window: commands (every command counted, those
+    run inside scripts too; ``EVALSHA`` = scripts called, one round trip each) and CPU; and its
+    background in the floor's window (no commerce: heartbeats, leases, ticks), per second."""
+    if "storm" not in usage:
+        return {}
+    storm, floor = usage["storm"], usage.get("floor")
+    per_tap = (lambda v: v / taps) if taps else (lambda v: None)
+    background = floor.calls("evalsha") / floor_s * storm_s if floor else 0.0
+    return {
+        "redis_evalsha_per_tap": per_tap(storm.calls("evalsha")),
+        # the taps' own: less the bus's publish scripts (one XADD each; no order is placed in the storm)
+        # and the background's rate over the storm's length
+        "redis_tap_evalsha_per_tap": per_tap(storm.calls("evalsha") - storm.calls("xadd") - background),
+        # PUBLISH outside a script (a bus script publishes once, beside its XADD): a message to one user
+        "redis_direct_publish_per_tap": per_tap(storm.calls("publish") - storm.calls("xadd")),
+        "redis_round_trips_per_tap": per_tap(storm.calls("evalsha") + storm.calls("publish")
+                                             - 2 * storm.calls("xadd") - background),
+        "redis_commands_per_tap": per_tap(storm.total),
+        "redis_cpu_storm": storm.cpu / storm_s,  # share of one core
+        "redis_cpu_us_per_tap": per_tap(storm.cpu * 1e6),
+        "redis_evalsha_per_s_floor": floor.calls("evalsha") / floor_s if floor else None,
+        "redis_commands_per_s_floor": floor.total / floor_s if floor else None,
+        "redis_cpu_floor": floor.cpu / floor_s if floor else None,
+        "redis_commands_storm": storm.commands,
+        "redis_commands_floor": floor.commands if floor else None,
     }
 
 
@@ -672,6 +752,103 @@ def targets(runs: list[dict[str, Any]], quantity: int) -> str:
     ])
 
 
+def cluster_round(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    """One round of --nodes: the memory-backed engine, then the K nodes on Redis, under the same load."""
+    memory = one_run(args)
+    nodes = one_run(args, redis_url)
+    rates = memory["taps_per_s"], nodes["taps_per_s"]
+    return {"memory": memory, "redis": nodes, "x_memory_rate": rates[1] / rates[0] if rates[0] else None}
+
+
+def cluster_table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """One row per round (memory node, then the K Redis nodes), the medians, the targets judged on them."""
+    memory_cols = (("taps/s", "taps_per_s", 0), ("p50 / p99 ms", ("p50", "p99"), 1),
+                   ("nodes µs/tap", "nodes_us_per_tap", 1))
+    redis_cols = (
+        ("EVALSHA per tap: all / the taps' own", ("redis_evalsha_per_tap", "redis_tap_evalsha_per_tap"), 3),
+        ("direct PUBLISH per tap", "redis_direct_publish_per_tap", 3),
+        ("round trips per tap", "redis_round_trips_per_tap", 3),
+        ("Redis commands per tap", "redis_commands_per_tap", 2),
+        ("Redis CPU (of a core)", "redis_cpu_storm", 2), ("Redis CPU µs/tap", "redis_cpu_us_per_tap", 1),
+        ("background EVALSHA/s / commands/s", ("redis_evalsha_per_s_floor", "redis_commands_per_s_floor"), 0),
+        ("others on core 0", "core0_others_storm", 2))
+
+    def cell(side: dict[str, Any] | None, key: str | tuple[str, ...], digits: int,
+             pick: Callable[[str], Any] | None = None) -> str:
+        get = pick or (lambda k: side.get(k) if side else None)
+        return " / ".join(fmt(get(k), digits) for k in (key if isinstance(key, tuple) else (key,)))
+
+    def sold(side: dict[str, Any]) -> str:
+        return f"{side['sold']:,} / {args.quantity:,}"
+
+    rows = []
+    for k, r in enumerate(rounds):
+        rows.append([k + 1, sold(r["memory"]), sold(r["redis"]),
+                     *(cell(r["memory"], key, d) for _, key, d in memory_cols),
+                     *(cell(r["redis"], key, d) for _, key, d in memory_cols), fmt(r["x_memory_rate"], 2),
+                     *(cell(r["redis"], key, d) for _, key, d in redis_cols)])
+
+    def med(side: str) -> Callable[[str], Any]:
+        return lambda key: median(r[side].get(key) for r in rounds)
+
+    rows.append(["median", "", "", *(cell(None, key, d, med("memory")) for _, key, d in memory_cols),
+                 *(cell(None, key, d, med("redis")) for _, key, d in memory_cols),
+                 fmt(median(r["x_memory_rate"] for r in rounds), 2),
+                 *(cell(None, key, d, med("redis")) for _, key, d in redis_cols)])
+    header = ["run", "sold / Q, memory", f"sold / Q, {args.nodes} nodes",
+              *(f"memory {title}" for title, _, _ in memory_cols), *(f"Redis {title}" for title, _, _ in memory_cols),
+              "Redis rate / memory rate", *(title for title, _, _ in redis_cols)]
+    ratio = median(r["x_memory_rate"] for r in rounds)
+    exact = sum(1 for r in rounds for side in ("memory", "redis")
+                if r[side]["sold"] == args.quantity and r[side]["remaining"] == 0)
+    trips = med("redis")("redis_round_trips_per_tap")
+    us_tap = med("redis")("redis_cpu_us_per_tap")
+    return "\n".join([
+        cluster.core_split(args),
+        "",
+        f"Each round runs the memory-backed engine (one node), then {args.nodes} nodes sharing one Redis, under "
+        f"the same load ({args.tappers:,} tappers at {args.rate:g} taps/s each, {args.watchers:,} watchers, spread "
+        "over the nodes; the sale is made and the orders are read through the first node). Taps/s: answers that "
+        "reached the clients within the storm's window. Nodes µs/tap: every node's CPU over the storm window per "
+        "tap answered. Redis figures over the same window: `INFO commandstats` calls (commands run inside scripts "
+        "included; one `EVALSHA` is one round trip; a bus event is one publish script, one XADD inside it) and "
+        "`INFO cpu` (used_cpu_sys + used_cpu_user), per tap answered; a direct PUBLISH (outside a script) is "
+        "a message to one user (the tapper's cart); "
+        "the background is what Redis served per second in the in-engine floor's window (no commerce: "
+        "heartbeats, leases, ticks).",
+        "",
+        markdown_table(header, rows),
+        "",
+        f"Targets, on the medians of {len(rounds)} round(s):",
+        "",
+        f"- taps/s with Redis at least half the memory backend's: {fmt(ratio, 2)}x, "
+        f"{verdict(None if ratio is None else ratio >= 0.5)}",
+        f"- exactly Q = {args.quantity:,} sold, remaining 0: in {exact} of {2 * len(rounds)} runs (memory and "
+        f"Redis), {verdict(exact == 2 * len(rounds))}",
+        f"- Redis round trips per tap answered (EVALSHA and PUBLISH calls, less the bus's publish scripts, one "
+        f"XADD and one PUBLISH each, and the background's EVALSHA rate): {fmt(trips, 3)}, "
+        f"{verdict(None if trips is None else abs(trips - 1) <= 0.02)} (target: one)",
+        f"- Redis CPU per tap: {fmt(us_tap, 1)} µs, so one Redis core serves about "
+        f"{fmt(1e6 / us_tap if us_tap else None, 0)} taps/s of this storm's mix",
+    ])
+
+
+def cluster_main(args: argparse.Namespace, run: dict[str, Any]) -> None:
+    """--nodes K: rounds of the memory node and the K Redis nodes; results after every round."""
+    run["cores"] = cluster.core_split(args)
+    print(run["cores"], flush=True)
+    rounds: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        url = cluster.redis_url(args, stack)
+        for k in range(args.runs):
+            rounds.append(cluster_round(args, url))
+            print(json.dumps({"run": k + 1, **rounds[-1]}), flush=True)
+            markdown = cluster_table(rounds, args)
+            path = write_results(args.name or "tapstorm-nodes", run, markdown, rounds)
+    print(markdown)
+    print(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", nargs="?", default="run", choices=("run", "client", "domain"))
@@ -697,10 +874,12 @@ def main() -> None:
                         help="nice value of each server's session (e.g. -10 when other work shares core 0)")
     parser.add_argument("--profile", default="", help="py-spy the server during the storm into this file")
     parser.add_argument("--name", default="", help="results go to bench/results/NAME.{md,json}")
+    cluster.add_arguments(parser)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--tap-subs", default="")
     parser.add_argument("--watch-subs", default="")
     args = parser.parse_args()
+    cluster.check(parser, args)
     if args.mode == "client":
         uvloop.run(client_main(args))
         return
@@ -719,6 +898,9 @@ def main() -> None:
     unknown = set(args.floors) - set(ECHO_FLOORS)
     if unknown:
         parser.error(f"unknown echo floor(s): {', '.join(sorted(unknown))}")
+    if args.nodes:
+        cluster_main(args, run)
+        return
     runs: list[dict[str, Any]] = []
     for k in range(args.runs):
         runs.append(one_round(args))
