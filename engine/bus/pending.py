@@ -36,6 +36,8 @@ class PendingState:
 
     def put_back(self, room: str, values: Values) -> None:
         """Values that did not go out wait again, unless a newer value of the same key came meanwhile."""
+        if not values:
+            return  # an empty entry would be taken as values to send
         kept = self._rooms.setdefault(room, {})
         for key, value in values.items():
             kept.setdefault(key, value)

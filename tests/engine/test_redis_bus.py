@@ -161,7 +161,7 @@ async def test_a_lost_subscription_is_filled_from_history(nodes: MakeBus, redis_
 async def test_redis_down_publish_fails_fast_then_everything_resumes(own_redis: RedisServer,
                                                                      faulty_nodes: MakeBus) -> None:
     a, b = await faulty_nodes(), await faulty_nodes()
-    on_b = await listening(b, "room")
+    on_b, quiet_on_b = await listening(b, "room"), await listening(b, "quiet")
     before = await a.publish("room", "x", {"n": 0})
     a.set_state("room", "viewers", "viewers", {"count": 1})
     await until(lambda: len(on_b.events) == 2)
@@ -173,6 +173,8 @@ async def test_redis_down_publish_fails_fast_then_everything_resumes(own_redis: 
     assert refused.value.code == "unavailable" and refused.value.status == 503
     with pytest.raises(BusUnavailable):
         await a.send_direct("room", "alice", "cart.updated", {})
+    with pytest.raises(BusUnavailable):  # a room with no state pending: nothing waits for it after
+        await a.publish("quiet", "x", {"n": 1})
     own_redis.start()  # with its append-only file: history and seq as they were
     await until(lambda: a.health()["connected"] and b.health()["connected"])
     after = await a.publish("room", "x", {"n": 2})
@@ -184,6 +186,9 @@ async def test_redis_down_publish_fails_fast_then_everything_resumes(own_redis: 
     assert on_b.seqs() == list(range(before.seq, before.seq + 4))  # the order went on where it was
     assert after.seq == next(e.seq for e in on_b.events if e.data == {"n": 2})
     assert b.state("room")["viewers"] == {"type": "viewers", "count": 2}
+    quiet = await a.publish("quiet", "x", {"n": 2})
+    await until(lambda: len(quiet_on_b.events) == 1)
+    assert same(quiet_on_b.events) == same([quiet]) and b.health()["connected"]
 
 
 async def test_redis_that_lost_its_data_means_a_reset_and_a_fresh_epoch() -> None:
