@@ -215,7 +215,7 @@ def bus(config: Config) -> Bus:
     """The event bus: on Redis with ``--redis-url`` (rooms' events shared by every node), else in memory."""
     if config.redis_url:
         return RedisBus(config.redis_url, config.redis_prefix, config.tick_ms, config.history_size,
-                        config.history_age, timeout=config.redis_timeout)
+                        config.history_age, timeout=config.redis_timeout, tick_max_ms=config.tick_max_ms)
     return MemoryBus(config.tick_ms, config.history_size, config.history_age, config.tick_max_ms)
 
 

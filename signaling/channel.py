@@ -5,8 +5,9 @@ order through the room's hub (signaling.fanout), and sends actions that are answ
 request id. Feature packages plug in through four hooks: ``actions`` (message handlers
 with roles and rate limits), ``snapshot_parts`` (their share of the room snapshot, built
 synchronously so it matches the seq it is sent with), ``snapshot_prepares`` (awaited just
-before, to read a share kept elsewhere, e.g. stock on Redis) and ``on_close`` (cleanup when a
-connection ends, e.g. a websocket viewer's peer connection).
+before, to read a share kept elsewhere, e.g. stock on Redis: each returns its share, which the
+channel hands to the snapshot it builds next) and ``on_close`` (cleanup when a connection ends,
+e.g. a websocket viewer's peer connection).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -183,7 +184,9 @@ class Session:
             self.channel.lagging.add(self)
             metrics.SEND_QUEUE.labels("lagged").inc()
 
-    def recover_or_close(self, now: float) -> None:
+    def recover_or_close(self, now: float, prepared: Sequence[dict[str, Any]] = ()) -> None:
+        """Resync a lagging connection that has caught up (with the snapshot parts ``prepared`` for
+        it), or close one lagging for too long; a closed one is simply let go."""
         config = self.channel.config
         if not self.open:
             self.channel.lagging.discard(self)
@@ -191,7 +194,7 @@ class Session:
         buffered = self.connection.buffered()
         if (buffered <= config.send_queue_bytes // 4 and buffered + self.resync_bytes <= config.send_queue_bytes
                 and self.room != "*"):
-            snapshot = self.encode(self.channel.snapshot(self, resync=True))
+            snapshot = self.encode(self.channel.snapshot(self, resync=True, prepared=prepared))
             if buffered + len(snapshot) + 16 <= config.send_queue_bytes:  # 16: the frame header
                 self.lagging_since = None
                 self.resync_bytes = 0
@@ -226,8 +229,8 @@ class Channel:
         self.actions = Actions()
         self.snapshot_parts: list[Callable[[Session], dict[str, Any]]] = []
         #: Awaited just before a snapshot is built, for parts whose data lives elsewhere (Redis):
-        #: they fetch it here, and their snapshot part, built right after, hands it out.
-        self.snapshot_prepares: list[Callable[[Session], Awaitable[None]]] = []
+        #: each returns its part, which goes into the snapshot built right after.
+        self.snapshot_prepares: list[Callable[[Session], Awaitable[dict[str, Any]]]] = []
         self.on_close: list[Callable[[Session], Awaitable[None]]] = []
         self.hubs: dict[str, RoomHub] = {}
         #: Viewers per room, websocket and media paths together (the media relay reports its own).
@@ -283,8 +286,10 @@ class Channel:
             await hub.close()
         self.hubs.clear()
 
-    def snapshot(self, session: Session, resync: bool = False) -> dict[str, Any]:
-        """The room as it is now, with the seq it reflects; later events follow it."""
+    def snapshot(self, session: Session, resync: bool = False,
+                 prepared: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        """The room as it is now, with the seq it reflects; later events follow it. ``prepared``
+        holds the parts the snapshot prepares just read for it."""
         room = session.room
         body: dict[str, Any] = {
             "type": "snapshot",
@@ -296,19 +301,17 @@ class Channel:
         }
         if resync:
             body["resync"] = True
-        for part in self.snapshot_parts:
-            body.update(part(session))
+        for part in prepared:
+            body.update(part)
+        for build in self.snapshot_parts:
+            body.update(build(session))
         session.last_seq = body["seq"]
         return body
 
-    async def _prepare_snapshot(self, session: Session) -> None:
-        for prepare in self.snapshot_prepares:
-            await prepare(session)
-        if self.snapshot_prepares and session.connection.session is not session:
-            # It left while they read, and its on_close cleanups ran before the reads ended: the
-            # parts are built anyway, for no one, so that they drop what was read for it.
-            for part in self.snapshot_parts:
-                part(session)
+    async def _prepare_snapshot(self, session: Session) -> list[dict[str, Any]]:
+        """The parts read ahead for the session's next snapshot, to pass to it (nothing is kept
+        anywhere else: a session that leaves meanwhile leaves nothing behind)."""
+        return [await prepare(session) for prepare in self.snapshot_prepares]
 
     def _hub(self, room: str) -> RoomHub:
         hub = self.hubs.get(room)
@@ -434,12 +437,12 @@ class Channel:
     async def _greet_later(self, session: Session, since: int | None) -> None:
         try:
             await self.bus.ready(session.room)
-            await self._prepare_snapshot(session)  # then no await until the greeting is sent
+            prepared = await self._prepare_snapshot(session)  # then no await until the greeting is sent
         except CodedError as exc:
             self._not_ready(session, exc)
         else:
             if session.connection.session is session:  # still connected
-                self._greet(session, since)
+                self._greet(session, since, prepared)
         finally:
             session.connection.release()
 
@@ -449,8 +452,9 @@ class Channel:
         session.send_now(protocol.error(error.code, error.message))
         session.close(protocol.CLOSE_RESUMABLE_RESTART, "events unavailable, reconnect with since")
 
-    def _greet(self, session: Session, since: int | None) -> None:
-        """Replay what the client missed, or send a snapshot when that is not possible."""
+    def _greet(self, session: Session, since: int | None, prepared: Sequence[dict[str, Any]] = ()) -> None:
+        """Replay what the client missed, or send a snapshot (with the parts ``prepared`` for it)
+        when that is not possible."""
         if since is not None:
             events = self.bus.history(session.room, since)
             if events is not None:
@@ -458,7 +462,7 @@ class Channel:
                 if events:
                     session.deliver(Frames(events))
                 return
-        session.send_now(self.snapshot(session))
+        session.send_now(self.snapshot(session, prepared=prepared))
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -537,8 +541,7 @@ class Channel:
             await asyncio.sleep(0.1)
             now = time.monotonic()
             for session in list(self.lagging):
-                await self._prepare_snapshot(session)
-                session.recover_or_close(now)
+                session.recover_or_close(now, await self._prepare_snapshot(session))
 
     async def _keepalive(self) -> None:
         """Ping every connection each interval; one that sent nothing since the last ping is cut

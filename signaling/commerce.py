@@ -100,35 +100,25 @@ def register_commerce(channel: Channel, commerce: Commerce, config: Config) -> N
     register("sale.start", HOSTS, sale_start)
     register("sale.end", HOSTS, sale_end)
 
-    # A store that suspends (Redis) is read before the snapshot is built: session -> its shop part.
-    # An entry lives from the prepare to the snapshot right after it (or the session's end).
-    prepared: dict[int, dict[str, Any]] = {}
+    def shopper(session: Session) -> str | None:
+        return session.sub if session.role in SHOPPERS else None
 
-    async def prepare(session: Session) -> None:
-        user = session.sub if session.role in SHOPPERS else None
+    async def prepare(session: Session) -> dict[str, Any]:
+        """Read ahead of the snapshot when the store suspends (Redis); the channel passes the part on."""
         try:
-            prepared[session.conn_id] = await commerce.snapshot(session.room, user)
+            return await commerce.snapshot(session.room, shopper(session))
         except Exception as error:  # the room stays watchable; its shop comes with a later snapshot
-            prepared.pop(session.conn_id, None)
             log.warning("room %s: the shop part of a snapshot could not be read: %s", session.room, error)
+            return {}
 
     def snapshot_part(session: Session) -> dict[str, Any]:
         """Products, tags, sales, totals, recent and (for shoppers) the connecting user's cart."""
-        part = prepared.pop(session.conn_id, None)
-        if part is not None:
-            return part
-        if commerce.suspends:  # it could not be read just now
-            return {}
-        user = session.sub if session.role in SHOPPERS else None
-        return commerce.snapshot_now(session.room, user)
+        return commerce.snapshot_now(session.room, shopper(session))
 
-    async def forget(session: Session) -> None:
-        prepared.pop(session.conn_id, None)
-
-    if commerce.suspends:  # the memory store is read in the snapshot itself, with no task per join
+    if commerce.suspends:
         channel.snapshot_prepares.append(prepare)
-        channel.on_close.append(forget)
-    channel.snapshot_parts.append(snapshot_part)
+    else:  # the memory store is read in the snapshot itself, with no task per join
+        channel.snapshot_parts.append(snapshot_part)
 
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -99,6 +99,11 @@ class Bus(Protocol):
     def history(self, room: str, since: int) -> list[Event] | None:
         """Events after ``since``, or None when the gap is older than the kept history."""
 
+    @property
+    def tick(self) -> float:
+        """The state tick's current interval, seconds: between --tick-ms and --tick-max-ms
+        (engine.bus.pacing), the same pace on every backend."""
+
     def health(self) -> dict[str, Any]:
         """For /healthz: the backend and whether it is reachable (``connected``)."""
 

@@ -7,25 +7,23 @@ instead of someone else's events under the same numbers.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections import deque
 from typing import Any
 
 from engine import metrics
 from engine.bus.base import Event, RoomListener
-from engine.bus.pacing import TickPacer
+from engine.bus.pacing import Ticker
+from engine.bus.pending import PendingState, Values
 
 
 class _RoomStream:
-    __slots__ = ("seq", "history", "state", "dirty", "listeners")
+    __slots__ = ("seq", "history", "state", "listeners")
 
     def __init__(self, history_size: int) -> None:
         self.seq = int(time.time() * 1_000_000)
         self.history: deque[Event] = deque(maxlen=history_size)
         self.state: dict[str, dict[str, Any]] = {}
-        self.dirty: dict[str, tuple[str, dict[str, Any]]] = {}
         self.listeners: list[RoomListener] = []
 
 
@@ -34,11 +32,12 @@ class MemoryBus:
 
     def __init__(self, tick_ms: int = 50, history_size: int = 1024, history_age: float = 300.0,
                  tick_max_ms: int | None = None) -> None:
-        self._tick = TickPacer(tick_ms / 1000, (tick_max_ms if tick_max_ms is not None else tick_ms) / 1000)
+        self._ticker = Ticker(tick_ms / 1000, (tick_max_ms if tick_max_ms is not None else tick_ms) / 1000,
+                              self._flush)
         self._history_size = history_size
         self._history_age = history_age
         self._rooms: dict[str, _RoomStream] = {}
-        self._ticker: asyncio.Task[None] | None = None
+        self._pending = PendingState()
 
     def _room(self, room: str) -> _RoomStream:
         stream = self._rooms.get(room)
@@ -56,7 +55,7 @@ class MemoryBus:
     async def publish(self, room: str, type: str, data: dict[str, Any]) -> Event:
         stream = self._room(room)
         event = self._emit(room, stream, type, data)
-        batch = [event, *self._pending_state(room, stream)]
+        batch = [event, *self._state_events(room, stream, self._pending.take(room))]
         for listener in stream.listeners:
             listener.on_events(batch)
         return event
@@ -64,7 +63,7 @@ class MemoryBus:
     def set_state(self, room: str, key: str, type: str, data: dict[str, Any]) -> None:
         stream = self._room(room)
         stream.state[key] = {"type": type, **data}
-        stream.dirty[key] = (type, data)
+        self._pending.set(room, key, type, data)
 
     async def send_direct(self, room: str, user: str, type: str, data: dict[str, Any]) -> None:
         stream = self._rooms.get(room)
@@ -114,42 +113,28 @@ class MemoryBus:
         while history and history[0].ts < cutoff:
             history.popleft()
 
-    def _pending_state(self, room: str, stream: _RoomStream) -> list[Event]:
-        """The room's state values set since they last went out, as events (one per key), now."""
-        if not stream.dirty:
-            return []
-        dirty, stream.dirty = stream.dirty, {}
-        return [self._emit(room, stream, type, {"key": key, **data}) for key, (type, data) in dirty.items()]
+    def _state_events(self, room: str, stream: _RoomStream, values: Values) -> list[Event]:
+        """State values taken from the pending ones, as events (one per key), now."""
+        return [self._emit(room, stream, type, {"key": key, **data}) for key, (type, data) in values.items()]
 
     def flush_state(self) -> None:
-        """Emit every dirty state value as one event per key (called at each tick)."""
-        for room, stream in self._rooms.items():
-            batch = self._pending_state(room, stream)
-            if not batch:
-                continue
+        """Emit every pending state value as one event per key (called at each tick)."""
+        for room, values in self._pending.take_all().items():
+            stream = self._rooms[room]
+            batch = self._state_events(room, stream, values)
             for listener in stream.listeners:
                 listener.on_events(batch)
+
+    async def _flush(self) -> None:
+        self.flush_state()
 
     @property
     def tick(self) -> float:
         """The current coalescing interval in seconds (stretched while the loop is loaded)."""
-        return self._tick.interval
-
-    async def _run_ticker(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            interval = self._tick.interval
-            due = loop.time() + interval
-            await asyncio.sleep(interval)
-            self._tick.woke(loop.time() - due)
-            self.flush_state()
+        return self._ticker.interval
 
     async def start(self) -> None:
-        self._ticker = asyncio.get_running_loop().create_task(self._run_ticker())
+        self._ticker.start()
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+        await self._ticker.stop()

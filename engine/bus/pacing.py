@@ -8,9 +8,15 @@ maximum); below it the interval halves back toward the configured tick. Doubling
 reach either end in a few ticks, and the smoothing keeps a single stray pause (a GC pass) from
 stretching the tick for long. Discrete events (sold out, sale start and end) never wait for the
 tick, so only the coalesced counters slow down.
+
+Both buses (memory and Redis) run their flush through the same ``Ticker``.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 
 from engine import metrics
 
@@ -41,3 +47,42 @@ class TickPacer:
         if interval != self.interval:
             self.interval = interval
             metrics.BUS_TICK.set(interval)
+
+
+class Ticker:
+    """Runs a bus's state flush at the paced tick: every backend coalesces its counters the same way.
+
+    The flush is awaited before the next sleep starts, so a backend whose flush waits on a store
+    (Redis) never has two flushes in flight, and its wait is not mistaken for loop load: only the
+    sleep's lateness counts."""
+
+    __slots__ = ("pacer", "_flush", "_task")
+
+    def __init__(self, quiet: float, maximum: float, flush: Callable[[], Awaitable[None]]) -> None:
+        self.pacer = TickPacer(quiet, maximum)
+        self._flush = flush
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def interval(self) -> float:
+        """The current coalescing interval in seconds (stretched while the loop is loaded)."""
+        return self.pacer.interval
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            interval = self.pacer.interval
+            due = loop.time() + interval
+            await asyncio.sleep(interval)
+            self.pacer.woke(loop.time() - due)
+            await self._flush()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="bus-ticker")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -9,7 +9,11 @@ Per room ``R`` (the room is the hash tag, so a room's keys share one Cluster slo
 - ``{prefix}bus:{R}:state``: a hash of the room's state values, for snapshots on any node;
 - the pub/sub channel ``{prefix}bus:{R}``, carrying each event and the room's direct messages.
 
-Publishing is one Lua script: draw the seq, append to the history, publish. Each node holds one
+Publishing is one Lua script: draw the seq, append to the history, publish. A discrete event takes
+the room's pending state values with it (the same script gives them the seqs right after it, and
+one pub/sub message carries them all, so every node hands them to its viewers as one batch); what
+is still pending at the tick goes out the same way, on the pace shared with the memory bus
+(engine.bus.pacing). Each node holds one
 pub/sub connection, subscribed to the rooms it has a hub for, and keeps for each such room a
 mirror (seq, state, recent history) fed from it, so the websocket layer's reads stay synchronous.
 Loading a mirror subscribes first, then reads history and state in one script, and merges the
@@ -38,6 +42,8 @@ from redis.retry import Retry
 
 from engine import metrics
 from engine.bus.base import Event, RoomListener
+from engine.bus.pacing import Ticker
+from engine.bus.pending import PendingState, Values
 from engine.errors import CodedError
 
 log = logging.getLogger(__name__)
@@ -64,10 +70,12 @@ end
 """
 
 # ARGV: now (µs), channel, history size, then per event: kind, state key, state value, body.
-# Each message is "KIND EPOCH SEQ BODY"; seqs pass Lua's doubles exactly (< 2^53) and are
-# formatted with %d, since Lua would write a 16-digit number in exponent form.
+# Each message is "KIND EPOCH SEQ BODY", kept in the history one per entry and published all in
+# one pub/sub message, one per line (a JSON body has no raw newline). Seqs pass Lua's doubles
+# exactly (< 2^53) and are formatted with %d, since Lua would write a 16-digit number in exponent form.
 _PUBLISH = _EPOCH + """
 local seqs = {}
+local messages = {}
 for i = 4, #ARGV, 4 do
   local seq = string.format('%d', redis.call('HINCRBY', KEYS[1], 'seq', 1))
   if ARGV[i] == 's' then
@@ -75,9 +83,10 @@ for i = 4, #ARGV, 4 do
   end
   local message = ARGV[i] .. ' ' .. epoch .. ' ' .. seq .. ' ' .. ARGV[i + 3]
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 'm', message)
-  redis.call('PUBLISH', ARGV[2], message)
+  messages[#messages + 1] = message
   seqs[#seqs + 1] = seq
 end
+redis.call('PUBLISH', ARGV[2], table.concat(messages, '\\n'))
 return seqs
 """
 
@@ -145,6 +154,15 @@ def _state_entry(type: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"type": type, **data}
 
 
+def _state_items(values: Values, ts: float) -> list[Any]:
+    """The publish script's arguments for state values: per key its kind, key, entry and body."""
+    items: list[Any] = []
+    for key, (type, data) in values.items():
+        body = {"type": type, "data": {"key": key, **data}, "ts": ts}
+        items += [b"s", key, orjson.dumps(_state_entry(type, data)), orjson.dumps(body)]
+    return items
+
+
 class RedisBus:
     """Bus backend shared by every node on the same Redis and prefix (see engine.bus.base.Bus).
 
@@ -154,10 +172,11 @@ class RedisBus:
 
     def __init__(self, url: str, prefix: str = "livecart:", tick_ms: int = 50, history_size: int = 1024,
                  history_age: float = 300.0, timeout: float = 1.0, max_backoff: float = 2.0,
-                 max_connections: int = 32) -> None:
+                 max_connections: int = 32, tick_max_ms: int | None = None) -> None:
         self._url = url
         self._prefix = prefix
-        self._tick = tick_ms / 1000
+        self._ticker = Ticker(tick_ms / 1000, (tick_max_ms if tick_max_ms is not None else tick_ms) / 1000,
+                              self.flush_state)
         self._history_size = history_size
         self._history_age = history_age
         self._timeout = timeout
@@ -172,7 +191,7 @@ class RedisBus:
         self._load_script = self._client.register_script(_LOAD)
         self._mirrors: dict[str, _Mirror] = {}
         self._rooms_by_channel: dict[bytes, str] = {}
-        self._dirty: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+        self._pending = PendingState()
         self._connection: AbstractConnection | None = None
         self._up = asyncio.Event()
         self._confirmed: dict[bytes, asyncio.Future[None]] = {}
@@ -202,34 +221,38 @@ class RedisBus:
     async def publish(self, room: str, type: str, data: dict[str, Any]) -> Event:
         ts = time.time()
         body = orjson.dumps({"type": type, "data": data, "ts": ts})
-        (seq,) = await self._run_publish(room, [b"e", b"", b"", body])
-        metrics.EVENTS_PUBLISHED.inc()
+        values = self._pending.take(room)
+        try:
+            seq, *_ = await self._run_publish(room, [b"e", b"", b"", body, *_state_items(values, ts)])
+        except BusUnavailable:
+            self._pending.put_back(room, values)
+            raise
+        metrics.EVENTS_PUBLISHED.inc(1 + len(values))
         return Event(room, seq, type, data, ts)
 
     def set_state(self, room: str, key: str, type: str, data: dict[str, Any]) -> None:
-        self._dirty.setdefault(room, {})[key] = (type, data)
+        self._pending.set(room, key, type, data)
 
     async def flush_state(self) -> None:
-        """Publish every dirty state value as one event per key, one script per room (each tick).
+        """Publish every pending state value as one event per key, one script per room (each tick).
 
-        Values Redis did not take stay dirty (unless newer ones came meanwhile) and go out at a
-        later tick: a state value is the latest one, so late is right and nothing piles up."""
+        Values Redis did not take wait again (unless newer ones came meanwhile) and go out at a
+        later tick or with the room's next event: a state value is the latest one, so late is
+        right and nothing piles up."""
         if not self._up.is_set():
             return  # Redis is away: keep the values rather than fail each room's write in turn
-        dirty, self._dirty = self._dirty, {}
-        for room, values in dirty.items():
-            items: list[Any] = []
-            for key, (type, data) in values.items():
-                body = {"type": type, "data": {"key": key, **data}, "ts": time.time()}
-                items += [b"s", key, orjson.dumps(_state_entry(type, data)), orjson.dumps(body)]
+        for room, values in self._pending.take_all().items():
             try:
-                await self._run_publish(room, items)
+                await self._run_publish(room, _state_items(values, time.time()))
             except BusUnavailable:
-                kept = self._dirty.setdefault(room, {})
-                for key, value in values.items():
-                    kept.setdefault(key, value)
+                self._pending.put_back(room, values)
                 continue
             metrics.EVENTS_PUBLISHED.inc(len(values))
+
+    @property
+    def tick(self) -> float:
+        """The current coalescing interval in seconds (stretched while the loop is loaded)."""
+        return self._ticker.interval
 
     async def send_direct(self, room: str, user: str, type: str, data: dict[str, Any]) -> None:
         try:
@@ -323,17 +346,20 @@ class RedisBus:
             for listener in mirror.listeners:
                 listener.on_direct(user, message)
             return
-        message = _Message.parse(raw)
+        messages = [_Message.parse(line) for line in raw.split(b"\n")]
         if mirror.buffer is not None:
-            if len(mirror.buffer) < self._history_size:
-                mirror.buffer.append(message)
+            # Past the bound the buffer is cut short, and the load runs again.
+            mirror.buffer += messages[:self._history_size - len(mirror.buffer)]
             return
-        if message.epoch == mirror.epoch and message.seq <= mirror.seq:
-            return  # already applied (a load read it)
-        if message.epoch != mirror.epoch or message.seq != mirror.seq + 1:
-            self._reload(room, mirror, [message])
-            return
-        self._apply(room, mirror, [message])
+        fresh = [m for m in messages if not (m.epoch == mirror.epoch and m.seq <= mirror.seq)]  # else a load read it
+        for i, message in enumerate(fresh):
+            if message.epoch != mirror.epoch or message.seq != mirror.seq + 1 + i:
+                if i:
+                    self._apply(room, mirror, fresh[:i])
+                self._reload(room, mirror, fresh[i:])
+                return
+        if fresh:
+            self._apply(room, mirror, fresh)
 
     def _apply(self, room: str, mirror: _Mirror, messages: list[_Message]) -> None:
         """Take the next messages (consecutive seqs) into the mirror and hand them to the listeners."""
@@ -510,17 +536,12 @@ class RedisBus:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def _run_ticker(self) -> None:
-        while True:
-            await asyncio.sleep(self._tick)
-            await self.flush_state()
-
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._run_subscriber(), name="bus-subscriber"),
-                       loop.create_task(self._run_ticker(), name="bus-ticker")]
+        self._tasks = [asyncio.get_running_loop().create_task(self._run_subscriber(), name="bus-subscriber")]
+        self._ticker.start()
 
     async def stop(self) -> None:
+        await self._ticker.stop()
         tasks = [*self._tasks, *self._writes, *(m.loader for m in self._mirrors.values() if m.loader is not None)]
         for task in tasks:
             task.cancel()

@@ -12,10 +12,21 @@ import aiohttp
 
 from engine.app import App
 from engine.config import Config
-from tests.conftest import Client, connect, token
+from tests.conftest import Client, RedisTarget, connect, token
 
 MUG = {"id": "mug", "title": "Mug", "description": "A mug", "price": 1200, "currency": "EUR",
        "image_url": "/img/mug.png", "stock": 10}
+
+
+#: The backends a test parametrised over them runs on: embedded (memory, SQLite), or Redis.
+BACKENDS = ("memory", "redis")
+
+
+def on_backend(config: Config, backend: str, target: RedisTarget) -> Config:
+    """The engine on its embedded backends, or with every shared backend on Redis under the test's prefix."""
+    if backend == "memory":
+        return config
+    return config.replace(redis_url=target.url, redis_prefix=target.prefix)
 
 
 class Clock:

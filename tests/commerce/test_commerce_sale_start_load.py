@@ -20,12 +20,12 @@ from typing import Any
 
 import orjson
 import pytest
-from commercekit import MUG, Rest, joined
+from commercekit import BACKENDS, MUG, Rest, joined, on_backend
 
 from engine.app import App
 from engine.config import Config
 from engine.gcpolicy import GcPolicy
-from tests.conftest import token
+from tests.conftest import RedisTarget, token
 from tests.engine.rawws import server_frames, ws_client
 from tests.looplag import MAX_STALL, LoopLag, probing
 
@@ -76,11 +76,12 @@ def held_lag() -> contextlib.AbstractAsyncContextManager[HeldLag]:
     return probing(HeldLag())
 
 
-@pytest.fixture
-def config(config: Config) -> Config:
+@pytest.fixture(params=BACKENDS)
+def config(config: Config, request: pytest.FixtureRequest, redis_target: RedisTarget) -> Config:
     """Room for this test's viewers, all from one address; a tick of a minute, so a counter that
-    reaches a viewer during the test went out with an event, never at a tick."""
-    return config.replace(max_ws_per_ip=VIEWERS + 10, tick_ms=60_000, tick_max_ms=60_000)
+    reaches a viewer during the test went out with an event, never at a tick. On either bus."""
+    return on_backend(config.replace(max_ws_per_ip=VIEWERS + 10, tick_ms=60_000, tick_max_ms=60_000),
+                      request.param, redis_target)
 
 
 class RawViewer:

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from engine.bus.redis import BusUnavailable, RedisBus
 from tests.conftest import RedisTarget
-from tests.engine.test_bus import listening, same, until
+from tests.engine.test_bus import Batches, listening, same, until
 from tests.redis_server import RedisServer
 
 MakeBus = Callable[..., Awaitable[RedisBus]]
@@ -22,8 +22,8 @@ MakeBus = Callable[..., Awaitable[RedisBus]]
 async def _buses(url: str, prefix: str, timeout: float = 1.0, max_backoff: float = 2.0) -> AsyncIterator[MakeBus]:
     made: list[RedisBus] = []
 
-    async def make() -> RedisBus:
-        bus = RedisBus(url, prefix, tick_ms=10, timeout=timeout, max_backoff=max_backoff)
+    async def make(tick_ms: int = 10) -> RedisBus:
+        bus = RedisBus(url, prefix, tick_ms=tick_ms, timeout=timeout, max_backoff=max_backoff)
         await bus.start()
         made.append(bus)
         return bus
@@ -56,6 +56,34 @@ async def test_nodes_see_the_same_events_with_the_same_seqs_in_the_same_order(no
     await until(lambda: len(on_a.events) == 180 and len(on_b.events) == 180)
     assert same(on_a.events) == same(on_b.events) == same(sorted(published, key=lambda e: e.seq))
     assert a.seq("room") == b.seq("room") == seqs[-1]
+
+
+async def test_state_sent_with_events_keeps_one_order_on_every_node(nodes: MakeBus) -> None:
+    """Each node's pending state values go out with its next event (the tick is a minute), through
+    the one publish script: whatever the interleaving of nodes, every node sees one order, each
+    event followed at once by the values its node had pending, handed over as one batch."""
+    a, b, c = await nodes(tick_ms=60_000), await nodes(tick_ms=60_000), await nodes(tick_ms=60_000)
+    on_a, on_b = Batches(), Batches()
+    for bus, recorder in ((a, on_a), (b, on_b)):
+        bus.subscribe("room", recorder)
+        await bus.ready("room")
+
+    async def act(bus: RedisBus, name: str, n: int) -> None:
+        bus.set_state("room", f"count:{name}", "count", {"n": n})
+        await bus.publish("room", "chat", {"by": name, "n": n})
+
+    await asyncio.gather(*(act(bus, name, n) for n in range(40) for bus, name in ((a, "a"), (b, "b"), (c, "c"))))
+    await until(lambda: len(on_a.events) == 240 and len(on_b.events) == 240)
+    assert same(on_a.events) == same(on_b.events)
+    seqs = on_a.seqs()
+    assert seqs == list(range(seqs[0], seqs[0] + 240))  # one counter for all nodes
+    assert on_a.batches == on_b.batches
+    for batch in on_a.batches:
+        assert [kind for kind, _ in batch] == ["chat", "count"]  # each event with its node's value
+    for event, value in zip(on_a.events[::2], on_a.events[1::2], strict=True):
+        assert value.data == {"key": f"count:{event.data['by']}", "n": event.data["n"]}
+    latest = {value.data["key"]: {"type": "count", "n": value.data["n"]} for value in on_a.events[1::2]}
+    assert a.state("room") == b.state("room") == latest and len(latest) == 3
 
 
 async def test_state_and_direct_messages_reach_every_node(nodes: MakeBus) -> None:
@@ -133,18 +161,20 @@ async def test_a_lost_subscription_is_filled_from_history(nodes: MakeBus, redis_
 async def test_redis_down_publish_fails_fast_then_everything_resumes(own_redis: RedisServer,
                                                                      faulty_nodes: MakeBus) -> None:
     a, b = await faulty_nodes(), await faulty_nodes()
-    on_b = await listening(b, "room")
+    on_b, quiet_on_b = await listening(b, "room"), await listening(b, "quiet")
     before = await a.publish("room", "x", {"n": 0})
     a.set_state("room", "viewers", "viewers", {"count": 1})
     await until(lambda: len(on_b.events) == 2)
     own_redis.stop()
     await until(lambda: not a.health()["connected"] and not b.health()["connected"])
+    a.set_state("room", "viewers", "viewers", {"count": 2})  # the failed publish takes it, then keeps it
     with pytest.raises(BusUnavailable) as refused:
         await a.publish("room", "x", {"n": 1})
     assert refused.value.code == "unavailable" and refused.value.status == 503
     with pytest.raises(BusUnavailable):
         await a.send_direct("room", "alice", "cart.updated", {})
-    a.set_state("room", "viewers", "viewers", {"count": 2})  # kept for when Redis is back
+    with pytest.raises(BusUnavailable):  # a room with no state pending: nothing waits for it after
+        await a.publish("quiet", "x", {"n": 1})
     own_redis.start()  # with its append-only file: history and seq as they were
     await until(lambda: a.health()["connected"] and b.health()["connected"])
     after = await a.publish("room", "x", {"n": 2})
@@ -156,6 +186,9 @@ async def test_redis_down_publish_fails_fast_then_everything_resumes(own_redis: 
     assert on_b.seqs() == list(range(before.seq, before.seq + 4))  # the order went on where it was
     assert after.seq == next(e.seq for e in on_b.events if e.data == {"n": 2})
     assert b.state("room")["viewers"] == {"type": "viewers", "count": 2}
+    quiet = await a.publish("quiet", "x", {"n": 2})
+    await until(lambda: len(quiet_on_b.events) == 1)
+    assert same(quiet_on_b.events) == same([quiet]) and b.health()["connected"]
 
 
 async def test_redis_that_lost_its_data_means_a_reset_and_a_fresh_epoch() -> None:

@@ -17,7 +17,7 @@ import redis
 from engine.app import App
 from engine.config import Config
 from signaling.channel import Session
-from tests.conftest import token
+from tests.conftest import connect, token
 from tests.engine.rawws import client_frame, raw_socket, server_frames, upgrade, ws_client
 from tests.redis_server import RedisServer
 
@@ -245,11 +245,11 @@ async def test_a_request_and_frames_sent_before_the_101_one_byte_at_a_time_are_a
         await app.stop()
 
 
-async def test_a_lagging_client_that_leaves_while_its_resync_reads_redis_leaves_no_prepared_snapshot(
-        tmp_path: Path) -> None:
-    """With Redis, a lagging client's resync snapshot is read before it is built; a client that
-    leaves while that read is in flight must not leave what was read behind. (What was read has
-    no wire surface: the test looks into the commerce part's table.)"""
+async def test_a_lagging_client_that_leaves_while_its_resync_reads_redis_leaves_nothing_behind(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With Redis, a lagging client's resync snapshot is read before it is built. A client that
+    leaves while that read is in flight leaves nothing in the channel, the read's end breaks
+    nothing, and the room's other clients keep being served (events and answers)."""
     server = RedisServer()
     server.start()
     try:
@@ -259,25 +259,37 @@ async def test_a_lagging_client_that_leaves_while_its_resync_reads_redis_leaves_
         app = App(config)
         await app.start()
         try:
-            prepare = app.channel.snapshot_prepares[0]
-            prepared = next(c.cell_contents for c in prepare.__closure__ or () if type(c.cell_contents) is dict)
+            stayer = await connect(app, token(app, sub="stayer"))
+            await stayer.recv_type("snapshot")
             pauser = redis.Redis.from_url(server.url)
             sock = await ws_client(app.ws_port, token(app, sub="leaver"), rcvbuf=4096)
-            session = next(iter(app.channel.sessions.values()))
+            leaver = next(s for s in app.channel.sessions.values() if s.sub == "leaver")
             n = 0
-            while session.lagging_since is None:
+            while leaver.lagging_since is None:
                 await app.bus.publish("demo", "test.bulk", {"n": n, "pad": "x" * 16000})
                 n += 1
                 await asyncio.sleep(0.005)
                 assert n < 5000, "the client never lagged"
+            caplog.clear()
             await asyncio.to_thread(pauser.execute_command, "CLIENT", "PAUSE", "600", "ALL")
             await asyncio.sleep(0.25)  # the lagging watcher is reading the client's cart
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             sock.close()
-            await _gone(app)
-            await asyncio.sleep(0.8)  # the read finishes
-            assert prepared == {}
+            deadline = time.monotonic() + CLOSE_TIMEOUT + 5
+            while leaver.conn_id in app.channel.sessions:
+                assert time.monotonic() < deadline, "the leaver's session was kept"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.8)  # the read finishes, and the watcher goes on
             pauser.close()
+            assert leaver not in app.channel.lagging
+            assert [s.sub for s in app.channel.hubs["demo"].sessions.values()] == ["stayer"]
+            assert [s.sub for s in app.channel.sessions.values()] == ["stayer"]
+            marker = await app.bus.publish("demo", "test.after", {})
+            assert (await stayer.recv_type("test.after", timeout=10))["seq"] == marker.seq
+            ack = await stayer.request({"type": "chat", "id": "c1", "text": "still here"}, timeout=10)
+            assert ack["type"] == "ack", ack
+            assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+            await stayer.close()
         finally:
             await app.stop()
     finally:
