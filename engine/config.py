@@ -32,6 +32,12 @@ class Config:
         "help": "seconds a Redis call may take (connect, or wait for a reply or a free connection); then the "
                 "action answers unavailable"})
     redis_connections: int = field(default=64, metadata={"help": "Redis connections per process, at most"})
+    redis_batch: int = field(default=100, metadata={
+        "help": "commands one Redis pipeline carries at most: the stock scripts, event publishes and direct "
+                "messages called during one turn of the event loop go out together"})
+    redis_direct_queue: int = field(default=10000, metadata={
+        "help": "direct messages for users' connections on other nodes waiting to go to Redis, at most "
+                "(more are dropped and counted)"})
     purchase_group: str = field(default="services", metadata={
         "help": "consumer group created on the purchase stream for other services (with --redis-url)"})
     node_id: str = field(default="", metadata={

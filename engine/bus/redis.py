@@ -9,6 +9,11 @@ Per room ``R`` (the room is the hash tag, so a room's keys share one Cluster slo
 - ``{prefix}bus:{R}:state``: a hash of the room's state values, for snapshots on any node;
 - the pub/sub channel ``{prefix}bus:{R}``, carrying each event and the room's direct messages.
 
+Publishes and direct messages go out pipelined with the other calls of the same loop turn
+(engine.redisbatch). A direct message reaches this node's connections at once; the copy for the
+user's connections on other nodes is not awaited: it goes out with the next pipeline, tagged with
+this node's origin so that this node skips it when pub/sub brings it back.
+
 Publishing is one Lua script: draw the seq, append to the history, publish. A discrete event takes
 the room's pending state values with it (the same script gives them the seqs right after it, and
 one pub/sub message carries them all, so every node hands them to its viewers as one batch); what
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Coroutine
@@ -45,6 +51,7 @@ from engine.bus.base import Event, RoomListener
 from engine.bus.pacing import Ticker
 from engine.bus.pending import PendingState, Values
 from engine.errors import CodedError
+from engine.redisbatch import RedisBatcher
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +175,13 @@ class RedisBus:
 
     ``timeout`` bounds every Redis call (a publish while Redis is down fails with ``unavailable``
     within it) and is the pub/sub connection's keepalive interval; reconnection backs off up to
-    ``max_backoff`` seconds; ``max_connections`` bounds the connections that publish."""
+    ``max_backoff`` seconds; ``max_connections`` bounds the connections that publish, ``batch`` the
+    commands one pipeline carries, ``direct_queue`` the direct messages for other nodes waiting."""
 
     def __init__(self, url: str, prefix: str = "livecart:", tick_ms: int = 50, history_size: int = 1024,
                  history_age: float = 300.0, timeout: float = 1.0, max_backoff: float = 2.0,
-                 max_connections: int = 32, tick_max_ms: int | None = None) -> None:
+                 max_connections: int = 32, tick_max_ms: int | None = None, batch: int = 100,
+                 direct_queue: int = 10_000) -> None:
         self._url = url
         self._prefix = prefix
         self._ticker = Ticker(tick_ms / 1000, (tick_max_ms if tick_max_ms is not None else tick_ms) / 1000,
@@ -187,6 +196,10 @@ class RedisBus:
         self._client = Redis.from_pool(BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout,
             socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), protocol=2))
+        self._batch = RedisBatcher(self._client.connection_pool, name="bus", timeout=timeout, max_batch=batch,
+                                   max_posts=direct_queue)
+        # Direct messages carry it: pub/sub brings this node's own back, already delivered here.
+        self._origin = os.urandom(8).hex().encode()
         self._publish = self._client.register_script(_PUBLISH)
         self._load_script = self._client.register_script(_LOAD)
         self._mirrors: dict[str, _Mirror] = {}
@@ -212,9 +225,9 @@ class RedisBus:
 
     async def _run_publish(self, room: str, items: list[Any]) -> list[int]:
         try:
-            seqs = await _in_task(self._publish(keys=self._keys(room), args=[
-                int(time.time() * 1_000_000), self._channel(room), self._history_size, *items]))
-        except RedisError as exc:
+            seqs = await self._batch.evalsha(self._publish, self._keys(room), [
+                int(time.time() * 1_000_000), self._channel(room), self._history_size, *items])
+        except (RedisError, OSError) as exc:
             raise BusUnavailable(f"the event bus (Redis) is unavailable: {exc}") from None
         return [int(seq) for seq in seqs]
 
@@ -255,11 +268,15 @@ class RedisBus:
         return self._ticker.interval
 
     async def send_direct(self, room: str, user: str, type: str, data: dict[str, Any]) -> None:
-        try:
-            message = b"d " + orjson.dumps([user, {**data, "type": type}])
-            await _in_task(self._client.publish(self._channel(room), message))
-        except RedisError as exc:
-            raise BusUnavailable(f"the event bus (Redis) is unavailable: {exc}") from None
+        """Deliver to this node's listeners now, and queue the copy for other nodes' without waiting
+        for Redis: the caller's own round trip (a tap's script) stays its only one. A copy Redis does
+        not take is lost (counted, logged once per outage); direct messages have no history anyway."""
+        message = {**data, "type": type}
+        mirror = self._mirrors.get(room)
+        if mirror is not None:
+            for listener in mirror.listeners:
+                listener.on_direct(user, message)
+        self._batch.post(b"PUBLISH", self._channel(room), b"d " + self._origin + b" " + orjson.dumps([user, message]))
 
     # -- subscribing ----------------------------------------------------------------------------
 
@@ -342,7 +359,10 @@ class RedisBus:
             return
         mirror = self._mirrors[room]
         if raw.startswith(b"d "):
-            user, message = orjson.loads(raw[2:])
+            origin, payload = raw[2:].split(b" ", 1)
+            if origin == self._origin:
+                return  # delivered here when it was sent
+            user, message = orjson.loads(payload)
             for listener in mirror.listeners:
                 listener.on_direct(user, message)
             return
@@ -549,4 +569,5 @@ class RedisBus:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self._batch.close()
         await self._client.aclose()

@@ -1,0 +1,201 @@
+"""Automatic pipelining: the Redis calls made during one turn of the event loop go out together.
+
+redis-py spends most of a call's client CPU around the round trip (taking a connection, writing,
+waking the caller), not in Redis: 50 taps calling at once cost several times the CPU of the same
+50 commands written as one pipeline. So the hot calls (the stock store's scripts, the bus's publish
+script and direct messages) are handed to a RedisBatcher instead: each call is queued, and at the
+end of the loop's current turn everything queued is written as one non-transactional pipeline (at
+most ``max_batch`` commands each, more make several) on one connection of the pool, and each
+caller gets its own reply or its own error. Several pipelines may be in flight at once, as many as
+the pool has connections.
+
+What a caller is guaranteed:
+- one command's error reply (a script's error, NOSCRIPT, READONLY) fails that caller only;
+- a connection that breaks or a Redis that does not answer fails every caller still waiting on
+  that pipeline with redis-py's ConnectionError or TimeoutError, and no caller waits longer than
+  twice ``timeout`` (up to it for a free connection, up to it for the replies), whatever redis-py
+  does underneath;
+- ``evalsha`` loads a script Redis does not hold (NOSCRIPT, after a restart or SCRIPT FLUSH) and
+  runs that command again, once.
+
+A command whose caller gave up (its answer came too late) may still have run: callers that write
+keep their commands idempotent, as for any Redis call that timed out.
+
+``post`` queues a command nobody waits for (a message for other nodes): at most ``max_posts`` wait
+or travel at once, more are dropped, and failures are logged once per outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import Counter
+from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import AbstractConnection
+from redis.commands.core import AsyncScript
+from redis.exceptions import BusyLoadingError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
+
+REDIS_PIPELINES = Counter("livecart_redis_pipelines_total", "Pipelines the hot Redis calls went out in", ["caller"])
+REDIS_PIPELINED = Counter("livecart_redis_pipelined_commands_total", "Commands sent in those pipelines", ["caller"])
+REDIS_POSTS_LOST = Counter(
+    "livecart_redis_posts_lost_total",
+    "Commands nobody waited for (messages for other nodes) that Redis did not take, or that found the queue full",
+    ["caller"],
+)
+
+#: One queued command: its arguments, the future that answers it, and whether it is a post (a
+#: future nobody awaits, set once so that the timer and the pipeline count a lost post once).
+_Entry = tuple[Sequence[Any], "asyncio.Future[Any]", bool]
+
+
+class RedisBatcher:
+    """Writes the commands queued during one loop turn as pipelines on ``pool``'s connections.
+
+    ``name`` labels the metrics and the log lines (``stock``, ``bus``)."""
+
+    def __init__(self, pool: ConnectionPool, *, name: str, timeout: float, max_batch: int = 100,
+                 max_posts: int = 10_000) -> None:
+        if max_batch < 1:
+            raise ValueError("--redis-batch must be at least 1")
+        if max_posts < 1:
+            raise ValueError("--redis-direct-queue must be at least 1")
+        if timeout <= 0:
+            raise ValueError("--redis-timeout must be positive")
+        self._pool = pool
+        self._name = name
+        self._timeout = timeout
+        self._max_batch = max_batch
+        self._max_posts = max_posts
+        self._queue: list[_Entry] = []
+        self._scheduled = False
+        self._closed = False
+        self._posts = 0  # posts queued or in a pipeline not yet answered
+        self._posts_failing = False
+        self._sending: set[asyncio.Task[None]] = set()
+        self._pipelines = REDIS_PIPELINES.labels(name)
+        self._commands = REDIS_PIPELINED.labels(name)
+        self._lost = REDIS_POSTS_LOST.labels(name)
+
+    async def call(self, *args: Any) -> Any:
+        """Send one command with the others of this loop turn and return its reply (raw, as Redis
+        gave it); an error reply raises ResponseError, Redis away ConnectionError or TimeoutError."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((args, future, False))
+        self._schedule()
+        return await future
+
+    async def evalsha(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run a registered script by its SHA; when Redis does not hold it, load it and run again."""
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return await self.call(*command)
+        except NoScriptError:
+            await self.call("SCRIPT", "LOAD", script.script)
+            return await self.call(*command)
+
+    def post(self, *args: Any) -> None:
+        """Queue a command whose reply nobody awaits; dropped (and counted) when ``max_posts``
+        are already waiting."""
+        if self._posts >= self._max_posts:
+            self._post_failed(f"{self._max_posts} are already waiting")
+            return
+        self._posts += 1
+        self._queue.append((args, asyncio.get_running_loop().create_future(), True))
+        self._schedule()
+
+    async def close(self) -> None:
+        """Stop the pipelines in flight; their callers, and later ones, get ConnectionError."""
+        self._closed = True
+        tasks = list(self._sending)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Cut what this turn queued into pipelines of at most ``max_batch`` commands and send each."""
+        self._scheduled = False
+        loop = asyncio.get_running_loop()
+        queue, self._queue = self._queue, []
+        if self._closed:
+            self._fail(queue, 0, RedisConnectionError("the Redis client is closed"))
+            return
+        for start in range(0, len(queue), self._max_batch):
+            batch = queue[start:start + self._max_batch]
+            # Past twice the timeout its callers are answered whatever the connection does.
+            timer = loop.call_later(2 * self._timeout, self._fail, batch, 0,
+                                    RedisTimeoutError(f"Redis did not answer within {2 * self._timeout:g} s"))
+            task = loop.create_task(self._send(batch, timer), name=f"redis-pipeline:{self._name}")
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Entry], timer: asyncio.TimerHandle) -> None:
+        answered = 0
+        connection: AbstractConnection | None = None
+        try:
+            connection = await self._pool.get_connection()
+            await connection.send_packed_command(connection.pack_commands([entry[0] for entry in batch]))
+            self._pipelines.inc()
+            self._commands.inc(len(batch))
+            for entry in batch:
+                try:
+                    reply: Any = await connection.read_response()
+                except (ResponseError, BusyLoadingError) as exc:  # an error reply: this command's only
+                    reply = exc
+                answered += 1
+                self._answer(entry, reply)
+        except (RedisError, OSError) as exc:
+            self._fail(batch, answered, exc if isinstance(exc, RedisError) else RedisConnectionError(str(exc)))
+        except BaseException:  # cancelled (closing): nobody must wait on this pipeline any longer
+            self._fail(batch, answered, RedisConnectionError("the Redis client is closing"))
+            raise
+        finally:
+            timer.cancel()
+            if connection is not None:
+                if answered < len(batch):  # replies left unread: the connection cannot be reused as is
+                    await connection.disconnect(nowait=True)
+                await self._pool.release(connection)
+
+    def _answer(self, entry: _Entry, reply: Any) -> None:
+        _, future, post = entry
+        if future.done():  # its caller gave up (timed out or was cancelled), or a lost post was counted
+            return
+        if not post:
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+            return
+        future.set_result(None)
+        self._posts -= 1
+        if isinstance(reply, Exception):
+            self._post_failed(str(reply))
+        elif self._posts_failing:
+            self._posts_failing = False
+            log.warning("%s: Redis takes messages for other nodes again", self._name)
+
+    def _fail(self, batch: list[_Entry], answered: int, error: RedisError) -> None:
+        """Fail every command of ``batch`` past the first ``answered`` that is still waiting."""
+        for entry in batch[answered:]:
+            self._answer(entry, error)
+
+    def _post_failed(self, reason: str) -> None:
+        self._lost.inc()
+        if not self._posts_failing:
+            self._posts_failing = True
+            log.warning("%s: a message for other nodes was lost (%s); further losses are counted in "
+                        "livecart_redis_posts_lost_total until Redis takes them again", self._name, reason)
+
