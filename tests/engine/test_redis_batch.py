@@ -1,0 +1,192 @@
+"""Automatic pipelining (engine.redisbatch) through a real Redis: calls made together go out
+together, each caller gets its own answer, and Redis faults fail the callers, never hang them.
+
+Round trips are counted on the server: ``total_reads_processed`` (INFO stats) counts the read
+events Redis served, one per call without pipelining, one per pipeline (a few when one spans
+several socket reads) with it. Counting tests use a Redis of their own so no other client adds reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from engine.bus.redis import RedisBus
+from engine.redisbatch import REDIS_POSTS_LOST, RedisBatcher
+from engine.storage import StorageUnavailable
+from overlays.stock.base import ReserveResult
+from overlays.stock.redis import RedisStockStore
+from tests.conftest import RedisTarget
+from tests.engine.test_bus import listening, until
+from tests.redis_server import RedisServer
+
+CALLS = 200
+
+# Counts its runs (so a command run twice shows) and answers its argument.
+_COUNTING = "redis.call('INCR', KEYS[1]) return ARGV[1]"
+_OTHER = "redis.call('INCR', KEYS[1]) return 'other ' .. ARGV[1]"
+
+
+@pytest.fixture
+async def client(own_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(own_redis.url)
+    yield client
+    await client.aclose()
+
+
+async def reads(client: aioredis.Redis) -> int:
+    return int((await client.info("stats"))["total_reads_processed"])
+
+
+async def evalsha_calls(client: aioredis.Redis) -> int:
+    return int((await client.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_concurrent_calls_go_out_in_few_round_trips_and_each_caller_gets_its_own_reply(
+        client: aioredis.Redis) -> None:
+    batcher = RedisBatcher(client.connection_pool, name="test", timeout=5.0)
+    script = client.register_script(_COUNTING)
+    await batcher.evalsha(script, ["n"], [0])  # loaded, and the connection made
+    before = await reads(client)
+    replies = await asyncio.gather(*(batcher.evalsha(script, ["n"], [i]) for i in range(CALLS)))
+    served = await reads(client) - before - 1  # the INFO call just made is one read
+    assert replies == [str(i).encode() for i in range(CALLS)]
+    assert int(await client.get("n")) == CALLS + 1  # each ran once
+    assert served < CALLS // 10  # two pipelines of 100 (each maybe a few socket reads), not 200 calls
+
+
+async def test_one_commands_error_fails_that_caller_only(client: aioredis.Redis) -> None:
+    batcher = RedisBatcher(client.connection_pool, name="test", timeout=5.0)
+    await client.hset("h", "f", "v")
+    calls = [batcher.call("INCR", f"k{i}") for i in range(50)]
+    calls.insert(25, batcher.call("INCR", "h"))  # WRONGTYPE: a hash
+    replies: list[Any] = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(replies[25], ResponseError) and "WRONGTYPE" in str(replies[25])
+    assert replies[:25] + replies[26:] == [1] * 50
+
+
+async def test_noscript_reloads_and_runs_again_only_the_commands_redis_did_not_know(client: aioredis.Redis) -> None:
+    batcher = RedisBatcher(client.connection_pool, name="test", timeout=5.0)
+    known, unknown = client.register_script(_COUNTING), client.register_script(_OTHER)
+    await batcher.evalsha(known, ["a"], [0])
+    await batcher.evalsha(unknown, ["b"], [0])
+    await client.script_flush()  # as after a Redis restart
+    await client.script_load(_COUNTING)  # one of the two is back
+    before = await evalsha_calls(client)
+    replies = await asyncio.gather(*(batcher.evalsha(script, [key], [i])
+                                     for i in range(10) for script, key in ((known, "a"), (unknown, "b"))))
+    assert replies == [reply for i in range(10) for reply in (str(i).encode(), f"other {i}".encode())]
+    assert await evalsha_calls(client) - before == 30  # 20, and again the 10 that met NOSCRIPT
+    assert int(await client.get("a")) == int(await client.get("b")) == 11  # none ran twice
+
+
+async def test_the_stock_store_and_the_bus_pipeline_calls_made_together(own_redis: RedisServer,
+                                                                        client: aioredis.Redis) -> None:
+    store = RedisStockStore.from_url(own_redis.url, timeout=5.0)
+    bus = RedisBus(own_redis.url, "livecart-test:")
+    await bus.start()
+    try:
+        await store.define("room", "p", 1000)
+
+        def taps(request: str) -> list[Awaitable[ReserveResult]]:
+            return [store.reserve("room", "p", f"u{i}", request, 1, None, time.time() + 60, 100) for i in range(CALLS)]
+
+        # Warm: scripts loaded, connections made (a new connection's handshake is reads of its own).
+        await asyncio.gather(*taps("warm"), *(bus.publish("room", "warm", {}) for _ in range(CALLS)))
+        before = await reads(client)
+        tapped = await asyncio.gather(*taps("t"))
+        served = await reads(client) - before - 1
+        assert all(tap.reservation is not None for tap in tapped)
+        assert served < CALLS // 10
+        before = await reads(client)
+        events = await asyncio.gather(*(bus.publish("room", "chat", {"n": n}) for n in range(CALLS)))
+        served = await reads(client) - before - 1
+        assert sorted(event.seq for event in events) == list(range(events[0].seq, events[0].seq + CALLS))
+        assert served < CALLS // 10
+    finally:
+        await store.close()
+        await bus.stop()
+
+
+@pytest.mark.parametrize("fault", ["paused", "stopped"])
+async def test_redis_away_answers_every_waiting_caller_unavailable(own_redis: RedisServer, fault: str) -> None:
+    timeout = 0.3
+    store = RedisStockStore.from_url(own_redis.url, timeout=timeout, max_connections=4)
+    try:
+        await store.define("room", "p", 10)
+        if fault == "paused":
+            own_redis.pause()  # connections stay open, nothing is answered
+        else:
+            own_redis.stop()
+        started = time.monotonic()
+        answers = await asyncio.gather(*(store.counters("room", "p") for _ in range(CALLS)), return_exceptions=True)
+        waited = time.monotonic() - started
+        assert all(isinstance(answer, StorageUnavailable) and answer.code == "unavailable" for answer in answers)
+        assert waited < 2 * timeout + 2.0  # bounded: no caller hangs on a Redis that does not answer
+    finally:
+        if fault == "paused":
+            own_redis.resume()
+        await store.close()
+
+
+async def test_direct_messages_for_other_nodes_lost_in_an_outage_are_counted_and_logged_once(
+        own_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    sender = RedisBus(own_redis.url, "livecart-test:", timeout=0.3, max_backoff=0.2)
+    receiver = RedisBus(own_redis.url, "livecart-test:", timeout=0.3, max_backoff=0.2)
+    await sender.start()
+    await receiver.start()
+    try:
+        here, there = await listening(sender, "room"), await listening(receiver, "room")
+        await sender.send_direct("room", "alice", "cart.added", {"n": 0})
+        await until(lambda: len(there.direct) == 1)
+        lost = REDIS_POSTS_LOST.labels("bus")._value.get()
+        own_redis.stop()
+        with caplog.at_level(logging.WARNING, logger="engine.redisbatch"):
+            for n in range(1, 4):
+                await sender.send_direct("room", "alice", "cart.added", {"n": n})  # returns at once
+            await until(lambda: REDIS_POSTS_LOST.labels("bus")._value.get() == lost + 3)
+            own_redis.start()
+            await until(lambda: sender.health()["connected"] and receiver.health()["connected"])
+            await sender.send_direct("room", "alice", "cart.added", {"n": 4})
+            await until(lambda: len(there.direct) == 2)
+        assert [message["n"] for _, message in here.direct] == [0, 1, 2, 3, 4]  # this node's, at once
+        assert [message["n"] for _, message in there.direct] == [0, 4]
+        warnings = [r.getMessage() for r in caplog.records if r.name == "engine.redisbatch"]
+        assert len(warnings) == 2 and "lost" in warnings[0] and "again" in warnings[1]  # once per outage
+    finally:
+        await sender.stop()
+        await receiver.stop()
+
+
+async def test_the_bound_on_waiting_messages_drops_the_excess(redis_target: RedisTarget) -> None:
+    bus = RedisBus(redis_target.url, redis_target.prefix, direct_queue=5)
+    other = RedisBus(redis_target.url, redis_target.prefix)
+    await bus.start()
+    await other.start()
+    try:
+        there = await listening(other, "room")
+        await listening(bus, "room")
+        lost = REDIS_POSTS_LOST.labels("bus")._value.get()
+        for n in range(8):  # in one loop turn: five wait, three find the queue full
+            await bus.send_direct("room", "alice", "cart.added", {"n": n})
+        await until(lambda: len(there.direct) == 5)
+        assert REDIS_POSTS_LOST.labels("bus")._value.get() == lost + 3
+        assert [message["n"] for _, message in there.direct] == [0, 1, 2, 3, 4]
+    finally:
+        await bus.stop()
+        await other.stop()
+
+
+def test_bad_bounds_are_refused() -> None:
+    pool = aioredis.ConnectionPool.from_url("redis://127.0.0.1:6379/0")
+    for kwargs, flag in (({"max_batch": 0}, "--redis-batch"), ({"max_posts": 0}, "--redis-direct-queue"),
+                         ({"timeout": 0}, "--redis-timeout")):
+        with pytest.raises(ValueError, match=flag):
+            RedisBatcher(pool, name="test", **{"timeout": 1.0, **kwargs})
