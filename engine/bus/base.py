@@ -78,7 +78,9 @@ class Bus(Protocol):
         room's next discrete event if that comes first."""
 
     async def send_direct(self, room: str, user: str, type: str, data: dict[str, Any]) -> None:
-        """A message for one user's connections only; not part of the room's order."""
+        """A message for one user's connections only; not part of the room's order, kept in no
+        history. This node's connections have it on return; a shared backend sends other nodes'
+        copy without waiting for it (a copy it cannot send is lost, not raised)."""
 
     def subscribe(self, room: str, listener: RoomListener) -> None:
         """Start handing the room's traffic to ``listener``; the reads below answer for the room
