@@ -31,7 +31,7 @@ from overlays.idempotency import RequestMemory
 from overlays.orders import CANCELLED, PAID, PLACED, Order, OrderLine, SalesStats
 from overlays.records import RecordStore
 from overlays.sales import ENDED, LIVE, SCHEDULED, Sale, SaleBook
-from overlays.stock.base import Reservation, StockStore
+from overlays.stock.base import EMPTIED, Reservation, StockStore
 from overlays.tags import Tag, TagBoard
 
 T = TypeVar("T")
@@ -232,7 +232,7 @@ class Shop:
         await self._records.put_product(self.room, product.to_dict())
         self._pools[product.pool] = (product.id, None)
         view = {**self._catalog.public(product.id), "available": counters.available}
-        stock = self._stock_events(product.pool, counters.available, counters.version)
+        stock = self._stock_events(product.pool, counters.available, counters.version, turned=counters.turned)
         return self._outcome(view, [discrete("product.put", view), *stock])
 
     async def _check_currency_change(self, product: Product) -> None:
@@ -303,7 +303,8 @@ class Shop:
         view = self._sale_view(sale, counters.available, now)
         kind = "sale.started" if sale.phase(now) == LIVE else "sale.scheduled"
         return self._outcome(
-            view, [discrete(kind, view), *self._stock_events(sale.pool, counters.available, counters.version, now)]
+            view, [discrete(kind, view),
+                   *self._stock_events(sale.pool, counters.available, counters.version, now, counters.turned)]
         )
 
     async def end_sale(self, sale_id: str) -> Outcome[dict[str, Any]]:
@@ -315,6 +316,8 @@ class Shop:
         if not changed:
             return Outcome(view, [])
         self._sold_out.discard(sale.id)
+        # Closed in the stock store first: a node that has not read the end yet refuses taps at once.
+        await self._stock.close_pool(self.room, sale.pool, f"sale {sale.id} is {ENDED}")
         await self._records.put_sale(self.room, sale.to_dict())
         return self._outcome(view, [discrete("sale.ended", view)])
 
@@ -399,7 +402,7 @@ class Shop:
         line = self._line(reservation)
         answer = await self._answer(user, reservation, now, result.cart, line["currency"])
         # The figures after the last await: a newer one handled meanwhile makes this one stale.
-        events = self._stock_events(reservation.pool, result.available, result.version, now)
+        events = self._stock_events(reservation.pool, result.available, result.version, now, result.turned)
         events.insert(0, discrete("cart.added", line, user))
         self._view = None  # inline _changed(): the hot path
         self._version += 1
@@ -461,7 +464,8 @@ class Shop:
         body = {"reservation": r.id}
         return self._outcome(
             body,
-            [discrete("cart.removed", body, user), *self._stock_events(r.pool, returned.available, returned.version)],
+            [discrete("cart.removed", body, user),
+             *self._stock_events(r.pool, returned.available, returned.version, turned=returned.turned)],
         )
 
     async def cart_of(self, user: str) -> dict[str, Any]:
@@ -530,7 +534,7 @@ class Shop:
         events = [discrete(f"order.{status}", order.public(), order.user)]
         if status == CANCELLED:
             for pool, counters in (await self._stock.refund(self.room, order.reservations())).items():
-                events += self._stock_events(pool, counters.available, counters.version, now)
+                events += self._stock_events(pool, counters.available, counters.version, now, counters.turned)
             self.stats.cancelled(order)
             events += self._stats_events()
         return events
@@ -550,7 +554,7 @@ class Shop:
         for returned in await self._stock.expire(self.room, now):
             r = returned.reservation
             events.append(discrete("cart.expired", {"reservation": r.id}, r.user))
-            events += self._stock_events(r.pool, returned.available, returned.version, now)
+            events += self._stock_events(r.pool, returned.available, returned.version, now, returned.turned)
         for sale, phase in self._sales.transitions(now):
             if phase == ENDED:
                 self._sold_out.discard(sale.id)
@@ -638,11 +642,15 @@ class Shop:
         )
 
     def _stock_events(
-        self, pool: str, available: int, version: int, now: float | None = None
+        self, pool: str, available: int, version: int, now: float | None = None, turned: int | None = None
     ) -> list[DomainEvent]:
         """The pool's new availability (state), and for a live sale sold_out / resumed (discrete).
         Nothing when a newer figure of the pool was already handled: with a store whose calls
-        suspend, replies come back out of order, and an older figure must not overwrite a newer."""
+        suspend, replies come back out of order, and an older figure must not overwrite a newer.
+
+        `turned`: the transition the store made in this call (a store shared by several nodes
+        decides it with the units, so one node of all announces it); None: the shop decides from
+        the figures it handled, remembering what it announced."""
         if version < self._figures.get(pool, 0):
             return []
         self._figures[pool] = version
@@ -658,6 +666,10 @@ class Shop:
         body = {"sale": sale_id, "product": product_id, "remaining": available}
         events = [state("sale.remaining", f"sale.remaining:{sale_id}", body)]
         live = self._sales.get(sale_id).phase(self._clock() if now is None else now) == LIVE
+        if turned is not None:
+            if turned and live:
+                events.append(discrete("sale.sold_out" if turned == EMPTIED else "sale.resumed", body))
+            return events
         if available == 0 and live and sale_id not in self._sold_out:
             self._sold_out.add(sale_id)
             events.append(discrete("sale.sold_out", body))
