@@ -30,6 +30,7 @@ from overlays.events import DomainError, DomainEvent, discrete, state
 from overlays.idempotency import RequestMemory
 from overlays.orders import CANCELLED, PAID, PLACED, Order, OrderLine, SalesStats
 from overlays.records import RecordStore
+from overlays.records.base import SalesFigures, SharedRecords
 from overlays.sales import ENDED, LIVE, SCHEDULED, Sale, SaleBook
 from overlays.stock.base import EMPTIED, Reservation, StockStore
 from overlays.tags import Tag, TagBoard
@@ -99,6 +100,9 @@ class Shop:
         self._checkouts: RequestMemory[DomainError] = RequestMemory(self.config.user_requests)
         self.oversold: dict[str, tuple[int, int]] = {}  # pool -> (sold, quantity), found by load()
         self.stats = SalesStats(self.config.proof_window, self.config.recent_orders)
+        # Records several nodes share count the room's sales themselves (every node's orders): the
+        # stats are then taken from them (`take_figures`, on the room clock), never counted here.
+        self._shared_figures = isinstance(records, SharedRecords)
         # The public view (every client's snapshot, the REST lists) is built once per change: every
         # change clients see comes with events, so whatever returns events drops it.
         self._view: dict[str, Any] | None = None
@@ -155,7 +159,11 @@ class Shop:
                 and self._sales.get(sale_id).phase(now) == LIVE
             ):
                 self._sold_out.add(sale_id)
-        self.stats.load(*await self._records.totals(self.room))
+        if self._shared_figures:
+            assert isinstance(self._records, SharedRecords)
+            self.stats.set(*(await self._records.figures([self.room], now - self.config.proof_window))[0])
+        else:
+            self.stats.load(*await self._records.totals(self.room))
         for data, logged in await self._records.unlogged_orders(self.room):
             order = Order.from_dict(data)
             if logged is None:
@@ -500,9 +508,11 @@ class Shop:
         except Exception:  # nothing was written: the units go back to the cart, a retry can succeed
             await self._stock.restore(self.room, held)
             raise
-        self.stats.placed(order)
-        self.stats.prune(now)
-        events = [discrete("order.placed", order.public(), user), *self._stats_events()]
+        events = [discrete("order.placed", order.public(), user)]
+        if not self._shared_figures:
+            self.stats.placed(order)
+            self.stats.prune(now)
+            events += self._stats_events()
         if self.config.auto_confirm:
             events += await self._close(order, PAID)
         return self._outcome(order.public(), events)
@@ -535,8 +545,9 @@ class Shop:
         if status == CANCELLED:
             for pool, counters in (await self._stock.refund(self.room, order.reservations())).items():
                 events += self._stock_events(pool, counters.available, counters.version, now, counters.turned)
-            self.stats.cancelled(order)
-            events += self._stats_events()
+            if not self._shared_figures:
+                self.stats.cancelled(order)
+                events += self._stats_events()
         return events
 
     async def _append(self, order: Order, status: str) -> None:
@@ -560,7 +571,22 @@ class Shop:
                 self._sold_out.discard(sale.id)
             view = self._sale_view(sale, await self._available(sale.pool), now)
             events.append(discrete("sale.started" if phase == LIVE else "sale.ended", view))
-        if self.stats.prune(now):
+        if not self._shared_figures and self.stats.prune(now):
+            events.append(state("sales.recent", "sales.recent", self.stats.recent()))
+        if events:
+            self._changed()
+        return events
+
+    def take_figures(self, figures: SalesFigures) -> list[DomainEvent]:
+        """Take the room's sales figures as shared records counted them (every node's orders, read
+        on the room clock); the state events of those that changed. Every node takes them, so its
+        snapshots show them; only the node running the room's clock publishes the events, so one
+        node's older reading never overwrites another's newer one."""
+        totals, recent = self.stats.set(*figures)
+        events = []
+        if totals:
+            events.append(state("sales.totals", "sales.totals", self.stats.totals()))
+        if recent:
             events.append(state("sales.recent", "sales.recent", self.stats.recent()))
         if events:
             self._changed()

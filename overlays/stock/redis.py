@@ -164,15 +164,14 @@ return 'ok'
 # KEYS: pool, held, res, cart:<user>, expiry, req:<user>, reqo:<user>, reqx, seq.
 # ARGV: base, pool, user, request, qty, limit ('' for none), expires_at, unit_amount, per-user bound.
 # Returns {1 if a replay else 0, the result as stored (JSON: code ('' on success), available,
-# version, and on success id, pool, user, qty, expires_at, unit_amount; for a closed pool its
-# message), the turn this call made (not remembered: a replay made none), then the user's cart as
-# id, record pairs}: the caller's ack needs no other round trip.
+# version, and on success id, pool, user, qty, expires_at, unit_amount and the turn it made; for a
+# closed pool its message), then the user's cart as id, record pairs}: the caller's ack needs no
+# other round trip.
 _RESERVE = _LIB + r"""
 local pkey, hkey, res, cart, expiry, req, reqo, reqx, seq = unpack(KEYS)
 local pool, user, request = ARGV[2], ARGV[3], ARGV[4]
 local qty, expires_at, unit = tonumber(ARGV[5]), ARGV[7], ARGV[8]
 local replay, encoded = 1, redis.call('HGET', req, request)
-local turned = 0
 if not encoded then
   replay = 0
   local out
@@ -200,14 +199,14 @@ if not encoded then
       redis.call('HSET', res, id, cjson.encode({pool, user, ARGV[5], expires_at, unit}))
       redis.call('ZADD', cart, n, id)
       redis.call('ZADD', expiry, expires_at, id)
-      out = {'', available - qty, version, id, pool, user, ARGV[5], expires_at, unit}
-      turned = turn(pkey, available - qty)
+      out = {'', available - qty, version, id, pool, user, ARGV[5], expires_at, unit,
+             turn(pkey, available - qty)}
     end
   end
   encoded = cjson.encode(out)
   remember(req, reqo, reqx, seq, user, request, encoded, expires_at, ARGV[9])
 end
-return with_cart({replay, encoded, turned}, cart, res)
+return with_cart({replay, encoded}, cart, res)
 """
 
 # KEYS: req:<user>, reqo:<user>, reqx, seq, res, cart:<user>.
@@ -223,7 +222,7 @@ if not encoded then
   encoded = cjson.encode({ARGV[4], 0, 0, ARGV[5]})
   remember(req, reqo, reqx, seq, user, request, encoded, ARGV[6], ARGV[7])
 end
-return with_cart({replay, encoded, 0}, cart, res)
+return with_cart({replay, encoded}, cart, res)
 """
 
 # KEYS: res. ARGV: base, user, reservation id. Returns {id, record, available, version, turned} or {}.
@@ -369,16 +368,17 @@ return out
 
 
 def _reserve_result(reply: list[Any]) -> ReserveResult:
-    """A reserve or refuse script's reply: replay flag, the remembered result, the turn, the cart's pairs."""
+    """A reserve or refuse script's reply: replay flag, the remembered result, the cart's pairs."""
     replay = reply[0] == 1
     code, available, version, *made = orjson.loads(reply[1])
-    cart = tuple(_reservation(reply[i], reply[i + 1]) for i in range(3, len(reply), 2))
+    cart = tuple(_reservation(reply[i], reply[i + 1]) for i in range(2, len(reply), 2))
     if code:
         message = made[0] if made else None  # refusals the shop decided, and closed pools, carry their message
         return ReserveResult(code, None, int(available), int(version), replay, message, cart, 0)
-    id, pool, user, qty, expires, unit = made
+    id, pool, user, qty, expires, unit, *turned = made  # results remembered by an older version have no turn
     reservation = Reservation(id, pool, user, int(qty), float(expires), int(unit))
-    return ReserveResult(None, reservation, int(available), int(version), replay, cart=cart, turned=int(reply[2]))
+    return ReserveResult(None, reservation, int(available), int(version), replay, cart=cart,
+                         turned=int(turned[0]) if turned else 0)
 
 
 def _reservation(id: bytes | str, record: bytes) -> Reservation:
