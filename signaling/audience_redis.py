@@ -7,8 +7,8 @@ count changes (a short moment later, so a burst of joins is one write) and again
 the TTL while it has viewers there; a node that stops writing (it died) is dropped from the sum
 once its last write is older than the TTL (``--node-ttl``), so its viewers disappear within it.
 
-The sum is read by the same script that writes, and for the rooms whose clock this node runs
-(engine.leases) every ``interval``. Only that node publishes the room's ``viewers`` state value,
+The sum is read by the same script that writes, every ``interval`` for the rooms whose clock this
+node runs (engine.leases) or it has viewers of. Only that node publishes the room's ``viewers`` state value,
 when the sum changes: one publisher per room, so an older sum read by one node never overwrites a
 newer one published by another. Every node remembers the sums it read, for its snapshots and the
 room listing.
@@ -147,14 +147,15 @@ class SharedViewers:
 
     async def sync(self) -> None:
         """One round trip: write the counts that changed (and all of them when a refresh is due),
-        read the sums of the rooms whose clock this node runs, publish those that moved."""
+        read the sums of the rooms whose clock this node runs or it has viewers of (for its
+        snapshots), publish those of the former that moved."""
         now = time.monotonic()
         writes = set(self._dirty)
         if now - self._refreshed >= self.ttl / 3:
             writes |= set(self._local)
             self._refreshed = now
         held = set(self._clocks())
-        rooms = sorted(writes | held)
+        rooms = sorted(writes | held | set(self._local))
         if not rooms:
             return
         self._dirty -= writes
