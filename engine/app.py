@@ -32,6 +32,7 @@ from overlays.stock.memory import MemoryStockStore
 from overlays.stock.redis import RedisStockStore
 from signaling.access import ViewAccess
 from signaling.accesslog import AccessLogger
+from signaling.audience_redis import SharedViewers
 from signaling.channel import Channel
 from signaling.chat import register_chat
 from signaling.commerce import commerce_routes, register_commerce
@@ -73,6 +74,13 @@ class App:
         self.rooms = Rooms(self.shared.rooms if self.shared else SqliteRoomDirectory(self.storage))
         self.bus = bus(config)
         self.channel = Channel(config, self.bus, self.rooms, self.secret)
+        self.viewer_tally: SharedViewers | None = None
+        if self.shared is not None:  # a room's viewers are counted over every node
+            self.viewer_tally = SharedViewers(
+                self.shared.client, config.redis_prefix, self.cluster.node_id,
+                lambda room, count: self.bus.set_state(room, "viewers", "viewers", {"count": count}),
+                self.cluster.clocks.held, interval=config.viewers_interval, ttl=config.node_ttl)
+            self.channel.audience.share(self.viewer_tally)
         register_chat(self.channel, self.bus, config)
         middlewares = [next_head_deadline, errors_as_json, body_deadline(config.http_read_timeout)]
         self.http = web.Application(middlewares=middlewares, client_max_size=1 << 20)
@@ -128,7 +136,7 @@ class App:
 
     def load(self) -> tuple[int, int]:
         """(viewers, open connections) of this node, for its registry heartbeat."""
-        viewers = sum(self.viewers(room.id) for room in self.rooms.list())
+        viewers = sum(self.channel.audience.local(room.id) for room in self.rooms.list())
         return viewers, len(self.channel.sessions) + self.media.peer_count
 
     async def start(self) -> None:
@@ -175,6 +183,8 @@ class App:
         self.http_port = self._runner.addresses[0][1]
         # Announced, and taking rooms' clocks, only once it serves: a node that cannot listen is never listed.
         await self.cluster.start()
+        if self.viewer_tally is not None:
+            await self.viewer_tally.start()
 
     async def stop(self) -> None:
         """Stop every part in order; a part that does not finish within STOP_STEP is left behind
@@ -185,6 +195,8 @@ class App:
             await _bounded("HTTP server", self._runner.cleanup())
         await _bounded("media relay", self.media.stop())
         await _bounded("purchase subscriptions", self.purchases.stop())
+        if self.viewer_tally is not None:
+            await _bounded("viewer counts", self.viewer_tally.stop())
         await _bounded("commerce", self.commerce.stop())
         await _bounded("rooms", self.rooms.stop())
         if self.shared is not None:

@@ -45,6 +45,9 @@ class Config:
     node_heartbeat: float = field(default=1.0, metadata={"help": "seconds between this node's registry heartbeats"})
     node_ttl: float = field(default=5.0, metadata={
         "help": "seconds a node stays listed (and keeps its publisher claims) after its last heartbeat"})
+    viewers_interval: float = field(default=0.5, metadata={
+        "help": "with --redis-url: seconds between reads of the viewer counts (every node's) of the rooms whose "
+                "clock this node runs, which it publishes"})
     lease_ttl: float = field(default=3.0, metadata={
         "help": "seconds a room's clock lease outlives its holder's last renewal (renewed every third of it): "
                 "how soon another node takes a dead node's rooms over"})

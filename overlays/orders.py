@@ -147,6 +147,17 @@ class SalesStats:
                 self._recent_units -= entry[2]
                 break
 
+    def set(self, orders: int, units: int, revenue: dict[str, int], recent: int) -> tuple[bool, bool]:
+        """Take the figures a store shared by several nodes counted (every node's orders): whether
+        the totals, and the recent units, changed. The recent units are then that count; the
+        orders this object would remember for them are not kept."""
+        totals = (orders, units, revenue) != (self.orders, self.units, self.revenue)
+        moved = recent != self._recent_units
+        self.orders, self.units, self.revenue = orders, units, dict(revenue)
+        self._recent.clear()
+        self._recent_units = recent
+        return totals, moved
+
     def prune(self, now: float) -> bool:
         """Forget orders older than the window; True if the recent count changed."""
         before = self._recent_units

@@ -14,7 +14,10 @@ The Shop is pure (no sockets, no tasks); this module is where time passes and ev
   of the offer (catalog, tags, sales) by the room's records revision: read for every loaded room
   at each tick, and before a host edit, a checkout, or a tap on a product or sale this copy does
   not know (the event announcing it may reach a viewer before the tick). The single-node stores
-  have no revision and skip all of it.
+  have no revision and skip all of it. Such records also count the room's sales (totals, units
+  bought in the last window) over every node's orders: each tick reads them for every loaded room
+  in one round trip, every node's shop takes them (its snapshots show them), and the node running
+  the room's clock publishes them when they change.
 
 `clock` is a plain attribute so tests can swap in a controllable clock at any time.
 """
@@ -35,7 +38,7 @@ from overlays import metrics
 from overlays.events import DomainError, DomainEvent
 from overlays.purchases.base import PurchaseLog
 from overlays.records import RecordStore
-from overlays.records.base import SharedRecords
+from overlays.records.base import SalesFigures, SharedRecords
 from overlays.shop import Shop, ShopConfig
 from overlays.stock.base import StockStore
 from overlays.stock.memory import MemoryStockStore
@@ -268,14 +271,19 @@ class Commerce:
         the stock store applied atomically (an expired reservation is removed by one caller only) and
         latest-wins state values are still reported by the node that applied them. Nothing goes out twice."""
         await self.catch_up()
+        figures = await self._figures()
         leases = self._clock_leases
         for room, shop in list(self._shops.items()):
             token = None if leases is None else leases.token(room)
             if leases is not None and token is None:
-                continue  # another node runs this room's clock
+                if room in figures:  # another node runs this room's clock and publishes them
+                    shop.take_figures(figures[room])
+                continue
             try:
                 async with self._locks.hold(("room", room)):
                     events = await shop.tick()
+                    if room in figures:
+                        events += shop.take_figures(figures[room])
                 if token is not None and events and not await leases.confirm(room, token):
                     log.warning("room %s: its clock lease was lost during a tick; its announcements are withheld", room)
                     events = [event for event in events if event.state or event.user is not None]
@@ -289,6 +297,18 @@ class Commerce:
                     log.warning("room %s: its clock waits for the store: %s", room, error)
             except Exception:  # one room's failure must not stop the clock of the others
                 log.exception("commerce tick failed in room %s", room)
+
+    async def _figures(self) -> dict[str, SalesFigures]:
+        """Every loaded room's sales figures from records several nodes share (none otherwise, or
+        while they are unavailable: the tick reports the outage)."""
+        if self._shared is None or not self._shops:
+            return {}
+        rooms = list(self._shops)
+        try:
+            return dict(zip(rooms, await self._shared.figures(rooms, self.clock() - self.config.proof_window),
+                            strict=True))
+        except StorageUnavailable:
+            return {}
 
     async def _run_ticker(self) -> None:
         while True:

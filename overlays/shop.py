@@ -30,8 +30,9 @@ from overlays.events import DomainError, DomainEvent, discrete, state
 from overlays.idempotency import RequestMemory
 from overlays.orders import CANCELLED, PAID, PLACED, Order, OrderLine, SalesStats
 from overlays.records import RecordStore
+from overlays.records.base import SalesFigures, SharedRecords
 from overlays.sales import ENDED, LIVE, SCHEDULED, Sale, SaleBook
-from overlays.stock.base import Reservation, StockStore
+from overlays.stock.base import EMPTIED, Reservation, StockStore
 from overlays.tags import Tag, TagBoard
 
 T = TypeVar("T")
@@ -99,6 +100,9 @@ class Shop:
         self._checkouts: RequestMemory[DomainError] = RequestMemory(self.config.user_requests)
         self.oversold: dict[str, tuple[int, int]] = {}  # pool -> (sold, quantity), found by load()
         self.stats = SalesStats(self.config.proof_window, self.config.recent_orders)
+        # Records several nodes share count the room's sales themselves (every node's orders): the
+        # stats are then taken from them (`take_figures`, on the room clock), never counted here.
+        self._shared_figures = isinstance(records, SharedRecords)
         # The public view (every client's snapshot, the REST lists) is built once per change: every
         # change clients see comes with events, so whatever returns events drops it.
         self._view: dict[str, Any] | None = None
@@ -155,7 +159,11 @@ class Shop:
                 and self._sales.get(sale_id).phase(now) == LIVE
             ):
                 self._sold_out.add(sale_id)
-        self.stats.load(*await self._records.totals(self.room))
+        if self._shared_figures:
+            assert isinstance(self._records, SharedRecords)
+            self.stats.set(*(await self._records.figures([self.room], now - self.config.proof_window))[0])
+        else:
+            self.stats.load(*await self._records.totals(self.room))
         for data, logged in await self._records.unlogged_orders(self.room):
             order = Order.from_dict(data)
             if logged is None:
@@ -232,7 +240,7 @@ class Shop:
         await self._records.put_product(self.room, product.to_dict())
         self._pools[product.pool] = (product.id, None)
         view = {**self._catalog.public(product.id), "available": counters.available}
-        stock = self._stock_events(product.pool, counters.available, counters.version)
+        stock = self._stock_events(product.pool, counters.available, counters.version, turned=counters.turned)
         return self._outcome(view, [discrete("product.put", view), *stock])
 
     async def _check_currency_change(self, product: Product) -> None:
@@ -303,7 +311,8 @@ class Shop:
         view = self._sale_view(sale, counters.available, now)
         kind = "sale.started" if sale.phase(now) == LIVE else "sale.scheduled"
         return self._outcome(
-            view, [discrete(kind, view), *self._stock_events(sale.pool, counters.available, counters.version, now)]
+            view, [discrete(kind, view),
+                   *self._stock_events(sale.pool, counters.available, counters.version, now, counters.turned)]
         )
 
     async def end_sale(self, sale_id: str) -> Outcome[dict[str, Any]]:
@@ -315,6 +324,8 @@ class Shop:
         if not changed:
             return Outcome(view, [])
         self._sold_out.discard(sale.id)
+        # Closed in the stock store first: a node that has not read the end yet refuses taps at once.
+        await self._stock.close_pool(self.room, sale.pool, f"sale {sale.id} is {ENDED}")
         await self._records.put_sale(self.room, sale.to_dict())
         return self._outcome(view, [discrete("sale.ended", view)])
 
@@ -399,7 +410,7 @@ class Shop:
         line = self._line(reservation)
         answer = await self._answer(user, reservation, now, result.cart, line["currency"])
         # The figures after the last await: a newer one handled meanwhile makes this one stale.
-        events = self._stock_events(reservation.pool, result.available, result.version, now)
+        events = self._stock_events(reservation.pool, result.available, result.version, now, result.turned)
         events.insert(0, discrete("cart.added", line, user))
         self._view = None  # inline _changed(): the hot path
         self._version += 1
@@ -461,7 +472,8 @@ class Shop:
         body = {"reservation": r.id}
         return self._outcome(
             body,
-            [discrete("cart.removed", body, user), *self._stock_events(r.pool, returned.available, returned.version)],
+            [discrete("cart.removed", body, user),
+             *self._stock_events(r.pool, returned.available, returned.version, turned=returned.turned)],
         )
 
     async def cart_of(self, user: str) -> dict[str, Any]:
@@ -496,9 +508,11 @@ class Shop:
         except Exception:  # nothing was written: the units go back to the cart, a retry can succeed
             await self._stock.restore(self.room, held)
             raise
-        self.stats.placed(order)
-        self.stats.prune(now)
-        events = [discrete("order.placed", order.public(), user), *self._stats_events()]
+        events = [discrete("order.placed", order.public(), user)]
+        if not self._shared_figures:
+            self.stats.placed(order)
+            self.stats.prune(now)
+            events += self._stats_events()
         if self.config.auto_confirm:
             events += await self._close(order, PAID)
         return self._outcome(order.public(), events)
@@ -530,9 +544,10 @@ class Shop:
         events = [discrete(f"order.{status}", order.public(), order.user)]
         if status == CANCELLED:
             for pool, counters in (await self._stock.refund(self.room, order.reservations())).items():
-                events += self._stock_events(pool, counters.available, counters.version, now)
-            self.stats.cancelled(order)
-            events += self._stats_events()
+                events += self._stock_events(pool, counters.available, counters.version, now, counters.turned)
+            if not self._shared_figures:
+                self.stats.cancelled(order)
+                events += self._stats_events()
         return events
 
     async def _append(self, order: Order, status: str) -> None:
@@ -550,13 +565,28 @@ class Shop:
         for returned in await self._stock.expire(self.room, now):
             r = returned.reservation
             events.append(discrete("cart.expired", {"reservation": r.id}, r.user))
-            events += self._stock_events(r.pool, returned.available, returned.version, now)
+            events += self._stock_events(r.pool, returned.available, returned.version, now, returned.turned)
         for sale, phase in self._sales.transitions(now):
             if phase == ENDED:
                 self._sold_out.discard(sale.id)
             view = self._sale_view(sale, await self._available(sale.pool), now)
             events.append(discrete("sale.started" if phase == LIVE else "sale.ended", view))
-        if self.stats.prune(now):
+        if not self._shared_figures and self.stats.prune(now):
+            events.append(state("sales.recent", "sales.recent", self.stats.recent()))
+        if events:
+            self._changed()
+        return events
+
+    def take_figures(self, figures: SalesFigures) -> list[DomainEvent]:
+        """Take the room's sales figures as shared records counted them (every node's orders, read
+        on the room clock); the state events of those that changed. Every node takes them, so its
+        snapshots show them; only the node running the room's clock publishes the events, so one
+        node's older reading never overwrites another's newer one."""
+        totals, recent = self.stats.set(*figures)
+        events = []
+        if totals:
+            events.append(state("sales.totals", "sales.totals", self.stats.totals()))
+        if recent:
             events.append(state("sales.recent", "sales.recent", self.stats.recent()))
         if events:
             self._changed()
@@ -638,11 +668,15 @@ class Shop:
         )
 
     def _stock_events(
-        self, pool: str, available: int, version: int, now: float | None = None
+        self, pool: str, available: int, version: int, now: float | None = None, turned: int | None = None
     ) -> list[DomainEvent]:
         """The pool's new availability (state), and for a live sale sold_out / resumed (discrete).
         Nothing when a newer figure of the pool was already handled: with a store whose calls
-        suspend, replies come back out of order, and an older figure must not overwrite a newer."""
+        suspend, replies come back out of order, and an older figure must not overwrite a newer.
+
+        `turned`: the transition the store made in this call (a store shared by several nodes
+        decides it with the units, so one node of all announces it); None: the shop decides from
+        the figures it handled, remembering what it announced."""
         if version < self._figures.get(pool, 0):
             return []
         self._figures[pool] = version
@@ -658,6 +692,10 @@ class Shop:
         body = {"sale": sale_id, "product": product_id, "remaining": available}
         events = [state("sale.remaining", f"sale.remaining:{sale_id}", body)]
         live = self._sales.get(sale_id).phase(self._clock() if now is None else now) == LIVE
+        if turned is not None:
+            if turned and live:
+                events.append(discrete("sale.sold_out" if turned == EMPTIED else "sale.resumed", body))
+            return events
         if available == 0 and live and sale_id not in self._sold_out:
             self._sold_out.add(sale_id)
             events.append(discrete("sale.sold_out", body))

@@ -11,7 +11,17 @@ sharing one Redis).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+
+class SalesFigures(NamedTuple):
+    """A room's sales as every node shows them: orders not cancelled (count, units, revenue per
+    currency) and the units of those placed within the recent window."""
+
+    orders: int
+    units: int
+    revenue: dict[str, int]
+    recent: int
 
 
 class RecordStore(Protocol):
@@ -60,8 +70,14 @@ class RecordStore(Protocol):
 
 @runtime_checkable
 class SharedRecords(Protocol):
-    """Records several nodes write (Redis): each keeps its copy of a room's offer current by its revision."""
+    """Records several nodes write (Redis): each keeps its copy of a room's offer current by its
+    revision, and reads the room's sales figures from them rather than counting its own orders."""
 
     async def revisions(self, rooms: list[str]) -> list[int]:
         """Each room's revision, moved by every write of its catalog, tags or sales."""
+        ...
+
+    async def figures(self, rooms: list[str], since: float) -> list[SalesFigures]:
+        """Each room's sales figures, counted over every node's orders as they are written: the
+        totals, and the units of orders placed after `since` (the recent window's start)."""
         ...

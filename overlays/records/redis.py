@@ -12,8 +12,10 @@ Keys (P is the prefix, R the room):
   ``P{purchases}:orders:R`` (hash id -> JSON), ``:requests:R`` ((user, request id) -> order id),
   ``:placed:R`` (zset id -> placed_at; one more per status, ``:placed:R:STATUS``), ``:sold:R``
   ((pool, user) -> units in orders not cancelled), ``:totals:R`` (orders, units, revenue and
-  order count per currency, not cancelled), ``:unlogged:R`` (id -> the last status logged, for
-  orders whose current one is not).
+  order count per currency, not cancelled; ``recent``: the units of ``:recent:R``), ``:recent:R``
+  (zset "id\\nunits" -> placed_at: the orders not cancelled that "N bought in the last minute"
+  counts, at most ``max_recent``, pruned by ``figures``), ``:unlogged:R`` (id -> the last status
+  logged, for orders whose current one is not).
 
 ``put_order`` is one script: it writes the order, its request-id index and the counters its lines
 move, and appends the transition's CloudEvent to the purchase stream (overlays.purchases.redis).
@@ -21,6 +23,9 @@ Redis runs a script whole or not at all (and its AOF records it as one transacti
 is never acknowledged without its log entry, and a retry (after a timeout that left the outcome
 unknown) changes nothing twice: counters move only on a status change, the entry only once per
 (source, id).
+
+The room's sales figures (totals, and the units bought in the last window) are therefore the
+deployment's, whichever node took each order: every node reads them with ``figures``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from redis.asyncio import Redis
 from engine.rediscalls import redis_unavailable
 from overlays.orders import CANCELLED, PAID, PLACED
 from overlays.purchases.redis import APPEND_LUA, RedisPurchaseLog, append_args
+from overlays.records.base import SalesFigures
 
 STATUSES = (PLACED, PAID, CANCELLED)
 
@@ -44,9 +50,9 @@ end
 redis.call('INCR', KEYS[4])
 """
 
-# KEYS: stream meta seen | orders requests placed sold totals unlogged | placed:S for S in STATUSES
+# KEYS: stream meta seen | orders requests placed sold totals unlogged | placed:S for S in STATUSES | recent
 # ARGV: bound source ce_id ce_type event | id body user request_id status logged placed_at quantity
-#       total currency | pool, units per line
+#       total currency max_recent | pool, units per line
 _PUT_ORDER = APPEND_LUA + """
 local id, body, user, status, logged = ARGV[6], ARGV[7], ARGV[8], ARGV[10], ARGV[11]
 local placed_at, quantity, total, currency = ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]), ARGV[15]
@@ -69,7 +75,7 @@ local counted_before = before ~= nil and before ~= 'cancelled'
 local counted_after = status ~= 'cancelled'
 if counted_after and not counted_before then delta = 1 elseif counted_before and not counted_after then delta = -1 end
 if delta ~= 0 then
-  for i = 16, #ARGV, 2 do
+  for i = 17, #ARGV, 2 do
     local field = ARGV[i] .. '\\n' .. user
     if redis.call('HINCRBY', KEYS[7], field, delta * tonumber(ARGV[i + 1])) <= 0 then
       redis.call('HDEL', KEYS[7], field)
@@ -81,6 +87,17 @@ if delta ~= 0 then
   if redis.call('HINCRBY', KEYS[8], 'count:' .. currency, delta) <= 0 then
     redis.call('HDEL', KEYS[8], 'revenue:' .. currency, 'count:' .. currency)
   end
+  local recent, member = KEYS[13], id .. '\\n' .. quantity
+  if delta > 0 then
+    redis.call('ZADD', recent, placed_at, member)
+    redis.call('HINCRBY', KEYS[8], 'recent', quantity)
+    if redis.call('ZCARD', recent) > tonumber(ARGV[16]) then  -- the oldest leave first
+      local oldest = redis.call('ZPOPMIN', recent)
+      redis.call('HINCRBY', KEYS[8], 'recent', -tonumber(string.match(oldest[1], '\\n(%d+)$')))
+    end
+  elseif redis.call('ZREM', recent, member) == 1 then
+    redis.call('HINCRBY', KEYS[8], 'recent', -quantity)
+  end
 end
 local n = append(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 if logged == status then redis.call('HDEL', KEYS[9], id) else redis.call('HSET', KEYS[9], id, logged) end
@@ -88,15 +105,37 @@ return n
 """
 
 
-class RedisRecords:
-    """RecordStore on `log`'s Redis client, appending order transitions to `log`'s stream."""
+# KEYS: totals recent. ARGV: the window's start (orders placed at or before it leave).
+# Returns the totals hash, flattened.
+_FIGURES = """
+local gone = 0
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])) do
+  gone = gone + tonumber(string.match(member, '\\n(%d+)$'))
+end
+if gone > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'recent', -gone)
+end
+return redis.call('HGETALL', KEYS[1])
+"""
 
-    def __init__(self, log: RedisPurchaseLog) -> None:
+
+class RedisRecords:
+    """RecordStore on `log`'s Redis client, appending order transitions to `log`'s stream.
+
+    `max_recent` bounds the orders kept for "N bought in the last minute" per room (the shop's
+    `recent_orders`): past it the oldest leave the count first."""
+
+    def __init__(self, log: RedisPurchaseLog, max_recent: int = 10_000) -> None:
+        if max_recent < 1:
+            raise ValueError("max_recent must be at least 1")
         self.log = log
+        self.max_recent = max_recent
         self._client: Redis = log.client
         self._prefix = log.prefix
         self._put_item = self._client.register_script(_PUT_ITEM)
         self._put_order = self._client.register_script(_PUT_ORDER)
+        self._figures = self._client.register_script(_FIGURES)
 
     # -- catalog, tags, sales ---------------------------------------------------------------------
 
@@ -172,12 +211,13 @@ class RedisRecords:
         keys = [self.log.stream, self.log.meta, self.log.seen,
                 *(self._order_key(kind, room) for kind in ("orders", "requests", "placed", "sold", "totals",
                                                           "unlogged")),
-                *(f"{self._order_key('placed', room)}:{status}" for status in STATUSES)]
+                *(f"{self._order_key('placed', room)}:{status}" for status in STATUSES),
+                self._order_key("recent", room)]
         args: list[Any] = [
             *append_args(event, self.log.max_entries),
             order["id"], orjson.dumps(order), order["user"], order["request_id"], order["status"],
             event["data"]["status"], repr(float(order["placed_at"])), order["quantity"], order["total"],
-            order["currency"],
+            order["currency"], self.max_recent,
         ]
         for line in order["lines"]:
             args += [line["pool"], line["quantity"]]
@@ -230,6 +270,22 @@ class RedisRecords:
     async def totals(self, room: str) -> tuple[int, int, dict[str, int]]:
         with redis_unavailable():
             raw = await self._client.hgetall(self._order_key("totals", room))
-        fields = {name.decode(): int(value) for name, value in raw.items()}
-        revenue = {name[8:]: value for name, value in fields.items() if name.startswith("revenue:")}
-        return fields.get("orders", 0), fields.get("units", 0), revenue
+        orders, units, revenue, _ = _figures(raw)
+        return orders, units, revenue
+
+    async def figures(self, rooms: list[str], since: float) -> list[SalesFigures]:
+        """Each room's totals and the units of its orders placed after `since`, in one round trip
+        (older ones leave the count here, whichever node reads first)."""
+        with redis_unavailable():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for room in rooms:
+                    await self._figures(keys=[self._order_key("totals", room), self._order_key("recent", room)],
+                                        args=[repr(float(since))], client=pipe)
+                replies = await pipe.execute()
+        return [_figures(dict(zip(reply[::2], reply[1::2], strict=True))) for reply in replies]
+
+
+def _figures(raw: Mapping[bytes, bytes]) -> SalesFigures:
+    fields = {name.decode(): int(value) for name, value in raw.items()}
+    revenue = {name[8:]: value for name, value in fields.items() if name.startswith("revenue:")}
+    return SalesFigures(fields.get("orders", 0), fields.get("units", 0), revenue, fields.get("recent", 0))

@@ -14,6 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple, Protocol
 
+#: `turned` values: the call moved the pool's availability to 0, back from 0, or neither. A store
+#: shared by several nodes (Redis) reports them, decided in the same atomic step as the units, so
+#: that of all the nodes exactly one announces each transition; a store of one process leaves
+#: them None and the shop decides from the figures it handles.
+EMPTIED, REFILLED, UNTURNED = 1, -1, 0
+
 
 class Counters(NamedTuple):
     quantity: int
@@ -21,6 +27,7 @@ class Counters(NamedTuple):
     reserved: int
     sold: int
     version: int
+    turned: int | None = None
 
 
 class Reservation(NamedTuple):
@@ -36,8 +43,9 @@ class Reservation(NamedTuple):
 
 
 class ReserveResult(NamedTuple):
-    """`code` is None on success, else sold_out, limit_reached, not_found or bad_request, or the
-    code of a refusal the caller decided itself (`refuse`), which comes with its `message`.
+    """`code` is None on success, else sold_out, limit_reached, not_found or bad_request,
+    sale_not_live for a closed pool (with the `message` given to `close`), or the code of a
+    refusal the caller decided itself (`refuse`), which comes with its `message`.
     `available` is the pool's availability after the call (0 when the pool is unknown).
     `replay` marks the first result handed out again for a repeated request id: nothing changed,
     and `available` is a figure from the past (not to be published). `cart` is the user's cart
@@ -51,6 +59,7 @@ class ReserveResult(NamedTuple):
     replay: bool = False
     message: str | None = None
     cart: tuple[Reservation, ...] | None = None
+    turned: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -63,6 +72,7 @@ class Returned(NamedTuple):
     reservation: Reservation
     available: int
     version: int
+    turned: int | None = None
 
 
 class StockStore(Protocol):
@@ -134,6 +144,13 @@ class StockStore(Protocol):
     async def refund(self, room: str, lines: list[Reservation]) -> dict[str, Counters]:
         """Return sold units (a cancelled order) to their pools; pool -> counters afterwards.
         Lines of pools that no longer exist are skipped. The caller calls this once per order."""
+        ...
+
+    async def close_pool(self, room: str, pool: str, message: str) -> None:
+        """Close a pool to taps (its sale was ended by hand): `reserve` then refuses it with
+        code ``sale_not_live`` and `message`, in its own atomic step, on every node sharing the
+        store at once. Units already held stay in their carts. Idempotent; a pool that does not
+        exist is left alone."""
         ...
 
     async def counters(self, room: str, pool: str) -> Counters | None: ...

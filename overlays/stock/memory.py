@@ -13,7 +13,7 @@ from overlays.stock.base import Counters, Reservation, ReserveResult, Returned
 
 
 class _Pool:
-    __slots__ = ("quantity", "reserved", "sold", "held", "version")
+    __slots__ = ("closed", "quantity", "reserved", "sold", "held", "version")
 
     def __init__(self, quantity: int, sold: int = 0, held: dict[str, int] | None = None) -> None:
         self.quantity = quantity
@@ -21,6 +21,7 @@ class _Pool:
         self.sold = sold
         self.held: dict[str, int] = held or {}  # user -> reserved + sold
         self.version = 1  # bumped by every change of the counters
+        self.closed: str | None = None  # the refusal's message once closed to taps
 
     @property
     def available(self) -> int:
@@ -72,9 +73,9 @@ class MemoryStockStore:
                 raise DomainError("conflict", "cannot reset a pool with reserved units")
             if sold > quantity:
                 raise DomainError("conflict", f"{sold} units sold exceed quantity {quantity}")
-            version = current.version + 1 if current is not None else 1
+            version, closed = (current.version + 1, current.closed) if current is not None else (1, None)
             current = self._pools[key] = _Pool(quantity, sold, {u: n for u, n in sold_by.items() if n})
-            current.version = version
+            current.version, current.closed = version, closed
         elif current is None:
             current = self._pools[key] = _Pool(quantity)
         else:
@@ -115,7 +116,9 @@ class MemoryStockStore:
             result = ReserveResult("not_found", None, 0, 0)
         else:
             available = current.quantity - current.reserved - current.sold
-            if qty < 1:
+            if current.closed is not None:
+                result = ReserveResult("sale_not_live", None, available, current.version, False, current.closed)
+            elif qty < 1:
                 result = ReserveResult("bad_request", None, available, current.version)
             elif qty > available:
                 result = ReserveResult("sold_out", None, available, current.version)
@@ -258,6 +261,11 @@ class MemoryStockStore:
             current.add_held(line.user, -back)
             after[line.pool] = current.counters()
         return after
+
+    async def close_pool(self, room: str, pool: str, message: str) -> None:
+        current = self._pools.get((room, pool))
+        if current is not None and current.closed is None:
+            current.closed = message
 
     async def counters(self, room: str, pool: str) -> Counters | None:
         current = self._pools.get((room, pool))

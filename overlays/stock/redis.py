@@ -6,7 +6,8 @@ round trip whatever the number of nodes tapping, and no two nodes can interleave
 
 Keys, all under ``{prefix}{{room}}:`` so one room's keys share a Redis Cluster slot (the room id
 is the hash tag; room ids hold no braces):
-  pool:<pool>     hash  quantity, reserved, sold, version
+  pool:<pool>     hash  quantity, reserved, sold, version; out ("1" while announced as having no unit
+                  left, see `turn`); closed (the refusal's message once closed to taps)
   held:<pool>     hash  user -> units held (reserved + sold), which a per-user limit bounds
   res             hash  reservation id -> [pool, user, qty, expires_at, unit_amount] (JSON)
   cart:<user>     zset  reservation ids in the order they entered the cart
@@ -62,11 +63,24 @@ end
 local function figures(c)
   return {c[1], c[1] - c[2] - c[3], c[2], c[3], c[4]}
 end
+-- Whether the pool's availability, now `available`, moved to 0 (1), back from 0 (-1) or neither (0)
+-- since the last call that said so: each transition is reported to exactly one caller of all nodes.
+local function turn(pkey, available)
+  local out = redis.call('HGET', pkey, 'out') == '1'
+  if available == 0 and not out then
+    redis.call('HSET', pkey, 'out', '1')
+    return 1
+  elseif available > 0 and out then
+    redis.call('HSET', pkey, 'out', '0')
+    return -1
+  end
+  return 0
+end
 local function add_held(pool, user, delta)
   local hkey = base .. 'held:' .. pool
   if redis.call('HINCRBY', hkey, user, delta) <= 0 then redis.call('HDEL', hkey, user) end
 end
--- Remove a live reservation and give its units back: {id, record, available, version}.
+-- Remove a live reservation and give its units back: {id, record, available, version, turned}.
 local function unhold(id, rec)
   local r = cjson.decode(rec)
   local pool, user, qty = r[1], r[2], tonumber(r[3])
@@ -78,7 +92,8 @@ local function unhold(id, rec)
   redis.call('HINCRBY', pkey, 'version', 1)
   add_held(pool, user, -qty)
   local c = counters(pkey)
-  return {id, rec, c[1] - c[2] - c[3], c[4]}
+  local available = c[1] - c[2] - c[3]
+  return {id, rec, available, c[4], turn(pkey, available)}
 end
 -- Remember a request's first result until expires_at, at most `bound` per user (oldest go first).
 local function remember(req, reqo, reqx, seq, user, request, encoded, expires_at, bound)
@@ -134,7 +149,9 @@ else
     redis.call('HINCRBY', pkey, 'version', 1)
   end
 end
-return {'ok', figures(counters(pkey))}
+local f = figures(counters(pkey))
+f[#f + 1] = turn(pkey, f[2])
+return {'ok', f}
 """
 
 # KEYS: pool, held. ARGV: base.
@@ -148,8 +165,9 @@ return 'ok'
 # KEYS: pool, held, res, cart:<user>, expiry, req:<user>, reqo:<user>, reqx, seq.
 # ARGV: base, pool, user, request, qty, limit ('' for none), expires_at, unit_amount, per-user bound.
 # Returns {1 if a replay else 0, the result as stored (JSON: code ('' on success), available,
-# version, and on success id, pool, user, qty, expires_at, unit_amount), then the user's cart as
-# id, record pairs}: the caller's ack needs no other round trip.
+# version, and on success id, pool, user, qty, expires_at, unit_amount and the turn it made; for a
+# closed pool its message), then the user's cart as id, record pairs}: the caller's ack needs no
+# other round trip.
 _RESERVE = _LIB + r"""
 local pkey, hkey, res, cart, expiry, req, reqo, reqx, seq = unpack(KEYS)
 local pool, user, request = ARGV[2], ARGV[3], ARGV[4]
@@ -164,7 +182,10 @@ if not encoded then
     local c = counters(pkey)
     local available = c[1] - c[2] - c[3]
     local held = tonumber(redis.call('HGET', hkey, user) or '0')
-    if qty < 1 then
+    local closed = redis.call('HGET', pkey, 'closed')
+    if closed then
+      out = {'sale_not_live', available, c[4], closed}
+    elseif qty < 1 then
       out = {'bad_request', available, c[4]}
     elseif qty > available then
       out = {'sold_out', available, c[4]}
@@ -179,7 +200,8 @@ if not encoded then
       redis.call('HSET', res, id, cjson.encode({pool, user, ARGV[5], expires_at, unit}))
       redis.call('ZADD', cart, n, id)
       redis.call('ZADD', expiry, expires_at, id)
-      out = {'', available - qty, version, id, pool, user, ARGV[5], expires_at, unit}
+      out = {'', available - qty, version, id, pool, user, ARGV[5], expires_at, unit,
+             turn(pkey, available - qty)}
     end
   end
   encoded = cjson.encode(out)
@@ -204,7 +226,7 @@ end
 return with_cart({replay, encoded}, cart, res)
 """
 
-# KEYS: res. ARGV: base, user, reservation id. Returns {id, record, available, version} or {}.
+# KEYS: res. ARGV: base, user, reservation id. Returns {id, record, available, version, turned} or {}.
 _RELEASE = _LIB + r"""
 local rec = redis.call('HGET', KEYS[1], ARGV[3])
 if not rec then return {} end
@@ -212,7 +234,7 @@ if cjson.decode(rec)[2] ~= ARGV[2] then return {} end
 return unhold(ARGV[3], rec)
 """
 
-# KEYS: res, expiry, reqx, ckx. ARGV: base, now, batch. Returns the units given back, flattened by 4.
+# KEYS: res, expiry, reqx, ckx. ARGV: base, now, batch. Returns the units given back, flattened by 5.
 # The request ids and commits remembered until `now` are forgotten in the first batch.
 _EXPIRE = _LIB + r"""
 local res, expiry, reqx, ckx = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -299,7 +321,7 @@ return 'ok'
 """
 
 # KEYS: seq (for the slot). ARGV: base, then pool, user, qty triples.
-# Returns pool and counters, flattened by 6, one per line refunded.
+# Returns pool, counters and turn, flattened by 7, one per line refunded.
 _REFUND = _LIB + r"""
 local out = {}
 for i = 2, #ARGV, 3 do
@@ -312,10 +334,18 @@ for i = 2, #ARGV, 3 do
     redis.call('HINCRBY', pkey, 'version', 1)
     add_held(pool, user, -back)
     out[#out + 1] = pool
-    for _, v in ipairs(figures(counters(pkey))) do out[#out + 1] = v end
+    local f = figures(counters(pkey))
+    for _, v in ipairs(f) do out[#out + 1] = v end
+    out[#out + 1] = turn(pkey, f[2])
   end
 end
 return out
+"""
+
+# KEYS: pool. ARGV: base, message.
+_CLOSE = _LIB + r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSETNX', KEYS[1], 'closed', ARGV[2]) end
+return 'ok'
 """
 
 # KEYS: pool. ARGV: base.
@@ -344,11 +374,12 @@ def _reserve_result(reply: list[Any]) -> ReserveResult:
     code, available, version, *made = orjson.loads(reply[1])
     cart = tuple(_reservation(reply[i], reply[i + 1]) for i in range(2, len(reply), 2))
     if code:
-        message = made[0] if made else None  # refusals the shop decided carry their message
-        return ReserveResult(code, None, int(available), int(version), replay, message, cart)
-    id, pool, user, qty, expires, unit = made
+        message = made[0] if made else None  # refusals the shop decided, and closed pools, carry their message
+        return ReserveResult(code, None, int(available), int(version), replay, message, cart, 0)
+    id, pool, user, qty, expires, unit, *turned = made  # results remembered by an older version have no turn
     reservation = Reservation(id, pool, user, int(qty), float(expires), int(unit))
-    return ReserveResult(None, reservation, int(available), int(version), replay, cart=cart)
+    return ReserveResult(None, reservation, int(available), int(version), replay, cart=cart,
+                         turned=int(turned[0]) if turned else 0)
 
 
 def _reservation(id: bytes | str, record: bytes) -> Reservation:
@@ -402,6 +433,7 @@ class RedisStockStore:
         self._commit = register(_COMMIT)
         self._restore = register(_RESTORE)
         self._refund = register(_REFUND)
+        self._close_pool = register(_CLOSE)
         self._counters = register(_COUNTERS)
         self._cart = register(_CART)
 
@@ -488,7 +520,7 @@ class RedisStockStore:
         reply = await self._run(self._release, [f"{base}res"], [base, user, reservation_id])
         if not reply:
             return None
-        return Returned(_reservation(reply[0], reply[1]), int(reply[2]), int(reply[3]))
+        return Returned(_reservation(reply[0], reply[1]), int(reply[2]), int(reply[3]), int(reply[4]))
 
     async def expire(self, room: str, now: float) -> list[Returned]:
         base = self._base(room)
@@ -496,9 +528,10 @@ class RedisStockStore:
         returned: list[Returned] = []
         while True:
             reply = await self._run(self._expire, keys, [base, repr(float(now)), EXPIRE_BATCH])
-            for i in range(0, len(reply), 4):
-                returned.append(Returned(_reservation(reply[i], reply[i + 1]), int(reply[i + 2]), int(reply[i + 3])))
-            if len(reply) < 4 * EXPIRE_BATCH:
+            for i in range(0, len(reply), 5):
+                returned.append(Returned(_reservation(reply[i], reply[i + 1]), int(reply[i + 2]), int(reply[i + 3]),
+                                         int(reply[i + 4])))
+            if len(reply) < 5 * EXPIRE_BATCH:
                 return returned
 
     async def commit(self, room: str, user: str, now: float, request_id: str | None = None) -> list[Reservation]:
@@ -525,7 +558,17 @@ class RedisStockStore:
         for line in lines:
             args += [line.pool, line.user, line.qty]
         reply = await self._run(self._refund, [f"{base}seq"], args)
-        return {_text(reply[i]): _counters(reply[i + 1:i + 6]) for i in range(0, len(reply), 6)}
+        refunded: dict[str, Counters] = {}
+        for i in range(0, len(reply), 7):
+            pool, counters = _text(reply[i]), _counters(reply[i + 1:i + 7])
+            before = refunded.get(pool)
+            if before is not None:  # several lines of one pool: its figures after the last, any turn made
+                counters = counters._replace(turned=(before.turned or 0) + (counters.turned or 0))
+            refunded[pool] = counters
+        return refunded
+
+    async def close_pool(self, room: str, pool: str, message: str) -> None:
+        await self._run(self._close_pool, [f"{self._base(room)}pool:{pool}"], [self._base(room), message])
 
     async def counters(self, room: str, pool: str) -> Counters | None:
         base = self._base(room)

@@ -39,11 +39,13 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
             proc.wait(10)
 
 
-def serve(processes: list[subprocess.Popen[str]], data_dir: Path, node_id: str, redis: RedisTarget) -> Node:
+def serve(processes: list[subprocess.Popen[str]], data_dir: Path, node_id: str, redis: RedisTarget,
+          *extra: str) -> Node:
     proc, http_port, ws_port, _ = start_server(
         data_dir, "--redis-url", redis.url, "--redis-prefix", redis.prefix, "--node-id", node_id,
         "--admin-key", ADMIN, "--no-demo-catalog",
-        "--tap-burst", "100")  # a buyer's taps and retries come back to back; the tap limit is tested elsewhere
+        "--tap-burst", "100",  # a buyer's taps and retries come back to back; the tap limit is tested elsewhere
+        *extra)
     processes.append(proc)
     assert proc.stdout is not None  # read on, so a chatty log never blocks the server on a full pipe
     threading.Thread(target=proc.stdout.read, daemon=True).start()

@@ -10,13 +10,20 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.crc import key_slot
+from shopkit import Clock
 
-from engine.storage import StorageUnavailable
+from engine.storage import Database, StorageUnavailable
+from overlays.purchases.sqlite import SqlitePurchaseLog
+from overlays.records import SqliteRecords
+from overlays.shop import Shop
+from overlays.stock.base import EMPTIED, REFILLED
 from overlays.stock.redis import RedisStockStore
 from tests.conftest import RedisTarget, free_port
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture
@@ -146,3 +153,80 @@ async def test_a_password_in_the_url_is_used(tmp_path: Path) -> None:
     finally:
         server.kill()
         server.wait()
+
+
+async def test_each_move_to_and_from_no_unit_left_is_reported_to_one_caller(redis_target: RedisTarget) -> None:
+    """Two stores on one Redis stand for two nodes: whichever call empties or refills the pool is
+    told so (`turned`), and no other call is, so exactly one node announces each transition."""
+    a = RedisStockStore.from_url(redis_target.url, prefix=redis_target.prefix)
+    b = RedisStockStore.from_url(redis_target.url, prefix=redis_target.prefix)
+    try:
+        assert (await a.define("r", "s", 2)).turned == 0
+        assert (await a.reserve("r", "s", "u1", "t1", 1, None, 100.0, 5)).turned == 0
+        emptied = await b.reserve("r", "s", "u2", "t2", 1, None, 100.0, 5)
+        assert (emptied.available, emptied.turned) == (0, EMPTIED)
+        replay = await b.reserve("r", "s", "u2", "t2", 1, None, 100.0, 5)  # the first result, changing nothing
+        assert replay.replay and replay._replace(replay=False) == emptied
+        assert (await a.reserve("r", "s", "u3", "t3", 1, None, 100.0, 5)).code == "sold_out"
+        assert await a.release("r", "u1", emptied.reservation.id) is None  # not u1's
+        back = await a.release("r", "u2", emptied.reservation.id)
+        assert back is not None and (back.available, back.turned) == (1, REFILLED)
+        again = await b.reserve("r", "s", "u3", "t4", 1, None, 100.0, 5)
+        assert again.turned == EMPTIED
+        sold = await a.commit("r", "u3", 1.0)
+        refunded = await b.refund("r", sold)
+        assert (refunded["s"].available, refunded["s"].turned) == (1, REFILLED)
+        expiring = await a.reserve("r", "s", "u4", "t5", 1, None, 2.0, 5)
+        assert expiring.turned == EMPTIED
+        [expired] = await b.expire("r", 3.0)
+        assert expired.turned == REFILLED
+        assert [r.turned for r in await a.expire("r", 3.0)] == []  # expired once, by one caller
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_tap_through_the_shop_is_one_redis_call(own_redis: RedisServer) -> None:
+    """Counted by a Redis of the test's own (INFO commandstats): a tap that reserves, one that
+    empties the pool (and learns it must announce so), one refused as sold out and one refused
+    by a pool closed through another node's copy of the shop each make one script call."""
+    import redis.asyncio as aioredis
+
+    store = RedisStockStore.from_url(own_redis.url, prefix="t:")
+    db = Database(":memory:", threaded=False)
+    records = SqliteRecords(db, SqlitePurchaseLog(db))
+    clock = Clock()
+    shop = Shop("r", "h", stock=store, records=records, clock=clock)
+    admin = aioredis.from_url(own_redis.url)
+    try:
+        await store.define("r", "probe", 1)  # the scripts are loaded before counting
+        await store.reserve("r", "probe", "p", "p", 1, None, clock() + 60, 1)
+        await shop.put_product({"id": "mug", "title": "Mug", "price": 500, "currency": "EUR", "stock": 10})
+        sale = (await shop.start_sale({"id": "s", "product_id": "mug", "price": 100, "quantity": 2,
+                                       "duration": 60, "per_user_limit": 1})).result
+        assert sale["state"] == "live"
+        other = Shop("r", "h", stock=store, records=records, clock=clock)  # a second node's copy
+        await other.load()
+
+        async def calls() -> int:
+            """Scripts run (every stock call is one; what a script calls inside is counted apart)."""
+            stats = await admin.info("commandstats")
+            return sum(int(stats.get(k, {}).get("calls", 0)) for k in ("cmdstat_evalsha", "cmdstat_eval"))
+
+        async def tap(user: str, request: str, on: Shop = shop) -> Any:
+            before = await calls()
+            outcome = await on.tap_or_refusal(user, request, sale_id="s")
+            assert await calls() - before == 1, outcome
+            return outcome
+
+        await tap("u1", "t1")
+        emptied = await tap("u2", "t2")
+        assert [e.type for e in emptied.events] == ["cart.added", "sale.remaining", "sale.sold_out"]
+        assert (await tap("u3", "t3")).code == "sold_out"
+        await shop.end_sale("s")
+        # A node that has not read the end yet still takes the tap to the store, which refuses it.
+        refused = await tap("u4", "t4", other)
+        assert (refused.code, refused.message) == ("sale_not_live", "sale s is ended")
+    finally:
+        await admin.aclose()
+        await store.close()

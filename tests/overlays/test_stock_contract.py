@@ -183,3 +183,20 @@ async def test_a_commit_retried_with_its_request_id_sells_nothing_more(stock) ->
     await stock.expire(R, 10.0)  # past the lines' hold the commit is forgotten
     assert await stock.commit(R, "u", 11.0, "c1") == []
     assert (await stock.counters(R, "p")).sold == 2
+
+
+async def test_a_closed_pool_refuses_taps_and_keeps_its_carts(stock) -> None:
+    await stock.define(R, "s", 5)
+    held = await stock.reserve(R, "s", "u", "a", 2, None, 100.0, 5)
+    await stock.close_pool(R, "s", "sale s is ended")
+    await stock.close_pool(R, "s", "another message")  # idempotent: the first message stays
+    refused = await stock.reserve(R, "s", "v", "b", 1, None, 100.0, 5)
+    assert (refused.code, refused.message, refused.reservation) == ("sale_not_live", "sale s is ended", None)
+    assert (await stock.reserve(R, "s", "v", "b", 1, None, 100.0, 5)).code == "sale_not_live"  # a retry
+    assert [r.id for r in await stock.cart(R, "u")] == [held.reservation.id]
+    assert len(await stock.commit(R, "u", 1.0)) == 1
+    counters = await stock.define(R, "s", 5, {"u": 2})  # a restart's reset keeps it closed
+    assert counters.sold == 2
+    assert (await stock.reserve(R, "s", "v", "c", 1, None, 100.0, 5)).code == "sale_not_live"
+    await stock.close_pool(R, "missing", "x")  # no such pool: nothing happens
+    assert await stock.counters(R, "missing") is None
