@@ -98,6 +98,7 @@ class RecordingWriter:
         self._on_failed = on_failed
         self._queue: queue.Queue[tuple[str, Any, int, bool] | None] = queue.Queue(queue_frames)
         self._failed = threading.Event()
+        self._abort: str | None = None  # set on the loop, acted on by the thread
         self._container: av.container.OutputContainer | None = None
         self._streams: dict[str, Any] = {}
         self._held: dict[str, _Held] = {}
@@ -111,12 +112,12 @@ class RecordingWriter:
 
     @property
     def failed(self) -> bool:
-        return self._failed.is_set()
+        return self._failed.is_set() or self._abort is not None
 
     def offer(self, kind: str, data: Any, ts: int = 0, keyframe: bool = False) -> bool:
         """Queue a frame (``kind`` video or audio, ``ts`` in its clock from the recording's start) or a
         timeline ``event``; False when the queue is full (the caller fails the recording)."""
-        if self._failed.is_set():
+        if self._failed.is_set() or self._abort is not None:
             return True
         try:
             self._queue.put_nowait((kind, data, ts, keyframe))
@@ -126,7 +127,7 @@ class RecordingWriter:
 
     def abort(self, reason: str) -> None:
         """Stop recording from the loop (its queue overflowed): the thread skips what is queued."""
-        self._fail(reason, notify=False)
+        self._abort = reason
 
     def finish(self) -> None:
         """No more frames: the thread writes the last segment and the final state, then ends.
@@ -150,6 +151,8 @@ class RecordingWriter:
             item = self._queue.get()
             if item is None:
                 break
+            if self._abort is not None and not self._failed.is_set():
+                self._fail(self._abort, notify=False)
             if self._failed.is_set():
                 continue
             kind, data, ts, keyframe = item
