@@ -54,8 +54,7 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
         return {"id": info["id"], "started_at": info["started_at"], "duration": info["duration"],
                 "bytes": info["bytes"], "state": info["state"], "reason": info.get("reason"),
                 "featured": info.get("featured", []),
-                "links": {"hls": link(f"{base}/index.m3u8"), "timeline": link(f"{base}/timeline"),
-                          "replay": link(f"/replay/{room}/{info['id']}")}}
+                "links": {"hls": link(f"{base}/index.m3u8"), "timeline": link(f"{base}/timeline")}}
 
     async def list_recordings(request: web.Request) -> web.Response:
         room = room_of(request)

@@ -239,12 +239,15 @@ class RecordingService:
         return path if (path / META).is_file() else None
 
     def _read(self, path: Path) -> dict[str, Any] | None:
+        active = self._active.get(path.parent.name)
+        if active is not None and active.writer.info.id == path.name:
+            # the writer's own state: current, and known even when its directory can no longer be read
+            return active.writer.info.to_dict()
         try:
             info = json.loads((path / META).read_text())
         except (OSError, ValueError):
             return None
-        active = self._active.get(info.get("room", ""))
-        if info.get("state") == "recording" and (active is None or active.writer.info.id != info.get("id")):
+        if info.get("state") == "recording":
             info["state"] = "complete"  # its server stopped mid-way: what was flushed is the recording
         return info
 
@@ -252,17 +255,22 @@ class RecordingService:
         """``room``'s recordings, newest first, with their featured products."""
         if not ROOM_DIR.fullmatch(room):
             return []
-        found = []
+        found: dict[str, dict[str, Any]] = {}
         with contextlib.suppress(OSError):
             for path in (self.config.directory / room).iterdir():
                 if RECORDING_ID.fullmatch(path.name):
                     info = self._read(path)
                     if info is not None:
                         info["featured"] = featured(self.timeline(room, path.name) or [])
-                        found.append(info)
-        return sorted(found, key=lambda info: info["started_at"], reverse=True)
+                        found[path.name] = info
+        active = self.recording(room)
+        if active is not None and active not in found:  # its directory failed: still listed, failed
+            found[active] = {**self._active[room].writer.info.to_dict(), "featured": []}
+        return sorted(found.values(), key=lambda info: info["started_at"], reverse=True)
 
     def get(self, room: str, recording_id: str) -> dict[str, Any] | None:
+        if ROOM_DIR.fullmatch(room) and self.recording(room) == recording_id:
+            return self._active[room].writer.info.to_dict()
         path = self._directory(room, recording_id)
         return None if path is None else self._read(path)
 

@@ -78,8 +78,10 @@ class RecordingInfo:
     duration: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "room": self.room, "started_at": self.started_at, "codecs": self.codecs,
-                "state": self.state, "reason": self.reason, "segments": self.segments, "bytes": self.bytes,
+        """A copy (the writer thread goes on changing this object while the loop reads it)."""
+        return {"id": self.id, "room": self.room, "started_at": self.started_at, "codecs": dict(self.codecs),
+                "state": self.state, "reason": self.reason, "segments": [dict(s) for s in self.segments],
+                "bytes": self.bytes,
                 "duration": round(self.duration, 6)}
 
 
@@ -126,8 +128,11 @@ class RecordingWriter:
         return True
 
     def abort(self, reason: str) -> None:
-        """Stop recording from the loop (its queue overflowed): the thread skips what is queued."""
+        """Stop recording from the loop (its queue overflowed): the thread skips what is queued.
+
+        The state says failed at once: the thread may be stuck in a write for a long time."""
         self._abort = reason
+        self.info.state, self.info.reason = "failed", reason
 
     def finish(self) -> None:
         """No more frames: the thread writes the last segment and the final state, then ends.
@@ -163,7 +168,9 @@ class RecordingWriter:
                 else:
                     self._frame(kind, data, ts, keyframe)
             except (OSError, av.FFmpegError, ValueError) as exc:
-                self._fail(f"writing {kind} failed: {getattr(exc, 'strerror', None) or exc}")
+                # an overflow reported on the loop is the cause of whatever the stalled write did next
+                self._fail(self._abort or f"writing {kind} failed: {getattr(exc, 'strerror', None) or exc}",
+                           notify=self._abort is None)
         if not self._failed.is_set():
             try:
                 self._close()
@@ -176,8 +183,9 @@ class RecordingWriter:
         self._failed.set()
         self.info.state = "failed"
         self.info.reason = reason
-        log.warning("recording %s of room %s stopped: %s (the live stream goes on)",
-                    self.info.id, self.info.room, reason)
+        if notify:  # else the loop reported it
+            log.warning("recording %s of room %s stopped: %s (the live stream goes on)",
+                        self.info.id, self.info.room, reason)
         container, self._container = self._container, None
         if container is not None:
             try:
