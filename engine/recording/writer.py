@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import queue
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -28,20 +27,15 @@ from typing import Any
 
 import av
 
-from engine.recording.h264 import parameter_sets, sps_size
+from engine.recording.h264 import parameter_sets
 from engine.recording.segments import INIT, SegmentFiles
+from engine.recording.templates import AUDIO_RATE, h264_source, opus_source
 
 log = logging.getLogger(__name__)
 
 VIDEO_RATE = 90000
-AUDIO_RATE = 48000
 META = "recording.json"
 TIMELINE = "timeline.json"
-
-
-def opus_head(channels: int = 2) -> bytes:
-    """The Opus identification header (RFC 7845 5.1) the MP4 ``dOps`` box is built from; no pre-skip."""
-    return b"OpusHead" + struct.pack("<BBHIhB", 1, channels, 0, AUDIO_RATE, 0, 0)
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -214,31 +208,22 @@ class RecordingWriter:
         self._held[kind] = _Held(data, ts, keyframe)
 
     def _open(self, keyframe: bytes) -> None:
-        sets = parameter_sets(keyframe)
-        if sets is None:
+        if parameter_sets(keyframe) is None:
             raise ValueError("the first keyframe carries no SPS and PPS")
-        sps, pps = sets
-        width, height = sps_size(sps)
         self._files = SegmentFiles(self.directory, self._segment_done)
         flags = {"movflags": "frag_keyframe+empty_moov+default_base_moof",
                  # cut at the first keyframe past ~90% of the target: a 2 s GOP is cut at every keyframe
                  "min_frag_duration": str(int(self._segment_seconds * 0.9 * 1_000_000))}
         container = av.open(self._files, "w", format="mp4", options=flags)
-        # The codec contexts are opened (never fed) only so PyAV writes the header from them;
-        # their extradata is then replaced with the publisher's own parameter sets.
-        video = container.add_stream("libx264", rate=30)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        # Streams copied from templates (engine/recording/templates.py): no codec is ever opened.
+        with h264_source(keyframe) as source:
+            video = container.add_stream_from_template(source.streams.video[0])
         video.time_base = Fraction(1, VIDEO_RATE)
-        video.codec_context.options = {"threads": "1", "preset": "ultrafast"}
-        video.codec_context.open()
-        video.codec_context.extradata = b"".join(b"\x00\x00\x00\x01" + unit for unit in (sps, pps))
         self._streams["video"] = video
         if self.info.codecs.get("audio", "").lower() == "opus":
-            audio = container.add_stream("libopus", rate=AUDIO_RATE)
-            audio.codec_context.layout = "stereo"
+            with opus_source() as source:
+                audio = container.add_stream_from_template(source.streams.audio[0])
             audio.time_base = Fraction(1, AUDIO_RATE)
-            audio.codec_context.open()
-            audio.codec_context.extradata = opus_head()
             self._streams["audio"] = audio
         self._container = container
 
