@@ -13,6 +13,7 @@ rewritten atomically after each segment) and ``timeline.json`` (the commerce eve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -131,7 +132,13 @@ class RecordingWriter:
     def finish(self) -> None:
         """No more frames: the thread writes the last segment and the final state, then ends.
 
-        Blocks while the queue is full: call it off the event loop."""
+        Blocks while the queue is full: call it off the event loop. A failed recording's queue
+        (full after an overflow, its thread maybe stuck in a write) is emptied first: what is
+        queued would be skipped anyway, and the end must not wait for a disk that hangs."""
+        if self.failed:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._queue.get_nowait()
         self._queue.put(None)
 
     def join(self, timeout: float) -> bool:
