@@ -129,3 +129,27 @@ async def test_failed_recording_leaves_the_stream_live(tmp_path: Path, h264, opu
         assert engine.recordings.recording("demo") is None
         # ended, the failed recording stays failed (where its state could be stored at all)
         assert all(r["state"] == "failed" for r in await listing(http, engine))
+
+
+async def test_recordings_directory_that_cannot_exist(tmp_path: Path, h264, opus) -> None:
+    """The recordings directory's parent is a file (as root, the one sure way to refuse a directory)."""
+    (tmp_path / "plain-file").write_text("not a directory")
+    config = engine_config(tmp_path, recordings_dir=str(tmp_path / "plain-file" / "recordings"))
+    async with running(config) as engine, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{engine.http_port}"
+        watcher = await connect(engine, token(engine, "demo", "viewer", "v1"))
+        viewer = Viewer(kinds=("video",))
+        publisher = Publisher(h264, opus)
+        response = await publisher.publish(http, base, "demo", engine.rooms.get("demo").stream_key,
+                                           {"video": "H264", "audio": "opus"})
+        assert response.status == 201
+        assert (await viewer.whep(http, base, "demo")).status == 201
+        failed = await watcher.recv_type("recording.failed", timeout=8.0)
+        assert failed["reason"].startswith("cannot create") and "Not a directory" in failed["reason"], failed
+        [shown] = await listing(http, engine)
+        assert shown["id"] == failed["recording"] and shown["state"] == "failed"
+        await frames_keep_coming(viewer)
+        await http.delete(base + publisher.location)
+        await publisher.close()
+        await viewer.close()
+        await watcher.close()
