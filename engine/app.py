@@ -19,6 +19,7 @@ from engine.config import Config
 from engine.demo import seed_demo_catalog
 from engine.media.config import MediaConfig
 from engine.media.service import MediaService
+from engine.recording.service import RecordingConfig, RecordingService
 from engine.rooms import RoomError, Rooms, SqliteRoomDirectory
 from engine.shared_state import SharedState
 from engine.storage import DataDirLock, Storage, StorageUnavailable
@@ -40,6 +41,7 @@ from signaling.guard import AddressGate, GuardedSite, body_deadline, next_head_d
 from signaling.http import Auth, errors_as_json, room_routes
 from signaling.pages import add_page_routes
 from signaling.purchases import purchase_routes, register_purchases
+from signaling.recordings import recording_routes
 from signaling.whip import add_media_routes, register_media
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,10 @@ class App:
         purchase_routes(self.http, self.commerce.log, Auth(self.secret, self.admin_key))
         self.media = MediaService(config=media, rooms=self.rooms, bus=self.bus, audience=self.channel.audience)
         self.media.on_publisher = self.cluster.presence.publisher
+        self.recordings = RecordingService(recording_config(config), self.bus)
+        if config.record:
+            self.media.taps.append(self.recordings)
+        recording_routes(self.http, self.recordings, self.rooms, Auth(self.secret, self.admin_key), self.urls)
         access = ViewAccess(self.rooms, self.secret)
         add_media_routes(self.http, self.media, access)
         register_media(self.channel, self.media, access)
@@ -162,6 +168,7 @@ class App:
         if new_demo and self.config.demo_catalog:
             await seed_demo_catalog(self.commerce, self.config.demo_room)
         await self.media.start()
+        await self.recordings.start()
         try:
             await self.channel.start()
         except OSError as exc:
@@ -194,6 +201,7 @@ class App:
         if self._runner is not None:
             await _bounded("HTTP server", self._runner.cleanup())
         await _bounded("media relay", self.media.stop())
+        await _bounded("recordings", self.recordings.stop())
         await _bounded("purchase subscriptions", self.purchases.stop())
         if self.viewer_tally is not None:
             await _bounded("viewer counts", self.viewer_tally.stop())
@@ -263,6 +271,13 @@ def media_config(config: Config) -> MediaConfig:
         ended_sessions_max=config.ended_sessions_max,
         publisher_idle=config.publisher_idle,
     )
+
+
+def recording_config(config: Config) -> RecordingConfig:
+    """The recorder's settings from the engine's flags and environment."""
+    return RecordingConfig(directory=config.recordings_path, queue_frames=config.recording_queue,
+                           segment_seconds=config.recording_segment, rejoin_seconds=config.recording_rejoin,
+                           max_bytes=config.recordings_max_bytes, max_age=config.recordings_max_age)
 
 
 def stock_store(config: Config) -> MemoryStockStore | RedisStockStore:

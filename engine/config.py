@@ -132,6 +132,16 @@ class Config:
     publisher_idle: float = field(default=3.0, metadata={
         "help": "seconds without media before a room shows offline and a new WHIP POST with its key takes over"})
     forwarding: str = field(default="fast", metadata={"help": "media forwarding path: fast or stock (aiortc senders)"})
+    record: bool = field(default=True, metadata={"help": "record every broadcast (H264 + Opus, remuxed to fMP4)"})
+    recordings_dir: str = field(default="", metadata={"help": "recordings directory (default: DATA_DIR/recordings)"})
+    recordings_max_bytes: int = field(default=0, metadata={
+        "help": "total bytes of recordings kept, the oldest deleted first (0: no bound)"})
+    recordings_max_age: float = field(default=0.0, metadata={"help": "seconds a recording is kept (0: no bound)"})
+    recording_queue: int = field(default=2000, metadata={
+        "help": "frames queued for one recording's writer thread; past it the recording fails, the stream goes on"})
+    recording_segment: float = field(default=2.0, metadata={"help": "target seconds of a recording segment"})
+    recording_rejoin: float = field(default=30.0, metadata={
+        "help": "seconds a broadcast's recording waits for its publisher to return before it ends"})
     shutdown_grace: float = field(default=3.0, metadata={"help": "seconds to close clients on stop"})
     hold_seconds: float = field(default=600.0, metadata={"help": "how long a tap holds units in a cart, s"})
     tap_rate: float = field(default=5.0, metadata={"help": "taps, uncarts and checkouts per second per user"})
@@ -166,6 +176,10 @@ class Config:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def recordings_path(self) -> Path:
+        return Path(self.recordings_dir) if self.recordings_dir else self.data_path / "recordings"
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (tests and the CLI use it)."""

@@ -22,6 +22,7 @@ from engine.media.config import MediaConfig
 from engine.media.fanout import RoomFanout
 from engine.media.forwarding import ViewerCounters, ViewerOutput
 from engine.media.frames import EncodedFrame, KeyframeCache, h264_is_keyframe, vp8_keyframe_size
+from engine.media.taps import FrameTap
 
 
 class Timeline:
@@ -79,6 +80,8 @@ class MediaRoom:
         self._video_receiver: RTCRtpReceiver | None = None
         self._last_pli = float("-inf")
         self._tasks: set[asyncio.Task[bool]] = set()
+        #: Listeners on this room's sources and frames (the recorder), set by ``MediaService``.
+        self.taps: list[FrameTap] = []
         self.counters = ViewerCounters(metrics.PACKETS_OUT, metrics.BYTES_OUT, metrics.DROPPED, room_id)
         self._frames_in = {k: metrics.PACKETS_IN.labels(room_id, k) for k in ("audio", "video")}
         self._bytes_in = {k: metrics.BYTES_IN.labels(room_id, k) for k in ("audio", "video")}
@@ -134,6 +137,8 @@ class MediaRoom:
             del self.viewer_codecs[viewer_id]
         for output in self.viewers.values():
             output.resync()
+        for tap in self.taps:
+            tap.source_started(self.id, self.codecs)
         return stranded
 
     def can_carry(self, negotiated: dict[str, str]) -> bool:
@@ -150,6 +155,8 @@ class MediaRoom:
         self._video_receiver = None
         self.cache.clear()
         self.live = False
+        for tap in self.taps:
+            tap.source_ended(self.id)
         return True
 
     def frame_handler(
@@ -184,6 +191,8 @@ class MediaRoom:
                 if frame.size:
                     self.size = frame.size
             self.cache.add(frame)
+        for tap in self.taps:
+            tap.frame(self.id, frame)
         for output in self.viewers.values():
             output.push(frame)
 

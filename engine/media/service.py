@@ -32,6 +32,7 @@ from engine.media.fastpath import FastOutput
 from engine.media.forwarding import StockOutput
 from engine.media.room import MediaRoom
 from engine.media.sdpguard import CandidateFilter, SdpLimits, check_lines, screen_candidates, screen_offer
+from engine.media.taps import FrameTap
 from engine.tokenbucket import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,8 @@ class MediaService:
         #: Told ``(room, True)`` when a room's publisher attaches here and ``(room, False)`` when it
         #: leaves (the node registry records which node holds each room's publisher).
         self.on_publisher: Callable[[str, bool], None] | None = None
+        #: Listeners on every room's sources and frames (the recorder), shared by all rooms.
+        self.taps: list[FrameTap] = []
         self._media: dict[str, MediaRoom] = {}
         self._sessions: dict[str, _Session] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -464,6 +467,7 @@ class MediaService:
         if media is None:
             media = self._media[room_id] = MediaRoom(room_id, self.config)
             media.on_media_resumed = lambda: self._media_resumed(media)
+            media.taps = self.taps
         return media
 
     def _overloaded(self, message: str) -> MediaError:

@@ -1,0 +1,358 @@
+"""Records every broadcast of every room on this node, and keeps each recording's commerce timeline.
+
+A ``FrameTap`` on the relay (engine/media/taps.py): a broadcast starts at the first H264 keyframe
+after a publisher starts and ends ``rejoin_seconds`` after its publisher left without one coming
+back; a publisher that returns sooner continues the same recording, its frames placed after the
+gap by the wall clock (each kind anchored on its first frame's arrival, which keeps audio and
+video in step across the gap). VP8 is not recorded (CMAF for HLS carries H264): the room gets
+``recording.failed`` with that reason. While a recording runs the service listens to its room
+on the bus and keeps every commerce event viewers saw with its media time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.bus.base import Event
+from engine.media.frames import EncodedFrame
+from engine.recording.segments import INIT
+from engine.recording.writer import AUDIO_RATE, META, TIMELINE, VIDEO_RATE, RecordingInfo, RecordingWriter
+
+log = logging.getLogger(__name__)
+
+#: Room events a replay shows, kept in each recording's timeline.
+TIMELINE_TYPES = frozenset({"tag.pinned", "tag.unpinned", "sale.started", "sale.ended", "sale.sold_out"})
+RECORDING_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")
+ROOM_DIR = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+SEGMENT_FILE = re.compile(r"init\.mp4|seg-[0-9]{6}\.m4s")
+
+
+class RoomBus(Protocol):
+    """What the recorder needs from ``engine.bus.base.Bus``."""
+
+    async def publish(self, room: str, type: str, data: dict) -> Any: ...
+
+    def subscribe(self, room: str, listener: Any) -> None: ...
+
+    def unsubscribe(self, room: str, listener: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    """Where recordings go and how much of them is kept (engine/config.py fills it from flags)."""
+
+    directory: Path
+    #: Frames (and timeline events) queued for one recording's writer; past it the recording fails.
+    queue_frames: int = 2000
+    #: A segment is cut at the first keyframe about this many seconds after the previous cut.
+    segment_seconds: float = 2.0
+    #: Seconds a broadcast waits for its publisher to come back before its recording ends.
+    rejoin_seconds: float = 30.0
+    #: Total bytes of finished recordings kept (0: no bound); the oldest go first.
+    max_bytes: int = 0
+    #: Seconds a finished recording is kept (0: no bound).
+    max_age: float = 0.0
+    #: Seconds between retention sweeps (one also runs whenever a recording ends).
+    sweep_seconds: float = 60.0
+
+
+class _Clock:
+    """Maps one kind's room timestamps onto the recording's clock (ticks since its start)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.offset: int | None = None
+        self.last = -1
+
+    def map(self, timestamp: int, elapsed: float) -> int:
+        if self.offset is None:
+            self.offset = round(elapsed * self.rate) - timestamp
+        mapped = max(timestamp + self.offset, self.last + 1)
+        self.last = mapped
+        return mapped
+
+
+class _Broadcast:
+    """A recording in progress: its writer, clocks, and its listener on the room's events."""
+
+    def __init__(self, service: RecordingService, room: str, writer: RecordingWriter) -> None:
+        self.service = service
+        self.room = room
+        self.writer = writer
+        self.started = time.monotonic()
+        self.clocks = {"video": _Clock(VIDEO_RATE), "audio": _Clock(AUDIO_RATE)}
+        self.ending: asyncio.TimerHandle | None = None
+
+    def rebase(self) -> None:
+        for clock in self.clocks.values():
+            clock.offset = None
+
+    @property
+    def media_time(self) -> float:
+        """Seconds of the video frame live now, on the recording's clock."""
+        return max(self.clocks["video"].last, 0) / VIDEO_RATE
+
+    def on_events(self, events: list[Event]) -> None:
+        for event in events:
+            if event.type not in TIMELINE_TYPES:
+                continue
+            media_ts = self.media_time
+            if event.type == "tag.pinned" and isinstance(event.data.get("media_ts"), (int, float)):
+                media_ts = float(event.data["media_ts"])  # the host's own frame wins
+            entry = {"type": event.type, "media_ts": round(media_ts, 3), "seq": event.seq,
+                     "ts": round(event.ts, 3), "data": event.data}
+            if not self.writer.offer("event", entry):
+                self.service.overflowed(self)
+
+    def on_direct(self, user: str, message: dict[str, Any]) -> None:
+        """Messages to one user are not part of what every viewer saw."""
+
+    def on_reset(self) -> None:
+        """Lost events cannot be placed on the media clock after the fact; the timeline goes on."""
+
+
+class RecordingService:
+    """The recorder of this node (a ``FrameTap``) and the store of its recordings on disk."""
+
+    def __init__(self, config: RecordingConfig, bus: RoomBus) -> None:
+        self.config = config
+        self._bus = bus
+        self._active: dict[str, _Broadcast] = {}
+        self._codecs: dict[str, dict[str, str]] = {}  # rooms whose publisher started, not recorded yet
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for room in list(self._active):
+            await self._end(room)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- the tap ---
+
+    def source_started(self, room: str, codecs: dict[str, str]) -> None:
+        broadcast = self._active.get(room)
+        if broadcast is not None:
+            if broadcast.ending is not None:
+                broadcast.ending.cancel()
+                broadcast.ending = None
+            broadcast.rebase()
+            return
+        video = codecs.get("video", "").lower()
+        if video and video != "h264":
+            reason = f"{codecs['video']} video is not recorded: recordings are fMP4 for HLS, which carries H264"
+            log.warning("room %s: %s", room, reason)
+            self._spawn(self._bus.publish(room, "recording.failed", {"recording": None, "reason": reason}))
+            return
+        if video:
+            self._codecs[room] = dict(codecs)
+
+    def frame(self, room: str, frame: EncodedFrame) -> None:
+        broadcast = self._active.get(room)
+        if broadcast is None:
+            if frame.kind != "video" or not frame.keyframe or room not in self._codecs:
+                return
+            broadcast = self._begin(room, self._codecs.pop(room))
+        if broadcast.writer.failed:
+            return
+        ts = broadcast.clocks[frame.kind].map(frame.timestamp, time.monotonic() - broadcast.started)
+        if not broadcast.writer.offer(frame.kind, frame.data, ts, frame.keyframe):
+            self.overflowed(broadcast)
+
+    def source_ended(self, room: str) -> None:
+        self._codecs.pop(room, None)
+        broadcast = self._active.get(room)
+        if broadcast is not None and broadcast.ending is None:
+            loop = asyncio.get_running_loop()
+            broadcast.ending = loop.call_later(self.config.rejoin_seconds, lambda: self._spawn(self._end(room)))
+
+    def overflowed(self, broadcast: _Broadcast) -> None:
+        reason = f"the recording queue is full ({self.config.queue_frames} items): the disk is too slow"
+        broadcast.writer.abort(reason)
+        log.warning("recording %s of room %s stopped: %s (the live stream goes on)",
+                    broadcast.writer.info.id, broadcast.room, reason)
+        self._failed(broadcast, reason)
+
+    # --- recordings ---
+
+    def _begin(self, room: str, codecs: dict[str, str]) -> _Broadcast:
+        now = time.time()
+        recording_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + secrets.token_hex(3)
+        info = RecordingInfo(recording_id, room, now, codecs)
+        loop = asyncio.get_running_loop()
+        holder: list[_Broadcast] = []
+
+        def on_failed(reason: str) -> None:
+            loop.call_soon_threadsafe(lambda: self._failed(holder[0], reason))
+
+        writer = RecordingWriter(info, self.config.directory / room / recording_id, self.config.queue_frames,
+                                 self.config.segment_seconds, on_failed)
+        broadcast = _Broadcast(self, room, writer)
+        holder.append(broadcast)
+        self._active[room] = broadcast
+        self._bus.subscribe(room, broadcast)
+        log.info("room %s: recording %s started", room, recording_id)
+        self._spawn(self.sweep())
+        return broadcast
+
+    def _failed(self, broadcast: _Broadcast, reason: str) -> None:
+        self._spawn(self._bus.publish(broadcast.room, "recording.failed",
+                                      {"recording": broadcast.writer.info.id, "reason": reason}))
+
+    async def _end(self, room: str) -> None:
+        broadcast = self._active.pop(room, None)
+        if broadcast is None:
+            return
+        if broadcast.ending is not None:
+            broadcast.ending.cancel()
+        self._bus.unsubscribe(room, broadcast)
+        await asyncio.to_thread(broadcast.writer.finish)
+        await asyncio.to_thread(broadcast.writer.join, 30.0)
+        log.info("room %s: recording %s %s", room, broadcast.writer.info.id, broadcast.writer.info.state)
+        await self.sweep()
+
+    def recording(self, room: str) -> str | None:
+        """The id of ``room``'s recording in progress."""
+        broadcast = self._active.get(room)
+        return broadcast.writer.info.id if broadcast is not None else None
+
+    def _directory(self, room: str, recording_id: str) -> Path | None:
+        if not ROOM_DIR.fullmatch(room) or not RECORDING_ID.fullmatch(recording_id):
+            return None
+        path = self.config.directory / room / recording_id
+        return path if (path / META).is_file() else None
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        active = self._active.get(path.parent.name)
+        if active is not None and active.writer.info.id == path.name:
+            # the writer's own state: current, and known even when its directory can no longer be read
+            return active.writer.info.to_dict()
+        try:
+            info = json.loads((path / META).read_text())
+        except (OSError, ValueError):
+            return None
+        if info.get("state") == "recording":
+            info["state"] = "complete"  # its server stopped mid-way: what was flushed is the recording
+        return info
+
+    def list(self, room: str) -> list[dict[str, Any]]:
+        """``room``'s recordings, newest first, with their featured products."""
+        if not ROOM_DIR.fullmatch(room):
+            return []
+        found: dict[str, dict[str, Any]] = {}
+        with contextlib.suppress(OSError):
+            for path in (self.config.directory / room).iterdir():
+                if RECORDING_ID.fullmatch(path.name):
+                    info = self._read(path)
+                    if info is not None:
+                        info["featured"] = featured(self.timeline(room, path.name) or [])
+                        found[path.name] = info
+        active = self.recording(room)
+        if active is not None and active not in found:  # its directory failed: still listed, failed
+            found[active] = {**self._active[room].writer.info.to_dict(), "featured": []}
+        return sorted(found.values(), key=lambda info: info["started_at"], reverse=True)
+
+    def get(self, room: str, recording_id: str) -> dict[str, Any] | None:
+        if ROOM_DIR.fullmatch(room) and self.recording(room) == recording_id:
+            return self._active[room].writer.info.to_dict()
+        path = self._directory(room, recording_id)
+        return None if path is None else self._read(path)
+
+    def timeline(self, room: str, recording_id: str) -> list[dict[str, Any]] | None:
+        path = self._directory(room, recording_id)
+        if path is None:
+            return None
+        try:
+            return json.loads((path / TIMELINE).read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError):
+            return None
+
+    def file(self, room: str, recording_id: str, name: str) -> Path | None:
+        """A segment file of a recording, or None (names are checked: nothing outside the recording)."""
+        path = self._directory(room, recording_id)
+        if path is None or not SEGMENT_FILE.fullmatch(name) or not (path / name).is_file():
+            return None
+        return path / name
+
+    def delete(self, room: str, recording_id: str) -> bool:
+        """Remove a finished recording; False if there is none. One in progress raises ValueError."""
+        path = self._directory(room, recording_id)
+        if path is None:
+            return False
+        if self.recording(room) == recording_id:
+            raise ValueError("this recording is in progress")
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+
+    async def sweep(self) -> None:
+        """Enforce the retention bounds (off the loop): oldest finished recordings deleted first."""
+        if self.config.max_bytes or self.config.max_age:
+            await asyncio.to_thread(self._sweep)
+
+    def _sweep(self) -> None:
+        recordings = []
+        with contextlib.suppress(OSError):
+            for room_dir in self.config.directory.iterdir():
+                if not ROOM_DIR.fullmatch(room_dir.name):
+                    continue
+                for path in room_dir.iterdir():
+                    info = self._read(path) if RECORDING_ID.fullmatch(path.name) else None
+                    if info is not None:
+                        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+                        active = self.recording(room_dir.name) == path.name
+                        recordings.append((info["started_at"], size, active, path))
+        recordings.sort(key=lambda r: r[0])
+        total = sum(r[1] for r in recordings)
+        now = time.time()
+        for started_at, size, active, path in recordings:
+            too_old = self.config.max_age and now - started_at > self.config.max_age
+            too_big = self.config.max_bytes and total > self.config.max_bytes
+            if active or not (too_old or too_big):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            total -= size
+            log.info("recording %s deleted by retention (%s)", path.name, "age" if too_old else "size")
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_seconds)
+            try:
+                await self.sweep()
+            except OSError:
+                log.warning("retention sweep of %s failed", self.config.directory, exc_info=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def featured(timeline: list[dict[str, Any]]) -> list[str]:
+    """Product ids pinned or put on sale in a timeline, in order of first appearance."""
+    products: list[str] = []
+    for entry in timeline:
+        product = entry.get("data", {}).get("product_id") or entry.get("data", {}).get("product")
+        if entry.get("type") in ("tag.pinned", "sale.started") and isinstance(product, str) and product not in products:
+            products.append(product)
+    return products
+
+
+__all__ = ["INIT", "RecordingConfig", "RecordingService", "featured"]

@@ -1,0 +1,287 @@
+"""One recording's writer thread: remuxes relayed frames into CMAF files, off the event loop.
+
+The relay hands each frame over through a bounded queue (``offer`` never blocks); this thread
+muxes them with PyAV into fragmented MP4 (video track 1, Opus track 2, one file so both tracks
+share one timeline and one HLS rendition: no separate audio playlist to keep in step), cut at
+the first keyframe about ``segment_seconds`` after the previous cut. Nothing is decoded or
+encoded: each H264 access unit goes into the file as it came (its NAL units length-prefixed,
+as MP4 stores them), SPS and PPS in the sample entry as well as in band.
+
+Files of a recording directory: ``init.mp4``, ``seg-NNNNNN.m4s``, ``recording.json`` (the state,
+rewritten atomically after each segment) and ``timeline.json`` (the commerce events).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+from engine.recording.h264 import parameter_sets
+from engine.recording.segments import INIT, SegmentFiles
+from engine.recording.templates import AUDIO_RATE, h264_source, opus_source
+
+log = logging.getLogger(__name__)
+
+VIDEO_RATE = 90000
+META = "recording.json"
+TIMELINE = "timeline.json"
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Replace ``path`` atomically: a reader never sees half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w") as file:
+        json.dump(value, file, separators=(",", ":"))
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+@dataclass
+class _Held:
+    """A frame kept until the next of its kind arrives, which gives its duration."""
+
+    data: bytes
+    ts: int
+    keyframe: bool
+
+
+@dataclass
+class RecordingInfo:
+    """What the writer knows of its recording, as stored in ``recording.json``."""
+
+    id: str
+    room: str
+    started_at: float
+    codecs: dict[str, str]
+    state: str = "recording"
+    reason: str | None = None
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    bytes: int = 0
+    duration: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A copy (the writer thread goes on changing this object while the loop reads it)."""
+        return {"id": self.id, "room": self.room, "started_at": self.started_at, "codecs": dict(self.codecs),
+                "state": self.state, "reason": self.reason, "segments": [dict(s) for s in self.segments],
+                "bytes": self.bytes,
+                "duration": round(self.duration, 6)}
+
+
+class RecordingWriter:
+    """Remuxes one recording in its own thread; ``offer`` and ``finish`` are called on the event loop.
+
+    ``on_failed(reason)`` is called from the writer thread when writing fails (the caller hops
+    back to its loop); the queue then stops filling and the live stream is not affected.
+    """
+
+    def __init__(self, info: RecordingInfo, directory: Path, queue_frames: int, segment_seconds: float,
+                 on_failed: Callable[[str], None]) -> None:
+        self.info = info
+        self.directory = directory
+        self._segment_seconds = segment_seconds
+        self._on_failed = on_failed
+        self._queue: queue.Queue[tuple[str, Any, int, bool] | None] = queue.Queue(queue_frames)
+        self._failed = threading.Event()
+        self._abort: str | None = None  # set on the loop, acted on by the thread
+        self._container: av.container.OutputContainer | None = None
+        self._streams: dict[str, Any] = {}
+        self._held: dict[str, _Held] = {}
+        self._last_duration = {"video": VIDEO_RATE // 30, "audio": AUDIO_RATE // 50}
+        self._files: SegmentFiles | None = None
+        self._starts: list[int] = []  # video decode time of each segment's first frame
+        self._video_end = 0
+        self.timeline: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._run, name=f"recording:{info.room}", daemon=True)
+        self._thread.start()
+
+    @property
+    def failed(self) -> bool:
+        return self._failed.is_set() or self._abort is not None
+
+    def offer(self, kind: str, data: Any, ts: int = 0, keyframe: bool = False) -> bool:
+        """Queue a frame (``kind`` video or audio, ``ts`` in its clock from the recording's start) or a
+        timeline ``event``; False when the queue is full (the caller fails the recording)."""
+        if self._failed.is_set() or self._abort is not None:
+            return True
+        try:
+            self._queue.put_nowait((kind, data, ts, keyframe))
+        except queue.Full:
+            return False
+        return True
+
+    def abort(self, reason: str) -> None:
+        """Stop recording from the loop (its queue overflowed): the thread skips what is queued.
+
+        The state says failed at once: the thread may be stuck in a write for a long time."""
+        self._abort = reason
+        self.info.state, self.info.reason = "failed", reason
+
+    def finish(self) -> None:
+        """No more frames: the thread writes the last segment and the final state, then ends.
+
+        Blocks while the queue is full: call it off the event loop. A failed recording's queue
+        (full after an overflow, its thread maybe stuck in a write) is emptied first: what is
+        queued would be skipped anyway, and the end must not wait for a disk that hangs."""
+        if self.failed:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._queue.get_nowait()
+        self._queue.put(None)
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # --- the writer thread ---
+
+    def _run(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=False)
+            self._save()
+        except OSError as exc:
+            self._fail(f"cannot create {self.directory}: {exc.strerror or exc}")
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            if self._abort is not None and not self._failed.is_set():
+                self._fail(self._abort, notify=False)
+            if self._failed.is_set():
+                continue
+            kind, data, ts, keyframe = item
+            try:
+                if kind == "event":
+                    self.timeline.append(data)
+                    write_json(self.directory / TIMELINE, self.timeline)
+                else:
+                    self._frame(kind, data, ts, keyframe)
+            except (OSError, av.FFmpegError, ValueError) as exc:
+                # an overflow reported on the loop is the cause of whatever the stalled write did next
+                self._fail(self._abort or f"writing {kind} failed: {getattr(exc, 'strerror', None) or exc}",
+                           notify=self._abort is None)
+        if not self._failed.is_set():
+            try:
+                self._close()
+            except (OSError, av.FFmpegError, ValueError) as exc:
+                self._fail(f"closing the recording failed: {getattr(exc, 'strerror', None) or exc}")
+
+    def _fail(self, reason: str, notify: bool = True) -> None:
+        if self._failed.is_set():
+            return
+        self._failed.set()
+        self.info.state = "failed"
+        self.info.reason = reason
+        if notify:  # else the loop reported it
+            log.warning("recording %s of room %s stopped: %s (the live stream goes on)",
+                        self.info.id, self.info.room, reason)
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()
+            except Exception:  # the file system already failed; the state below says so
+                log.debug("closing the failed recording's muxer failed", exc_info=True)
+        try:
+            self._save()
+        except OSError:
+            log.debug("cannot store the failed state of recording %s", self.info.id, exc_info=True)
+        if notify:
+            self._on_failed(reason)
+
+    def _frame(self, kind: str, data: bytes, ts: int, keyframe: bool) -> None:
+        if self._container is None:
+            if kind != "video" or not keyframe:
+                return  # a recording starts on a keyframe; audio before it has no picture
+            self._open(data)
+        if kind not in self._streams:
+            return
+        held = self._held.get(kind)
+        if held is not None:
+            if ts <= held.ts:
+                ts = held.ts + 1  # decode times must rise, whatever the publisher sent
+            self._mux(kind, held, ts - held.ts)
+        self._held[kind] = _Held(data, ts, keyframe)
+
+    def _open(self, keyframe: bytes) -> None:
+        if parameter_sets(keyframe) is None:
+            raise ValueError("the first keyframe carries no SPS and PPS")
+        self._files = SegmentFiles(self.directory, self._segment_done)
+        flags = {"movflags": "frag_keyframe+empty_moov+default_base_moof",
+                 # cut at the first keyframe past ~90% of the target: a 2 s GOP is cut at every keyframe
+                 "min_frag_duration": str(int(self._segment_seconds * 0.9 * 1_000_000))}
+        container = av.open(self._files, "w", format="mp4", options=flags)
+        # Streams copied from templates (engine/recording/templates.py): no codec is ever opened.
+        with h264_source(keyframe) as source:
+            video = container.add_stream_from_template(source.streams.video[0])
+        video.time_base = Fraction(1, VIDEO_RATE)
+        self._streams["video"] = video
+        if self.info.codecs.get("audio", "").lower() == "opus":
+            with opus_source() as source:
+                audio = container.add_stream_from_template(source.streams.audio[0])
+            audio.time_base = Fraction(1, AUDIO_RATE)
+            self._streams["audio"] = audio
+        self._container = container
+
+    def _mux(self, kind: str, held: _Held, duration: int) -> None:
+        assert self._container is not None
+        packet = av.Packet(held.data)
+        packet.stream = self._streams[kind]
+        packet.time_base = packet.stream.time_base
+        packet.pts = packet.dts = held.ts
+        packet.duration = duration
+        packet.is_keyframe = held.keyframe or kind == "audio"
+        self._last_duration[kind] = duration
+        if kind == "video":
+            self._video_end = held.ts + duration
+        self._container.mux(packet)
+
+    def _close(self) -> None:
+        container = self._container
+        if container is not None:
+            for kind, held in sorted(self._held.items()):
+                self._mux(kind, held, self._last_duration[kind])
+            self._held.clear()
+            container.close()  # the last fragment
+            self._container = None
+        self.info.state = "complete"
+        self._settle()
+        self._save()
+
+    def _segment_done(self, name: str, size: int, start: int | None) -> None:
+        """A media segment is on disk: the stored state lists it (durations of all but the last known)."""
+        self._starts.append(start if start is not None else self._video_end)
+        self.info.segments.append({"file": name, "bytes": size, "duration": None})
+        self._settle()
+        self._save()
+
+    def _settle(self) -> None:
+        """Segment durations from consecutive start times; the last runs to the end of the video."""
+        for index, segment in enumerate(self.info.segments):
+            end = self._starts[index + 1] if index + 1 < len(self._starts) else None
+            if end is None and self.info.state != "recording":
+                end = self._video_end
+            if end is not None:
+                segment["duration"] = round((end - self._starts[index]) / VIDEO_RATE, 6)
+        done = [s["duration"] for s in self.info.segments if s["duration"] is not None]
+        self.info.duration = sum(done)
+        self.info.bytes = (self._files.bytes if self._files is not None else 0)
+
+    def _save(self) -> None:
+        info = self.info.to_dict()
+        info["saved_at"] = time.time()
+        write_json(self.directory / META, info)
+
+
+__all__ = ["INIT", "META", "TIMELINE", "RecordingInfo", "RecordingWriter"]

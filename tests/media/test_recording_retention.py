@@ -1,0 +1,69 @@
+"""Retention by total size: the oldest finished recordings go first, the one in progress never."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from test_recording_failures import engine_config, listing, running, wait_for
+from test_recording_http import broadcast, stop
+
+from engine.app import App
+
+
+def size_on_disk(engine: App, recording: dict[str, Any]) -> int:
+    folder = engine.config.recordings_path / "demo" / recording["id"]
+    return sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
+
+
+async def record(engine: App, http: aiohttp.ClientSession, h264: Any, opus: Any, seconds: float) -> None:
+    publisher = await broadcast(engine, http, h264, opus)
+    await asyncio.sleep(seconds)
+    await stop(engine, http, publisher)
+
+
+async def started(engine: App, http: aiohttp.ClientSession) -> list[dict[str, Any]]:
+    """The listing once the new broadcast's recording is in it and the sweep its start runs is done."""
+    async def check() -> list[dict[str, Any]]:
+        found = await listing(http, engine)
+        return found if engine.recordings.recording("demo") and any(
+            r["id"] == engine.recordings.recording("demo") for r in found) else []
+
+    await wait_for(check)
+    await asyncio.sleep(0.3)
+    return await listing(http, engine)
+
+
+async def test_retention_deletes_oldest_finished_first(tmp_path: Path, h264, opus) -> None:
+    async with running(engine_config(tmp_path)) as engine, aiohttp.ClientSession() as http:
+        for _ in range(3):
+            await record(engine, http, h264, opus, 1.0)
+        newest, middle, oldest = await listing(http, engine)
+        assert [r["state"] for r in (newest, middle, oldest)] == ["complete"] * 3
+        sizes = {r["id"]: size_on_disk(engine, r) for r in (newest, middle, oldest)}
+    margin = 5000  # more than a recording holds when it starts (init segment and state), less than any finished
+    assert all(size > 2 * margin for size in sizes.values()), sizes
+
+    # room for the newest finished recording and a starting one: the two oldest go, in that order
+    bounded = engine_config(tmp_path, recordings_max_bytes=sizes[newest["id"]] + margin)
+    async with running(bounded) as engine, aiohttp.ClientSession() as http:
+        publisher = await broadcast(engine, http, h264, opus)
+        kept = await started(engine, http)
+        live = engine.recordings.recording("demo")
+        assert [r["id"] for r in kept] == [live, newest["id"]], (kept, sizes)
+        assert kept[0]["state"] == "recording"
+        await stop(engine, http, publisher)
+
+    # a bound no recording fits in: every finished one goes, the one in progress stays and goes on
+    async with running(engine_config(tmp_path, recordings_max_bytes=1)) as engine, aiohttp.ClientSession() as http:
+        publisher = await broadcast(engine, http, h264, opus)
+        [only] = await started(engine, http)
+        assert only["id"] == engine.recordings.recording("demo") and only["state"] == "recording"
+        await asyncio.sleep(2.5)  # a segment is cut: it grows past the bound while in progress
+        [only] = await listing(http, engine)
+        assert only["state"] == "recording" and only["bytes"] > 1
+        await stop(engine, http, publisher)
+        await wait_for(lambda: asyncio.sleep(0, not (engine.config.recordings_path / "demo" / only["id"]).exists()))
+        assert await listing(http, engine) == []  # finished, it is past the bound too
