@@ -19,6 +19,7 @@ from engine.config import Config
 from engine.demo import seed_demo_catalog
 from engine.media.config import MediaConfig
 from engine.media.service import MediaService
+from engine.nodes.credential import NodeCredentials
 from engine.rooms import RoomError, Rooms, SqliteRoomDirectory
 from engine.shared_state import SharedState
 from engine.storage import DataDirLock, Storage, StorageUnavailable
@@ -92,8 +93,13 @@ class App:
         purchase_routes(self.http, self.commerce.log, Auth(self.secret, self.admin_key))
         self.media = MediaService(config=media, rooms=self.rooms, bus=self.bus, audience=self.channel.audience)
         self.media.on_publisher = self.cluster.presence.publisher
+        node_credentials = NodeCredentials(self.secret)
+        if config.redis_url:  # other nodes may hold rooms' publishers: pull them for viewers here
+            node = self.cluster.node_id
+            self.media.enable_cascade(node, self.cluster.origin,
+                                      lambda room: node_credentials.mint(node, room))
         access = ViewAccess(self.rooms, self.secret)
-        add_media_routes(self.http, self.media, access)
+        add_media_routes(self.http, self.media, access, node_credentials)
         register_media(self.channel, self.media, access)
         add_page_routes(self.http, config, self.rooms, self.urls)
         self._runner: web.AppRunner | None = None
@@ -121,7 +127,7 @@ class App:
         """What /healthz tells: this node, and its bus; ``degraded`` while the bus cannot reach Redis
         (websockets stay open and the bus reconnects by itself, but nothing is published meanwhile)."""
         bus = self.bus.health()
-        view: dict[str, Any] = {"node": self.cluster.view(), "bus": bus}
+        view: dict[str, Any] = {"node": self.cluster.view(), "bus": bus, "media": self.media.rooms_view()}
         if not bus["connected"]:
             view["status"] = "degraded"
         return view
@@ -249,6 +255,8 @@ def media_config(config: Config) -> MediaConfig:
         ended_session_ttl=config.ended_session_ttl,
         ended_sessions_max=config.ended_sessions_max,
         publisher_idle=config.publisher_idle,
+        edge_linger=config.edge_linger,
+        edge_poll=config.edge_poll,
     )
 
 

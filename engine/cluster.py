@@ -21,7 +21,7 @@ from engine.leases.base import Leases
 from engine.leases.keeper import LeaseKeeper
 from engine.leases.memory import MemoryLeases
 from engine.leases.redis import RedisLeases
-from engine.nodes.base import NodeRegistry
+from engine.nodes.base import NodeInfo, NodeRegistry
 from engine.nodes.memory import MemoryNodeRegistry
 from engine.nodes.presence import Presence
 from engine.nodes.redis import RedisNodeRegistry
@@ -83,6 +83,16 @@ class Cluster:
             await self.presence.stop()
         if self.redis is not None:
             await self.redis.aclose()
+
+    async def origin(self, room: str) -> NodeInfo | None:
+        """The live node holding ``room``'s publisher (this one included), with its public URL; None if none."""
+        holder = await self.presence.registry.publisher_node(room)
+        if holder is None:
+            return None
+        known = {node.id: node for node in self.presence.view_nodes()}
+        if holder not in known:  # it joined since the last heartbeat's list
+            known = {node.id: node for node in await self.presence.registry.nodes()}
+        return known.get(holder)
 
     def view(self) -> dict[str, Any]:
         """For /healthz: this node, the rooms whose clock it runs, the publishers it holds, the live nodes."""

@@ -122,6 +122,10 @@ class Config:
     pli_interval: float = field(default=1.0, metadata={"help": "min seconds between keyframe requests"})
     publisher_idle: float = field(default=3.0, metadata={
         "help": "seconds without media before a room shows offline and a new WHIP POST with its key takes over"})
+    edge_linger: float = field(default=5.0, metadata={
+        "help": "seconds an edge node keeps pulling a room from its origin after its last viewer of it left"})
+    edge_poll: float = field(default=1.0, metadata={
+        "help": "seconds between an edge node's checks of which node holds a pulled room's publisher"})
     forwarding: str = field(default="fast", metadata={"help": "media forwarding path: fast or stock (aiortc senders)"})
     shutdown_grace: float = field(default=3.0, metadata={"help": "seconds to close clients on stop"})
     hold_seconds: float = field(default=600.0, metadata={"help": "how long a tap holds units in a cart, s"})

@@ -16,7 +16,8 @@ from aiohttp import web
 
 from engine.media.errors import MediaError
 from engine.media.service import MediaService
-from signaling.access import ViewAccess
+from engine.nodes.credential import CredentialError, NodeCredentials, is_node_credential
+from signaling.access import CHALLENGE, ViewAccess
 
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
@@ -78,12 +79,29 @@ def _ice_links(media: MediaService) -> list[str]:
     return [f'<{url}>; rel="ice-server"' for url in media.ice_servers()]
 
 
-def add_media_routes(app: web.Application, media: MediaService, access: ViewAccess | None = None) -> None:
+def _edge_node(nodes: NodeCredentials | None, room: str, token: str) -> str:
+    """The id of the node a WHEP ``POST``'s node credential names; 401 (403 for another room) if it does not verify."""
+    if nodes is None:
+        raise MediaError(401, "unauthorized", "this node takes no node credentials", CHALLENGE)
+    try:
+        return nodes.verify(token, room)
+    except CredentialError as exc:
+        if exc.code == "forbidden":
+            raise MediaError(403, exc.code, exc.message) from None
+        raise MediaError(401, exc.code, exc.message, CHALLENGE) from None
+
+
+def add_media_routes(
+    app: web.Application, media: MediaService, access: ViewAccess | None = None,
+    nodes: NodeCredentials | None = None,
+) -> None:
     """Add ``/whip/{room}``, ``/whep/{room}`` and their session resources to ``app``.
 
     ``access`` reads a WHEP ``POST``'s optional Bearer token (a viewer token) as the user id, so a
     page watching over WHEP beside its websocket counts once in the room's viewers, and refuses
-    viewers of a private room without a token of it (none: all rooms open, Bearer ignored)."""
+    viewers of a private room without a token of it (none: all rooms open, Bearer ignored).
+    ``nodes`` checks the node credential of another node pulling a room as an edge (a Bearer
+    token in the node credential format is only ever that: it never falls back to a viewer)."""
     for prefix, role in (("whip", "publisher"), ("whep", "viewer")):
         collection = f"/{prefix}/{{room}}"
         resource = f"/{prefix}/{{room}}/{{session}}"
@@ -105,8 +123,11 @@ def add_media_routes(app: web.Application, media: MediaService, access: ViewAcce
             sdp = await _sdp_body(request, media.config.max_sdp_bytes)
             if role == "publisher":
                 created = await media.publish(room, _bearer(request), sdp)
+            elif is_node_credential(bearer := _bearer(request)):
+                assert bearer is not None
+                created = await media.view(room, sdp, edge=_edge_node(nodes, room, bearer))
             else:
-                sub = access.whep_viewer(room, _bearer(request)) if access is not None else None
+                sub = access.whep_viewer(room, bearer) if access is not None else None
                 created = await media.view(room, sdp, sub=sub)
             headers = {
                 **CORS,

@@ -140,6 +140,14 @@ class MediaConfig:
     #: after about 30 s.
     publisher_idle: float = 3.0
 
+    #: Media cascade (several nodes on one registry): seconds an edge keeps pulling a room after
+    #: its last viewer there left, so a viewer zapping back does not make it reconnect to the origin.
+    edge_linger: float = 5.0
+
+    #: Media cascade: seconds between two checks of where each pulled (or awaited) room's publisher
+    #: is, so edges follow a publisher that came back on another node within about this long.
+    edge_poll: float = 1.0
+
     def __post_init__(self) -> None:
         if self.viewer_queue_frames <= self.keyframe_cache_frames:
             raise ValueError("viewer_queue_frames must exceed keyframe_cache_frames")
@@ -160,3 +168,5 @@ class MediaConfig:
         CandidateFilter.parse(self.ice_candidate_filter)  # ValueError names a bad item
         if self.publisher_idle <= 0:
             raise ValueError("publisher_idle must be > 0")
+        if self.edge_linger < 0 or self.edge_poll <= 0:
+            raise ValueError("edge_linger must be >= 0 and edge_poll > 0")

@@ -25,6 +25,7 @@ from engine.errors import shown
 from engine.media import aiortc_compat, metrics, offer
 from engine.media.admissions import Admissions
 from engine.media.budgets import RetransmitBudget
+from engine.media.cascade import Cascade, CredentialMinter, OriginLookup
 from engine.media.config import MediaConfig
 from engine.media.ended import RecentlyEnded
 from engine.media.errors import MediaError
@@ -89,6 +90,7 @@ class _Session:
     remote_candidates: int = 0  # candidates the peer sent (offer and trickle), against max_remote_candidates
     patches: TokenBucket | None = None  # trickle PATCH budget
     sub: str | None = None  # the viewer's user id, when its request carried a verified token
+    edge: str | None = None  # the pulling node's id, when the viewer is an edge node (node credential)
     # A WHIP/WHEP resource, reachable over HTTP by its secret id; a websocket viewer's session
     # (named after its connection, which anyone could guess) is its websocket's alone.
     http_resource: bool = True
@@ -139,13 +141,26 @@ class MediaService:
         )
         self._ended = RecentlyEnded(config.ended_session_ttl, config.ended_sessions_max)
         self._admissions = Admissions()
+        #: Pulls of rooms whose publisher is on another node (None: this node serves its own publishers only).
+        self.cascade: Cascade | None = None
+
+    def enable_cascade(self, node_id: str, origin: OriginLookup, credential: CredentialMinter) -> Cascade:
+        """Serve viewers of rooms published on other nodes by pulling them (engine/media/cascade.py)."""
+        self.cascade = Cascade(self, node_id, origin, credential, poll=self.config.edge_poll,
+                               linger=self.config.edge_linger, request_timeout=self.config.connect_timeout)
+        self.cascade.rooms_to_watch = self._rooms_to_pull
+        return self.cascade
 
     async def start(self) -> None:
         self._started = True
+        if self.cascade is not None:
+            await self.cascade.start()
 
     async def stop(self) -> None:
-        """Close every peer connection (viewers first, then publishers)."""
+        """Let go of pulls, then close every peer connection (viewers first, then publishers)."""
         self._started = False
+        if self.cascade is not None:
+            await self.cascade.stop()
         sessions = sorted(self._sessions.values(), key=lambda s: s.role != "viewer")
         for session in sessions:
             await self._close(session)
@@ -166,6 +181,52 @@ class MediaService:
     def room(self, room_id: str) -> MediaRoom | None:
         return self._media.get(room_id)
 
+    def rooms_view(self) -> dict[str, dict[str, Any]]:
+        """Per room with media here: this node's role in its cascade, the upstream and its pull, viewers, edges."""
+        view = {}
+        for room_id, media in sorted(self._media.items()):
+            pull = self.cascade.pull(room_id) if self.cascade is not None else None
+            role = "origin" if self.has_local_publisher(room_id) else "edge" if pull is not None else "waiting"
+            view[room_id] = {"role": role, "live": media.live, "upstream": pull.upstream.id if pull else None,
+                             "pull": pull.view() if pull else None, "viewers": media.audience,
+                             "edges": len(media.edges)}
+        return view
+
+    # --- the cascade's host (engine/media/cascade.py, EdgeHost) ---
+
+    def media_room(self, room_id: str) -> MediaRoom:
+        return self._media_room(room_id)
+
+    def existing_room(self, room_id: str) -> MediaRoom | None:
+        return self._media.get(room_id)
+
+    def has_local_publisher(self, room_id: str) -> bool:
+        media = self._media.get(room_id)
+        return media is not None and media.publisher_id is not None and media.upstream is None
+
+    def local_viewers(self, room_id: str) -> int:
+        media = self._media.get(room_id)
+        return media.audience if media is not None else 0
+
+    def peer_connection(self) -> RTCPeerConnection:
+        return self._peer_connection()
+
+    def bind_ice(self, pc: RTCPeerConnection) -> None:
+        aiortc_compat.bind_ice(
+            pc, self.config.announced_addresses, self.config.listen_address, self.config.socket_receive_buffer
+        )
+
+    def end_stranded(self, stranded: dict[str, Any], codecs: dict[str, str]) -> None:
+        self._end_stranded(stranded, codecs)
+
+    def forget_if_empty(self, media: MediaRoom) -> None:
+        self._forget_if_empty(media)
+
+    def _rooms_to_pull(self) -> list[str]:
+        """Rooms with viewers here and no publisher here: the cascade checks where their origin is."""
+        return [room_id for room_id, media in self._media.items()
+                if media.audience and not self.has_local_publisher(room_id)]
+
     # --- publishers ---
 
     async def publish(self, room_id: str, stream_key: str | None, sdp: str) -> SessionAnswer:
@@ -182,8 +243,10 @@ class MediaService:
         media = self._media_room(room_id)
         try:
             codecs = offer.publisher_codecs(sections, media.preferred_codecs())
-            replaced = self._replaceable_publisher(media)
             self._check_capacity()
+            if media.upstream is not None and self.cascade is not None:
+                self.cascade.drop(room_id)  # the publisher is here now: this node is the room's origin
+            replaced = self._replaceable_publisher(media)
         except MediaError:
             self._forget_if_empty(media)
             raise
@@ -259,12 +322,17 @@ class MediaService:
     # --- viewers ---
 
     async def view(
-        self, room_id: str, sdp: str, session_id: str | None = None, sub: str | None = None
+        self, room_id: str, sdp: str, session_id: str | None = None, sub: str | None = None,
+        edge: str | None = None,
     ) -> SessionAnswer:
         """Start a viewer session (WHEP ``POST`` or a websocket ``offer``; ``session_id`` = conn id).
 
         ``sub`` is the viewer's user id when its request carried a verified token,
-        so a page watching over WHEP beside its websocket counts once.
+        so a page watching over WHEP beside its websocket counts once. ``edge`` is the
+        id of a node pulling the room (its node credential verified): only the room's
+        origin serves one (409 ``not_origin`` elsewhere, so pulls never form a loop), and it
+        is not a person in the room's audience. On a node that is not the room's origin,
+        a viewer first makes sure the room is pulled from its origin (engine/media/cascade.py).
         """
         if self._rooms.get(room_id) is None:
             raise MediaError(404, "not_found", f"no room {shown(room_id)}")
@@ -272,9 +340,15 @@ class MediaService:
         sdp = screened.text
         description = offer.parse(sdp)
         sections = offer.tracks(description, sending=False)
+        pulled: dict[str, str] = {}
+        if edge is not None:
+            if not self.has_local_publisher(room_id):
+                raise MediaError(409, "not_origin", f"room {shown(room_id)} has no publisher on this node")
+        elif self.cascade is not None and not self.has_local_publisher(room_id):
+            pulled = await self.cascade.prepare(room_id)
         media = self._media_room(room_id)
         try:
-            codecs = offer.viewer_codecs(sections, media.codecs)
+            codecs = offer.viewer_codecs(sections, media.codecs or pulled)
         except MediaError:
             self._forget_if_empty(media)
             raise
@@ -329,15 +403,18 @@ class MediaService:
                     await self._discard(pc)
                     raise
                 session = _Session(session_id, "viewer", media, pc, self._ufrag(description), secrets.token_hex(8),
-                                   sub=sub, http_resource=resource)
+                                   sub=sub, http_resource=resource, edge=edge)
                 session.output = output
                 session.remote_candidates = screened.received
                 self._sessions[session_id] = session
                 media.add_viewer(session_id, output, codecs)
+                if edge is not None:
+                    media.edges.add(session_id)
+                    metrics.EDGES_SERVED.labels(room_id).set(len(media.edges))
         except Exception:
             self._forget_if_empty(media)
             raise
-        if self._audience is not None:
+        if self._audience is not None and edge is None:
             self._audience.joined(room_id, "media", sub)
         self._viewers_changed(media)
         self._watch(session)
@@ -567,8 +644,8 @@ class MediaService:
             await self._publish_online(media)
 
     def _media_resumed(self, media: MediaRoom) -> None:
-        """Media flows again after the room went quiet: viewers see it live again."""
-        if media.publisher_id is not None and not media.live:
+        """Media flows again after the room went quiet: viewers see it live again (the origin tells them)."""
+        if media.publisher_id is not None and not media.live and media.upstream is None:
             media.live = True
             self._spawn(self._publish_online(media))
 
@@ -604,8 +681,12 @@ class MediaService:
             output = media.remove_viewer(session.id)
             if output is not None:
                 output.close()
-            if self._audience is not None:
+            if session.edge is not None:
+                metrics.EDGES_SERVED.labels(media.id).set(len(media.edges))
+            elif self._audience is not None:
                 self._audience.left(media.id, "media", session.sub)
+            if self.cascade is not None and not media.audience:
+                self.cascade.viewers_gone(media.id)
             await self._discard(session.pc)
             self._viewers_changed(media)
         else:

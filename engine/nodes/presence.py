@@ -71,6 +71,10 @@ class Presence:
         return {"id": self.node_id, "publishers": sorted(self._publishers),
                 "nodes": [node.to_dict() for node in self._nodes]}
 
+    def view_nodes(self) -> list[NodeInfo]:
+        """The live nodes as the last heartbeat listed them."""
+        return list(self._nodes)
+
     def publisher(self, room: str, attached: bool) -> None:
         """The media relay's hook: ``room``'s publisher attached to (True) or left (False) this node."""
         if attached:

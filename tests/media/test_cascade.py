@@ -1,0 +1,277 @@
+"""The media cascade through real `livecart serve` nodes on one Redis, and real peer connections.
+
+A publisher imitating OBS (one complete offer without trickle, H264 on PT 96 and Opus on PT 111,
+PLI ignored) publishes on one node; viewers POST WHEP to another, which pulls the room from the
+first over WHEP with a node credential and fans it out. Every assertion on media is on frames the
+viewers received (and, for one player, decoded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import websockets
+from cascade_nodes import SECRET, MediaNode, ready, start_node, stop_nodes, until
+from media_peers import Publisher, Viewer, post_offer
+
+from engine.media import aiortc_compat
+from engine.nodes.credential import NodeCredentials
+from tests.conftest import Client, RedisTarget
+
+H264_OPUS = {"video": "H264", "audio": "opus"}
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[MediaNode]]:
+    started: list[MediaNode] = []
+    yield started
+    stop_nodes(started)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def cluster(tmp_path: Path, redis: RedisTarget, nodes: list[MediaNode], http: aiohttp.ClientSession,
+                  *names: str, extra: dict[str, tuple[str, ...]] | None = None) -> list[MediaNode]:
+    """Start ``names`` as nodes, wait until they see each other."""
+    started = [start_node(tmp_path / name, name, redis, *(extra or {}).get(name, ())) for name in names]
+    nodes.extend(started)
+    await ready(http, *started)
+    return started
+
+
+async def create_room(http: aiohttp.ClientSession, first: MediaNode, *others: MediaNode, room: str = "show") -> str:
+    """A room created through ``first`` (its stream key), once every other node knows it."""
+    created = await first.ok(http, "POST", "/api/rooms", {"id": room})
+    for node in others:
+        await until(lambda node=node: node.call(http, "GET", f"/api/rooms/{room}"), lambda answer: answer[0] == 200)
+    return created["stream_key"]
+
+
+async def publish(http: aiohttp.ClientSession, node: MediaNode, key: str, h264: Any, opus: Any,
+                  room: str = "show") -> Publisher:
+    publisher = Publisher(h264, opus, obs_offer=True)
+    response = await publisher.publish(http, node.http, room, key, H264_OPUS)
+    assert response.status == 201, await response.text()
+    return publisher
+
+
+async def watch(http: aiohttp.ClientSession, node: MediaNode, room: str = "show", **kwargs: Any) -> tuple[Viewer, str]:
+    """A viewer that POSTed WHEP to ``node``; its session's URL."""
+    viewer = Viewer(**kwargs)
+    response = await viewer.whep(http, node.http, room)
+    assert response.status == 201, await response.text()
+    return viewer, node.http + response.headers["Location"]
+
+
+async def frames(viewer: Viewer, kind: str, at_least: int, timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while viewer.log.count(kind) < at_least:
+            await asyncio.sleep(0.05)
+
+
+async def leave(http: aiohttp.ClientSession, viewer: Viewer, location: str) -> None:
+    async with http.delete(location) as response:
+        assert response.status == 200
+    await viewer.close()
+
+
+async def test_viewers_on_an_edge_share_one_pull_of_the_origin(
+        tmp_path: Path, redis_target: RedisTarget, nodes: list[MediaNode], http: aiohttp.ClientSession,
+        h264: Any, opus: Any) -> None:
+    origin, edge = await cluster(tmp_path, redis_target, nodes, http, "node-a", "node-b")
+    key = await create_room(http, origin, edge)
+    publisher = await publish(http, origin, key, h264, opus)
+
+    # several first viewers at once on the edge: one lookup, one pull
+    watching = await asyncio.gather(*(watch(http, edge) for _ in range(3)))
+    player, _ = await watch(http, edge, decode=True)
+    viewers = [viewer for viewer, _ in watching]
+    for viewer in viewers:
+        await frames(viewer, "video", 30)
+        await frames(viewer, "audio", 30)
+    await asyncio.wait_for(player.first_decoded.wait(), 15)
+    async with asyncio.timeout(10):
+        while len(player.decoded) < 10:
+            await asyncio.sleep(0.05)
+    assert (player.decoded[-1].width, player.decoded[-1].height) == (320, 240)
+    assert all(viewer.log.codecs == {"video": "H264", "audio": "opus"} for viewer in viewers)
+
+    on_origin = await origin.media(http, "show")
+    on_edge = await edge.media(http, "show")
+    assert on_origin["role"] == "origin" and on_origin["edges"] == 1 and on_origin["viewers"] == 0
+    assert on_edge["role"] == "edge" and on_edge["upstream"] == "node-a" and on_edge["viewers"] == 4
+    assert on_edge["pull"]["state"] == "live"
+    assert await edge.metric(http, "livecart_media_edge_pulls_opened_total", room="show") == 1
+    assert await edge.metric(http, "livecart_media_edge_pull", room="show", upstream="node-a", state="live") == 1
+    assert await origin.metric(http, "livecart_media_edges_served", room="show") == 1
+    assert await origin.metric(http, "livecart_media_viewers", room="show") == 1  # the edge, once
+
+    for viewer in [*viewers, player]:
+        await viewer.close()
+    await publisher.close()
+
+
+async def test_only_a_node_credential_from_the_shared_secret_pulls_and_only_from_the_origin(
+        tmp_path: Path, redis_target: RedisTarget, nodes: list[MediaNode], http: aiohttp.ClientSession,
+        h264: Any, opus: Any) -> None:
+    origin, edge = await cluster(tmp_path, redis_target, nodes, http, "node-a", "node-b")
+    key = await create_room(http, origin, edge)
+    await create_room(http, origin, edge, room="other")
+    publisher = await publish(http, origin, key, h264, opus)
+
+    async def pull_with(node: MediaNode, token: str) -> aiohttp.ClientResponse:
+        return await post_offer(http, f"{node.http}/whep/show", await Viewer().offer(), token)
+
+    forged = NodeCredentials("another-secret-" + "x" * 32).mint("node-z", "show")
+    assert (await pull_with(origin, forged)).status == 401
+    expired = NodeCredentials(SECRET).mint("node-z", "show", ttl=1, now=time.time() - 3600)
+    assert (await pull_with(origin, expired)).status == 401
+    assert (await pull_with(origin, forged[:-4] + "0000")).status == 401
+    assert (await pull_with(origin, NodeCredentials(SECRET).mint("node-z", "other"))).status == 403
+    # a valid credential, but to a node that does not hold the room's publisher: pulls never loop
+    refused = await pull_with(edge, NodeCredentials(SECRET).mint("node-z", "show"))
+    assert refused.status == 409 and (await refused.json())["error"]["code"] == "not_origin"
+    # a viewer token is a viewer, never an edge
+    minted = await origin.ok(http, "POST", "/api/rooms/show/tokens", {"role": "viewer", "sub": "ana"})
+    viewer = Viewer()
+    response = await post_offer(http, f"{origin.http}/whep/show", await viewer.offer(), minted["token"])
+    assert response.status == 201
+    await viewer.accept(await response.text())
+    await frames(viewer, "video", 10)
+    assert (await origin.media(http, "show"))["edges"] == 0
+
+    pulled = Viewer()
+    response = await post_offer(http, f"{origin.http}/whep/show", await pulled.offer(),
+                                NodeCredentials(SECRET).mint("node-z", "show"))
+    assert response.status == 201
+    await pulled.accept(await response.text())
+    await frames(pulled, "video", 10)
+    assert (await origin.media(http, "show"))["edges"] == 1
+    for peer in (viewer, pulled, publisher):
+        await peer.close()
+
+
+async def test_late_joiner_on_an_edge_starts_at_a_keyframe_and_keyframe_requests_go_upstream_once(
+        tmp_path: Path, redis_target: RedisTarget, nodes: list[MediaNode], http: aiohttp.ClientSession,
+        h264: Any, opus: Any) -> None:
+    # the origin passes every PLI on (0.05 s apart): what reaches the publisher is what the edge sent
+    origin, edge = await cluster(tmp_path, redis_target, nodes, http, "node-a", "node-b",
+                                 extra={"node-a": ("--pli-interval", "0.05"), "node-b": ("--pli-interval", "1")})
+    key = await create_room(http, origin, edge)
+    publisher = await publish(http, origin, key, h264, opus)
+    first, _ = await watch(http, edge)
+    await frames(first, "video", 75)  # past the first keyframe interval: the stream is mid-GOP now
+
+    late, _ = await watch(http, edge)
+    await frames(late, "video", 1)
+    assert late.log.frames["video"][0][2], "the late joiner's first frame is a keyframe (the edge's cache)"
+    assert await origin.metric(http, "livecart_media_edges_served", room="show") == 1
+
+    viewers = [first, late, *[viewer for viewer, _ in await asyncio.gather(*(watch(http, edge) for _ in range(2)))]]
+    for viewer in viewers:
+        await frames(viewer, "video", 5)
+    before = publisher.keyframe_requests
+    started = time.monotonic()
+    asked = 0
+    while time.monotonic() - started < 3.0:
+        for viewer in viewers:
+            asked += await aiortc_compat.request_keyframe(viewer.pc.getTransceivers()[1].receiver)
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    elapsed = time.monotonic() - started
+    reached = publisher.keyframe_requests - before
+    assert asked >= 100
+    # at most one PLI per second from the edge (plus one for a partial interval at each end)
+    assert 1 <= reached <= elapsed + 2, (asked, reached)
+    for viewer in viewers:
+        await viewer.close()
+    await publisher.close()
+
+
+async def test_an_edge_lingers_after_its_last_viewer_then_lets_go(
+        tmp_path: Path, redis_target: RedisTarget, nodes: list[MediaNode], http: aiohttp.ClientSession,
+        h264: Any, opus: Any) -> None:
+    origin, edge = await cluster(tmp_path, redis_target, nodes, http, "node-a", "node-b",
+                                 extra={"node-b": ("--edge-linger", "2")})
+    key = await create_room(http, origin, edge)
+    publisher = await publish(http, origin, key, h264, opus)
+
+    viewer, location = await watch(http, edge)
+    await frames(viewer, "video", 10)
+    await leave(http, viewer, location)
+    # zapping back within the linger: the same pull serves the new viewer
+    assert (await edge.media(http, "show"))["pull"]["state"] == "live"
+    viewer, location = await watch(http, edge)
+    await frames(viewer, "video", 10)
+    assert await edge.metric(http, "livecart_media_edge_pulls_opened_total", room="show") == 1
+    assert (await origin.media(http, "show"))["edges"] == 1
+
+    await leave(http, viewer, location)
+    left = time.monotonic()
+    await until(lambda: edge.media(http, "show"), lambda view: view is None or view["pull"] is None)
+    assert time.monotonic() - left >= 1.5  # held for the linger (2 s), not let go at once
+    await until(lambda: origin.media(http, "show"), lambda view: view["edges"] == 0)  # DELETEd on the origin
+    assert await edge.metric(http, "livecart_media_edge_pull", room="show", upstream="node-a", state="live") == 0
+
+    viewer, _ = await watch(http, edge)  # a new viewer after the linger opens a new pull
+    await frames(viewer, "video", 10)
+    view = await edge.media(http, "show")
+    assert view["pull"]["state"] == "live" and view["pull"]["age"] < time.monotonic() - left
+    assert (await origin.media(http, "show"))["edges"] == 1
+    await viewer.close()
+    await publisher.close()
+
+
+async def test_publisher_moving_to_another_node_reaches_edge_viewers_without_a_rejoin(
+        tmp_path: Path, redis_target: RedisTarget, nodes: list[MediaNode], http: aiohttp.ClientSession,
+        h264: Any, opus: Any) -> None:
+    first, second, edge = await cluster(tmp_path, redis_target, nodes, http, "node-a", "node-b", "node-c")
+    key = await create_room(http, first, second, edge)
+    publisher = await publish(http, first, key, h264, opus)
+    minted = await edge.ok(http, "POST", "/api/rooms/show/tokens", {"role": "viewer", "sub": "bo"})
+    events = Client(await websockets.connect(f"ws://127.0.0.1:{edge.ws_port}/ws?token={minted['token']}",
+                                             max_queue=None))
+    await events.recv_type("snapshot")
+    viewer, _ = await watch(http, edge)
+    on_first, _ = await watch(http, first)  # a viewer of the first origin, which becomes an edge itself
+    await frames(viewer, "video", 10)
+    await frames(on_first, "video", 10)
+    assert (await edge.media(http, "show"))["upstream"] == "node-a"
+
+    async with http.delete(first.http + publisher.location) as response:
+        assert response.status == 200
+    await publisher.close()
+    assert (await events.recv_type("media.offline", timeout=10))["reason"] == "publisher_left"
+    seen, seen_first = viewer.log.count("video"), on_first.log.count("video")
+
+    publisher = await publish(http, second, key, h264, opus)
+    moved = time.monotonic()
+    online = await events.recv_type("media.online", timeout=10)
+    assert online["codecs"] == H264_OPUS
+    view = await until(lambda: edge.media(http, "show"), lambda view: view["upstream"] == "node-b")
+    assert view["role"] == "edge"
+    await frames(viewer, "video", seen + 30)
+    await frames(on_first, "video", seen_first + 30)
+    resumed = time.monotonic() - moved
+    # the new origin's media starts at a keyframe, on the same peer connections (a client's jitter buffer
+    # hands out a frame when the next one starts: the old stream's last frame comes out first)
+    for log in (viewer.log, on_first.log):
+        after = [keyframe for arrived, _, keyframe in log.frames["video"] if arrived > moved]
+        assert any(after[:2]), after[:10]
+    assert (await edge.media(http, "show"))["pull"]["state"] == "live"
+    assert (await first.media(http, "show"))["role"] == "edge"
+    await until(lambda: second.media(http, "show"), lambda view: view["edges"] == 2)
+    print(f"edge viewers resumed {resumed:.2f} s after the publisher came back on another node")
+    await events.close()
+    for peer in (viewer, on_first, publisher):
+        await peer.close()
