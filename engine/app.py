@@ -62,7 +62,8 @@ class App:
         public_urls(config, config.http_port, config.ws_port)
         media = media_config(config)
         self.cluster = Cluster(config, rooms=lambda: [room.id for room in self.rooms.list()],
-                               urls=lambda: (self.urls().base, self.urls().ws), load=self.load)
+                               urls=lambda: (self.urls().base, self.urls().ws), load=self.load,
+                               media_free=lambda: self.media.viewer_capacity)
         self.config = config
         # With --redis-url, settings, rooms, records and the purchase log are shared by every node.
         self.shared = SharedState(config) if config.redis_url else None
@@ -99,7 +100,8 @@ class App:
             self.media.enable_cascade(node, self.cluster.origin,
                                       lambda room: node_credentials.mint(node, room))
         access = ViewAccess(self.rooms, self.secret)
-        add_media_routes(self.http, self.media, access, node_credentials)
+        add_media_routes(self.http, self.media, access, node_credentials,
+                         elsewhere=self._roomier_node if config.redis_url else None)
         register_media(self.channel, self.media, access)
         add_page_routes(self.http, config, self.rooms, self.urls)
         self._runner: web.AppRunner | None = None
@@ -131,6 +133,11 @@ class App:
         if not bus["connected"]:
             view["status"] = "degraded"
         return view
+
+    def _roomier_node(self) -> str | None:
+        """The public HTTP base URL of another node that takes more media viewers, if any."""
+        node = self.cluster.roomiest()
+        return node.http_url if node is not None else None
 
     def load(self) -> tuple[int, int]:
         """(viewers, open connections) of this node, for its registry heartbeat."""

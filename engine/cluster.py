@@ -48,6 +48,7 @@ class Cluster:
         rooms: Callable[[], Iterable[str]],
         urls: Callable[[], tuple[str, str]],
         load: Callable[[], tuple[int, int]],
+        media_free: Callable[[], int] = lambda: 0,
     ) -> None:
         if not 0 < config.node_heartbeat < config.node_ttl:
             raise ValueError("--node-heartbeat must be positive and shorter than --node-ttl")
@@ -67,7 +68,7 @@ class Cluster:
             leases = MemoryLeases()
             registry = MemoryNodeRegistry(config.node_ttl)
         self.clocks = LeaseKeeper(leases, self.node_id, config.lease_ttl, rooms)
-        self.presence = Presence(registry, self.node_id, urls, load, config.node_heartbeat)
+        self.presence = Presence(registry, self.node_id, urls, load, config.node_heartbeat, media_free)
         self._started = False
 
     async def start(self) -> None:
@@ -93,6 +94,12 @@ class Cluster:
         if holder not in known:  # it joined since the last heartbeat's list
             known = {node.id: node for node in await self.presence.registry.nodes()}
         return known.get(holder)
+
+    def roomiest(self) -> NodeInfo | None:
+        """Another live node that takes more media viewers (the most free sessions), as the last heartbeat saw it."""
+        others = [node for node in self.presence.view_nodes()
+                  if node.id != self.node_id and node.load.media_free > 0]
+        return max(others, key=lambda node: (node.load.media_free, node.id), default=None)
 
     def view(self) -> dict[str, Any]:
         """For /healthz: this node, the rooms whose clock it runs, the publishers it holds, the live nodes."""

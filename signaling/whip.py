@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -91,9 +92,24 @@ def _edge_node(nodes: NodeCredentials | None, room: str, token: str) -> str:
         raise MediaError(401, exc.code, exc.message, CHALLENGE) from None
 
 
+#: Query parameter marking a WHEP ``POST`` that a full node redirected here: it is not redirected again.
+REDIRECTED = "redirected"
+
+
+def _redirect(request: web.Request, elsewhere: Callable[[], str | None] | None, room: str) -> web.Response | None:
+    """A ``307`` to another node's WHEP endpoint for a viewer this node is too full for; None if none takes it."""
+    if elsewhere is None or REDIRECTED in request.query:
+        return None
+    base = elsewhere()
+    if base is None:
+        return None
+    location = f"{base.rstrip('/')}/whep/{quote(room, safe='')}?{REDIRECTED}=1"
+    return web.Response(status=307, headers={**CORS, "Location": location})
+
+
 def add_media_routes(
     app: web.Application, media: MediaService, access: ViewAccess | None = None,
-    nodes: NodeCredentials | None = None,
+    nodes: NodeCredentials | None = None, elsewhere: Callable[[], str | None] | None = None,
 ) -> None:
     """Add ``/whip/{room}``, ``/whep/{room}`` and their session resources to ``app``.
 
@@ -101,7 +117,10 @@ def add_media_routes(
     page watching over WHEP beside its websocket counts once in the room's viewers, and refuses
     viewers of a private room without a token of it (none: all rooms open, Bearer ignored).
     ``nodes`` checks the node credential of another node pulling a room as an edge (a Bearer
-    token in the node credential format is only ever that: it never falls back to a viewer)."""
+    token in the node credential format is only ever that: it never falls back to a viewer).
+    ``elsewhere`` names another node's public base URL that takes more viewers: a WHEP viewer this
+    node is too full for (503 ``overloaded``) is redirected there with ``307`` (at most once: the
+    ``Location`` carries ``?redirected=1``), or answered 503 with ``Retry-After`` when none is."""
     for prefix, role in (("whip", "publisher"), ("whep", "viewer")):
         collection = f"/{prefix}/{{room}}"
         resource = f"/{prefix}/{{room}}/{{session}}"
@@ -128,7 +147,13 @@ def add_media_routes(
                 created = await media.view(room, sdp, edge=_edge_node(nodes, room, bearer))
             else:
                 sub = access.whep_viewer(room, bearer) if access is not None else None
-                created = await media.view(room, sdp, sub=sub)
+                try:
+                    created = await media.view(room, sdp, sub=sub)
+                except MediaError as exc:
+                    redirect = _redirect(request, elsewhere, room) if exc.code == "overloaded" else None
+                    if redirect is None:
+                        raise
+                    return redirect
             headers = {
                 **CORS,
                 "Content-Type": SDP,

@@ -178,6 +178,12 @@ class MediaService:
         """Open media sessions (publishers and viewers): a node serving media is not idle."""
         return len(self._sessions)
 
+    @property
+    def viewer_capacity(self) -> int:
+        """Media sessions this node still takes for viewers (``max_peers`` less the publishers' reserve)."""
+        used = len(self._sessions) + self._admissions.total
+        return max(0, self.config.max_peers - self.config.publisher_reserve - used)
+
     def room(self, room_id: str) -> MediaRoom | None:
         return self._media.get(room_id)
 

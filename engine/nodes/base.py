@@ -14,11 +14,13 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True, slots=True)
 class Load:
-    """What a node carries: viewers (people, each once), open connections (websocket and media), CPU (cores busy)."""
+    """What a node carries: viewers (people, each once), open connections (websocket and media), CPU (cores busy),
+    and how many more media viewers it takes (``media_free``: other nodes send WHEP viewers there when full)."""
 
     viewers: int = 0
     connections: int = 0
     cpu: float = 0.0
+    media_free: int = 0
 
 
 @dataclass(frozen=True, slots=True)

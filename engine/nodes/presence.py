@@ -43,6 +43,7 @@ class Presence:
         urls: Callable[[], tuple[str, str]],
         load: Callable[[], tuple[int, int]],
         interval: float,
+        media_free: Callable[[], int] = lambda: 0,
     ) -> None:
         if not 0 < interval < registry.ttl:
             raise ValueError("the heartbeat interval must be positive and shorter than the node TTL")
@@ -51,6 +52,7 @@ class Presence:
         self.interval = interval
         self._urls = urls
         self._load = load
+        self._media_free = media_free
         self._cpu = CpuMeter()
         self._publishers: set[str] = set()
         self._refused: set[str] = set()
@@ -63,7 +65,8 @@ class Presence:
         """This node's announcement now."""
         http_url, ws_url = self._urls()
         viewers, connections = self._load()
-        return NodeInfo(self.node_id, http_url, ws_url, Load(viewers, connections, self._cpu.read()),
+        return NodeInfo(self.node_id, http_url, ws_url,
+                        Load(viewers, connections, self._cpu.read(), self._media_free()),
                         tuple(sorted(self._publishers)))
 
     def view(self) -> dict[str, Any]:

@@ -275,3 +275,56 @@ async def test_publisher_moving_to_another_node_reaches_edge_viewers_without_a_r
     await events.close()
     for peer in (viewer, on_first, publisher):
         await peer.close()
+
+
+async def test_a_full_node_redirects_whep_viewers_to_a_node_with_room_or_answers_503(
+        tmp_path: Path, redis_target: RedisTarget, nodes: list[MediaNode], http: aiohttp.ClientSession,
+        h264: Any, opus: Any) -> None:
+    # media sessions for viewers: --max-peers less --publisher-reserve (a: 3, b: 1, c: plenty)
+    origin, full, roomy = await cluster(tmp_path, redis_target, nodes, http, "node-a", "node-b", "node-c", extra={
+        "node-a": ("--max-peers", "23", "--publisher-reserve", "20"),
+        "node-b": ("--max-peers", "21", "--publisher-reserve", "20")})
+    key = await create_room(http, origin, full, roomy)
+    publisher = await publish(http, origin, key, h264, opus)
+    first, _ = await watch(http, full)  # node-b pulls the room: its one viewer session, and one of node-a's
+
+    async def whep(url: str) -> tuple[aiohttp.ClientResponse, Viewer]:
+        viewer = Viewer()
+        response = await http.post(url, data=await viewer.offer(), headers={"Content-Type": "application/sdp"},
+                                   allow_redirects=False)
+        await response.read()
+        if response.status == 201:
+            await viewer.accept(await response.text())
+        return response, viewer
+
+    async def free(node_id: str) -> int:
+        nodes = (await full.ok(http, "GET", "/healthz"))["node"]["nodes"]
+        return next((n["load"]["media_free"] for n in nodes if n["id"] == node_id), -1)
+
+    await until(lambda: free("node-c"), lambda value: value > 1000)
+    redirected, _ = await whep(f"{full.http}/whep/show")
+    assert redirected.status == 307
+    assert redirected.headers["Location"] == f"{roomy.http}/whep/show?redirected=1"
+    refused, _ = await whep(f"{full.http}/whep/show?redirected=1")  # never redirected twice
+    assert refused.status == 503 and int(refused.headers["Retry-After"]) > 0
+    answered, second = await whep(redirected.headers["Location"])
+    assert answered.status == 201
+    await frames(second, "video", 10)  # node-c pulled the room from node-a for it
+    assert (await origin.media(http, "show"))["edges"] == 2
+
+    await second.close()
+    stop_nodes([roomy])  # node-c leaves: its pull ends, node-a has room for one more viewer
+    await until(lambda: free("node-c"), lambda value: value == -1)
+    await until(lambda: free("node-a"), lambda value: value == 1)
+    redirected, _ = await whep(f"{full.http}/whep/show")
+    assert redirected.status == 307 and redirected.headers["Location"] == f"{origin.http}/whep/show?redirected=1"
+    answered, third = await whep(redirected.headers["Location"])
+    assert answered.status == 201
+    await frames(third, "video", 10)
+
+    await until(lambda: free("node-a"), lambda value: value == 0)
+    refused, _ = await whep(f"{full.http}/whep/show")  # nobody has room: 503, come back later
+    assert refused.status == 503 and int(refused.headers["Retry-After"]) > 0
+    assert (await refused.json())["error"]["code"] == "overloaded"
+    for peer in (first, third, publisher):
+        await peer.close()
