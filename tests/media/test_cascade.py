@@ -244,15 +244,20 @@ async def test_publisher_moving_to_another_node_reaches_edge_viewers_without_a_r
     await events.recv_type("snapshot")
     viewer, _ = await watch(http, edge)
     on_first, _ = await watch(http, first)  # a viewer of the first origin, which becomes an edge itself
+    by_websocket = Viewer()  # the websocket client's own player: offer and answer over the websocket
+    ack = await events.request({"type": "offer", "id": "o1", "sdp": await by_websocket.offer()}, timeout=10)
+    assert ack["type"] == "ack", ack
+    await by_websocket.accept(ack["sdp"])
     await frames(viewer, "video", 10)
     await frames(on_first, "video", 10)
+    await frames(by_websocket, "video", 10)
     assert (await edge.media(http, "show"))["upstream"] == "node-a"
 
     async with http.delete(first.http + publisher.location) as response:
         assert response.status == 200
     await publisher.close()
     assert (await events.recv_type("media.offline", timeout=10))["reason"] == "publisher_left"
-    seen, seen_first = viewer.log.count("video"), on_first.log.count("video")
+    seen, seen_first, seen_ws = viewer.log.count("video"), on_first.log.count("video"), by_websocket.log.count("video")
 
     publisher = await publish(http, second, key, h264, opus)
     moved = time.monotonic()
@@ -262,10 +267,11 @@ async def test_publisher_moving_to_another_node_reaches_edge_viewers_without_a_r
     assert view["role"] == "edge"
     await frames(viewer, "video", seen + 30)
     await frames(on_first, "video", seen_first + 30)
+    await frames(by_websocket, "video", seen_ws + 30)
     resumed = time.monotonic() - moved
     # the new origin's media starts at a keyframe, on the same peer connections (a client's jitter buffer
     # hands out a frame when the next one starts: the old stream's last frame comes out first)
-    for log in (viewer.log, on_first.log):
+    for log in (viewer.log, on_first.log, by_websocket.log):
         after = [keyframe for arrived, _, keyframe in log.frames["video"] if arrived > moved]
         assert any(after[:2]), after[:10]
     assert (await edge.media(http, "show"))["pull"]["state"] == "live"
@@ -273,7 +279,7 @@ async def test_publisher_moving_to_another_node_reaches_edge_viewers_without_a_r
     await until(lambda: second.media(http, "show"), lambda view: view["edges"] == 2)
     print(f"edge viewers resumed {resumed:.2f} s after the publisher came back on another node")
     await events.close()
-    for peer in (viewer, on_first, publisher):
+    for peer in (viewer, on_first, by_websocket, publisher):
         await peer.close()
 
 
@@ -328,3 +334,31 @@ async def test_a_full_node_redirects_whep_viewers_to_a_node_with_room_or_answers
     assert (await refused.json())["error"]["code"] == "overloaded"
     for peer in (first, third, publisher):
         await peer.close()
+
+
+async def test_publisher_returning_to_the_same_origin_resumes_edge_viewers_on_the_same_pull(
+        tmp_path: Path, redis_target: RedisTarget, nodes: list[MediaNode], http: aiohttp.ClientSession,
+        h264: Any, opus: Any) -> None:
+    origin, edge = await cluster(tmp_path, redis_target, nodes, http, "node-a", "node-b")
+    key = await create_room(http, origin, edge)
+    publisher = await publish(http, origin, key, h264, opus)
+    viewer, _ = await watch(http, edge)
+    await frames(viewer, "video", 10)
+    async with http.delete(origin.http + publisher.location) as response:
+        assert response.status == 200
+    await publisher.close()
+    await until(lambda: origin.media(http, "show"), lambda view: view["role"] == "waiting")
+    seen = viewer.log.count("video")
+
+    publisher = await publish(http, origin, key, h264, opus)
+    back = time.monotonic()
+    await frames(viewer, "video", seen + 30)
+    # the returning publisher's media starts at a keyframe; before it may come the old stream's last frame
+    # from each jitter buffer on the way (the edge's receiver and the player's hand a frame out when the next begins)
+    after = [keyframe for arrived, _, keyframe in viewer.log.frames["video"] if arrived > back]
+    assert any(after[:3]), after[:10]
+    view = await edge.media(http, "show")
+    assert view["upstream"] == "node-a" and view["pull"]["state"] == "live"
+    assert await edge.metric(http, "livecart_media_edge_pulls_opened_total", room="show") == 1  # the same pull
+    await viewer.close()
+    await publisher.close()
