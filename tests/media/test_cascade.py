@@ -269,11 +269,12 @@ async def test_publisher_moving_to_another_node_reaches_edge_viewers_without_a_r
     await frames(on_first, "video", seen_first + 30)
     await frames(by_websocket, "video", seen_ws + 30)
     resumed = time.monotonic() - moved
-    # the new origin's media starts at a keyframe, on the same peer connections (a client's jitter buffer
-    # hands out a frame when the next one starts: the old stream's last frame comes out first)
+    # the new origin's media starts at a keyframe, on the same peer connections; before it may come the old
+    # stream's last frame from each jitter buffer on the way (an edge's receiver and the player's hand a
+    # frame out when the next one begins), and node-c may reach node-b through node-a for a moment
     for log in (viewer.log, on_first.log, by_websocket.log):
         after = [keyframe for arrived, _, keyframe in log.frames["video"] if arrived > moved]
-        assert any(after[:2]), after[:10]
+        assert any(after[:3]), after[:10]
     assert (await edge.media(http, "show"))["pull"]["state"] == "live"
     assert (await first.media(http, "show"))["role"] == "edge"
     await until(lambda: second.media(http, "show"), lambda view: view["edges"] == 2)
