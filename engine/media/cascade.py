@@ -180,6 +180,10 @@ class Cascade:
     def pull(self, room_id: str) -> EdgePull | None:
         return self._pulls.get(room_id)
 
+    @property
+    def pull_count(self) -> int:
+        return len(self._pulls)
+
     # --- called by the media service ---
 
     async def prepare(self, room_id: str) -> dict[str, str]:
@@ -190,7 +194,8 @@ class Cascade:
         the room as it is, and the pull follows when the registry names an origin.
         """
         self._cancel_linger(room_id)
-        await self._refresh_shared(room_id)
+        if room_id not in self._pulls:  # an open pull's upstream is the watcher's to check, not each viewer's
+            await self._refresh_shared(room_id)
         pull = self._pulls.get(room_id)
         if pull is None:
             return {}

@@ -175,8 +175,8 @@ class MediaService:
 
     @property
     def peer_count(self) -> int:
-        """Open media sessions (publishers and viewers): a node serving media is not idle."""
-        return len(self._sessions)
+        """Open media sessions (publishers, viewers, pulls from other nodes): a node serving media is not idle."""
+        return len(self._sessions) + (self.cascade.pull_count if self.cascade is not None else 0)
 
     @property
     def viewer_capacity(self) -> int:
@@ -354,7 +354,7 @@ class MediaService:
             pulled = await self.cascade.prepare(room_id)
         media = self._media_room(room_id)
         try:
-            codecs = offer.viewer_codecs(sections, media.codecs or pulled)
+            codecs = offer.viewer_codecs(sections, pulled or media.codecs)
         except MediaError:
             self._forget_if_empty(media)
             raise
@@ -364,7 +364,7 @@ class MediaService:
             await self._close(self._sessions[session_id])
             media = self._media_room(room_id)  # closing the previous session may have forgotten the room
         try:
-            self._admit_viewer(media)
+            self._admit_viewer(media, edge is not None)
         except MediaError:
             self._forget_if_empty(media)
             raise
@@ -556,8 +556,11 @@ class MediaService:
         if len(self._sessions) + self._admissions.total >= self.config.max_peers:
             raise self._overloaded("this node has its maximum of media sessions")
 
-    def _admit_viewer(self, media: MediaRoom) -> None:
+    def _admit_viewer(self, media: MediaRoom, edge: bool = False) -> None:
         """503 unless the room and node have room for one more viewer.
+
+        Edges (other nodes pulling the room) do not count against ``max_viewers_per_room``:
+        a room full of viewers here must still feed the nodes that serve its other viewers.
 
         A viewer still connecting (maybe one that never will) counts against
         the room's viewers and also against the much smaller connecting caps,
@@ -568,7 +571,7 @@ class MediaService:
         connecting = [s for s in self._sessions.values() if s.role == "viewer" and not s.connected]
         answering = self._admissions.viewers_in(media.id)  # admitted, not in the table yet
         in_room = sum(1 for s in connecting if s.room is media) + answering
-        if len(media.viewers) + answering >= self.config.max_viewers_per_room:
+        if not edge and media.audience + answering >= self.config.max_viewers_per_room:
             raise self._overloaded(f"room {media.id!r} has its maximum of viewers")
         if in_room >= self.config.max_connecting_per_room:
             raise self._overloaded(f"room {media.id!r} has its maximum of viewers still connecting")

@@ -124,7 +124,9 @@ async def test_viewers_on_an_edge_share_one_pull_of_the_origin(
 async def test_only_a_node_credential_from_the_shared_secret_pulls_and_only_from_the_origin(
         tmp_path: Path, redis_target: RedisTarget, nodes: list[MediaNode], http: aiohttp.ClientSession,
         h264: Any, opus: Any) -> None:
-    origin, edge = await cluster(tmp_path, redis_target, nodes, http, "node-a", "node-b")
+    # one viewer per room on the origin: edges pulling it do not count against that
+    origin, edge = await cluster(tmp_path, redis_target, nodes, http, "node-a", "node-b",
+                                 extra={"node-a": ("--max-viewers-per-room", "1")})
     key = await create_room(http, origin, edge)
     await create_room(http, origin, edge, room="other")
     publisher = await publish(http, origin, key, h264, opus)
@@ -156,7 +158,8 @@ async def test_only_a_node_credential_from_the_shared_secret_pulls_and_only_from
     assert response.status == 201
     await pulled.accept(await response.text())
     await frames(pulled, "video", 10)
-    assert (await origin.media(http, "show"))["edges"] == 1
+    view = await origin.media(http, "show")
+    assert view["edges"] == 1 and view["viewers"] == 1
     for peer in (viewer, pulled, publisher):
         await peer.close()
 
