@@ -140,10 +140,10 @@ def add_media_routes(
         async def post(request: web.Request, role: str = role, prefix: str = prefix) -> web.Response:
             room = request.match_info["room"]
             sdp = await _sdp_body(request, media.config.max_sdp_bytes)
+            bearer = _bearer(request)
             if role == "publisher":
-                created = await media.publish(room, _bearer(request), sdp)
-            elif is_node_credential(bearer := _bearer(request)):
-                assert bearer is not None
+                created = await media.publish(room, bearer, sdp)
+            elif bearer is not None and is_node_credential(bearer):
                 created = await media.view(room, sdp, edge=_edge_node(nodes, room, bearer))
             else:
                 sub = access.whep_viewer(room, bearer) if access is not None else None

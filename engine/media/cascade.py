@@ -149,6 +149,8 @@ class Cascade:
         self._lookups: dict[str, asyncio.Task[None]] = {}
         self._lingers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Rooms whose last pull failed, with the upstream it failed from (warned once, then logged at info).
+        self._failing: dict[str, str] = {}
         self._http: aiohttp.ClientSession | None = None
         self._watcher: asyncio.Task[None] | None = None
         #: Rooms to check every ``poll`` seconds (set by the service: rooms with viewers here, no publisher).
@@ -282,8 +284,17 @@ class Cascade:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("room %s: pull from node %s (%s) failed: %s", pull.room_id, pull.upstream.id,
-                        pull.upstream.http_url, exc)
+            again = self._failing.get(pull.room_id) == pull.upstream.id
+            self._failing[pull.room_id] = pull.upstream.id
+            log.log(logging.INFO if again else logging.WARNING, "room %s: pull from node %s (%s) failed: %s%s",
+                    pull.room_id, pull.upstream.id, pull.upstream.http_url, exc,
+                    " (again)" if again else "; retried every edge_poll while viewers wait")
+            self._close(pull, forget=True)
+            return
+        await asyncio.sleep(self._timeout)
+        if pull.state in ("requesting", "connecting"):
+            log.info("room %s: pull from node %s did not connect in %.0f s", pull.room_id, pull.upstream.id,
+                     self._timeout)
             self._close(pull, forget=True)
 
     async def _connect(self, pull: EdgePull) -> None:
@@ -347,6 +358,7 @@ class Cascade:
         media.upstream = pull.upstream.id
         media.live = True  # the origin announces the room live; the edge only relays
         pull.media = media
+        self._failing.pop(pull.room_id, None)
         self._set_state(pull, "live")
         self._host.end_stranded(stranded, pull.codecs)
         if not self._host.local_viewers(pull.room_id):

@@ -73,9 +73,9 @@ class NodeCredentials:
         return node
 
 
-def is_node_credential(token: str | None) -> bool:
+def is_node_credential(token: str) -> bool:
     """Whether a Bearer token claims to be a node credential (then only ``NodeCredentials.verify`` may admit it)."""
-    return token is not None and token.startswith(PREFIX)
+    return token.startswith(PREFIX)
 
 
 def _b64(text: str) -> str:

@@ -9,6 +9,7 @@ viewers received (and, for one player, decoded).
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -364,5 +365,35 @@ async def test_publisher_returning_to_the_same_origin_resumes_edge_viewers_on_th
     view = await edge.media(http, "show")
     assert view["upstream"] == "node-a" and view["pull"]["state"] == "live"
     assert await edge.metric(http, "livecart_media_edge_pulls_opened_total", room="show") == 1  # the same pull
+    await viewer.close()
+    await publisher.close()
+
+
+async def test_after_the_origin_is_killed_edges_wait_for_the_publisher_to_return_anywhere(
+        tmp_path: Path, redis_target: RedisTarget, nodes: list[MediaNode], http: aiohttp.ClientSession,
+        h264: Any, opus: Any) -> None:
+    origin, edge, spare = await cluster(tmp_path, redis_target, nodes, http, "node-a", "node-b", "node-c")
+    key = await create_room(http, origin, edge, spare)
+    publisher = await publish(http, origin, key, h264, opus)
+    viewer, _ = await watch(http, edge)
+    await frames(viewer, "video", 10)
+
+    origin.proc.send_signal(signal.SIGKILL)  # no goodbye: its claim on the room lapses with its TTL (3 s)
+    origin.proc.wait(10)
+    await publisher.close()  # the publisher's connection died with the node; it comes back on node-c
+    killed = time.monotonic()
+    seen = viewer.log.count("video")
+    async with asyncio.timeout(15):
+        while True:  # as OBS does: retry until the room's publisher claim is free
+            publisher = Publisher(h264, opus, obs_offer=True)
+            response = await publisher.publish(http, spare.http, "show", key, H264_OPUS)
+            if response.status == 201:
+                break
+            await publisher.close()
+            await asyncio.sleep(0.5)
+    await until(lambda: edge.media(http, "show"), lambda view: view["upstream"] == "node-c")
+    await frames(viewer, "video", seen + 30)  # the same peer connection plays again
+    print(f"edge viewer played again {time.monotonic() - killed:.2f} s after its origin was killed")
+    assert (await spare.media(http, "show"))["edges"] == 1
     await viewer.close()
     await publisher.close()
