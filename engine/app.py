@@ -63,7 +63,7 @@ class App:
         media = media_config(config)
         self.cluster = Cluster(config, rooms=lambda: [room.id for room in self.rooms.list()],
                                urls=lambda: (self.urls().base, self.urls().ws), load=self.load,
-                               media_free=lambda: self.media.viewer_capacity)
+                               media_free=lambda: self.media.viewer_capacity, relays=lambda: self.media.relays())
         self.config = config
         # With --redis-url, settings, rooms, records and the purchase log are shared by every node.
         self.shared = SharedState(config) if config.redis_url else None
@@ -264,6 +264,8 @@ def media_config(config: Config) -> MediaConfig:
         publisher_idle=config.publisher_idle,
         edge_linger=config.edge_linger,
         edge_poll=config.edge_poll,
+        max_edges_per_node=config.max_edges_per_node,
+        max_edge_depth=config.max_edge_depth,
     )
 
 

@@ -21,7 +21,7 @@ from engine.leases.base import Leases
 from engine.leases.keeper import LeaseKeeper
 from engine.leases.memory import MemoryLeases
 from engine.leases.redis import RedisLeases
-from engine.nodes.base import NodeInfo, NodeRegistry
+from engine.nodes.base import NodeInfo, NodeRegistry, Relay
 from engine.nodes.memory import MemoryNodeRegistry
 from engine.nodes.presence import Presence
 from engine.nodes.redis import RedisNodeRegistry
@@ -49,6 +49,7 @@ class Cluster:
         urls: Callable[[], tuple[str, str]],
         load: Callable[[], tuple[int, int]],
         media_free: Callable[[], int] = lambda: 0,
+        relays: Callable[[], tuple[Relay, ...]] = tuple,
     ) -> None:
         if not 0 < config.node_heartbeat < config.node_ttl:
             raise ValueError("--node-heartbeat must be positive and shorter than --node-ttl")
@@ -68,7 +69,8 @@ class Cluster:
             leases = MemoryLeases()
             registry = MemoryNodeRegistry(config.node_ttl)
         self.clocks = LeaseKeeper(leases, self.node_id, config.lease_ttl, rooms)
-        self.presence = Presence(registry, self.node_id, urls, load, config.node_heartbeat, media_free)
+        self.presence = Presence(registry, self.node_id, urls, load, config.node_heartbeat, media_free,
+                                 relays)
         self._started = False
 
     async def start(self) -> None:
@@ -85,15 +87,16 @@ class Cluster:
         if self.redis is not None:
             await self.redis.aclose()
 
-    async def origin(self, room: str) -> NodeInfo | None:
-        """The live node holding ``room``'s publisher (this one included), with its public URL; None if none."""
+    async def origin(self, room: str) -> tuple[NodeInfo | None, list[NodeInfo]]:
+        """The live node holding ``room``'s publisher (None if none), and the live nodes as last listed
+        (with the rooms each relays), so an edge can pick its upstream in the room's cascade."""
         holder = await self.presence.registry.publisher_node(room)
+        nodes = self.presence.view_nodes()
         if holder is None:
-            return None
-        known = {node.id: node for node in self.presence.view_nodes()}
-        if holder not in known:  # it joined since the last heartbeat's list
-            known = {node.id: node for node in await self.presence.registry.nodes()}
-        return known.get(holder)
+            return None, nodes
+        if holder not in {node.id for node in nodes}:  # it joined since the last heartbeat's list
+            nodes = await self.presence.registry.nodes()
+        return next((node for node in nodes if node.id == holder), None), nodes
 
     def roomiest(self) -> NodeInfo | None:
         """Another live node that takes more media viewers (the most free sessions), as the last heartbeat saw it."""

@@ -126,6 +126,10 @@ class Config:
         "help": "seconds an edge node keeps pulling a room from its origin after its last viewer of it left"})
     edge_poll: float = field(default=1.0, metadata={
         "help": "seconds between an edge node's checks of which node holds a pulled room's publisher"})
+    max_edges_per_node: int = field(default=16, metadata={
+        "help": "pulls of one room this node feeds to other nodes; past it they pull from its edges (a tree)"})
+    max_edge_depth: int = field(default=3, metadata={
+        "help": "longest chain of pulls from a room's origin to an edge (1: edges pull from the origin only)"})
     forwarding: str = field(default="fast", metadata={"help": "media forwarding path: fast or stock (aiortc senders)"})
     shutdown_grace: float = field(default=3.0, metadata={"help": "seconds to close clients on stop"})
     hold_seconds: float = field(default=600.0, metadata={"help": "how long a tap holds units in a cart, s"})

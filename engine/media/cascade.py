@@ -25,6 +25,7 @@ per edge, whatever the edge's audience.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -41,7 +42,7 @@ from aiortc.sdp import SessionDescription
 from engine.media import aiortc_compat, metrics
 from engine.media.offer import RELAYED
 from engine.media.room import MediaRoom
-from engine.nodes.base import NodeInfo
+from engine.nodes.base import NodeInfo, Relay
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ PULL_STATES = ("requesting", "connecting", "connected", "live", "closed")
 #: Seconds a pull's ``DELETE`` to its origin may take when the edge lets go of it.
 HANG_UP_TIMEOUT = 2.0
 
-#: The live node holding a room's publisher (None: no node does); the registry answers it.
-OriginLookup = Callable[[str], Awaitable[NodeInfo | None]]
+#: The live node holding a room's publisher (None: no node does) and the live nodes with the rooms each
+#: relays; the registry answers it.
+OriginLookup = Callable[[str], Awaitable[tuple[NodeInfo | None, list[NodeInfo]]]]
 #: A node credential for this node to pull a room (engine/nodes/credential.py ``NodeCredentials.mint``).
 CredentialMinter = Callable[[str], str]
 
@@ -68,7 +70,7 @@ class EdgeHost(Protocol):
         """Whether a WHIP publisher of the room is attached to this node (then it is the origin)."""
 
     def local_viewers(self, room_id: str) -> int:
-        """The room's viewers on this node, other edges' pulls not counted."""
+        """The room's viewers on this node, other edges pulling it from here included (they depend on its pull)."""
 
     def peer_connection(self) -> RTCPeerConnection:
         """A peer connection with the node's ICE servers."""
@@ -83,16 +85,23 @@ class EdgeHost(Protocol):
 
 
 class PullRefused(Exception):
-    """The origin did not answer the WHEP ``POST`` with 201."""
+    """No upstream node answered the WHEP ``POST`` with 201."""
+
+
+#: Refusals after which the next candidate upstream is tried: the node has its maximum of edges for the
+#: room, or does not (or no longer) carry the room.
+_TRY_NEXT = frozenset({"edges_full", "not_origin"})
 
 
 class EdgePull:
-    """One WHEP session of this node to a room's upstream node."""
+    """One WHEP session of this node to a room's upstream node (the origin, or an edge of the room)."""
 
-    def __init__(self, room_id: str, upstream: NodeInfo) -> None:
+    def __init__(self, room_id: str, candidates: list[tuple[NodeInfo, int]]) -> None:
         self.id = f"pull-{secrets.token_urlsafe(12)}"
         self.room_id = room_id
-        self.upstream = upstream
+        #: Upstream nodes to ask in order, each with the depth this node would have pulling from it.
+        self.candidates = candidates
+        self.upstream, self.depth = candidates[0]
         self.state = "requesting"
         self.pc: RTCPeerConnection | None = None
         self.video: RTCRtpReceiver | None = None
@@ -105,8 +114,8 @@ class EdgePull:
         self.task: asyncio.Task[None] | None = None
 
     def view(self) -> dict[str, Any]:
-        return {"upstream": self.upstream.id, "state": self.state, "codecs": dict(self.codecs),
-                "age": round(time.monotonic() - self.opened, 3)}
+        return {"upstream": self.upstream.id, "depth": self.depth, "state": self.state,
+                "codecs": dict(self.codecs), "age": round(time.monotonic() - self.opened, 3)}
 
 
 def answered_codecs(sdp: str) -> dict[str, str]:
@@ -135,9 +144,10 @@ class Cascade:
         poll: float,
         linger: float,
         request_timeout: float,
+        max_depth: int,
     ) -> None:
-        if poll <= 0 or linger < 0 or request_timeout <= 0:
-            raise ValueError("edge_poll and the request timeout must be positive, edge_linger >= 0")
+        if poll <= 0 or linger < 0 or request_timeout <= 0 or max_depth < 1:
+            raise ValueError("edge_poll and the request timeout must be positive, edge_linger >= 0, max depth >= 1")
         self._host = host
         self.node_id = node_id
         self._origin = origin
@@ -145,6 +155,7 @@ class Cascade:
         self._poll = poll
         self._linger = linger
         self._timeout = request_timeout
+        self._max_depth = max_depth
         self._pulls: dict[str, EdgePull] = {}
         self._lookups: dict[str, asyncio.Task[None]] = {}
         self._lingers: dict[str, asyncio.TimerHandle] = {}
@@ -185,6 +196,11 @@ class Cascade:
     @property
     def pull_count(self) -> int:
         return len(self._pulls)
+
+    def relays(self) -> tuple[Relay, ...]:
+        """The rooms this node pulls, for its registry announcement (others may pull them from here)."""
+        return tuple(Relay(room_id, pull.upstream.id, pull.depth)
+                     for room_id, pull in sorted(self._pulls.items()) if pull.state != "requesting")
 
     # --- called by the media service ---
 
@@ -247,11 +263,11 @@ class Cascade:
         await asyncio.shield(self._refresh_soon(room_id))
 
     async def _refresh(self, room_id: str) -> None:
-        """Pull the room from the origin the registry names, unless already pulling it from there."""
+        """Pull the room within the cascade of the origin the registry names, unless already doing so."""
         if self._host.has_local_publisher(room_id):
             return
         try:
-            origin = await self._origin(room_id)
+            origin, nodes = await self._origin(room_id)
         except Exception as exc:
             log.warning("room %s: the node registry did not answer (%s); its pull is checked again later",
                         room_id, exc)
@@ -259,17 +275,44 @@ class Cascade:
         if origin is None or origin.id == self.node_id or self._host.has_local_publisher(room_id):
             return
         pull = self._pulls.get(room_id)
-        if pull is not None and pull.upstream.id == origin.id:
+        if pull is not None and pull.state == "requesting":
+            return
+        depth = self._depth(room_id, pull.upstream.id, origin, nodes) if pull is not None else None
+        if pull is not None and depth is not None:
+            pull.depth = depth  # its upstream may have moved in the tree (the origin changed under it)
             return
         if pull is not None:
-            log.info("room %s: its origin is now node %s; leaving node %s", room_id, origin.id, pull.upstream.id)
+            log.info("room %s: node %s no longer leads to its origin %s; leaving it", room_id, pull.upstream.id,
+                     origin.id)
             self._close(pull, forget=False)
-        self._open(room_id, origin)
+        self._open(room_id, self._candidates(room_id, origin, nodes))
+
+    def _depth(self, room_id: str, node_id: str, origin: NodeInfo, nodes: list[NodeInfo]) -> int | None:
+        """This node's depth pulling ``room_id`` from ``node_id``, if that leads to ``origin`` within
+        ``max_depth`` hops and not through this node (each relay's announced upstream is followed: no
+        loop, no chain too long); None otherwise."""
+        by_id = {node.id: node for node in nodes}
+        hops = 1
+        while node_id != origin.id:
+            info = by_id.get(node_id)
+            relay = info.relay(room_id) if info is not None else None
+            if relay is None or relay.upstream == self.node_id or hops >= self._max_depth:
+                return None
+            node_id = relay.upstream
+            hops += 1
+        return hops
+
+    def _candidates(self, room_id: str, origin: NodeInfo, nodes: list[NodeInfo]) -> list[tuple[NodeInfo, int]]:
+        """Where to pull from, in order: the origin, then the room's edges, shallowest first."""
+        edges = [(depth, node.id, node) for node in nodes if node.id not in (self.node_id, origin.id)
+                 and node.relay(room_id) is not None
+                 and (depth := self._depth(room_id, node.id, origin, nodes)) is not None]
+        return [(origin, 1)] + [(node, depth) for depth, _, node in sorted(edges, key=lambda edge: edge[:2])]
 
     # --- pulls ---
 
-    def _open(self, room_id: str, upstream: NodeInfo) -> EdgePull:
-        pull = EdgePull(room_id, upstream)
+    def _open(self, room_id: str, candidates: list[tuple[NodeInfo, int]]) -> EdgePull:
+        pull = EdgePull(room_id, candidates)
         self._pulls[room_id] = pull
         metrics.EDGE_PULLS_OPENED.labels(room_id).inc()
         self._set_state(pull, "requesting")
@@ -316,13 +359,22 @@ class Cascade:
 
         self._host.bind_ice(pc)
         await pc.setLocalDescription(await pc.createOffer())
-        url = f"{pull.upstream.http_url.rstrip('/')}/whep/{quote(pull.room_id, safe='')}"
         headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {self._credential(pull.room_id)}"}
-        async with self._http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
-            answer = await response.text()
-            if response.status != 201:
-                raise PullRefused(f"{response.status} {answer[:200]}")
-            location = response.headers.get("Location")
+        refusals = []
+        for upstream, depth in pull.candidates:
+            self._move(pull, upstream, depth)
+            url = f"{upstream.http_url.rstrip('/')}/whep/{quote(pull.room_id, safe='')}"
+            async with self._http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
+                answer = await response.text()
+                location = response.headers.get("Location")
+                if response.status == 201:
+                    break
+                code = _error_code(answer)
+                refusals.append(f"{upstream.id}: {response.status} {code or answer[:200]}")
+                if code not in _TRY_NEXT:
+                    raise PullRefused("; ".join(refusals))
+        else:
+            raise PullRefused("; ".join(refusals))
         if pull.state == "closed":  # let go of while the origin answered
             if location:
                 await self._delete(urljoin(url, location))
@@ -423,3 +475,21 @@ class Cascade:
     def _set_state(pull: EdgePull, state: str) -> None:
         metrics.edge_pull_state(pull.room_id, pull.upstream.id, pull.state, state)
         pull.state = state
+
+    @staticmethod
+    def _move(pull: EdgePull, upstream: NodeInfo, depth: int) -> None:
+        """The pull asks another candidate upstream."""
+        if upstream.id != pull.upstream.id:
+            metrics.edge_pull_state(pull.room_id, pull.upstream.id, pull.state, "closed")
+            pull.upstream = upstream
+            metrics.edge_pull_state(pull.room_id, upstream.id, pull.state, pull.state)
+        pull.depth = depth
+
+
+def _error_code(body: str) -> str | None:
+    """The ``error.code`` of a JSON error answer, if it is one."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error.get("code") if isinstance(error, dict) else None

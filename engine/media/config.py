@@ -148,6 +148,14 @@ class MediaConfig:
     #: is, so edges follow a publisher that came back on another node within about this long.
     edge_poll: float = 1.0
 
+    #: Media cascade: pulls of one room this node feeds (as origin or as an edge). Past it, another
+    #: node pulls from an edge of the room instead (a tree): an edge costs the origin what one viewer
+    #: costs (docs/OPERATIONS.md, "Media cascade", has the arithmetic).
+    max_edges_per_node: int = 16
+
+    #: Media cascade: longest chain from the origin to an edge (1: every edge pulls from the origin).
+    max_edge_depth: int = 3
+
     def __post_init__(self) -> None:
         if self.viewer_queue_frames <= self.keyframe_cache_frames:
             raise ValueError("viewer_queue_frames must exceed keyframe_cache_frames")
@@ -170,3 +178,5 @@ class MediaConfig:
             raise ValueError("publisher_idle must be > 0")
         if self.edge_linger < 0 or self.edge_poll <= 0:
             raise ValueError("edge_linger must be >= 0 and edge_poll > 0")
+        if self.max_edges_per_node < 1 or self.max_edge_depth < 1:
+            raise ValueError("max_edges_per_node and max_edge_depth must be >= 1")

@@ -33,6 +33,7 @@ from engine.media.fastpath import FastOutput
 from engine.media.forwarding import StockOutput
 from engine.media.room import MediaRoom
 from engine.media.sdpguard import CandidateFilter, SdpLimits, check_lines, screen_candidates, screen_offer
+from engine.nodes.base import Relay
 from engine.tokenbucket import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,8 @@ class MediaService:
     def enable_cascade(self, node_id: str, origin: OriginLookup, credential: CredentialMinter) -> Cascade:
         """Serve viewers of rooms published on other nodes by pulling them (engine/media/cascade.py)."""
         self.cascade = Cascade(self, node_id, origin, credential, poll=self.config.edge_poll,
-                               linger=self.config.edge_linger, request_timeout=self.config.connect_timeout)
+                               linger=self.config.edge_linger, request_timeout=self.config.connect_timeout,
+                               max_depth=self.config.max_edge_depth)
         self.cascade.rooms_to_watch = self._rooms_to_pull
         return self.cascade
 
@@ -194,6 +196,7 @@ class MediaService:
             pull = self.cascade.pull(room_id) if self.cascade is not None else None
             role = "origin" if self.has_local_publisher(room_id) else "edge" if pull is not None else "waiting"
             view[room_id] = {"role": role, "live": media.live, "upstream": pull.upstream.id if pull else None,
+                             "depth": pull.depth if pull else 0,
                              "pull": pull.view() if pull else None, "viewers": media.audience,
                              "edges": len(media.edges)}
         return view
@@ -212,7 +215,11 @@ class MediaService:
 
     def local_viewers(self, room_id: str) -> int:
         media = self._media.get(room_id)
-        return media.audience if media is not None else 0
+        return len(media.viewers) if media is not None else 0
+
+    def relays(self) -> tuple[Relay, ...]:
+        """The rooms this node pulls from another node (its registry announcement lists them)."""
+        return self.cascade.relays() if self.cascade is not None else ()
 
     def peer_connection(self) -> RTCPeerConnection:
         return self._peer_connection()
@@ -229,9 +236,9 @@ class MediaService:
         self._forget_if_empty(media)
 
     def _rooms_to_pull(self) -> list[str]:
-        """Rooms with viewers here and no publisher here: the cascade checks where their origin is."""
+        """Rooms with viewers (or edges) here and no publisher here: the cascade checks where their origin is."""
         return [room_id for room_id, media in self._media.items()
-                if media.audience and not self.has_local_publisher(room_id)]
+                if media.viewers and not self.has_local_publisher(room_id)]
 
     # --- publishers ---
 
@@ -348,8 +355,7 @@ class MediaService:
         sections = offer.tracks(description, sending=False)
         pulled: dict[str, str] = {}
         if edge is not None:
-            if not self.has_local_publisher(room_id):
-                raise MediaError(409, "not_origin", f"room {shown(room_id)} has no publisher on this node")
+            self._check_feed(room_id)
         elif self.cascade is not None and not self.has_local_publisher(room_id):
             pulled = await self.cascade.prepare(room_id)
         media = self._media_room(room_id)
@@ -556,6 +562,19 @@ class MediaService:
         if len(self._sessions) + self._admissions.total >= self.config.max_peers:
             raise self._overloaded("this node has its maximum of media sessions")
 
+    def _check_feed(self, room_id: str) -> None:
+        """Whether this node may feed one more edge of the room: 409 ``not_origin`` when it neither holds
+        the room's publisher nor pulls it within the depth bound (so pulls never loop), 503 ``edges_full``
+        past ``max_edges_per_node`` (the edge asks another node of the room's cascade)."""
+        if not self.has_local_publisher(room_id):
+            pull = self.cascade.pull(room_id) if self.cascade is not None else None
+            if pull is None or pull.state == "requesting" or pull.depth >= self.config.max_edge_depth:
+                raise MediaError(409, "not_origin", f"room {shown(room_id)} is neither published nor relayed here")
+        media = self._media.get(room_id)
+        if media is not None and len(media.edges) >= self.config.max_edges_per_node:
+            raise MediaError(503, "edges_full", f"room {shown(room_id)} feeds its maximum of edges from this node",
+                             {"Retry-After": str(self.config.retry_after)})
+
     def _admit_viewer(self, media: MediaRoom, edge: bool = False) -> None:
         """503 unless the room and node have room for one more viewer.
 
@@ -694,7 +713,7 @@ class MediaService:
                 metrics.EDGES_SERVED.labels(media.id).set(len(media.edges))
             elif self._audience is not None:
                 self._audience.left(media.id, "media", session.sub)
-            if self.cascade is not None and not media.audience:
+            if self.cascade is not None and not media.viewers:
                 self.cascade.viewers_gone(media.id)
             await self._discard(session.pc)
             self._viewers_changed(media)

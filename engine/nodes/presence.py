@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from engine.nodes.base import Load, NodeInfo, NodeRegistry
+from engine.nodes.base import Load, NodeInfo, NodeRegistry, Relay
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Presence:
         load: Callable[[], tuple[int, int]],
         interval: float,
         media_free: Callable[[], int] = lambda: 0,
+        relays: Callable[[], tuple[Relay, ...]] = tuple,
     ) -> None:
         if not 0 < interval < registry.ttl:
             raise ValueError("the heartbeat interval must be positive and shorter than the node TTL")
@@ -53,6 +54,7 @@ class Presence:
         self._urls = urls
         self._load = load
         self._media_free = media_free
+        self._relays = relays
         self._cpu = CpuMeter()
         self._publishers: set[str] = set()
         self._refused: set[str] = set()
@@ -67,7 +69,7 @@ class Presence:
         viewers, connections = self._load()
         return NodeInfo(self.node_id, http_url, ws_url,
                         Load(viewers, connections, self._cpu.read(), self._media_free()),
-                        tuple(sorted(self._publishers)))
+                        tuple(sorted(self._publishers)), self._relays())
 
     def view(self) -> dict[str, Any]:
         """For /healthz: this node's id, the publishers it holds, and the live nodes last seen."""

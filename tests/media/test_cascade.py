@@ -267,7 +267,9 @@ async def test_publisher_moving_to_another_node_reaches_edge_viewers_without_a_r
     moved = time.monotonic()
     online = await events.recv_type("media.online", timeout=10)
     assert online["codecs"] == H264_OPUS
-    view = await until(lambda: edge.media(http, "show"), lambda view: view["upstream"] == "node-b")
+    # node-c follows node-b: directly, or through node-a, which pulls node-b for its own viewer now
+    view = await until(lambda: edge.media(http, "show"), lambda view: view["pull"] is not None and (
+        (view["upstream"], view["depth"]) in (("node-b", 1), ("node-a", 2))))
     assert view["role"] == "edge"
     await frames(viewer, "video", seen + 30)
     await frames(on_first, "video", seen_first + 30)
@@ -281,7 +283,10 @@ async def test_publisher_moving_to_another_node_reaches_edge_viewers_without_a_r
         assert any(after[:3]), after[:10]
     assert (await edge.media(http, "show"))["pull"]["state"] == "live"
     assert (await first.media(http, "show"))["role"] == "edge"
-    await until(lambda: second.media(http, "show"), lambda view: view["edges"] == 2)
+    on_second = await until(lambda: second.media(http, "show"), lambda view: view["edges"] >= 1)
+    assert on_second["role"] == "origin"
+    view = await edge.media(http, "show")
+    assert (view["upstream"], view["depth"]) in (("node-b", 1), ("node-a", 2))
     print(f"edge viewers resumed {resumed:.2f} s after the publisher came back on another node")
     await events.close()
     for peer in (viewer, on_first, by_websocket, publisher):
@@ -397,3 +402,41 @@ async def test_after_the_origin_is_killed_edges_wait_for_the_publisher_to_return
     assert (await spare.media(http, "show"))["edges"] == 1
     await viewer.close()
     await publisher.close()
+
+
+async def test_an_origin_feeding_its_maximum_of_edges_makes_a_chain_whose_last_viewers_play(
+        tmp_path: Path, redis_target: RedisTarget, nodes: list[MediaNode], http: aiohttp.ClientSession,
+        h264: Any, opus: Any) -> None:
+    one_edge = ("--max-edges-per-node", "1", "--max-edge-depth", "2")
+    origin, middle, last = await cluster(tmp_path, redis_target, nodes, http, "node-a", "node-b", "node-c",
+                                         extra={name: one_edge for name in ("node-a", "node-b", "node-c")})
+    key = await create_room(http, origin, middle, last)
+    publisher = await publish(http, origin, key, h264, opus)
+    first, _ = await watch(http, middle)
+    await frames(first, "video", 10)
+
+    async def relays_seen_by_last() -> list[dict[str, Any]]:
+        listed = (await last.ok(http, "GET", "/healthz"))["node"]["nodes"]
+        return next(n["relays"] for n in listed if n["id"] == "node-b")
+
+    assert await until(relays_seen_by_last, bool) == [{"room": "show", "upstream": "node-a", "depth": 1}]
+    viewer, _ = await watch(http, last, decode=True)  # node-a feeds its one edge: node-c pulls from node-b
+    await asyncio.wait_for(viewer.first_decoded.wait(), 15)
+    async with asyncio.timeout(10):
+        while len(viewer.decoded) < 10:
+            await asyncio.sleep(0.05)
+    assert (viewer.decoded[-1].width, viewer.decoded[-1].height) == (320, 240)
+    view = await last.media(http, "show")
+    assert view["role"] == "edge" and view["upstream"] == "node-b" and view["depth"] == 2
+    assert (await origin.media(http, "show"))["edges"] == 1
+    assert (await middle.media(http, "show"))["edges"] == 1
+
+    # a fourth node would be past the depth bound (2): the last edge refuses it, the others are full
+    for node, status, code in ((origin, 503, "edges_full"), (middle, 503, "edges_full"), (last, 409, "not_origin")):
+        probe = Viewer()
+        response = await post_offer(http, f"{node.http}/whep/show", await probe.offer(),
+                                    NodeCredentials(SECRET).mint("node-z", "show"))
+        assert (response.status, (await response.json())["error"]["code"]) == (status, code)
+        await probe.close()
+    for peer in (first, viewer, publisher):
+        await peer.close()
