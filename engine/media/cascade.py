@@ -1,8 +1,10 @@
-"""The media cascade, edge side: pull a room from its origin once over WHEP, fan it out here.
+"""The media cascade, edge side: pull a room once over WHEP from its cascade, fan it out here.
 
 The node holding a room's publisher is the room's **origin** (the node registry records it).
-Any other node with viewers of the room is an **edge**: it opens one WHEP session to the
-origin's public URL (``POST /whep/{room}`` with a node credential, engine/nodes/credential.py),
+Any other node with viewers of the room is an **edge**: it opens one WHEP session upstream
+(``POST /whep/{room}`` with a node credential, engine/nodes/credential.py) to the origin's
+public URL, or, when the origin feeds its maximum of edges (``max_edges_per_node``), to an edge
+of the room that announces it relays it (a tree, at most ``max_edge_depth`` deep),
 an aiortc peer connection whose receivers hand reassembled frames to the room here exactly as a
 local publisher's do (``MediaRoom.on_frame``). So the edge's own viewers get the fast path, its
 keyframe cache (late joiners see video at once), its NACK history, and its keyframe requests
@@ -15,7 +17,8 @@ per edge, whatever the edge's audience.
   (the publisher came back on another node) switches viewers at the new origin's first keyframe
   with no rejoin, as a returning local publisher does.
 - Every ``edge_poll`` seconds, each room with viewers here and no local publisher is checked
-  against the registry; a pull from a node that is no longer the origin is replaced.
+  against the registry; a pull whose chain of relays (each node's announced upstream) no longer
+  reaches the origin, passes through this node or is too deep is replaced.
 - When the room's last viewer here leaves, the pull stays for ``edge_linger`` seconds, so a viewer
   zapping back finds it still open.
 - The edge announces nothing on the bus: ``media.online``/``media.offline`` come from the origin,
