@@ -3,9 +3,9 @@
 The node holding a room's publisher is the room's **origin** (the node registry records it).
 Any other node with viewers of the room is an **edge**: it opens one WHEP session upstream
 (``POST /whep/{room}`` with a node credential, engine/nodes/credential.py) to the origin's
-public URL, or, when the origin feeds its maximum of edges (``max_edges_per_node``), to an edge
-of the room that announces it relays it (a tree, at most ``max_edge_depth`` deep),
-an aiortc peer connection whose receivers hand reassembled frames to the room here exactly as a
+public URL or, when the origin feeds its maximum of edges (``max_edges_per_node``), to an edge
+that announces it relays the room (a tree, at most ``max_edge_depth`` deep). The session is an
+aiortc peer connection whose receivers hand reassembled frames to the room here exactly as a
 local publisher's do (``MediaRoom.on_frame``). So the edge's own viewers get the fast path, its
 keyframe cache (late joiners see video at once), its NACK history, and its keyframe requests
 rate limited by ``pli_min_interval`` before one PLI goes upstream: the origin sees one viewer

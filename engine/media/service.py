@@ -342,10 +342,10 @@ class MediaService:
 
         ``sub`` is the viewer's user id when its request carried a verified token,
         so a page watching over WHEP beside its websocket counts once. ``edge`` is the
-        id of a node pulling the room (its node credential verified): only the room's
-        origin serves one (409 ``not_origin`` elsewhere, so pulls never form a loop), and it
-        is not a person in the room's audience. On a node that is not the room's origin,
-        a viewer first makes sure the room is pulled from its origin (engine/media/cascade.py).
+        id of a node pulling the room (its node credential verified): only the room's origin
+        or an edge of it within the depth bound serves one (``_check_feed``), and it is not a
+        person in the room's audience. On a node that is not the room's origin, a viewer first
+        makes sure the room is pulled from its cascade (engine/media/cascade.py).
         """
         if self._rooms.get(room_id) is None:
             raise MediaError(404, "not_found", f"no room {shown(room_id)}")
