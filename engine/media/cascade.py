@@ -280,7 +280,7 @@ class Cascade:
         pull = self._pulls.get(room_id)
         if pull is not None and pull.state == "requesting":
             return
-        depth = self._depth(room_id, pull.upstream.id, origin, nodes) if pull is not None else None
+        depth = self.depth(room_id, pull.upstream.id, origin, nodes) if pull is not None else None
         if pull is not None and depth is not None:
             pull.depth = depth  # its upstream may have moved in the tree (the origin changed under it)
             return
@@ -288,9 +288,9 @@ class Cascade:
             log.info("room %s: node %s no longer leads to its origin %s; leaving it", room_id, pull.upstream.id,
                      origin.id)
             self._close(pull, forget=False)
-        self._open(room_id, self._candidates(room_id, origin, nodes))
+        self._open(room_id, self.candidates(room_id, origin, nodes))
 
-    def _depth(self, room_id: str, node_id: str, origin: NodeInfo, nodes: list[NodeInfo]) -> int | None:
+    def depth(self, room_id: str, node_id: str, origin: NodeInfo, nodes: list[NodeInfo]) -> int | None:
         """This node's depth pulling ``room_id`` from ``node_id``, if that leads to ``origin`` within
         ``max_depth`` hops and not through this node (each relay's announced upstream is followed: no
         loop, no chain too long); None otherwise."""
@@ -305,11 +305,11 @@ class Cascade:
             hops += 1
         return hops
 
-    def _candidates(self, room_id: str, origin: NodeInfo, nodes: list[NodeInfo]) -> list[tuple[NodeInfo, int]]:
+    def candidates(self, room_id: str, origin: NodeInfo, nodes: list[NodeInfo]) -> list[tuple[NodeInfo, int]]:
         """Where to pull from, in order: the origin, then the room's edges, shallowest first."""
         edges = [(depth, node.id, node) for node in nodes if node.id not in (self.node_id, origin.id)
                  and node.relay(room_id) is not None
-                 and (depth := self._depth(room_id, node.id, origin, nodes)) is not None]
+                 and (depth := self.depth(room_id, node.id, origin, nodes)) is not None]
         return [(origin, 1)] + [(node, depth) for depth, _, node in sorted(edges, key=lambda edge: edge[:2])]
 
     # --- pulls ---
