@@ -349,6 +349,7 @@ class Cascade:
         for kind in ("audio", "video"):
             transceiver = pc.addTransceiver(kind, direction="recvonly")
             aiortc_compat.tap_receiver(transceiver.receiver, self._frame_handler(pull, kind))
+            aiortc_compat.frames_without_delay(transceiver.receiver, kind)
             if kind == "video":
                 pull.video = transceiver.receiver
 
