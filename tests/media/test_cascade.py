@@ -440,3 +440,23 @@ async def test_an_origin_feeding_its_maximum_of_edges_makes_a_chain_whose_last_v
         await probe.close()
     for peer in (first, viewer, publisher):
         await peer.close()
+
+
+async def test_viewers_of_a_killed_edge_play_again_from_another_node(
+        tmp_path: Path, redis_target: RedisTarget, nodes: list[MediaNode], http: aiohttp.ClientSession,
+        h264: Any, opus: Any) -> None:
+    origin, edge, other = await cluster(tmp_path, redis_target, nodes, http, "node-a", "node-b", "node-c")
+    key = await create_room(http, origin, edge, other)
+    publisher = await publish(http, origin, key, h264, opus)
+    viewer, _ = await watch(http, edge)
+    await frames(viewer, "video", 10)
+    edge.proc.send_signal(signal.SIGKILL)
+    edge.proc.wait(10)
+    await viewer.close()
+    again, _ = await watch(http, other)  # as the watch page does: offer again, to another node
+    await frames(again, "video", 30)
+    assert (await other.media(http, "show"))["upstream"] == "node-a"
+    # the origin still counts the dead edge's session until ICE consent lapses, and feeds the new one
+    assert (await origin.media(http, "show"))["edges"] >= 1
+    await again.close()
+    await publisher.close()
