@@ -19,6 +19,7 @@ from engine.config import Config
 from engine.demo import seed_demo_catalog
 from engine.media.config import MediaConfig
 from engine.media.service import MediaService
+from engine.nodes.credential import NodeCredentials
 from engine.recording.service import RecordingConfig, RecordingService
 from engine.rooms import RoomError, Rooms, SqliteRoomDirectory
 from engine.shared_state import SharedState
@@ -64,7 +65,8 @@ class App:
         public_urls(config, config.http_port, config.ws_port)
         media = media_config(config)
         self.cluster = Cluster(config, rooms=lambda: [room.id for room in self.rooms.list()],
-                               urls=lambda: (self.urls().base, self.urls().ws), load=self.load)
+                               urls=lambda: (self.urls().base, self.urls().ws), load=self.load,
+                               media_free=lambda: self.media.viewer_capacity, relays=lambda: self.media.relays())
         self.config = config
         # With --redis-url, settings, rooms, records and the purchase log are shared by every node.
         self.shared = SharedState(config) if config.redis_url else None
@@ -106,8 +108,14 @@ class App:
         if config.record:
             self.media.taps.append(self.recordings)
         recording_routes(self.http, self.recordings, self.rooms, Auth(self.secret, self.admin_key), self.urls)
+        node_credentials = NodeCredentials(self.secret)
+        if config.redis_url:  # other nodes may hold rooms' publishers: pull them for viewers here
+            node = self.cluster.node_id
+            self.media.enable_cascade(node, self.cluster.origin,
+                                      lambda room: node_credentials.mint(node, room))
         access = ViewAccess(self.rooms, self.secret)
-        add_media_routes(self.http, self.media, access)
+        add_media_routes(self.http, self.media, access, node_credentials,
+                         elsewhere=self._roomier_node if config.redis_url else None)
         register_media(self.channel, self.media, access)
         add_page_routes(self.http, config, self.rooms, self.urls)
         self._runner: web.AppRunner | None = None
@@ -135,10 +143,15 @@ class App:
         """What /healthz tells: this node, and its bus; ``degraded`` while the bus cannot reach Redis
         (websockets stay open and the bus reconnects by itself, but nothing is published meanwhile)."""
         bus = self.bus.health()
-        view: dict[str, Any] = {"node": self.cluster.view(), "bus": bus}
+        view: dict[str, Any] = {"node": self.cluster.view(), "bus": bus, "media": self.media.rooms_view()}
         if not bus["connected"]:
             view["status"] = "degraded"
         return view
+
+    def _roomier_node(self) -> str | None:
+        """The public HTTP base URL of another node that takes more media viewers, if any."""
+        node = self.cluster.roomiest()
+        return node.http_url if node is not None else None
 
     def load(self) -> tuple[int, int]:
         """(viewers, open connections) of this node, for its registry heartbeat."""
@@ -270,6 +283,10 @@ def media_config(config: Config) -> MediaConfig:
         ended_session_ttl=config.ended_session_ttl,
         ended_sessions_max=config.ended_sessions_max,
         publisher_idle=config.publisher_idle,
+        edge_linger=config.edge_linger,
+        edge_poll=config.edge_poll,
+        max_edges_per_node=config.max_edges_per_node,
+        max_edge_depth=config.max_edge_depth,
     )
 
 

@@ -21,7 +21,7 @@ from engine.leases.base import Leases
 from engine.leases.keeper import LeaseKeeper
 from engine.leases.memory import MemoryLeases
 from engine.leases.redis import RedisLeases
-from engine.nodes.base import NodeRegistry
+from engine.nodes.base import NodeInfo, NodeRegistry, Relay
 from engine.nodes.memory import MemoryNodeRegistry
 from engine.nodes.presence import Presence
 from engine.nodes.redis import RedisNodeRegistry
@@ -48,6 +48,8 @@ class Cluster:
         rooms: Callable[[], Iterable[str]],
         urls: Callable[[], tuple[str, str]],
         load: Callable[[], tuple[int, int]],
+        media_free: Callable[[], int] = lambda: 0,
+        relays: Callable[[], tuple[Relay, ...]] = tuple,
     ) -> None:
         if not 0 < config.node_heartbeat < config.node_ttl:
             raise ValueError("--node-heartbeat must be positive and shorter than --node-ttl")
@@ -67,7 +69,8 @@ class Cluster:
             leases = MemoryLeases()
             registry = MemoryNodeRegistry(config.node_ttl)
         self.clocks = LeaseKeeper(leases, self.node_id, config.lease_ttl, rooms)
-        self.presence = Presence(registry, self.node_id, urls, load, config.node_heartbeat)
+        self.presence = Presence(registry, self.node_id, urls, load, config.node_heartbeat, media_free,
+                                 relays)
         self._started = False
 
     async def start(self) -> None:
@@ -83,6 +86,23 @@ class Cluster:
             await self.presence.stop()
         if self.redis is not None:
             await self.redis.aclose()
+
+    async def origin(self, room: str) -> tuple[NodeInfo | None, list[NodeInfo]]:
+        """The live node holding ``room``'s publisher (None if none), and the live nodes as last listed
+        (with the rooms each relays), so an edge can pick its upstream in the room's cascade."""
+        holder = await self.presence.registry.publisher_node(room)
+        nodes = self.presence.view_nodes()
+        if holder is None:
+            return None, nodes
+        if holder not in {node.id for node in nodes}:  # it joined since the last heartbeat's list
+            nodes = await self.presence.registry.nodes()
+        return next((node for node in nodes if node.id == holder), None), nodes
+
+    def roomiest(self) -> NodeInfo | None:
+        """Another live node that takes more media viewers (the most free sessions), as the last heartbeat saw it."""
+        others = [node for node in self.presence.view_nodes()
+                  if node.id != self.node_id and node.load.media_free > 0]
+        return max(others, key=lambda node: (node.load.media_free, node.id), default=None)
 
     def view(self) -> dict[str, Any]:
         """For /healthz: this node, the rooms whose clock it runs, the publishers it holds, the live nodes."""

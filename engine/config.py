@@ -131,6 +131,14 @@ class Config:
     pli_interval: float = field(default=1.0, metadata={"help": "min seconds between keyframe requests"})
     publisher_idle: float = field(default=3.0, metadata={
         "help": "seconds without media before a room shows offline and a new WHIP POST with its key takes over"})
+    edge_linger: float = field(default=5.0, metadata={
+        "help": "seconds an edge node keeps pulling a room from its origin after its last viewer of it left"})
+    edge_poll: float = field(default=1.0, metadata={
+        "help": "seconds between an edge node's checks of which node holds a pulled room's publisher"})
+    max_edges_per_node: int = field(default=16, metadata={
+        "help": "pulls of one room this node feeds to other nodes; past it they pull from its edges (a tree)"})
+    max_edge_depth: int = field(default=3, metadata={
+        "help": "longest chain of pulls from a room's origin to an edge (1: edges pull from the origin only)"})
     forwarding: str = field(default="fast", metadata={"help": "media forwarding path: fast or stock (aiortc senders)"})
     record: bool = field(default=True, metadata={"help": "record every broadcast (H264 + Opus, remuxed to fMP4)"})
     recordings_dir: str = field(default="", metadata={"help": "recordings directory (default: DATA_DIR/recordings)"})

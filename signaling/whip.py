@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
 from engine.media.errors import MediaError
 from engine.media.service import MediaService
-from signaling.access import ViewAccess
+from engine.nodes.credential import CredentialError, NodeCredentials, is_node_credential
+from signaling.access import CHALLENGE, ViewAccess
 
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
@@ -78,12 +80,47 @@ def _ice_links(media: MediaService) -> list[str]:
     return [f'<{url}>; rel="ice-server"' for url in media.ice_servers()]
 
 
-def add_media_routes(app: web.Application, media: MediaService, access: ViewAccess | None = None) -> None:
+def _edge_node(nodes: NodeCredentials | None, room: str, token: str) -> str:
+    """The id of the node a WHEP ``POST``'s node credential names; 401 (403 for another room) if it does not verify."""
+    if nodes is None:
+        raise MediaError(401, "unauthorized", "this node takes no node credentials", CHALLENGE)
+    try:
+        return nodes.verify(token, room)
+    except CredentialError as exc:
+        if exc.code == "forbidden":
+            raise MediaError(403, exc.code, exc.message) from None
+        raise MediaError(401, exc.code, exc.message, CHALLENGE) from None
+
+
+#: Query parameter marking a WHEP ``POST`` that a full node redirected here: it is not redirected again.
+REDIRECTED = "redirected"
+
+
+def _redirect(request: web.Request, elsewhere: Callable[[], str | None] | None, room: str) -> web.Response | None:
+    """A ``307`` to another node's WHEP endpoint for a viewer this node is too full for; None if none takes it."""
+    if elsewhere is None or REDIRECTED in request.query:
+        return None
+    base = elsewhere()
+    if base is None:
+        return None
+    location = f"{base.rstrip('/')}/whep/{quote(room, safe='')}?{REDIRECTED}=1"
+    return web.Response(status=307, headers={**CORS, "Location": location})
+
+
+def add_media_routes(
+    app: web.Application, media: MediaService, access: ViewAccess | None = None,
+    nodes: NodeCredentials | None = None, elsewhere: Callable[[], str | None] | None = None,
+) -> None:
     """Add ``/whip/{room}``, ``/whep/{room}`` and their session resources to ``app``.
 
     ``access`` reads a WHEP ``POST``'s optional Bearer token (a viewer token) as the user id, so a
     page watching over WHEP beside its websocket counts once in the room's viewers, and refuses
-    viewers of a private room without a token of it (none: all rooms open, Bearer ignored)."""
+    viewers of a private room without a token of it (none: all rooms open, Bearer ignored).
+    ``nodes`` checks the node credential of another node pulling a room as an edge (a Bearer
+    token in the node credential format is only ever that: it never falls back to a viewer).
+    ``elsewhere`` names another node's public base URL that takes more viewers: a WHEP viewer this
+    node is too full for (503 ``overloaded``) is redirected there with ``307`` (at most once: the
+    ``Location`` carries ``?redirected=1``), or answered 503 with ``Retry-After`` when none is."""
     for prefix, role in (("whip", "publisher"), ("whep", "viewer")):
         collection = f"/{prefix}/{{room}}"
         resource = f"/{prefix}/{{room}}/{{session}}"
@@ -103,11 +140,20 @@ def add_media_routes(app: web.Application, media: MediaService, access: ViewAcce
         async def post(request: web.Request, role: str = role, prefix: str = prefix) -> web.Response:
             room = request.match_info["room"]
             sdp = await _sdp_body(request, media.config.max_sdp_bytes)
+            bearer = _bearer(request)
             if role == "publisher":
-                created = await media.publish(room, _bearer(request), sdp)
+                created = await media.publish(room, bearer, sdp)
+            elif bearer is not None and is_node_credential(bearer):
+                created = await media.view(room, sdp, edge=_edge_node(nodes, room, bearer))
             else:
-                sub = access.whep_viewer(room, _bearer(request)) if access is not None else None
-                created = await media.view(room, sdp, sub=sub)
+                sub = access.whep_viewer(room, bearer) if access is not None else None
+                try:
+                    created = await media.view(room, sdp, sub=sub)
+                except MediaError as exc:
+                    redirect = _redirect(request, elsewhere, room) if exc.code == "overloaded" else None
+                    if redirect is None:
+                        raise
+                    return redirect
             headers = {
                 **CORS,
                 "Content-Type": SDP,

@@ -2,7 +2,7 @@
 
 aiortc is built as a media endpoint (it decodes what it receives and encodes
 what it sends) and aioice as a client library (it never offers loopback, binds
-only interface addresses). A relay needs six small changes, all here, all
+only interface addresses). A relay needs seven small changes, all here, all
 per connection (nothing is patched globally, so aiortc peers in the same
 process, such as test clients, keep their stock behaviour), plus the ICE
 restart aiortc lacks:
@@ -37,6 +37,10 @@ restart aiortc lacks:
 7. ``IceRestart``: an ICE restart (RFC 9725 section 4.4) on a live peer
    connection: a new aioice ``Connection`` takes over the ICE transport under
    the same DTLS transport (details on the class).
+8. ``frames_without_delay``: a relay hop's receiver (an edge pulling a room
+   from another node) gets jitter buffers that hand a video frame out at its
+   marker packet and an audio packet at once, instead of aiortc's (next frame
+   begins; four audio packets). Replaces the receiver's private jitter buffer.
 
 ``check_versions`` runs at import: a different aiortc or aioice minor version
 stops the engine with a message instead of failing subtly; the tests in
@@ -60,7 +64,7 @@ from aioice.candidate import candidate_foundation
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
-from aiortc.jitterbuffer import JitterFrame
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtp import (
@@ -74,6 +78,7 @@ from aiortc.rtp import (
     RtcpSrPacket,
     unpack_remb_fci,
 )
+from aiortc.utils import uint16_add
 
 if TYPE_CHECKING:
     from engine.media.budgets import RetransmitBudget
@@ -236,6 +241,60 @@ def tap_receiver(receiver: RTCRtpReceiver, on_frame: FrameCallback) -> None:
     0 for this receiver and never wrap.
     """
     receiver._RTCRtpReceiver__decoder_queue = _FrameSink(on_frame)
+
+
+class _MarkerJitterBuffer(JitterBuffer):
+    """Video: hands a frame out at its last packet (RTP marker bit), not when the next frame begins.
+
+    aiortc's buffer only knows a frame is whole when a packet of the next one arrives: a frame
+    interval (33 ms at 30 fps) late. A relay hop that forwards at the marker adds only transit.
+    A frame whose packets are not all in yet waits for them (NACKs fetch them); a sender that
+    sets no marker is served as before, when the next frame begins.
+    """
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        assert self._origin is not None
+        packets: list[Any] = []
+        for count in range(self._capacity):
+            packet = self._packets[(self._origin + count) % self._capacity]
+            if packet is None:
+                return None
+            if packets and packet.timestamp != packets[0].timestamp:
+                end = count  # the next frame began: this one is whole
+                break
+            packets.append(packet)
+            if packet.marker:
+                end = count + 1
+                break
+        else:
+            return None
+        self.remove(end)
+        return JitterFrame(data=b"".join(p._data for p in packets), timestamp=packets[0].timestamp)
+
+
+class _AtOnceJitterBuffer(JitterBuffer):
+    """Audio: each packet is a frame, handed out as it arrives (aiortc holds four: 80 ms of Opus).
+
+    A lost packet is skipped (the player conceals it) and a late one, older than the last handed
+    out, is dropped by ``add`` itself.
+    """
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        assert self._origin is not None
+        packet = self._packets[sequence_number % self._capacity]
+        self.remove(uint16_add(sequence_number, -self._origin) + 1)
+        return JitterFrame(data=packet._data, timestamp=packet.timestamp)
+
+
+def frames_without_delay(receiver: RTCRtpReceiver, kind: str) -> None:
+    """Make ``receiver`` hand each frame out as soon as it is whole (a relay hop's receiving side).
+
+    Call before the receiver starts. aiortc's own jitter buffers wait for the next frame (video)
+    or four packets (audio) before handing a frame out, for its decoders' sake.
+    """
+    current = receiver._RTCRtpReceiver__jitter_buffer
+    buffer = _MarkerJitterBuffer if kind == "video" else _AtOnceJitterBuffer
+    receiver._RTCRtpReceiver__jitter_buffer = buffer(capacity=current.capacity, is_video=kind == "video")
 
 
 async def request_keyframe(receiver: RTCRtpReceiver) -> bool:

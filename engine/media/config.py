@@ -140,6 +140,22 @@ class MediaConfig:
     #: after about 30 s.
     publisher_idle: float = 3.0
 
+    #: Media cascade (several nodes on one registry): seconds an edge keeps pulling a room after
+    #: its last viewer there left, so a viewer zapping back does not make it reconnect to the origin.
+    edge_linger: float = 5.0
+
+    #: Media cascade: seconds between two checks of where each pulled (or awaited) room's publisher
+    #: is, so edges follow a publisher that came back on another node within about this long.
+    edge_poll: float = 1.0
+
+    #: Media cascade: pulls of one room this node feeds (as origin or as an edge). Past it, another
+    #: node pulls from an edge of the room instead (a tree): an edge costs the origin what one viewer
+    #: costs (docs/OPERATIONS.md, "Media cascade", has the arithmetic).
+    max_edges_per_node: int = 16
+
+    #: Media cascade: longest chain from the origin to an edge (1: every edge pulls from the origin).
+    max_edge_depth: int = 3
+
     def __post_init__(self) -> None:
         if self.viewer_queue_frames <= self.keyframe_cache_frames:
             raise ValueError("viewer_queue_frames must exceed keyframe_cache_frames")
@@ -160,3 +176,7 @@ class MediaConfig:
         CandidateFilter.parse(self.ice_candidate_filter)  # ValueError names a bad item
         if self.publisher_idle <= 0:
             raise ValueError("publisher_idle must be > 0")
+        if self.edge_linger < 0 or self.edge_poll <= 0:
+            raise ValueError("edge_linger must be >= 0 and edge_poll > 0")
+        if self.max_edges_per_node < 1 or self.max_edge_depth < 1:
+            raise ValueError("max_edges_per_node and max_edge_depth must be >= 1")

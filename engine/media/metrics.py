@@ -52,11 +52,33 @@ FIRST_FRAME = Histogram(
     ["room"],
     buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0),
 )
+EDGE_PULL = Gauge(
+    "livecart_media_edge_pull",
+    "1 while this node pulls the room from node `upstream` (it is the room's edge), labelled with the pull's "
+    "state: requesting, connecting, connected or live",
+    ["room", "upstream", "state"],
+)
+EDGE_PULLS_OPENED = Counter(
+    "livecart_media_edge_pulls_opened", "Pulls of the room this node opened to an upstream node", ["room"]
+)
+EDGES_SERVED = Gauge(
+    "livecart_media_edges_served", "Edge nodes pulling the room from this node (it is the room's origin)", ["room"]
+)
+
+
+def edge_pull_state(room: str, upstream: str, old: str, new: str) -> None:
+    """Move a pull's series from state ``old`` to ``new`` (``closed``: no series)."""
+    if old != new:
+        with suppress(KeyError):
+            EDGE_PULL.remove(room, upstream, old)
+    if new != "closed":
+        EDGE_PULL.labels(room, upstream, new).set(1)
 
 
 def forget(room: str) -> None:
     """Drop a room's series once it has no media, so metrics stay bounded."""
-    for metric in (PUBLISHERS, VIEWERS, KEYFRAME_REQUESTS, NACKS, FIRST_FRAME, RETRANSMITS, VIEWER_LOSS, VIEWER_RTT):
+    for metric in (PUBLISHERS, VIEWERS, KEYFRAME_REQUESTS, NACKS, FIRST_FRAME, RETRANSMITS, VIEWER_LOSS, VIEWER_RTT,
+                   EDGE_PULLS_OPENED, EDGES_SERVED):
         with suppress(KeyError):
             metric.remove(room)
     for metric in (PACKETS_IN, BYTES_IN, PACKETS_OUT, BYTES_OUT, DROPPED):

@@ -64,6 +64,11 @@ class MediaRoom:
         self.id = room_id
         self._config = config
         self.publisher_id: str | None = None
+        #: The node this room's media is pulled from when this node is an edge of it (the source is
+        #: then a pull, engine/media/cascade.py); None when the publisher is here, or there is none.
+        self.upstream: str | None = None
+        #: Viewers that are other nodes pulling the room (this node is their origin), a subset of ``viewers``.
+        self.edges: set[str] = set()
         self.codecs: dict[str, str] = {}
         self.viewers: dict[str, ViewerOutput] = {}
         #: The codec per kind each viewer negotiated (its sender can carry nothing else).
@@ -221,12 +226,18 @@ class MediaRoom:
 
     def remove_viewer(self, viewer_id: str) -> ViewerOutput | None:
         self.viewer_codecs.pop(viewer_id, None)
+        self.edges.discard(viewer_id)
         return self.viewers.pop(viewer_id, None)
 
     def close(self) -> None:
         """The room has no media left: stop its pacer."""
         if self.fanout is not None:
             self.fanout.close()
+
+    @property
+    def audience(self) -> int:
+        """Viewers that are people (or players), not other nodes pulling the room."""
+        return len(self.viewers) - len(self.edges)
 
     @property
     def empty(self) -> bool:

@@ -25,6 +25,7 @@ from engine.errors import shown
 from engine.media import aiortc_compat, metrics, offer
 from engine.media.admissions import Admissions
 from engine.media.budgets import RetransmitBudget
+from engine.media.cascade import Cascade, CredentialMinter, OriginLookup
 from engine.media.config import MediaConfig
 from engine.media.ended import RecentlyEnded
 from engine.media.errors import MediaError
@@ -33,6 +34,7 @@ from engine.media.forwarding import StockOutput
 from engine.media.room import MediaRoom
 from engine.media.sdpguard import CandidateFilter, SdpLimits, check_lines, screen_candidates, screen_offer
 from engine.media.taps import FrameTap
+from engine.nodes.base import Relay
 from engine.tokenbucket import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class _Session:
     remote_candidates: int = 0  # candidates the peer sent (offer and trickle), against max_remote_candidates
     patches: TokenBucket | None = None  # trickle PATCH budget
     sub: str | None = None  # the viewer's user id, when its request carried a verified token
+    edge: str | None = None  # the pulling node's id, when the viewer is an edge node (node credential)
     # A WHIP/WHEP resource, reachable over HTTP by its secret id; a websocket viewer's session
     # (named after its connection, which anyone could guess) is its websocket's alone.
     http_resource: bool = True
@@ -142,13 +145,27 @@ class MediaService:
         )
         self._ended = RecentlyEnded(config.ended_session_ttl, config.ended_sessions_max)
         self._admissions = Admissions()
+        #: Pulls of rooms whose publisher is on another node (None: this node serves its own publishers only).
+        self.cascade: Cascade | None = None
+
+    def enable_cascade(self, node_id: str, origin: OriginLookup, credential: CredentialMinter) -> Cascade:
+        """Serve viewers of rooms published on other nodes by pulling them (engine/media/cascade.py)."""
+        self.cascade = Cascade(self, node_id, origin, credential, poll=self.config.edge_poll,
+                               linger=self.config.edge_linger, request_timeout=self.config.connect_timeout,
+                               max_depth=self.config.max_edge_depth)
+        self.cascade.rooms_to_watch = self._rooms_to_pull
+        return self.cascade
 
     async def start(self) -> None:
         self._started = True
+        if self.cascade is not None:
+            await self.cascade.start()
 
     async def stop(self) -> None:
-        """Close every peer connection (viewers first, then publishers)."""
+        """Let go of pulls, then close every peer connection (viewers first, then publishers)."""
         self._started = False
+        if self.cascade is not None:
+            await self.cascade.stop()
         sessions = sorted(self._sessions.values(), key=lambda s: s.role != "viewer")
         for session in sessions:
             await self._close(session)
@@ -163,11 +180,68 @@ class MediaService:
 
     @property
     def peer_count(self) -> int:
-        """Open media sessions (publishers and viewers): a node serving media is not idle."""
-        return len(self._sessions)
+        """Open media sessions (publishers, viewers, pulls from other nodes): a node serving media is not idle."""
+        return len(self._sessions) + (self.cascade.pull_count if self.cascade is not None else 0)
+
+    @property
+    def viewer_capacity(self) -> int:
+        """Media sessions this node still takes for viewers (``max_peers`` less the publishers' reserve)."""
+        used = len(self._sessions) + self._admissions.total
+        return max(0, self.config.max_peers - self.config.publisher_reserve - used)
 
     def room(self, room_id: str) -> MediaRoom | None:
         return self._media.get(room_id)
+
+    def rooms_view(self) -> dict[str, dict[str, Any]]:
+        """Per room with media here: this node's role in its cascade, the upstream and its pull, viewers, edges."""
+        view = {}
+        for room_id, media in sorted(self._media.items()):
+            pull = self.cascade.pull(room_id) if self.cascade is not None else None
+            role = "origin" if self.has_local_publisher(room_id) else "edge" if pull is not None else "waiting"
+            view[room_id] = {"role": role, "live": media.live, "upstream": pull.upstream.id if pull else None,
+                             "depth": pull.depth if pull else 0,
+                             "pull": pull.view() if pull else None, "viewers": media.audience,
+                             "edges": len(media.edges)}
+        return view
+
+    # --- the cascade's host (engine/media/cascade.py, EdgeHost) ---
+
+    def media_room(self, room_id: str) -> MediaRoom:
+        return self._media_room(room_id)
+
+    def existing_room(self, room_id: str) -> MediaRoom | None:
+        return self._media.get(room_id)
+
+    def has_local_publisher(self, room_id: str) -> bool:
+        media = self._media.get(room_id)
+        return media is not None and media.publisher_id is not None and media.upstream is None
+
+    def local_viewers(self, room_id: str) -> int:
+        media = self._media.get(room_id)
+        return len(media.viewers) if media is not None else 0
+
+    def relays(self) -> tuple[Relay, ...]:
+        """The rooms this node pulls from another node (its registry announcement lists them)."""
+        return self.cascade.relays() if self.cascade is not None else ()
+
+    def peer_connection(self) -> RTCPeerConnection:
+        return self._peer_connection()
+
+    def bind_ice(self, pc: RTCPeerConnection) -> None:
+        aiortc_compat.bind_ice(
+            pc, self.config.announced_addresses, self.config.listen_address, self.config.socket_receive_buffer
+        )
+
+    def end_stranded(self, stranded: dict[str, Any], codecs: dict[str, str]) -> None:
+        self._end_stranded(stranded, codecs)
+
+    def forget_if_empty(self, media: MediaRoom) -> None:
+        self._forget_if_empty(media)
+
+    def _rooms_to_pull(self) -> list[str]:
+        """Rooms with viewers (or edges) here and no publisher here: the cascade checks where their origin is."""
+        return [room_id for room_id, media in self._media.items()
+                if media.viewers and not self.has_local_publisher(room_id)]
 
     # --- publishers ---
 
@@ -185,8 +259,10 @@ class MediaService:
         media = self._media_room(room_id)
         try:
             codecs = offer.publisher_codecs(sections, media.preferred_codecs())
-            replaced = self._replaceable_publisher(media)
             self._check_capacity()
+            if media.upstream is not None and self.cascade is not None:
+                self.cascade.drop(room_id)  # the publisher is here now: this node is the room's origin
+            replaced = self._replaceable_publisher(media)
         except MediaError:
             self._forget_if_empty(media)
             raise
@@ -262,12 +338,17 @@ class MediaService:
     # --- viewers ---
 
     async def view(
-        self, room_id: str, sdp: str, session_id: str | None = None, sub: str | None = None
+        self, room_id: str, sdp: str, session_id: str | None = None, sub: str | None = None,
+        edge: str | None = None,
     ) -> SessionAnswer:
         """Start a viewer session (WHEP ``POST`` or a websocket ``offer``; ``session_id`` = conn id).
 
         ``sub`` is the viewer's user id when its request carried a verified token,
-        so a page watching over WHEP beside its websocket counts once.
+        so a page watching over WHEP beside its websocket counts once. ``edge`` is the
+        id of a node pulling the room (its node credential verified): only the room's origin
+        or an edge of it within the depth bound serves one (``_check_feed``), and it is not a
+        person in the room's audience. On a node that is not the room's origin, a viewer first
+        makes sure the room is pulled from its cascade (engine/media/cascade.py).
         """
         if self._rooms.get(room_id) is None:
             raise MediaError(404, "not_found", f"no room {shown(room_id)}")
@@ -275,9 +356,14 @@ class MediaService:
         sdp = screened.text
         description = offer.parse(sdp)
         sections = offer.tracks(description, sending=False)
+        pulled: dict[str, str] = {}
+        if edge is not None:
+            self._check_feed(room_id)
+        elif self.cascade is not None and not self.has_local_publisher(room_id):
+            pulled = await self.cascade.prepare(room_id)
         media = self._media_room(room_id)
         try:
-            codecs = offer.viewer_codecs(sections, media.codecs)
+            codecs = offer.viewer_codecs(sections, pulled or media.codecs)
         except MediaError:
             self._forget_if_empty(media)
             raise
@@ -287,7 +373,7 @@ class MediaService:
             await self._close(self._sessions[session_id])
             media = self._media_room(room_id)  # closing the previous session may have forgotten the room
         try:
-            self._admit_viewer(media)
+            self._admit_viewer(media, edge is not None)
         except MediaError:
             self._forget_if_empty(media)
             raise
@@ -332,15 +418,18 @@ class MediaService:
                     await self._discard(pc)
                     raise
                 session = _Session(session_id, "viewer", media, pc, self._ufrag(description), secrets.token_hex(8),
-                                   sub=sub, http_resource=resource)
+                                   sub=sub, http_resource=resource, edge=edge)
                 session.output = output
                 session.remote_candidates = screened.received
                 self._sessions[session_id] = session
                 media.add_viewer(session_id, output, codecs)
+                if edge is not None:
+                    media.edges.add(session_id)
+                    metrics.EDGES_SERVED.labels(room_id).set(len(media.edges))
         except Exception:
             self._forget_if_empty(media)
             raise
-        if self._audience is not None:
+        if self._audience is not None and edge is None:
             self._audience.joined(room_id, "media", sub)
         self._viewers_changed(media)
         self._watch(session)
@@ -477,8 +566,24 @@ class MediaService:
         if len(self._sessions) + self._admissions.total >= self.config.max_peers:
             raise self._overloaded("this node has its maximum of media sessions")
 
-    def _admit_viewer(self, media: MediaRoom) -> None:
+    def _check_feed(self, room_id: str) -> None:
+        """Whether this node may feed one more edge of the room: 409 ``not_origin`` when it neither holds
+        the room's publisher nor pulls it within the depth bound (so pulls never loop), 503 ``edges_full``
+        past ``max_edges_per_node`` (the edge asks another node of the room's cascade)."""
+        if not self.has_local_publisher(room_id):
+            pull = self.cascade.pull(room_id) if self.cascade is not None else None
+            if pull is None or pull.state == "requesting" or pull.depth >= self.config.max_edge_depth:
+                raise MediaError(409, "not_origin", f"room {shown(room_id)} is neither published nor relayed here")
+        media = self._media.get(room_id)
+        if media is not None and len(media.edges) >= self.config.max_edges_per_node:
+            raise MediaError(503, "edges_full", f"room {shown(room_id)} feeds its maximum of edges from this node",
+                             {"Retry-After": str(self.config.retry_after)})
+
+    def _admit_viewer(self, media: MediaRoom, edge: bool = False) -> None:
         """503 unless the room and node have room for one more viewer.
+
+        Edges (other nodes pulling the room) do not count against ``max_viewers_per_room``:
+        a room full of viewers here must still feed the nodes that serve its other viewers.
 
         A viewer still connecting (maybe one that never will) counts against
         the room's viewers and also against the much smaller connecting caps,
@@ -489,7 +594,7 @@ class MediaService:
         connecting = [s for s in self._sessions.values() if s.role == "viewer" and not s.connected]
         answering = self._admissions.viewers_in(media.id)  # admitted, not in the table yet
         in_room = sum(1 for s in connecting if s.room is media) + answering
-        if len(media.viewers) + answering >= self.config.max_viewers_per_room:
+        if not edge and media.audience + answering >= self.config.max_viewers_per_room:
             raise self._overloaded(f"room {media.id!r} has its maximum of viewers")
         if in_room >= self.config.max_connecting_per_room:
             raise self._overloaded(f"room {media.id!r} has its maximum of viewers still connecting")
@@ -571,8 +676,8 @@ class MediaService:
             await self._publish_online(media)
 
     def _media_resumed(self, media: MediaRoom) -> None:
-        """Media flows again after the room went quiet: viewers see it live again."""
-        if media.publisher_id is not None and not media.live:
+        """Media flows again after the room went quiet: viewers see it live again (the origin tells them)."""
+        if media.publisher_id is not None and not media.live and media.upstream is None:
             media.live = True
             self._spawn(self._publish_online(media))
 
@@ -608,8 +713,12 @@ class MediaService:
             output = media.remove_viewer(session.id)
             if output is not None:
                 output.close()
-            if self._audience is not None:
+            if session.edge is not None:
+                metrics.EDGES_SERVED.labels(media.id).set(len(media.edges))
+            elif self._audience is not None:
                 self._audience.left(media.id, "media", session.sub)
+            if self.cascade is not None and not media.viewers:
+                self.cascade.viewers_gone(media.id)
             await self._discard(session.pc)
             self._viewers_changed(media)
         else:

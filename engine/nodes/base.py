@@ -14,31 +14,51 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True, slots=True)
 class Load:
-    """What a node carries: viewers (people, each once), open connections (websocket and media), CPU (cores busy)."""
+    """What a node carries: viewers (people, each once), open connections (websocket and media), CPU (cores busy),
+    and how many more media viewers it takes (``media_free``: other nodes send WHEP viewers there when full)."""
 
     viewers: int = 0
     connections: int = 0
     cpu: float = 0.0
+    media_free: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """A room this node pulls from another node and relays (it is an edge of the room): from which node,
+    and its depth in the room's cascade (1: pulled from the origin, 2: from an edge of depth 1, ...)."""
+
+    room: str
+    upstream: str
+    depth: int
 
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
-    """One node as it announces itself: id, public HTTP base URL and websocket URL, load, publishers held."""
+    """One node as it announces itself: id, public HTTP base URL and websocket URL, load, publishers held,
+    rooms relayed."""
 
     id: str
     http_url: str
     ws_url: str
     load: Load = Load()
     publishers: tuple[str, ...] = ()
+    relays: tuple[Relay, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["publishers"] = list(self.publishers)
+        data["relays"] = [asdict(relay) for relay in self.relays]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NodeInfo:
-        return cls(data["id"], data["http_url"], data["ws_url"], Load(**data["load"]), tuple(data["publishers"]))
+        return cls(data["id"], data["http_url"], data["ws_url"], Load(**data["load"]), tuple(data["publishers"]),
+                   tuple(Relay(**relay) for relay in data.get("relays", ())))
+
+    def relay(self, room: str) -> Relay | None:
+        """This node's relay of ``room``, if it announces one."""
+        return next((relay for relay in self.relays if relay.room == room), None)
 
 
 class NodeRegistry(Protocol):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from engine.nodes.base import Load, NodeInfo, NodeRegistry
+from engine.nodes.base import Load, NodeInfo, NodeRegistry, Relay
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ class Presence:
         urls: Callable[[], tuple[str, str]],
         load: Callable[[], tuple[int, int]],
         interval: float,
+        media_free: Callable[[], int] = lambda: 0,
+        relays: Callable[[], tuple[Relay, ...]] = tuple,
     ) -> None:
         if not 0 < interval < registry.ttl:
             raise ValueError("the heartbeat interval must be positive and shorter than the node TTL")
@@ -51,6 +53,8 @@ class Presence:
         self.interval = interval
         self._urls = urls
         self._load = load
+        self._media_free = media_free
+        self._relays = relays
         self._cpu = CpuMeter()
         self._publishers: set[str] = set()
         self._refused: set[str] = set()
@@ -63,13 +67,18 @@ class Presence:
         """This node's announcement now."""
         http_url, ws_url = self._urls()
         viewers, connections = self._load()
-        return NodeInfo(self.node_id, http_url, ws_url, Load(viewers, connections, self._cpu.read()),
-                        tuple(sorted(self._publishers)))
+        return NodeInfo(self.node_id, http_url, ws_url,
+                        Load(viewers, connections, self._cpu.read(), self._media_free()),
+                        tuple(sorted(self._publishers)), self._relays())
 
     def view(self) -> dict[str, Any]:
         """For /healthz: this node's id, the publishers it holds, and the live nodes last seen."""
         return {"id": self.node_id, "publishers": sorted(self._publishers),
                 "nodes": [node.to_dict() for node in self._nodes]}
+
+    def view_nodes(self) -> list[NodeInfo]:
+        """The live nodes as the last heartbeat listed them."""
+        return list(self._nodes)
 
     def publisher(self, room: str, attached: bool) -> None:
         """The media relay's hook: ``room``'s publisher attached to (True) or left (False) this node."""

@@ -9,6 +9,7 @@ import aiortc
 import pytest
 from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcrtpreceiver import decoder_worker
+from aiortc.rtp import RtpPacket
 from media_peers import new_pc
 
 from engine.media import aiortc_compat
@@ -122,4 +123,32 @@ async def test_ice_restart_assumptions():
     assert "self._queue.put_nowait((data, component))" in inspect.getsource(aioice.ice.Connection.data_received)
     assert "self._queue.put_nowait(None)" in inspect.getsource(aioice.ice.Connection.close)
     assert "self._event_waiter" in inspect.getsource(aioice.ice.Connection._emit_event)
+    await pc.close()
+
+
+def _packet(seq: int, timestamp: int, marker: bool = False) -> RtpPacket:
+    packet = RtpPacket(payload_type=96, marker=int(marker), sequence_number=seq, timestamp=timestamp)
+    packet._data = f"<{seq}>".encode()  # what aiortc's depayloader leaves on each packet
+    return packet
+
+
+async def test_relay_hop_receivers_hand_frames_out_when_whole():
+    pc = new_pc()
+    video = pc.addTransceiver("video", direction="recvonly").receiver
+    audio = pc.addTransceiver("audio", direction="recvonly").receiver
+    assert "self.__jitter_buffer.add(packet)" in inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    aiortc_compat.frames_without_delay(video, "video")
+    aiortc_compat.frames_without_delay(audio, "audio")
+    frames = video._RTCRtpReceiver__jitter_buffer
+    assert frames.add(_packet(10, 3000))[1] is None
+    assert frames.add(_packet(12, 3000, marker=True))[1] is None  # 11 is missing: not whole yet
+    whole = frames.add(_packet(11, 3000))[1]  # retransmitted: the frame is whole at once
+    assert (whole.data, whole.timestamp) == (b"<10><11><12>", 3000)
+    assert frames.add(_packet(13, 6000))[1] is None
+    no_marker = frames.add(_packet(14, 9000))[1]  # a sender without markers: the next frame says it
+    assert (no_marker.data, no_marker.timestamp) == (b"<13>", 6000)
+    sound = audio._RTCRtpReceiver__jitter_buffer
+    assert sound.add(_packet(100, 960))[1].data == b"<100>"
+    assert sound.add(_packet(102, 2880))[1].data == b"<102>"  # 101 lost: skipped, not waited for
+    assert sound.add(_packet(101, 1920))[1] is None  # late: dropped
     await pc.close()
