@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import pytest
 import redis.asyncio as aioredis
+import uvloop
 from redis.exceptions import AuthenticationError, NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -335,3 +336,20 @@ async def test_tls_with_a_password_from_the_url(tls_redis: RedisServer, tmp_path
             await refused.call("PING")
     finally:
         await refused.close()
+
+
+def test_the_nodes_event_loop_uvloop_carries_the_connections(own_redis: RedisServer) -> None:
+    """Nodes run on uvloop, whose transports are not asyncio's classes."""
+
+    async def calls() -> list[Any]:
+        batcher = RedisBatcher(aioredis.ConnectionPool.from_url(own_redis.url), name="test", timeout=5.0)
+        try:
+            return await asyncio.gather(*(batcher.call("INCR", "n") for _ in range(CALLS)),
+                                        batcher.call("HGET", "n", "f"), return_exceptions=True)
+        finally:
+            await batcher.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        replies = runner.run(calls())
+    assert replies[:CALLS] == list(range(1, CALLS + 1))
+    assert isinstance(replies[CALLS], ResponseError) and "WRONGTYPE" in str(replies[CALLS])
