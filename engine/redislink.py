@@ -211,32 +211,22 @@ class RedisLink:
             self._connection = None
 
     async def _open(self) -> None:
-        settings, loop = self._settings, asyncio.get_running_loop()
+        """Connect and authenticate within ``timeout`` (the commands sent meanwhile then wait up to
+        another ``timeout`` for their replies), then write what was sent meanwhile."""
+        settings = self._settings
         connection = _Connection(settings, self._answer)
         try:
             try:
-                if settings.path is not None:
-                    connecting = loop.create_unix_connection(lambda: connection, settings.path)
-                else:
-                    connecting = loop.create_connection(
-                        lambda: connection, settings.host, settings.port, ssl=settings.ssl,
-                        server_hostname=settings.host if settings.ssl is not None else None)
-                await asyncio.wait_for(connecting, settings.timeout)
+                await asyncio.wait_for(self._connect(connection), settings.timeout)
             except TimeoutError:
                 raise RedisTimeoutError(f"Timeout connecting to Redis at {settings.address}") from None
             except OSError as exc:  # refused, unreachable, a certificate refused
                 raise RedisConnectionError(f"Error connecting to Redis at {settings.address}: {exc}") from None
-            if settings.handshake:  # AUTH and SELECT, answered (or timed out) before anything else goes
-                futures = [loop.create_future() for _ in settings.handshake]
-                connection.write([(command, future, False) for command, future
-                                  in zip(settings.handshake, futures, strict=True)])
-                for future in futures:
-                    await future
         except BaseException as exc:
             self._opening = None
-            connection.drop(RedisConnectionError("the Redis client is closing"))
-            unsent, self._unsent = self._unsent, []
             closing = RedisConnectionError("the Redis client is closing")
+            connection.drop(closing)
+            unsent, self._unsent = self._unsent, []
             self._fail(unsent, exc if isinstance(exc, RedisError) else closing)
             if not isinstance(exc, Exception):
                 raise
@@ -246,6 +236,20 @@ class RedisLink:
         unsent, self._unsent = self._unsent, []
         if unsent:
             connection.write(unsent)
+
+    async def _connect(self, connection: _Connection) -> None:
+        settings, loop = self._settings, asyncio.get_running_loop()
+        if settings.path is not None:
+            await loop.create_unix_connection(lambda: connection, settings.path)
+        else:
+            await loop.create_connection(lambda: connection, settings.host, settings.port, ssl=settings.ssl,
+                                         server_hostname=settings.host if settings.ssl is not None else None)
+        if settings.handshake:  # AUTH and SELECT, answered before anything else goes (as their user, in their db)
+            futures = [loop.create_future() for _ in settings.handshake]
+            connection.write([(command, future, False) for command, future
+                              in zip(settings.handshake, futures, strict=True)])
+            for future in futures:
+                await future
 
     def _fail(self, entries: Sequence[Entry], error: RedisError) -> None:
         for entry in entries:

@@ -353,3 +353,26 @@ def test_the_nodes_event_loop_uvloop_carries_the_connections(own_redis: RedisSer
         replies = runner.run(calls())
     assert replies[:CALLS] == list(range(1, CALLS + 1))
     assert isinstance(replies[CALLS], ResponseError) and "WRONGTYPE" in str(replies[CALLS])
+
+
+async def test_a_paused_redis_that_wants_a_password_times_out_within_one_timeout(
+        own_redis: RedisServer, client: aioredis.Redis) -> None:
+    """Connecting includes AUTH and SELECT: a Redis that takes the connection (the kernel does for a
+    stopped process) but never answers them fails the callers waiting for it within one timeout."""
+    timeout = 0.5
+    await client.config_set("requirepass", "pw")
+    url = f"redis://:pw@127.0.0.1:{own_redis.port}/1"
+    batcher = RedisBatcher(aioredis.ConnectionPool.from_url(url), name="test", timeout=timeout)
+    try:
+        own_redis.pause()
+        try:
+            started = time.monotonic()
+            answers = await asyncio.gather(*(batcher.call("PING") for _ in range(CALLS)), return_exceptions=True)
+            waited = time.monotonic() - started
+        finally:
+            own_redis.resume()
+        assert all(isinstance(answer, RedisTimeoutError) for answer in answers)
+        assert waited < 2 * timeout
+        assert await batcher.call("PING") == b"PONG"
+    finally:
+        await batcher.close()
