@@ -12,7 +12,9 @@ Redis, with the same certificate checks, as the rest of the engine's clients.
 
 Timeouts: one timer per connection watches the oldest batch still waiting. When Redis has not
 answered it within ``timeout`` the connection fails every command waiting on it with TimeoutError
-and closes; the next batch opens a new one (connecting is bounded by ``timeout`` as well).
+and closes; the next batch opens a new one (connecting, with AUTH and SELECT, is bounded by
+``timeout`` as well). So what waits on a connection is bounded by what callers send within a
+timeout or two (and the posts among it by the batcher's ``max_posts``).
 """
 
 from __future__ import annotations

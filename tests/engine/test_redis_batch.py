@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -376,3 +378,20 @@ async def test_a_paused_redis_that_wants_a_password_times_out_within_one_timeout
         assert await batcher.call("PING") == b"PONG"
     finally:
         await batcher.close()
+
+
+async def test_a_unix_socket_url(tmp_path: Any) -> None:
+    socket = tmp_path / "redis.sock"
+    server = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", "0", "--unixsocket",
+                               str(socket), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    batcher = RedisBatcher(aioredis.ConnectionPool.from_url(f"unix://{socket}?db=4"), name="test", timeout=5.0)
+    try:
+        await until(socket.exists)
+        assert await batcher.call("SET", "k", "v") == b"OK"
+        info = await batcher.call("CLIENT", "INFO")
+        assert b" db=4 " in info and await batcher.call("GET", "k") == b"v"
+    finally:
+        await batcher.close()
+        server.kill()
+        server.wait()
