@@ -31,7 +31,8 @@ class Config:
     redis_timeout: float = field(default=1.0, metadata={
         "help": "seconds a Redis call may take (connect, or wait for a reply or a free connection); then the "
                 "action answers unavailable"})
-    redis_connections: int = field(default=64, metadata={"help": "Redis connections per process, at most"})
+    redis_connections: int = field(default=64, metadata={
+        "help": "Redis connections per process, at most (besides the --redis-pipelines ones)"})
     redis_batch: int = field(default=100, metadata={
         "help": "commands one Redis pipeline carries at most: the stock scripts, event publishes and direct "
                 "messages called during one turn of the event loop go out together"})
