@@ -249,7 +249,8 @@ def bus(config: Config) -> Bus:
     if config.redis_url:
         return RedisBus(config.redis_url, config.redis_prefix, config.tick_ms, config.history_size,
                         config.history_age, timeout=config.redis_timeout, tick_max_ms=config.tick_max_ms,
-                        batch=config.redis_batch, direct_queue=config.redis_direct_queue)
+                        batch=config.redis_batch, direct_queue=config.redis_direct_queue,
+                        pipelines=config.redis_pipelines)
     return MemoryBus(config.tick_ms, config.history_size, config.history_age, config.tick_max_ms)
 
 
@@ -303,7 +304,8 @@ def stock_store(config: Config) -> MemoryStockStore | RedisStockStore:
         return MemoryStockStore(config.max_user_requests)
     return RedisStockStore.from_url(config.redis_url, prefix=config.redis_prefix,
                                     max_user_requests=config.max_user_requests, timeout=config.redis_timeout,
-                                    max_connections=config.redis_connections, batch=config.redis_batch)
+                                    max_connections=config.redis_connections, batch=config.redis_batch,
+                                    pipelines=config.redis_pipelines)
 
 
 def shop_config(config: Config) -> ShopConfig:

@@ -31,10 +31,14 @@ class Config:
     redis_timeout: float = field(default=1.0, metadata={
         "help": "seconds a Redis call may take (connect, or wait for a reply or a free connection); then the "
                 "action answers unavailable"})
-    redis_connections: int = field(default=64, metadata={"help": "Redis connections per process, at most"})
+    redis_connections: int = field(default=64, metadata={
+        "help": "Redis connections per process, at most (besides the --redis-pipelines ones)"})
     redis_batch: int = field(default=100, metadata={
         "help": "commands one Redis pipeline carries at most: the stock scripts, event publishes and direct "
                 "messages called during one turn of the event loop go out together"})
+    redis_pipelines: int = field(default=1, metadata={
+        "help": "connections of their own the pipelined Redis calls use, per client (stock, events): many "
+                "pipelines travel on each at once"})
     redis_direct_queue: int = field(default=10000, metadata={
         "help": "direct messages for users' connections on other nodes waiting to go to Redis, at most "
                 "(more are dropped and counted)"})

@@ -1,20 +1,22 @@
 """Automatic pipelining: the Redis calls made during one turn of the event loop go out together.
 
 redis-py spends most of a call's client CPU around the round trip (taking a connection, writing,
-waking the caller), not in Redis: 50 taps calling at once cost several times the CPU of the same
-50 commands written as one pipeline. So the hot calls (the stock store's scripts, the bus's publish
-script and direct messages) are handed to a RedisBatcher instead: each call is queued, and at the
-end of the loop's current turn everything queued is written as one non-transactional pipeline (at
-most ``max_batch`` commands each, more make several) on one connection of the pool, and each
-caller gets its own reply or its own error. Several pipelines may be in flight at once, as many as
-the pool has connections.
+parsing, waking the caller), not in Redis: 50 taps calling at once cost several times the CPU of the
+same 50 commands written as one pipeline. So the hot calls (the stock store's scripts, the bus's
+publish script and direct messages) are handed to a RedisBatcher instead: each call is queued, and
+at the end of the loop's current turn everything queued is written as one non-transactional
+pipeline (at most ``max_batch`` commands each, more make several), and each caller gets its own
+reply or its own error. The pipelines go on ``connections`` lean connections of the batcher's own
+(engine.redislink: one write per pipeline, replies parsed by hiredis), made the way ``pool``'s
+would be (same URL: TLS, password, database); many pipelines may be in flight on each at once.
 
 What a caller is guaranteed:
-- one command's error reply (a script's error, NOSCRIPT, READONLY) fails that caller only;
+- one command's error reply (a script's error, NOSCRIPT, READONLY) fails that caller only, with
+  the exception redis-py would raise for it (ResponseError, NoScriptError, ReadOnlyError, ...);
 - a connection that breaks or a Redis that does not answer fails every caller still waiting on
-  that pipeline with redis-py's ConnectionError or TimeoutError, and no caller waits longer than
-  twice ``timeout`` (up to it for a free connection, up to it for the replies), whatever redis-py
-  does underneath;
+  that connection with redis-py's ConnectionError or TimeoutError, and no caller waits longer than
+  twice ``timeout`` (up to it for the connection to be made, up to it for the replies); a refused
+  connection fails them at once, and the next call connects again;
 - ``evalsha`` loads a script Redis does not hold (NOSCRIPT, after a restart or SCRIPT FLUSH) and
   runs that command again, once.
 
@@ -34,11 +36,12 @@ from typing import Any
 
 from prometheus_client import Counter
 from redis.asyncio import ConnectionPool
-from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import BusyLoadingError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError
+
+from engine.redislink import Entry as _Entry
+from engine.redislink import LinkSettings, RedisLink
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +53,28 @@ REDIS_POSTS_LOST = Counter(
     ["caller"],
 )
 
-#: One queued command: its arguments, the future that answers it, and whether it is a post (a
-#: future nobody awaits, set once so that the timer and the pipeline count a lost post once).
-_Entry = tuple[Sequence[Any], "asyncio.Future[Any]", bool]
+
+
+def _load(link: RedisLink) -> int:
+    return link.load
 
 
 class RedisBatcher:
-    """Writes the commands queued during one loop turn as pipelines on ``pool``'s connections.
+    """Writes the commands queued during one loop turn as pipelines on ``connections`` connections
+    of its own to the Redis ``pool`` connects to (the pool itself is not used for them).
 
     ``name`` labels the metrics and the log lines (``stock``, ``bus``)."""
 
     def __init__(self, pool: ConnectionPool, *, name: str, timeout: float, max_batch: int = 100,
-                 max_posts: int = 10_000) -> None:
+                 max_posts: int = 10_000, connections: int = 1) -> None:
+        if connections < 1:
+            raise ValueError("--redis-pipelines must be at least 1")
         if max_batch < 1:
             raise ValueError("--redis-batch must be at least 1")
         if max_posts < 1:
             raise ValueError("--redis-direct-queue must be at least 1")
         if timeout <= 0:
             raise ValueError("--redis-timeout must be positive")
-        self._pool = pool
         self._name = name
         self._timeout = timeout
         self._max_batch = max_batch
@@ -78,7 +84,8 @@ class RedisBatcher:
         self._closed = False
         self._posts = 0  # posts queued or in a pipeline not yet answered
         self._posts_failing = False
-        self._sending: set[asyncio.Task[None]] = set()
+        settings = LinkSettings(pool, timeout)
+        self._links = [RedisLink(settings, self._answer) for _ in range(connections)]
         self._pipelines = REDIS_PIPELINES.labels(name)
         self._commands = REDIS_PIPELINED.labels(name)
         self._lost = REDIS_POSTS_LOST.labels(name)
@@ -111,12 +118,9 @@ class RedisBatcher:
         self._schedule()
 
     async def close(self) -> None:
-        """Stop the pipelines in flight; their callers, and later ones, get ConnectionError."""
+        """Close the connections; callers still waiting, and later ones, get ConnectionError."""
         self._closed = True
-        tasks = list(self._sending)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(link.close() for link in self._links))
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -126,48 +130,21 @@ class RedisBatcher:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Cut what this turn queued into pipelines of at most ``max_batch`` commands and send each."""
+        """Cut what this turn queued into pipelines of at most ``max_batch`` commands and write
+        each on the connection with the fewest commands waiting."""
         self._scheduled = False
-        loop = asyncio.get_running_loop()
         queue, self._queue = self._queue, []
         if self._closed:
-            self._fail(queue, 0, RedisConnectionError("the Redis client is closed"))
+            for entry in queue:
+                self._answer(entry, RedisConnectionError("the Redis client is closed"))
             return
+        links = self._links
         for start in range(0, len(queue), self._max_batch):
             batch = queue[start:start + self._max_batch]
-            # Past twice the timeout its callers are answered whatever the connection does.
-            timer = loop.call_later(2 * self._timeout, self._fail, batch, 0,
-                                    RedisTimeoutError(f"Redis did not answer within {2 * self._timeout:g} s"))
-            task = loop.create_task(self._send(batch, timer), name=f"redis-pipeline:{self._name}")
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-
-    async def _send(self, batch: list[_Entry], timer: asyncio.TimerHandle) -> None:
-        answered = 0
-        connection: AbstractConnection | None = None
-        try:
-            connection = await self._pool.get_connection()
-            await connection.send_packed_command(connection.pack_commands([entry[0] for entry in batch]))
+            link = links[0] if len(links) == 1 else min(links, key=_load)
             self._pipelines.inc()
             self._commands.inc(len(batch))
-            for entry in batch:
-                try:
-                    reply: Any = await connection.read_response()
-                except (ResponseError, BusyLoadingError) as exc:  # an error reply: this command's only
-                    reply = exc
-                answered += 1
-                self._answer(entry, reply)
-        except (RedisError, OSError) as exc:
-            self._fail(batch, answered, exc if isinstance(exc, RedisError) else RedisConnectionError(str(exc)))
-        except BaseException:  # cancelled (closing): nobody must wait on this pipeline any longer
-            self._fail(batch, answered, RedisConnectionError("the Redis client is closing"))
-            raise
-        finally:
-            timer.cancel()
-            if connection is not None:
-                if answered < len(batch):  # replies left unread: the connection cannot be reused as is
-                    await connection.disconnect(nowait=True)
-                await self._pool.release(connection)
+            link.send(batch)
 
     def _answer(self, entry: _Entry, reply: Any) -> None:
         _, future, post = entry
@@ -186,11 +163,6 @@ class RedisBatcher:
         elif self._posts_failing:
             self._posts_failing = False
             log.warning("%s: Redis takes messages for other nodes again", self._name)
-
-    def _fail(self, batch: list[_Entry], answered: int, error: RedisError) -> None:
-        """Fail every command of ``batch`` past the first ``answered`` that is still waiting."""
-        for entry in batch[answered:]:
-            self._answer(entry, error)
 
     def _post_failed(self, reason: str) -> None:
         self._lost.inc()

@@ -181,7 +181,7 @@ class RedisBus:
     def __init__(self, url: str, prefix: str = "livecart:", tick_ms: int = 50, history_size: int = 1024,
                  history_age: float = 300.0, timeout: float = 1.0, max_backoff: float = 2.0,
                  max_connections: int = 32, tick_max_ms: int | None = None, batch: int = 100,
-                 direct_queue: int = 10_000) -> None:
+                 direct_queue: int = 10_000, pipelines: int = 1) -> None:
         self._url = url
         self._prefix = prefix
         self._ticker = Ticker(tick_ms / 1000, (tick_max_ms if tick_max_ms is not None else tick_ms) / 1000,
@@ -197,7 +197,7 @@ class RedisBus:
             url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout,
             socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), protocol=2))
         self._batch = RedisBatcher(self._client.connection_pool, name="bus", timeout=timeout, max_batch=batch,
-                                   max_posts=direct_queue)
+                                   max_posts=direct_queue, connections=pipelines)
         # Direct messages carry it: pub/sub brings this node's own back, already delivered here.
         self._origin = os.urandom(8).hex().encode()
         self._publish = self._client.register_script(_PUBLISH)

@@ -416,13 +416,14 @@ class RedisStockStore:
     store; results also leave when `expire` passes their time."""
 
     def __init__(self, client: aioredis.Redis, prefix: str = "livecart:", max_user_requests: int = 1000, *,
-                 timeout: float = 1.0, batch: int = 100) -> None:
+                 timeout: float = 1.0, batch: int = 100, pipelines: int = 1) -> None:
         self.client = client
         self.prefix = prefix
         self.max_user_requests = max_user_requests
         # The scripts go out pipelined with the others called in the same loop turn (taps arriving
         # together share a round trip's client CPU), each answered within twice `timeout`.
-        self._batch = RedisBatcher(client.connection_pool, name="stock", timeout=timeout, max_batch=batch)
+        self._batch = RedisBatcher(client.connection_pool, name="stock", timeout=timeout, max_batch=batch,
+                                   connections=pipelines)
         register = client.register_script
         self._define = register(_DEFINE)
         self._drop = register(_DROP)
@@ -439,9 +440,10 @@ class RedisStockStore:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "livecart:", max_user_requests: int = 1000,
-                 timeout: float = 1.0, max_connections: int = 64, batch: int = 100) -> RedisStockStore:
+                 timeout: float = 1.0, max_connections: int = 64, batch: int = 100,
+                 pipelines: int = 1) -> RedisStockStore:
         return cls(connect(url, timeout=timeout, max_connections=max_connections), prefix, max_user_requests,
-                   timeout=timeout, batch=batch)
+                   timeout=timeout, batch=batch, pipelines=pipelines)
 
     async def ping(self) -> None:
         """Check that Redis answers (at start); StorageUnavailable if it does not."""

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+import uvloop
+from redis.exceptions import AuthenticationError, NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.bus.redis import RedisBus
 from engine.redisbatch import REDIS_POSTS_LOST, RedisBatcher
@@ -25,7 +31,9 @@ from overlays.stock.base import ReserveResult
 from overlays.stock.redis import RedisStockStore
 from tests.conftest import RedisTarget
 from tests.engine.test_bus import listening, until
+from tests.engine.test_redis_tls import PASSWORD, tls_redis  # noqa: F401 (a fixture used below)
 from tests.redis_server import RedisServer
+from tests.tls_certs import make_tls_files
 
 CALLS = 200
 
@@ -187,6 +195,203 @@ async def test_the_bound_on_waiting_messages_drops_the_excess(redis_target: Redi
 def test_bad_bounds_are_refused() -> None:
     pool = aioredis.ConnectionPool.from_url("redis://127.0.0.1:6379/0")
     for kwargs, flag in (({"max_batch": 0}, "--redis-batch"), ({"max_posts": 0}, "--redis-direct-queue"),
-                         ({"timeout": 0}, "--redis-timeout")):
+                         ({"timeout": 0}, "--redis-timeout"), ({"connections": 0}, "--redis-pipelines")):
         with pytest.raises(ValueError, match=flag):
             RedisBatcher(pool, name="test", **{"timeout": 1.0, **kwargs})
+
+
+# -- the batcher's own connections --------------------------------------------------------------
+
+
+async def connections(client: aioredis.Redis) -> int:
+    """Clients connected to Redis, the asking one included."""
+    return len(await client.client_list())
+
+
+@pytest.mark.parametrize("count", [1, 2])
+async def test_pipelines_share_the_configured_connections_many_in_flight_on_each(
+        own_redis: RedisServer, client: aioredis.Redis, count: int) -> None:
+    pool = aioredis.ConnectionPool.from_url(own_redis.url)
+    batcher = RedisBatcher(pool, name="test", timeout=5.0, max_batch=10, connections=count)
+    try:
+        before = await connections(client)
+        for round in range(3):  # 20 pipelines at once, three times
+            replies = await asyncio.gather(*(batcher.call("INCR", "n") for _ in range(CALLS)))
+            assert sorted(replies) == list(range(round * CALLS + 1, (round + 1) * CALLS + 1))
+        assert await connections(client) - before == count
+        assert len(pool._available_connections) + len(pool._in_use_connections) == 0  # the pool is not used
+    finally:
+        await batcher.close()
+    with pytest.raises(RedisConnectionError, match="closed"):
+        await batcher.call("PING")
+
+
+async def test_error_replies_are_redis_py_s_exceptions_for_their_callers_only(client: aioredis.Redis) -> None:
+    batcher = RedisBatcher(client.connection_pool, name="test", timeout=5.0)
+    try:
+        replies: list[Any] = await asyncio.gather(
+            batcher.call("EVALSHA", "0" * 40, 0), batcher.call("SET", "k", "v"), batcher.call("NOSUCHCOMMAND"),
+            batcher.call("GET", "k"), return_exceptions=True)
+        assert isinstance(replies[0], NoScriptError)
+        assert replies[1] == b"OK" and replies[3] == b"v"
+        assert type(replies[2]) is ResponseError and "unknown command" in str(replies[2])
+        await client.replicaof("127.0.0.1", "1")  # a replica (of nothing reachable): it refuses writes
+        try:
+            with pytest.raises(ReadOnlyError):
+                await batcher.call("SET", "k", "w")
+            script = client.register_script("return redis.call('SET', KEYS[1], 'w')")
+            with pytest.raises(ReadOnlyError):  # a script's write too, after NOSCRIPT and its reload
+                await batcher.evalsha(script, ["k"], [])
+        finally:
+            await client.replicaof("NO", "ONE")
+        assert await batcher.call("SET", "k", "w") == b"OK"  # the connection goes on after errors
+    finally:
+        await batcher.close()
+
+
+async def test_a_paused_redis_times_out_every_waiting_caller_within_the_timeout_then_is_reconnected(
+        own_redis: RedisServer, client: aioredis.Redis) -> None:
+    timeout = 0.5
+    batcher = RedisBatcher(aioredis.ConnectionPool.from_url(own_redis.url), name="test", timeout=timeout,
+                           max_batch=10, connections=2)
+    try:
+        assert await batcher.call("PING") == b"PONG"
+        own_redis.pause()
+        try:
+            started = time.monotonic()
+            # Pipelines written at different times on the same connections: the oldest one's
+            # deadline fails them all.
+            first = [asyncio.ensure_future(batcher.call("INCR", "n")) for _ in range(50)]
+            await asyncio.sleep(timeout / 2)
+            later = [asyncio.ensure_future(batcher.call("INCR", "n")) for _ in range(50)]
+            answers = await asyncio.gather(*first, *later, return_exceptions=True)
+            waited = time.monotonic() - started
+        finally:
+            own_redis.resume()
+        assert all(isinstance(answer, RedisTimeoutError) for answer in answers)
+        assert waited < timeout + 0.5  # the oldest pipeline's deadline, not one per call or per pipeline
+        before = await connections(client)
+        assert await batcher.call("PING") == b"PONG"  # a new connection; the stalled ones were closed
+        assert await connections(client) - before == 1
+    finally:
+        await batcher.close()
+
+
+async def test_a_killed_redis_fails_callers_at_once_and_a_restarted_one_is_reconnected(
+        own_redis: RedisServer) -> None:
+    timeout = 5.0
+    batcher = RedisBatcher(aioredis.ConnectionPool.from_url(own_redis.url), name="test", timeout=timeout)
+    try:
+        assert await batcher.call("SET", "k", "v") == b"OK"
+        own_redis.stop()
+        started = time.monotonic()
+        answers = await asyncio.gather(*(batcher.call("GET", "k") for _ in range(CALLS)), return_exceptions=True)
+        answers += await asyncio.gather(*(batcher.call("GET", "k") for _ in range(CALLS)), return_exceptions=True)
+        assert all(type(answer) is RedisConnectionError for answer in answers)
+        assert time.monotonic() - started < timeout  # refused: nobody waits for the timeout
+        own_redis.start()
+        assert await batcher.call("GET", "k") == b"v"  # the append-only file kept it
+    finally:
+        await batcher.close()
+
+
+async def test_a_user_password_and_database_from_the_url_are_used(own_redis: RedisServer,
+                                                                  client: aioredis.Redis) -> None:
+    await client.acl_setuser("tapper", enabled=True, passwords=["+tap pw"], keys=["*"], commands=["+@all"])
+    url = f"redis://tapper:tap%20pw@127.0.0.1:{own_redis.port}/3"
+    batcher = RedisBatcher(aioredis.ConnectionPool.from_url(url), name="test", timeout=5.0)
+    wrong = RedisBatcher(aioredis.ConnectionPool.from_url(url.replace("tap%20pw", "nope")), name="test",
+                         timeout=5.0)
+    try:
+        assert await batcher.call("SET", "k", "in 3") == b"OK"
+        assert await batcher.call("ACL", "WHOAMI") == b"tapper"
+        assert await client.get("k") is None
+        await client.select(3)
+        assert await client.get("k") == b"in 3"
+        with pytest.raises(AuthenticationError):
+            await wrong.call("GET", "k")
+    finally:
+        await batcher.close()
+        await wrong.close()
+
+
+async def test_tls_with_a_password_from_the_url(tls_redis: RedisServer, tmp_path: Any) -> None:  # noqa: F811
+    url = tls_redis.url.replace("/0?", "/2?")
+    batcher = RedisBatcher(aioredis.ConnectionPool.from_url(url), name="test", timeout=5.0)
+    checker = aioredis.from_url(url)
+    try:
+        script = checker.register_script(_COUNTING)
+        replies = await asyncio.gather(*(batcher.evalsha(script, ["n"], [i]) for i in range(CALLS)))
+        assert replies == [str(i).encode() for i in range(CALLS)]
+        assert int(await checker.get("n")) == CALLS  # in database 2, over TLS, with the password
+    finally:
+        await batcher.close()
+        await checker.aclose()
+    # Another CA's certificate is refused: the URL's ssl_ca_certs is the one checked against.
+    assert tls_redis.tls is not None
+    other = make_tls_files(tmp_path / "other")
+    refused = RedisBatcher(aioredis.ConnectionPool.from_url(url.replace(quote(str(tls_redis.tls.ca)),
+                                                                        quote(str(other.ca)))),
+                           name="test", timeout=5.0)
+    try:
+        with pytest.raises(RedisConnectionError, match="certificate"):
+            await refused.call("PING")
+    finally:
+        await refused.close()
+
+
+def test_the_nodes_event_loop_uvloop_carries_the_connections(own_redis: RedisServer) -> None:
+    """Nodes run on uvloop, whose transports are not asyncio's classes."""
+
+    async def calls() -> list[Any]:
+        batcher = RedisBatcher(aioredis.ConnectionPool.from_url(own_redis.url), name="test", timeout=5.0)
+        try:
+            return await asyncio.gather(*(batcher.call("INCR", "n") for _ in range(CALLS)),
+                                        batcher.call("HGET", "n", "f"), return_exceptions=True)
+        finally:
+            await batcher.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        replies = runner.run(calls())
+    assert replies[:CALLS] == list(range(1, CALLS + 1))
+    assert isinstance(replies[CALLS], ResponseError) and "WRONGTYPE" in str(replies[CALLS])
+
+
+async def test_a_paused_redis_that_wants_a_password_times_out_within_one_timeout(
+        own_redis: RedisServer, client: aioredis.Redis) -> None:
+    """Connecting includes AUTH and SELECT: a Redis that takes the connection (the kernel does for a
+    stopped process) but never answers them fails the callers waiting for it within one timeout."""
+    timeout = 0.5
+    await client.config_set("requirepass", "pw")
+    url = f"redis://:pw@127.0.0.1:{own_redis.port}/1"
+    batcher = RedisBatcher(aioredis.ConnectionPool.from_url(url), name="test", timeout=timeout)
+    try:
+        own_redis.pause()
+        try:
+            started = time.monotonic()
+            answers = await asyncio.gather(*(batcher.call("PING") for _ in range(CALLS)), return_exceptions=True)
+            waited = time.monotonic() - started
+        finally:
+            own_redis.resume()
+        assert all(isinstance(answer, RedisTimeoutError) for answer in answers)
+        assert waited < 2 * timeout
+        assert await batcher.call("PING") == b"PONG"
+    finally:
+        await batcher.close()
+
+
+async def test_a_unix_socket_url(tmp_path: Any) -> None:
+    socket = tmp_path / "redis.sock"
+    server = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", "0", "--unixsocket",
+                               str(socket), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    batcher = RedisBatcher(aioredis.ConnectionPool.from_url(f"unix://{socket}?db=4"), name="test", timeout=5.0)
+    try:
+        await until(socket.exists)
+        assert await batcher.call("SET", "k", "v") == b"OK"
+        info = await batcher.call("CLIENT", "INFO")
+        assert b" db=4 " in info and await batcher.call("GET", "k") == b"v"
+    finally:
+        await batcher.close()
+        server.kill()
+        server.wait()
