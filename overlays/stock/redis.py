@@ -40,8 +40,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.redisbatch import RedisBatcher
@@ -465,8 +465,10 @@ class RedisStockStore:
             return await self._batch.evalsha(script, keys, args)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StorageUnavailable(f"the stock store is unavailable ({exc}); retry") from exc
+        except (ReadOnlyError, BusyLoadingError) as exc:  # a replica, or a Redis still loading its data
+            raise StorageUnavailable(f"the stock store is unavailable ({exc}); retry") from exc
         except RedisError as exc:
-            if "READONLY" in str(exc) or "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
+            if "MASTERDOWN" in str(exc):  # a replica that lost its primary
                 raise StorageUnavailable(f"the stock store is unavailable ({exc}); retry") from exc
             raise
 

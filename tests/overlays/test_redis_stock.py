@@ -92,6 +92,26 @@ async def test_a_refused_connection_is_unavailable() -> None:
         await store.close()
 
 
+async def test_a_redis_that_turned_replica_answers_unavailable(own_redis: RedisServer) -> None:
+    """A failover that leaves the node on a replica (writes refused with READONLY) is an outage to
+    the client, answered `unavailable` so it retries, not an internal error."""
+    import redis.asyncio as aioredis
+
+    store = RedisStockStore.from_url(own_redis.url, prefix="t:", timeout=0.5)
+    admin = aioredis.from_url(own_redis.url)
+    try:
+        await store.define("r", "p", 5)
+        await admin.replicaof("127.0.0.1", "1")  # a replica of nothing reachable: it refuses writes
+        with pytest.raises(StorageUnavailable) as refused:
+            await store.reserve("r", "p", "u", "t1", 1, None, time.time() + 60, 100)
+        assert refused.value.code == "unavailable"
+        await admin.replicaof("NO", "ONE")
+        assert (await store.reserve("r", "p", "u", "t1", 1, None, time.time() + 60, 100)).reservation is not None
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
 async def test_request_ids_of_a_user_id_with_a_newline_are_forgotten_in_time(store: RedisStockStore) -> None:
     """User ids come from tokens a shop mints: any characters. The remembered tap of one whose id
     holds a newline is forgotten when its hold ends, like anyone's."""
