@@ -62,6 +62,7 @@ class RawSocket(asyncio.Protocol):
         self.handshaken = False
         self.buf = b""
         self.closed = False
+        self.close_code: int | None = None  # the code of the server's close frame, if it sent one
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: Any) -> None:
@@ -118,6 +119,7 @@ class RawSocket(asyncio.Protocol):
                 self.on_pong(payload)
             elif opcode == CLOSE:
                 self.closed = True
+                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
         self.buf = buf[i:]
 
     def on_text(self, payload: bytes, now: float) -> None:
