@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -32,14 +33,21 @@ def config(tmp_path: Path) -> Config:
                   demo_catalog=False)
 
 
-@pytest.fixture
-async def engine(config: Config) -> AsyncIterator[App]:
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[App]:
+    """A started App for ``config``, stopped on the way out."""
     app = App(config)
     await app.start()
     try:
         yield app
     finally:
         await app.stop()
+
+
+@pytest.fixture
+async def engine(config: Config) -> AsyncIterator[App]:
+    async with running(config) as app:
+        yield app
 
 
 class Client:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from cascade_nodes import MediaNode, stop_nodes
 from media_peers import encode_opus, encode_video
 
 from engine.bus.base import Event
@@ -113,3 +114,20 @@ async def relay(media_config: MediaConfig, tmp_path: Path) -> AsyncIterator[Rela
 @pytest.fixture(scope="session")
 def h264_large() -> Any:
     return encode_video("h264", size=(480, 360))
+
+
+# The cascade tests' fixtures: the `livecart serve` nodes a test started, stopped after it; one HTTP
+# session.
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[MediaNode]]:
+    started: list[MediaNode] = []
+    yield started
+    stop_nodes(started)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

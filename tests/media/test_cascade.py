@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import websockets
 from cascade_nodes import SECRET, MediaNode, ready, start_node, stop_nodes, until
 from media_peers import Publisher, Viewer, post_offer
@@ -26,19 +24,6 @@ from engine.nodes.credential import NodeCredentials
 from tests.conftest import Client, RedisTarget
 
 H264_OPUS = {"video": "H264", "audio": "opus"}
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[MediaNode]]:
-    started: list[MediaNode] = []
-    yield started
-    stop_nodes(started)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def cluster(tmp_path: Path, redis: RedisTarget, nodes: list[MediaNode], http: aiohttp.ClientSession,

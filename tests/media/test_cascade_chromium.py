@@ -8,13 +8,12 @@ packet stays on loopback (the page's candidates are filtered to 127.0.0.1, the n
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from cascade_nodes import MediaNode, ready, start_node, stop_nodes, until
+from cascade_nodes import MediaNode, ready, start_node, until
 from media_peers import Publisher
 
 from tests.browser import CHROMIUM
@@ -26,19 +25,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Chromium is not installed"),
     pytest.mark.timeout(180),
 ]
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[MediaNode]]:
-    started: list[MediaNode] = []
-    yield started
-    stop_nodes(started)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_watch_page_on_an_edge_plays_a_room_published_on_the_origin(

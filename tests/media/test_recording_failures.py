@@ -11,10 +11,9 @@ bounded queue overflows).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from media_peers import Publisher, Viewer
 
 from engine.app import App
 from engine.config import Config
-from tests.conftest import connect, token
+from tests.conftest import connect, running, token
 
 FIRST_SEGMENT = "seg-000001.m4s"  # cut at the second keyframe (2 s in): the sabotage comes before it
 
@@ -35,14 +34,6 @@ def engine_config(tmp_path: Path, **changes: Any) -> Config:
                   announce="127.0.0.1", recording_rejoin=0.5, **changes)
 
 
-@contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[App]:
-    app = App(config)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop()
 
 
 async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 8.0) -> Any:
