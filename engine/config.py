@@ -146,8 +146,9 @@ class Config:
     forwarding: str = field(default="fast", metadata={"help": "media forwarding path: fast or stock (aiortc senders)"})
     record: bool = field(default=True, metadata={"help": "record every broadcast (H264 + Opus, remuxed to fMP4)"})
     recordings_dir: str = field(default="", metadata={"help": "recordings directory (default: DATA_DIR/recordings)"})
-    recordings_max_bytes: int = field(default=0, metadata={
-        "help": "total bytes of recordings kept, the oldest deleted first (0: no bound)"})
+    recordings_max_bytes: int = field(default=20 * 2**30, metadata={
+        "help": "total bytes of recordings kept, the oldest deleted first (0: no bound; default 20 GiB, "
+                "about 19 hours of 2.5 Mbit/s shows)"})
     recordings_max_age: float = field(default=0.0, metadata={"help": "seconds a recording is kept (0: no bound)"})
     recording_queue: int = field(default=2000, metadata={
         "help": "frames queued for one recording's writer thread; past it the recording fails, the stream goes on"})
