@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from engine.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 # KEYS: counts, beats. ARGV: node id, its count ('' to read only), TTL in ms. Returns the sum.
@@ -115,11 +117,8 @@ class SharedViewers:
 
     async def stop(self) -> None:
         """Stop, and take this node's counts out at once (others need not wait for the TTL)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self._dirty |= set(self._local)
         self._local.clear()
         try:

@@ -15,7 +15,6 @@ The costs that matter when a room has 10,000 viewers:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import struct
 import time
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import metrics
 from engine.bus.base import Bus, Event
+from engine.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from signaling.channel import Session
@@ -82,9 +82,7 @@ class RoomHub:
 
     async def close(self) -> None:
         self._bus.unsubscribe(self.room, self)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
 
     # RoomListener
 

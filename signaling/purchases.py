@@ -13,7 +13,6 @@ room's entries only (log ids stay global, so resuming works the same).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from engine.config import Config
 from engine.digits import parse_uint
+from engine.tasks import cancel_and_wait
 from overlays.events import DomainError
 from overlays.purchases.base import MAX_READ, LogEntry, PurchaseLog, check_limit, format_id, parse_id
 from signaling.channel import Channel, Session
@@ -94,11 +94,7 @@ class Subscriptions:
 
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
 
     async def _stream(self, session: Session, position: int) -> None:
         # An entry is written only with half the send queue free, so it always fits; if one does not

@@ -15,10 +15,10 @@ Both buses (memory and Redis) run their flush through the same ``Ticker``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 from engine import metrics
+from engine.tasks import cancel_and_wait
 
 # Smoothed wake-up lag, seconds, above which the loop counts as loaded. A quiet loop wakes its
 # timers within a millisecond; a loop saturated with taps is late by tens of milliseconds.
@@ -81,8 +81,5 @@ class Ticker:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="bus-ticker")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

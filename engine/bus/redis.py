@@ -52,6 +52,7 @@ from engine.bus.pacing import Ticker
 from engine.bus.pending import PendingState, Values
 from engine.errors import CodedError
 from engine.redisbatch import RedisBatcher
+from engine.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -563,11 +564,7 @@ class RedisBus:
     async def stop(self) -> None:
         await self._ticker.stop()
         tasks = [*self._tasks, *self._writes, *(m.loader for m in self._mirrors.values() if m.loader is not None)]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
         self._tasks = []
         await self._batch.close()
         await self._client.aclose()

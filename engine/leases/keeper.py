@@ -9,11 +9,11 @@ past the TTL, withholds what the new holder announces too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from engine.leases.base import Grant, Leases
+from engine.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,8 @@ class LeaseKeeper:
 
     async def stop(self) -> None:
         """Stop renewing and release what is held, so another node takes over at once."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         grants, self._grants = list(self._grants.values()), {}
         results = await asyncio.gather(*(self.leases.release(g) for g in grants), return_exceptions=True)
         for grant, result in zip(grants, results, strict=True):

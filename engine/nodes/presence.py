@@ -8,13 +8,13 @@ lapse with its TTL. The last list of live nodes seen is kept for /healthz.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from engine.nodes.base import Load, NodeInfo, NodeRegistry, Relay
+from engine.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +107,8 @@ class Presence:
 
     async def stop(self) -> None:
         """Stop heartbeating and leave the registry, releasing the claims (others need not wait the TTL)."""
-        if self._beat is not None:
-            self._beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beat
-            self._beat = None
+        await cancel_and_wait(self._beat)
+        self._beat = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -27,6 +27,7 @@ from engine.bus.base import Event
 from engine.media.frames import EncodedFrame
 from engine.recording.segments import INIT
 from engine.recording.writer import AUDIO_RATE, META, TIMELINE, VIDEO_RATE, RecordingInfo, RecordingWriter
+from engine.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +137,7 @@ class RecordingService:
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
         for room in list(self._active):
             await self._end(room)
         await asyncio.gather(*self._tasks, return_exceptions=True)
