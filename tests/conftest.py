@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,17 @@ async def connect(app: App, tok: str | None = None, query: str = "", **kwargs: A
     # leave the others paused (a paused client cannot see the server's close frame).
     kwargs.setdefault("max_queue", None)
     return Client(await websockets.connect(url, **kwargs))
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """The `livecart serve` processes a test started (as nodes), terminated after it."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(20)
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,10 @@ import random
 import subprocess
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests.cluster_nodes import Node
 from tests.conftest import Client, RedisTarget
@@ -27,16 +25,6 @@ CAP = {"title": "Cap", "price": 900, "currency": "EUR", "stock": 5}
 UNITS, LIMIT = 100, 3
 BUYERS = 24  # per node: 48 buyers wanting up to 144 units of 100
 TAPS = 6  # per buyer, each retried once with its request id half of the time
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
 
 
 def serve(processes: list[subprocess.Popen[str]], data_dir: Path, node_id: str, redis: RedisTarget,

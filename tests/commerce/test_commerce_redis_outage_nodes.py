@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,16 +58,6 @@ class Tally:
     unavailable: Counter[str] = field(default_factory=Counter)
     reserved: dict[str, int] = field(default_factory=dict)
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-@pytest.fixture
-def nodes_processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(20)
 
 
 def serve(processes: list[subprocess.Popen[str]], data_dir: Path, node_id: str, redis_url: str) -> Node:
@@ -178,12 +168,12 @@ OUTAGES: dict[str, Callable[[RedisServer], tuple[Callable[[], None], Callable[[]
 
 @pytest.mark.parametrize("outage", list(OUTAGES))
 async def test_a_redis_outage_mid_sale_leaves_two_nodes_exactly_consistent(
-        tmp_path: Path, nodes_processes: list[subprocess.Popen[str]], outage: str) -> None:
+        tmp_path: Path, processes: list[subprocess.Popen[str]], outage: str) -> None:
     server = RedisServer()  # appendonly yes, appendfsync always
     server.start()
     go_away, come_back = OUTAGES[outage](server)
     try:
-        await sale_through_an_outage(tmp_path, nodes_processes, server, go_away, come_back)
+        await sale_through_an_outage(tmp_path, processes, server, go_away, come_back)
     finally:
         server.close()
 

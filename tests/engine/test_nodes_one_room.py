@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 import websockets
 
-from tests.commerce.test_commerce_cross_node import MUG, processes, serve  # noqa: F401 (a fixture)
+from tests.commerce.test_commerce_cross_node import MUG, serve
 from tests.conftest import Client, RedisTarget
 
 CHATS = 4  # per viewer, sent at once from every node (within the chat burst)
@@ -69,7 +69,7 @@ async def chat(client: Recorder, text: str) -> None:
 
 
 async def test_viewers_on_three_nodes_see_one_stream_and_resume_on_another_node(
-    processes: list[subprocess.Popen[str]], tmp_path: Path, redis_target: RedisTarget,  # noqa: F811
+    processes: list[subprocess.Popen[str]], tmp_path: Path, redis_target: RedisTarget,
 ) -> None:
     a, b, c = (serve(processes, tmp_path / name, name, redis_target) for name in "abc")
     async with aiohttp.ClientSession() as session:
