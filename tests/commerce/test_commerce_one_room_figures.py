@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.commerce.test_commerce_cross_node import processes, serve  # noqa: F401 (a fixture)
+from tests.commerce.test_commerce_cross_node import serve
 from tests.conftest import Client, RedisTarget
 
 MUG = {"title": "Mug", "price": 1200, "currency": "EUR", "stock": 100}
@@ -35,7 +35,7 @@ async def collect(client: Client, seconds: float) -> list[dict[str, Any]]:
 
 
 async def test_a_sale_ended_through_one_node_is_refused_on_the_other_at_once(
-        tmp_path: Path, redis_target: RedisTarget, processes: list[subprocess.Popen[str]]) -> None:  # noqa: F811
+        tmp_path: Path, redis_target: RedisTarget, processes: list[subprocess.Popen[str]]) -> None:
     # Clocks that tick seldom: no node reads the records again while the test runs, as if the end
     # had been made a moment ago.
     slow = ("--commerce-tick-ms", "30000")
@@ -61,7 +61,7 @@ async def test_a_sale_ended_through_one_node_is_refused_on_the_other_at_once(
 
 
 async def test_sold_out_and_resumed_are_announced_once_each_whichever_node_turns_the_sale(
-        tmp_path: Path, redis_target: RedisTarget, processes: list[subprocess.Popen[str]]) -> None:  # noqa: F811
+        tmp_path: Path, redis_target: RedisTarget, processes: list[subprocess.Popen[str]]) -> None:
     a = serve(processes, tmp_path / "a", "node-a", redis_target)
     b = serve(processes, tmp_path / "b", "node-b", redis_target)
     async with aiohttp.ClientSession() as session:
@@ -88,7 +88,7 @@ async def test_sold_out_and_resumed_are_announced_once_each_whichever_node_turns
 
 
 async def test_both_nodes_show_and_publish_the_rooms_sales_figures(
-        tmp_path: Path, redis_target: RedisTarget, processes: list[subprocess.Popen[str]]) -> None:  # noqa: F811
+        tmp_path: Path, redis_target: RedisTarget, processes: list[subprocess.Popen[str]]) -> None:
     a = serve(processes, tmp_path / "a", "node-a", redis_target)
     b = serve(processes, tmp_path / "b", "node-b", redis_target)
     async with aiohttp.ClientSession() as session:

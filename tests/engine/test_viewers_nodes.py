@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from tests.cluster_nodes import Node
-from tests.commerce.test_commerce_cross_node import processes, serve  # noqa: F401 (a fixture)
+from tests.commerce.test_commerce_cross_node import serve
 from tests.conftest import Client, RedisTarget
 
 # A dead node's viewers leave within --node-ttl, and its rooms' clocks move within --lease-ttl.
@@ -32,7 +32,7 @@ async def room_viewers(node: Node, session: aiohttp.ClientSession) -> Any:
 
 
 async def test_the_viewer_count_is_the_sum_over_nodes_and_drops_a_dead_nodes_viewers(
-        tmp_path: Path, redis_target: RedisTarget, processes: list[subprocess.Popen[str]]) -> None:  # noqa: F811
+        tmp_path: Path, redis_target: RedisTarget, processes: list[subprocess.Popen[str]]) -> None:
     a = serve(processes, tmp_path / "a", "node-a", redis_target, *FAST)
     b = serve(processes, tmp_path / "b", "node-b", redis_target, *FAST)
     async with aiohttp.ClientSession() as session:
