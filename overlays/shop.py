@@ -394,21 +394,21 @@ class Shop:
         except DomainError as error:
             target = error
         if type(target) is DomainError:
-            result = await self._stock.refuse(self.room, user, request_id, target.code, target.message, until)
+            result = await self._stock.refuse(self.room, user, request_id, target.code, target.message, until, now)
             if not result.replay:  # remembered as decided: answer the same error object
                 return target
         else:
             pool, limit, unit = target
-            result = await self._stock.reserve(self.room, pool, user, request_id, qty, limit, until, unit)
+            result = await self._stock.reserve(self.room, pool, user, request_id, qty, limit, until, unit, now)
         reservation = result.reservation
         if reservation is None or (result.replay and reservation.pool not in self._pools):
             if result.message is not None:
                 return DomainError(result.code or "conflict", result.message)
             return _STOCK_REFUSALS.get(result.code or "not_found") or DomainError("conflict", "refused")
         if result.replay:  # a retry: nothing changed, nothing to tell the room
-            return Outcome(await self._answer(user, reservation, now, result.cart), [])
+            return Outcome(await self._answer(user, reservation, now, result.totals), [])
         line = self._line(reservation)
-        answer = await self._answer(user, reservation, now, result.cart, line["currency"])
+        answer = await self._answer(user, reservation, now, result.totals, line["currency"])
         # The figures after the last await: a newer one handled meanwhile makes this one stale.
         events = self._stock_events(reservation.pool, result.available, result.version, now, result.turned)
         events.insert(0, discrete("cart.added", line, user))
@@ -417,18 +417,21 @@ class Shop:
         return Outcome(answer, events)
 
     async def _answer(
-        self, user: str, reservation: Reservation, now: float, cart: tuple[Reservation, ...] | None,
+        self, user: str, reservation: Reservation, now: float, totals: tuple[int, int] | None,
         currency: str | None = None,
     ) -> dict[str, Any]:
         """A tap's answer: the reservation and the totals of the user's cart as `cart_of` counts
         them (unexpired lines), summed from the held reservations without building their lines.
-        ``cart``: the user's reservations when the store read them in the tap's own step (a
-        networked store saves a round trip), else None and they are read here."""
-        quantity = total = 0
-        for held in cart if cart is not None else await self._stock.cart(self.room, user):
-            if held.expires_at > now:
-                quantity += held.qty
-                total += held.qty * held.unit_amount
+        ``totals``: the quantity and total when the store counted them in the tap's own step (a
+        networked store saves a round trip), else None and they are counted here."""
+        if totals is None:
+            quantity = total = 0
+            for held in await self._stock.cart(self.room, user):
+                if held.expires_at > now:
+                    quantity += held.qty
+                    total += held.qty * held.unit_amount
+        else:
+            quantity, total = totals
         if quantity and currency is None:
             currency = self._catalog.get(self._pools[reservation.pool][0]).currency
         return {

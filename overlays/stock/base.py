@@ -48,9 +48,10 @@ class ReserveResult(NamedTuple):
     refusal the caller decided itself (`refuse`), which comes with its `message`.
     `available` is the pool's availability after the call (0 when the pool is unknown).
     `replay` marks the first result handed out again for a repeated request id: nothing changed,
-    and `available` is a figure from the past (not to be published). `cart` is the user's cart
-    right after the call when the backend read it in the same step (a networked store saves a
-    round trip), else None (call `cart`)."""
+    and `available` is a figure from the past (not to be published). `totals` is the quantity and
+    total (minor units) of the user's cart lines unexpired at the call's `now`, right after the
+    call, when the result holds a reservation and the backend counted them in the same step (a
+    networked store saves a round trip), else None (call `cart`)."""
 
     code: str | None
     reservation: Reservation | None
@@ -58,7 +59,7 @@ class ReserveResult(NamedTuple):
     version: int
     replay: bool = False
     message: str | None = None
-    cart: tuple[Reservation, ...] | None = None
+    totals: tuple[int, int] | None = None
     turned: int | None = None
 
     @property
@@ -98,17 +99,20 @@ class StockStore(Protocol):
         per_user_limit: int | None,
         expires_at: float,
         unit_amount: int,
+        now: float | None = None,
     ) -> ReserveResult:
         """Hold qty units for user at `unit_amount` each, idempotent on (room, user, request_id):
         a repeat returns the first result with `replay` set, until `expires_at` of the first
         call has passed (refusals too), whatever other users do meanwhile. A backend may bound
         the requests it remembers per user (that user's oldest go first), never across users.
         This memory is the only one of tap outcomes: it is atomic with the units, so a retry that
-        races its original (a backend whose calls suspend) cannot reserve twice."""
+        races its original (a backend whose calls suspend) cannot reserve twice. With `now`, a
+        backend may count the cart's `totals` at that time in the same step."""
         ...
 
     async def refuse(
-        self, room: str, user: str, request_id: str, code: str, message: str, expires_at: float
+        self, room: str, user: str, request_id: str, code: str, message: str, expires_at: float,
+        now: float | None = None,
     ) -> ReserveResult:
         """A tap the caller refused before any pool was touched (the sale is not live, the item is
         unknown, the request is malformed), kept in the same memory as `reserve`'s results: the

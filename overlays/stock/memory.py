@@ -106,6 +106,7 @@ class MemoryStockStore:
         per_user_limit: int | None,
         expires_at: float,
         unit_amount: int,
+        now: float | None = None,
     ) -> ReserveResult:
         memory = self._memory(room)
         result = memory.get(user, request_id)
@@ -131,7 +132,8 @@ class MemoryStockStore:
         return result
 
     async def refuse(
-        self, room: str, user: str, request_id: str, code: str, message: str, expires_at: float
+        self, room: str, user: str, request_id: str, code: str, message: str, expires_at: float,
+        now: float | None = None,
     ) -> ReserveResult:
         memory = self._memory(room)
         result = memory.get(user, request_id)

@@ -105,16 +105,25 @@ local function remember(req, reqo, reqx, seq, user, request, encoded, expires_at
     redis.call('HDEL', req, oldest[1])
   end
 end
--- Append the user's cart (id, record pairs, oldest first) to a reply.
-local function with_cart(reply, cart, res)
+-- Append the quantity and total of the user's cart lines unexpired at `now` to a reply whose
+-- result holds a reservation (a tap's answer shows them); nothing for a refusal, or without `now`.
+local function with_totals(reply, encoded, cart, res, now)
+  if now == '' or string.sub(encoded, 1, 4) ~= '["",' then return reply end
   local ids = redis.call('ZRANGE', cart, 0, -1)
+  local quantity, total, at = 0, 0, tonumber(now)
   if #ids > 0 then
     local recs = redis.call('HMGET', res, unpack(ids))
-    for i, id in ipairs(ids) do
-      reply[#reply + 1] = id
-      reply[#reply + 1] = recs[i]
+    for i = 1, #ids do
+      local r = cjson.decode(recs[i])
+      if tonumber(r[4]) > at then
+        local qty = tonumber(r[3])
+        quantity = quantity + qty
+        total = total + qty * tonumber(r[5])
+      end
     end
   end
+  reply[3] = quantity
+  reply[4] = total
   return reply
 end
 """
@@ -163,11 +172,13 @@ return 'ok'
 """
 
 # KEYS: pool, held, res, cart:<user>, expiry, req:<user>, reqo:<user>, reqx, seq.
-# ARGV: base, pool, user, request, qty, limit ('' for none), expires_at, unit_amount, per-user bound.
+# ARGV: base, pool, user, request, qty, limit ('' for none), expires_at, unit_amount, per-user bound,
+# now ('' for no totals).
 # Returns {1 if a replay else 0, the result as stored (JSON: code ('' on success), available,
 # version, and on success id, pool, user, qty, expires_at, unit_amount and the turn it made; for a
-# closed pool its message), then the user's cart as id, record pairs}: the caller's ack needs no
-# other round trip.
+# closed pool its message), then for a result holding a reservation the quantity and total of the
+# user's cart lines unexpired at `now`}: the caller's ack needs no other round trip, and a refusal
+# (most taps of a sell-out) costs neither side the cart.
 _RESERVE = _LIB + r"""
 local pkey, hkey, res, cart, expiry, req, reqo, reqx, seq = unpack(KEYS)
 local pool, user, request = ARGV[2], ARGV[3], ARGV[4]
@@ -207,11 +218,11 @@ if not encoded then
   encoded = cjson.encode(out)
   remember(req, reqo, reqx, seq, user, request, encoded, expires_at, ARGV[9])
 end
-return with_cart({replay, encoded}, cart, res)
+return with_totals({replay, encoded}, encoded, cart, res, ARGV[10])
 """
 
 # KEYS: req:<user>, reqo:<user>, reqx, seq, res, cart:<user>.
-# ARGV: base, user, request, code, message, expires_at, per-user bound.
+# ARGV: base, user, request, code, message, expires_at, per-user bound, now ('' for no totals).
 # A refusal the shop decided itself (sale not live, unknown item), remembered like a reserve's
 # result; a request id already remembered answers its first result. Replies as _RESERVE does.
 _REFUSE = _LIB + r"""
@@ -223,7 +234,7 @@ if not encoded then
   encoded = cjson.encode({ARGV[4], 0, 0, ARGV[5]})
   remember(req, reqo, reqx, seq, user, request, encoded, ARGV[6], ARGV[7])
 end
-return with_cart({replay, encoded}, cart, res)
+return with_totals({replay, encoded}, encoded, cart, res, ARGV[8])
 """
 
 # KEYS: res. ARGV: base, user, reservation id. Returns {id, record, available, version, turned} or {}.
@@ -369,16 +380,16 @@ return out
 
 
 def _reserve_result(reply: list[Any]) -> ReserveResult:
-    """A reserve or refuse script's reply: replay flag, the remembered result, the cart's pairs."""
+    """A reserve or refuse script's reply: replay flag, the remembered result, the cart's totals."""
     replay = reply[0] == 1
     code, available, version, *made = orjson.loads(reply[1])
-    cart = tuple(_reservation(reply[i], reply[i + 1]) for i in range(2, len(reply), 2))
     if code:
         message = made[0] if made else None  # refusals the shop decided, and closed pools, carry their message
-        return ReserveResult(code, None, int(available), int(version), replay, message, cart, 0)
+        return ReserveResult(code, None, int(available), int(version), replay, message, turned=0)
     id, pool, user, qty, expires, unit, *turned = made  # results remembered by an older version have no turn
     reservation = Reservation(id, pool, user, int(qty), float(expires), int(unit))
-    return ReserveResult(None, reservation, int(available), int(version), replay, cart=cart,
+    totals = (reply[2], reply[3]) if len(reply) > 2 else None
+    return ReserveResult(None, reservation, int(available), int(version), replay, totals=totals,
                          turned=int(turned[0]) if turned else 0)
 
 
@@ -501,22 +512,25 @@ class RedisStockStore:
         per_user_limit: int | None,
         expires_at: float,
         unit_amount: int,
+        now: float | None = None,
     ) -> ReserveResult:
         base = self._base(room)
         keys = [f"{base}pool:{pool}", f"{base}held:{pool}", f"{base}res", f"{base}cart:{user}", f"{base}expiry",
                 f"{base}req:{user}", f"{base}reqo:{user}", f"{base}reqx", f"{base}seq"]
         limit = "" if per_user_limit is None else per_user_limit
         args = [base, pool, user, request_id, qty, limit, repr(float(expires_at)), unit_amount,
-                self.max_user_requests]
+                self.max_user_requests, "" if now is None else repr(float(now))]
         return _reserve_result(await self._run(self._reserve, keys, args))
 
     async def refuse(
-        self, room: str, user: str, request_id: str, code: str, message: str, expires_at: float
+        self, room: str, user: str, request_id: str, code: str, message: str, expires_at: float,
+        now: float | None = None,
     ) -> ReserveResult:
         base = self._base(room)
         keys = [f"{base}req:{user}", f"{base}reqo:{user}", f"{base}reqx", f"{base}seq", f"{base}res",
                 f"{base}cart:{user}"]
-        args = [base, user, request_id, code, message, repr(float(expires_at)), self.max_user_requests]
+        args = [base, user, request_id, code, message, repr(float(expires_at)), self.max_user_requests,
+                "" if now is None else repr(float(now))]
         return _reserve_result(await self._run(self._refuse, keys, args))
 
     async def release(self, room: str, user: str, reservation_id: str) -> Returned | None:

@@ -123,13 +123,13 @@ class RedisStockMachine(RuleBasedStateMachine):
             if kind == "tap":
                 _, _, user, pool, qty = call
                 request = f"t{next(self.ids)}"
-                coros.append(store.reserve(ROOM, pool, user, request, qty, POOLS[pool][1], now + HOLD, 100 + qty))
-                plans.append(("tap", user, request, pool, qty, now + HOLD))
+                coros.append(store.reserve(ROOM, pool, user, request, qty, POOLS[pool][1], now + HOLD, 100 + qty, now))
+                plans.append(("tap", user, request, pool, qty, now + HOLD, now))
             elif kind == "retry" and self.taps:
                 user, request = list(self.taps)[call[2] % len(self.taps)]
                 pool, qty, until, _ = self.taps[(user, request)]
-                coros.append(store.reserve(ROOM, pool, user, request, qty, POOLS[pool][1], until, 100 + qty))
-                plans.append(("retry", user, request, pool, qty, until))
+                coros.append(store.reserve(ROOM, pool, user, request, qty, POOLS[pool][1], until, 100 + qty, now))
+                plans.append(("retry", user, request, pool, qty, until, now))
             elif kind == "release" and self.live:
                 held = sorted(self.live)
                 reservation = self.live[held[call[2] % len(held)]]
@@ -159,6 +159,7 @@ class RedisStockMachine(RuleBasedStateMachine):
         expired_now = max([plan[1] for plan in plans if plan[0] == "expire"], default=0.0)
         self.forgotten_until = max(self.forgotten_until, expired_now)
         self.undone: set[str] = set()  # lines of this batch's checkouts that were put back
+        self.alone = len(coros) == 1  # the model knows the cart a lone call saw
         for plan, result in sorted(zip(plans, results, strict=True), key=accounting_order):
             getattr(self, "account_" + plan[0])(plan, result)
         for index in sorted(refunding, reverse=True):
@@ -173,29 +174,44 @@ class RedisStockMachine(RuleBasedStateMachine):
     # -- accounting (the model) ---------------------------------------------------------------
 
     def account_tap(self, plan: tuple[Any, ...], result: ReserveResult) -> None:
-        _, user, request, pool, qty, until = plan
+        _, user, request, pool, qty, until, now = plan
         assert not result.replay
-        assert {r.user for r in result.cart} <= {user}  # the cart the reply carries is the tapper's
-        if result.ok:
-            assert result.reservation in result.cart
-        self.taps.setdefault((user, request), (pool, qty, until, []))[3].append(result._replace(cart=None))
+        self.taps.setdefault((user, request), (pool, qty, until, []))[3].append(result._replace(totals=None))
         if result.ok:
             assert result.reservation.id not in self.live
             self.live[result.reservation.id] = result.reservation
+            self.check_totals(user, now, result)
             event("tap: reserved")
         else:
             assert result.code in ("sold_out", "limit_reached")
+            assert result.totals is None  # a refusal's answer shows no cart
             event(f"tap: {result.code}")
 
     def account_retry(self, plan: tuple[Any, ...], result: ReserveResult) -> None:
-        _, user, request, pool, qty, until = plan
+        _, user, request, pool, qty, until, now = plan
         if result.replay:  # a result it was given before, unchanged
-            assert result._replace(replay=False, cart=None) in self.taps[(user, request)][3]
+            assert result._replace(replay=False, totals=None) in self.taps[(user, request)][3]
+            if result.ok:
+                self.check_totals(user, now, result)
             event("retry: first result again")
         else:  # run again: only once an expiry (on any node's clock) passed its time
             assert until <= self.forgotten_until
-            self.account_tap(("tap", user, request, pool, qty, until), result)
+            self.account_tap(("tap", user, request, pool, qty, until, now), result)
             event("retry: after its hold, a new tap")
+
+    def check_totals(self, user: str, now: float, result: ReserveResult) -> None:
+        """A reservation's answer carries the cart's totals at the call's time: exactly the model's
+        when the call ran alone (calls at once may see each other's lines, so then only bounds)."""
+        assert result.totals is not None
+        quantity, total = result.totals
+        if self.alone:
+            held = [r for r in self.live.values() if r.user == user and r.expires_at > now]
+            assert (quantity, total) == (sum(r.qty for r in held), sum(r.qty * r.unit_amount for r in held))
+            event("totals: checked exactly")
+        elif result.reservation.expires_at > now and not result.replay:
+            own = result.reservation
+            assert quantity >= own.qty and total >= own.qty * own.unit_amount
+            event("totals: bounded")
 
     def end(self, reservation: Reservation) -> None:
         """A reservation ended (returned or sold): it must have been held, and ends only once."""
