@@ -131,8 +131,8 @@ def hls_routes(app: web.Application, hls: HlsService, rooms: Rooms, want: Callab
             cache = "no-cache"
         else:
             cache = f"public, max-age={max(1, math.floor(config.part_seconds))}"
-        return web.Response(text=media_playlist(stream, window, config.part_seconds, skip=skip is not None),
-                            content_type=PLAYLIST_TYPE, headers={"Cache-Control": cache})
+        text = media_playlist(stream, window, config.part_seconds, skip=skip is not None)
+        return web.Response(body=text.encode(), content_type=PLAYLIST_TYPE, headers={"Cache-Control": cache})
 
     async def media_file(request: web.Request) -> web.Response:
         room, name = request.match_info["room"], request.match_info["file"]

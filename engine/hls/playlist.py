@@ -67,9 +67,10 @@ def media_playlist(stream: str, window: LiveWindow, part_target: float, skip: bo
     parts_from = _parts_from(listed, 3.0 * window.target)
     previous: Segment | None = segments[skipped - 1] if skipped else None
     for index, segment in enumerate(listed):
-        if previous is None or previous.init != segment.init:
-            if previous is not None:
-                lines.append("#EXT-X-DISCONTINUITY")
+        changed = previous is not None and previous.init != segment.init
+        if changed:
+            lines.append("#EXT-X-DISCONTINUITY")
+        if changed or index == 0:  # a delta update names its map too: the skipped segments' may be gone
             lines.append(f'#EXT-X-MAP:URI="{init_name(stream, segment.init)}"')
         lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_date(segment.wall_start)}")
         if index >= parts_from:

@@ -22,14 +22,11 @@ from engine.recording.templates import AUDIO_RATE, h264_source, opus_source
 VIDEO_RATE = 90000
 
 
-def fragment_options(min_seconds: float, max_seconds: float = 0.0) -> dict[str, str]:
+def fragment_options(min_seconds: float, every_frame: bool = False) -> dict[str, str]:
     """Options of FFmpeg's mov muxer: a fragment at each keyframe at least ``min_seconds`` after the
-    previous cut, and (``max_seconds`` > 0) after ``max_seconds`` whatever the next frame is."""
-    options = {"movflags": "frag_keyframe+empty_moov+default_base_moof",
-               "min_frag_duration": str(int(min_seconds * 1_000_000))}
-    if max_seconds > 0:
-        options["frag_duration"] = str(int(max_seconds * 1_000_000))
-    return options
+    previous cut, or (``every_frame``) one per frame, for a caller that groups fragments itself."""
+    flags = "frag_keyframe+empty_moov+default_base_moof" + ("+frag_every_frame" if every_frame else "")
+    return {"movflags": flags, "min_frag_duration": str(int(min_seconds * 1_000_000))}
 
 
 class MediaClock:
