@@ -17,6 +17,7 @@ from engine.bus.redis import RedisBus
 from engine.cluster import Cluster
 from engine.config import Config
 from engine.demo import seed_demo_catalog
+from engine.hls.service import HlsConfig, HlsService
 from engine.media.config import MediaConfig
 from engine.media.service import MediaService
 from engine.nodes.credential import NodeCredentials
@@ -39,6 +40,7 @@ from signaling.channel import Channel
 from signaling.chat import register_chat
 from signaling.commerce import commerce_routes, register_commerce
 from signaling.guard import AddressGate, GuardedSite, body_deadline, next_head_deadline
+from signaling.hls import hls_routes
 from signaling.http import Auth, errors_as_json, room_routes
 from signaling.pages import add_page_routes
 from signaling.purchases import purchase_routes, register_purchases
@@ -64,6 +66,7 @@ class App:
         # Settings are checked before any I/O: a bad one leaves nothing behind on disk.
         public_urls(config, config.http_port, config.ws_port)
         media = media_config(config)
+        hls = hls_config(config) if config.hls else None
         self.cluster = Cluster(config, rooms=lambda: [room.id for room in self.rooms.list()],
                                urls=lambda: (self.urls().base, self.urls().ws), load=self.load,
                                media_free=lambda: self.media.viewer_capacity, relays=lambda: self.media.relays())
@@ -108,6 +111,13 @@ class App:
         if config.record:
             self.media.taps.append(self.recordings)
         recording_routes(self.http, self.recordings, self.rooms, Auth(self.secret, self.admin_key), self.urls)
+        self.hls: HlsService | None = None
+        if hls is not None:
+            self.hls = HlsService(hls, self.media.codecs, self.media.request_keyframe,
+                                  keep=lambda room: self.recordings.recording(room) is not None)
+            self.media.taps.append(self.hls)
+            self.media.wanted_rooms = self.hls.wanted_rooms
+            hls_routes(self.http, self.hls, self.rooms, self.media.want)
         node_credentials = NodeCredentials(self.secret)
         if config.redis_url:  # other nodes may hold rooms' publishers: pull them for viewers here
             node = self.cluster.node_id
@@ -182,6 +192,8 @@ class App:
             await seed_demo_catalog(self.commerce, self.config.demo_room)
         await self.media.start()
         await self.recordings.start()
+        if self.hls is not None:
+            await self.hls.start()
         try:
             await self.channel.start()
         except OSError as exc:
@@ -215,6 +227,8 @@ class App:
             await _bounded("HTTP server", self._runner.cleanup())
         await _bounded("media relay", self.media.stop())
         await _bounded("recordings", self.recordings.stop())
+        if self.hls is not None:
+            await _bounded("live HLS", self.hls.stop())
         await _bounded("purchase subscriptions", self.purchases.stop())
         if self.viewer_tally is not None:
             await _bounded("viewer counts", self.viewer_tally.stop())
@@ -252,6 +266,14 @@ def bus(config: Config) -> Bus:
                         batch=config.redis_batch, direct_queue=config.redis_direct_queue,
                         pipelines=config.redis_pipelines)
     return MemoryBus(config.tick_ms, config.history_size, config.history_age, config.tick_max_ms)
+
+
+def hls_config(config: Config) -> HlsConfig:
+    """Live HLS settings from the engine's flags (ValueError names a flag out of its bounds)."""
+    return HlsConfig(part_seconds=config.hls_part, segment_seconds=config.hls_segment,
+                     window_segments=config.hls_window, block_timeout=config.hls_block_timeout,
+                     max_blocked=config.hls_max_blocked, idle_seconds=config.hls_idle,
+                     queue_frames=config.hls_queue, max_rooms=config.hls_max_rooms)
 
 
 def _csv(value: str) -> tuple[str, ...]:

@@ -155,6 +155,24 @@ class Config:
     recording_segment: float = field(default=2.0, metadata={"help": "target seconds of a recording segment"})
     recording_rejoin: float = field(default=30.0, metadata={
         "help": "seconds a broadcast's recording waits for its publisher to return before it ends"})
+    hls: bool = field(default=True, metadata={
+        "help": "serve live Low-Latency HLS at /hls/{room}/index.m3u8 (H264 rooms; segmented only while asked for)"})
+    hls_part: float = field(default=0.5, metadata={
+        "help": "LL-HLS part target, seconds (EXT-X-PART-INF PART-TARGET; 0.1 to half of --hls-segment)"})
+    hls_segment: float = field(default=2.0, metadata={
+        "help": "target seconds of a live HLS segment (cut at the first keyframe past 90%% of it, never in a GOP)"})
+    hls_window: int = field(default=12, metadata={
+        "help": "complete live HLS segments kept in memory per room and listed in its playlist"})
+    hls_block_timeout: float = field(default=6.0, metadata={
+        "help": "seconds a blocking playlist reload or a preload-hinted part waits at most (then 503)"})
+    hls_max_blocked: int = field(default=2000, metadata={
+        "help": "HLS requests waiting at once on this node (blocking reloads, hinted parts); more get 503"})
+    hls_idle: float = field(default=60.0, metadata={
+        "help": "seconds a room's live HLS segmenter runs after its last HLS request (unless recorded)"})
+    hls_queue: int = field(default=600, metadata={
+        "help": "frames queued for one room's live HLS segmenter thread; past it the stream starts again"})
+    hls_max_rooms: int = field(default=100, metadata={
+        "help": "rooms segmented for live HLS at once on this node (then 503)"})
     shutdown_grace: float = field(default=3.0, metadata={"help": "seconds to close clients on stop"})
     hold_seconds: float = field(default=600.0, metadata={"help": "how long a tap holds units in a cart, s"})
     tap_rate: float = field(default=5.0, metadata={"help": "taps, uncarts and checkouts per second per user"})

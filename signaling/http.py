@@ -141,6 +141,7 @@ def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
                           "studio": public_urls.link(f"/studio/{room_id}"),
                           "whip": public_urls.link(f"/whip/{room_id}"),
                           "whep": public_urls.link(f"/whep/{room_id}"),
+                          "hls": public_urls.link(f"/hls/{room_id}/index.m3u8"),
                           "ws": public_urls.ws}}
 
     async def create_room(request: web.Request) -> web.Response:

@@ -64,6 +64,8 @@ def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Ca
     """
     templates = {name: (WEB_DIR / f"{name}.html").read_text(encoding="utf-8") for name in ("lobby", "studio", "watch")}
     statics = {p.name: p for p in WEB_DIR.iterdir() if p.suffix in STATIC_TYPES}
+    # Third-party scripts we bundle (hls.js, its licence beside it), under /web/vendor/
+    vendored = {p.name: p for p in (WEB_DIR / "vendor").iterdir() if p.suffix in STATIC_TYPES}
 
     def render(name: str, request: web.Request, room: dict[str, Any] | None, status: int = 200) -> web.Response:
         settings = {"ws": page_ws_url(config, urls(), request), "room": room}
@@ -82,14 +84,18 @@ def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Ca
     async def lobby(request: web.Request) -> web.Response:
         return render("lobby", request, None)
 
-    async def static(request: web.Request) -> web.Response:
-        path = statics.get(request.match_info["name"])
-        if path is None:
-            raise web.HTTPNotFound(reason=f"no file {shown(request.match_info['name'])}")
-        return web.Response(body=path.read_bytes(), content_type=STATIC_TYPES[path.suffix],
-                            headers={"Cache-Control": "no-cache"})
+    def static_from(files: dict[str, Path]) -> Callable[[web.Request], Any]:
+        async def static(request: web.Request) -> web.Response:
+            path = files.get(request.match_info["name"])
+            if path is None:
+                raise web.HTTPNotFound(reason=f"no file {shown(request.match_info['name'])}")
+            return web.Response(body=path.read_bytes(), content_type=STATIC_TYPES[path.suffix],
+                                headers={"Cache-Control": "no-cache"})
+
+        return static
 
     app.router.add_get("/", lobby)
     app.router.add_get("/studio/{room}", room_page("studio"))
     app.router.add_get("/watch/{room}", room_page("watch"))
-    app.router.add_get("/web/{name}", static)
+    app.router.add_get("/web/{name}", static_from(statics))
+    app.router.add_get("/web/vendor/{name}", static_from(vendored))

@@ -14,7 +14,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -147,6 +147,8 @@ class MediaService:
         self._admissions = Admissions()
         #: Pulls of rooms whose publisher is on another node (None: this node serves its own publishers only).
         self.cascade: Cascade | None = None
+        #: Rooms wanted on this node without a peer viewer (live HLS): the cascade pulls them as for a viewer.
+        self.wanted_rooms: Callable[[], Collection[str]] = frozenset
 
     def enable_cascade(self, node_id: str, origin: OriginLookup, credential: CredentialMinter) -> Cascade:
         """Serve viewers of rooms published on other nodes by pulling them (engine/media/cascade.py)."""
@@ -218,7 +220,7 @@ class MediaService:
 
     def local_viewers(self, room_id: str) -> int:
         media = self._media.get(room_id)
-        return len(media.viewers) if media is not None else 0
+        return (len(media.viewers) if media is not None else 0) + (room_id in self.wanted_rooms())
 
     def relays(self) -> tuple[Relay, ...]:
         """The rooms this node pulls from another node (its registry announcement lists them)."""
@@ -240,8 +242,27 @@ class MediaService:
 
     def _rooms_to_pull(self) -> list[str]:
         """Rooms with viewers (or edges) here and no publisher here: the cascade checks where their origin is."""
-        return [room_id for room_id, media in self._media.items()
-                if media.viewers and not self.has_local_publisher(room_id)]
+        wanted = self.wanted_rooms()
+        rooms = [room_id for room_id, media in self._media.items()
+                 if media.viewers and not self.has_local_publisher(room_id)]
+        return rooms + [room_id for room_id in wanted if room_id not in rooms and not self.has_local_publisher(room_id)]
+
+    def want(self, room_id: str) -> None:
+        """Something here wants the room's media without a peer viewer (a live HLS request): on a node
+        that is not its origin, have the cascade pull it (once; ``wanted_rooms`` keeps it pulled)."""
+        if self.cascade is not None and not self.has_local_publisher(room_id) and self.cascade.pull(room_id) is None:
+            self._spawn(self.cascade.prepare(room_id))
+
+    def codecs(self, room_id: str) -> dict[str, str]:
+        """The codecs of the room's source on this node (its publisher or its pull), {} without one."""
+        media = self._media.get(room_id)
+        return dict(media.codecs) if media is not None and media.publisher_id is not None else {}
+
+    def request_keyframe(self, room_id: str) -> None:
+        """Ask the room's source here for a keyframe (rate limited per room)."""
+        media = self._media.get(room_id)
+        if media is not None:
+            media.request_keyframe()
 
     # --- publishers ---
 

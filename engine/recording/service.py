@@ -25,8 +25,10 @@ from typing import Any, Protocol
 
 from engine.bus.base import Event
 from engine.media.frames import EncodedFrame
+from engine.recording.muxer import VIDEO_RATE, MediaClock
 from engine.recording.segments import INIT
-from engine.recording.writer import AUDIO_RATE, META, TIMELINE, VIDEO_RATE, RecordingInfo, RecordingWriter
+from engine.recording.templates import AUDIO_RATE
+from engine.recording.writer import META, TIMELINE, RecordingInfo, RecordingWriter
 from engine.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -67,22 +69,6 @@ class RecordingConfig:
     sweep_seconds: float = 60.0
 
 
-class _Clock:
-    """Maps one kind's room timestamps onto the recording's clock (ticks since its start)."""
-
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self.offset: int | None = None
-        self.last = -1
-
-    def map(self, timestamp: int, elapsed: float) -> int:
-        if self.offset is None:
-            self.offset = round(elapsed * self.rate) - timestamp
-        mapped = max(timestamp + self.offset, self.last + 1)
-        self.last = mapped
-        return mapped
-
-
 class _Broadcast:
     """A recording in progress: its writer, clocks, and its listener on the room's events."""
 
@@ -91,12 +77,12 @@ class _Broadcast:
         self.room = room
         self.writer = writer
         self.started = time.monotonic()
-        self.clocks = {"video": _Clock(VIDEO_RATE), "audio": _Clock(AUDIO_RATE)}
+        self.clocks = {"video": MediaClock(VIDEO_RATE), "audio": MediaClock(AUDIO_RATE)}
         self.ending: asyncio.TimerHandle | None = None
 
     def rebase(self) -> None:
         for clock in self.clocks.values():
-            clock.offset = None
+            clock.rebase()
 
     @property
     def media_time(self) -> float:

@@ -1,11 +1,8 @@
 """One recording's writer thread: remuxes relayed frames into CMAF files, off the event loop.
 
 The relay hands each frame over through a bounded queue (``offer`` never blocks); this thread
-muxes them with PyAV into fragmented MP4 (video track 1, Opus track 2, one file so both tracks
-share one timeline and one HLS rendition: no separate audio playlist to keep in step), cut at
-the first keyframe about ``segment_seconds`` after the previous cut. Nothing is decoded or
-encoded: each H264 access unit goes into the file as it came (its NAL units length-prefixed,
-as MP4 stores them), SPS and PPS in the sample entry as well as in band.
+muxes them (engine/recording/muxer.py: H264 track 1, Opus track 2, nothing decoded) into
+fragmented MP4, cut at the first keyframe about ``segment_seconds`` after the previous cut.
 
 Files of a recording directory: ``init.mp4``, ``seg-NNNNNN.m4s``, ``recording.json`` (the state,
 rewritten atomically after each segment) and ``timeline.json`` (the commerce events).
@@ -22,19 +19,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
 
-from engine.recording.h264 import parameter_sets
+from engine.recording.muxer import VIDEO_RATE, Fmp4Muxer, fragment_options
 from engine.recording.segments import INIT, SegmentFiles
-from engine.recording.templates import AUDIO_RATE, h264_source, opus_source
 
 log = logging.getLogger(__name__)
 
-VIDEO_RATE = 90000
 META = "recording.json"
 TIMELINE = "timeline.json"
 
@@ -47,15 +41,6 @@ def write_json(path: Path, value: Any) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
-
-
-@dataclass
-class _Held:
-    """A frame kept until the next of its kind arrives, which gives its duration."""
-
-    data: bytes
-    ts: int
-    keyframe: bool
 
 
 @dataclass
@@ -96,13 +81,10 @@ class RecordingWriter:
         self._queue: queue.Queue[tuple[str, Any, int, bool] | None] = queue.Queue(queue_frames)
         self._failed = threading.Event()
         self._abort: str | None = None  # set on the loop, acted on by the thread
-        self._container: av.container.OutputContainer | None = None
-        self._streams: dict[str, Any] = {}
-        self._held: dict[str, _Held] = {}
-        self._last_duration = {"video": VIDEO_RATE // 30, "audio": AUDIO_RATE // 50}
+        self._muxer: Fmp4Muxer | None = None
         self._files: SegmentFiles | None = None
         self._starts: list[int] = []  # video decode time of each segment's first frame
-        self._video_end = 0
+        self._video_end = 0  # decode time just past the last video frame muxed
         self.timeline: list[dict[str, Any]] = []
         self._thread = threading.Thread(target=self._run, name=f"recording:{info.room}", daemon=True)
         self._thread.start()
@@ -187,10 +169,10 @@ class RecordingWriter:
         if notify:  # else the loop reported it
             log.warning("recording %s of room %s stopped: %s (the live stream goes on)",
                         self.info.id, self.info.room, reason)
-        container, self._container = self._container, None
-        if container is not None:
+        muxer, self._muxer = self._muxer, None
+        if muxer is not None:
             try:
-                container.close()
+                muxer.abandon()
             except Exception:  # the file system already failed; the state below says so
                 log.debug("closing the failed recording's muxer failed", exc_info=True)
         try:
@@ -201,66 +183,29 @@ class RecordingWriter:
             self._on_failed(reason)
 
     def _frame(self, kind: str, data: bytes, ts: int, keyframe: bool) -> None:
-        if self._container is None:
+        if self._muxer is None:
             if kind != "video" or not keyframe:
                 return  # a recording starts on a keyframe; audio before it has no picture
-            self._open(data)
-        if kind not in self._streams:
-            return
-        held = self._held.get(kind)
-        if held is not None:
-            if ts <= held.ts:
-                ts = held.ts + 1  # decode times must rise, whatever the publisher sent
-            self._mux(kind, held, ts - held.ts)
-        self._held[kind] = _Held(data, ts, keyframe)
-
-    def _open(self, keyframe: bytes) -> None:
-        if parameter_sets(keyframe) is None:
-            raise ValueError("the first keyframe carries no SPS and PPS")
-        self._files = SegmentFiles(self.directory, self._segment_done)
-        flags = {"movflags": "frag_keyframe+empty_moov+default_base_moof",
-                 # cut at the first keyframe past ~90% of the target: a 2 s GOP is cut at every keyframe
-                 "min_frag_duration": str(int(self._segment_seconds * 0.9 * 1_000_000))}
-        container = av.open(self._files, "w", format="mp4", options=flags)
-        # Streams copied from templates (engine/recording/templates.py): no codec is ever opened.
-        with h264_source(keyframe) as source:
-            video = container.add_stream_from_template(source.streams.video[0])
-        video.time_base = Fraction(1, VIDEO_RATE)
-        self._streams["video"] = video
-        if self.info.codecs.get("audio", "").lower() == "opus":
-            with opus_source() as source:
-                audio = container.add_stream_from_template(source.streams.audio[0])
-            audio.time_base = Fraction(1, AUDIO_RATE)
-            self._streams["audio"] = audio
-        self._container = container
-
-    def _mux(self, kind: str, held: _Held, duration: int) -> None:
-        assert self._container is not None
-        packet = av.Packet(held.data)
-        packet.stream = self._streams[kind]
-        packet.time_base = packet.stream.time_base
-        packet.pts = packet.dts = held.ts
-        packet.duration = duration
-        packet.is_keyframe = held.keyframe or kind == "audio"
-        self._last_duration[kind] = duration
-        if kind == "video":
-            self._video_end = held.ts + duration
-        self._container.mux(packet)
+            self._files = SegmentFiles(self.directory, self._segment_done)
+            # cut at the first keyframe past ~90% of the target: a 2 s GOP is cut at every keyframe
+            self._muxer = Fmp4Muxer(self._files, data, self.info.codecs.get("audio", "").lower() == "opus",
+                                    fragment_options(self._segment_seconds * 0.9))
+        self._muxer.add(kind, data, ts, keyframe)
 
     def _close(self) -> None:
-        container = self._container
-        if container is not None:
-            for kind, held in sorted(self._held.items()):
-                self._mux(kind, held, self._last_duration[kind])
-            self._held.clear()
-            container.close()  # the last fragment
-            self._container = None
+        muxer = self._muxer
+        if muxer is not None:
+            muxer.close()  # the last fragment
+            self._video_end = muxer.video_end
+            self._muxer = None
         self.info.state = "complete"
         self._settle()
         self._save()
 
     def _segment_done(self, name: str, size: int, start: int | None) -> None:
         """A media segment is on disk: the stored state lists it (durations of all but the last known)."""
+        if self._muxer is not None:
+            self._video_end = self._muxer.video_end
         self._starts.append(start if start is not None else self._video_end)
         self.info.segments.append({"file": name, "bytes": size, "duration": None})
         self._settle()

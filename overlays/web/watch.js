@@ -1,4 +1,5 @@
-// The viewer's page: plays the room (WHEP, or the websocket's offer action with ?via=ws), shows the
+// The viewer's page: plays the room (WHEP, or the websocket's offer action with ?via=ws; live HLS
+// with the bundled hls.js when WebRTC is refused or cannot connect), shows the
 // pinned product tags over the picture, flash sales with their live counters, the shop, the cart
 // with its hold countdown, checkout and chat.
 'use strict';
@@ -54,7 +55,7 @@
   let playing = false;
   function updateStageMessage() {
     const msg = $('#stage-msg');
-    const audible = video.srcObject && video.srcObject.getAudioTracks().length;
+    const audible = hls || (video.srcObject && video.srcObject.getAudioTracks().length);
     $('#unmute').hidden = !(state.live && playing && audible && video.muted);
     if (state.live && playing) { msg.hidden = true; return; }
     msg.hidden = false;
@@ -233,6 +234,7 @@
   let whepToken = null;  // the viewer token, so the room counts this page's WHEP session and websocket once
 
   function onStream(stream) {
+    if (hls) return;  // a late WebRTC session: the page plays HLS now
     if (video.srcObject !== stream) video.srcObject = stream;
     updateStageMessage();
   }
@@ -250,12 +252,22 @@
         : await LC.playWhep(room.id, onStream, whepToken);
       if (round !== mediaRound) { started.end(); return; }
       media = started;
+      showMode('webrtc');
       const pc = media.pc;
+      let connected = false;
+      const deadline = setTimeout(() => {
+        if (!connected && media && media.pc === pc) playHls('WebRTC did not connect');
+      }, CONNECT_MS);
       pc.addEventListener('connectionstatechange', () => {
-        if (pc.connectionState === 'failed' && media && media.pc === pc) retryMedia();
+        if (pc.connectionState === 'connected') { connected = true; clearTimeout(deadline); }
+        if (pc.connectionState !== 'failed' || !media || media.pc !== pc) return;
+        clearTimeout(deadline);
+        if (connected) retryMedia(); else playHls('WebRTC failed to connect');
       });
     } catch (err) {
-      if (round === mediaRound) retryMedia(err);
+      if (round !== mediaRound) return;
+      if (err && (err.code === 'overloaded' || err.code === 'http_503')) playHls(`WebRTC refused: ${errorText(err)}`);
+      else retryMedia(err);
     } finally {
       if (round === mediaRound) starting = false;
     }
@@ -266,13 +278,68 @@
     mediaRetry = setTimeout(startMedia, 3000);
   }
 
+  // ---- live HLS: when WebRTC is refused (room or node full) or cannot connect ---------------
+  const CONNECT_MS = 15000;
+  let hls = null;  // the hls.js player, once the page plays HLS (it stays on HLS until reloaded)
+  function showMode(mode, reason) {
+    const pill = $('#mode');
+    pill.hidden = false;
+    pill.dataset.mode = mode;
+    pill.textContent = mode === 'hls' ? 'HLS' : 'WebRTC';
+    pill.title = mode === 'hls' ? `playing over HTTP (HLS): ${reason}; a few seconds behind` : 'playing over WebRTC';
+  }
+  function loadHlsJs() {
+    if (window.Hls) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const script = document.createElement('script');
+      script.src = '/web/vendor/hls.min.js';
+      script.onload = resolve;
+      script.onerror = () => reject(new Error('hls.js did not load'));
+      document.head.append(script);
+    });
+  }
+  async function playHls(reason) {
+    if (hls) return;
+    console.info('playing HLS:', reason);
+    clearTimeout(mediaRetry);
+    ++mediaRound;
+    media?.end();
+    media = null;
+    hls = true;  // taken: a second reason to fall back does nothing
+    showMode('hls', reason);
+    video.srcObject = null;
+    const url = `/hls/${encodeURIComponent(room.id)}/index.m3u8`;
+    try {
+      await loadHlsJs();
+    } catch (err) {
+      console.warn(err);
+    }
+    if (!window.Hls || !Hls.isSupported()) {  // Safari plays HLS itself
+      video.src = url;
+      return;
+    }
+    const start = () => {
+      const player = new Hls({lowLatencyMode: true, backBufferLength: 30});
+      player.on(Hls.Events.ERROR, (event, data) => {
+        if (!data.fatal) return;
+        if (data.type === Hls.ErrorTypes.MEDIA_ERROR) { player.recoverMediaError(); return; }
+        player.destroy();  // offline, or the node restarted: try again shortly
+        setTimeout(() => { if (hls === player) hls = start(); }, 3000);
+      });
+      player.loadSource(url);
+      player.attachMedia(video);
+      return player;
+    };
+    hls = start();
+  }
+
   /**
    * The room went live: play it again when this page's session cannot show it — none, ended, or
    * negotiated for another codec than the publisher's (a new publisher, another browser).
    */
   function onMediaEvent(msg) {
     if (msg.type !== 'media.online' && msg.type !== 'media.status') return;
-    if (!state.live || starting) return;
+    if (!state.live || starting || hls) return;
     const connection = media && media.pc.connectionState;
     if (!media || connection === 'failed' || connection === 'closed' || !LC.codecsFit(media.codecs, state.codecs)) {
       startMedia();
@@ -281,6 +348,7 @@
 
   /** After the websocket came back (the server may have restarted): play again if the session is gone. */
   async function checkMedia() {
+    if (hls) return;  // hls.js retries by itself
     if (viaChannel) { startMedia(); return; }  // the websocket's peer connection ends with its socket
     const current = media;
     if (!current) return;
