@@ -117,7 +117,7 @@ class App:
         add_media_routes(self.http, self.media, access, node_credentials,
                          elsewhere=self._roomier_node if config.redis_url else None)
         register_media(self.channel, self.media, access)
-        add_page_routes(self.http, config, self.rooms, self.urls)
+        add_page_routes(self.http, config, self.rooms, self.urls, self.recordings)
         self._runner: web.AppRunner | None = None
         self.http_port = config.http_port
         self.ws_port = config.ws_port

@@ -19,6 +19,7 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -265,6 +266,29 @@ class RecordingService:
         if active is not None and active not in found:  # its directory failed: still listed, failed
             found[active] = {**self._active[room].writer.info.to_dict(), "featured": []}
         return sorted(found.values(), key=lambda info: info["started_at"], reverse=True)
+
+    def recent(self, limit: int, rooms: Callable[[str], bool]) -> list[dict[str, Any]]:
+        """The newest finished recordings of every room ``rooms`` accepts, newest first, at most
+        ``limit``, each with its ``room`` and featured products (blocking: run it off the loop).
+
+        Recording ids start with their UTC start time, so directory names order them: only the
+        recordings shown are read, however many are kept."""
+        names: list[tuple[str, str]] = []
+        with contextlib.suppress(OSError):
+            for room_dir in self.config.directory.iterdir():
+                if ROOM_DIR.fullmatch(room_dir.name) and rooms(room_dir.name):
+                    with contextlib.suppress(OSError):
+                        names += [(path.name, room_dir.name) for path in room_dir.iterdir()
+                                  if RECORDING_ID.fullmatch(path.name)]
+        found: list[dict[str, Any]] = []
+        for recording_id, room in sorted(names, reverse=True):
+            if len(found) == limit:
+                break
+            path = self._directory(room, recording_id)
+            info = None if path is None or self.recording(room) == recording_id else self._read(path)
+            if info is not None and info["state"] == "complete" and info["duration"]:
+                found.append({**info, "room": room, "featured": featured(self.timeline(room, recording_id) or [])})
+        return found
 
     def get(self, room: str, recording_id: str) -> dict[str, Any] | None:
         if ROOM_DIR.fullmatch(room) and self.recording(room) == recording_id:
