@@ -104,7 +104,7 @@ class App:
         purchase_routes(self.http, self.commerce.log, Auth(self.secret, self.admin_key))
         self.media = MediaService(config=media, rooms=self.rooms, bus=self.bus, audience=self.channel.audience)
         self.media.on_publisher = self.cluster.presence.publisher
-        self.recordings = RecordingService(recording_config(config), self.bus)
+        self.recordings = RecordingService(recording_config(config), self.bus, wanted=self._records)
         if config.record:
             self.media.taps.append(self.recordings)
         recording_routes(self.http, self.recordings, self.rooms, Auth(self.secret, self.admin_key), self.urls)
@@ -130,6 +130,11 @@ class App:
             return self.shared.log, self.shared.records
         purchase_log = SqlitePurchaseLog(self.storage.db, self.config.purchase_log_size)
         return purchase_log, SqliteRecords(self.storage.db, purchase_log)
+
+    def _records(self, room_id: str) -> bool:
+        """Whether ``room_id``'s setting has its broadcasts recorded (a room unknown here: yes)."""
+        room = self.rooms.get(room_id)
+        return room is None or room.record
 
     def urls(self) -> PublicUrls:
         """Where clients reach this engine, with the ports it actually listens on (0 means any)."""

@@ -126,9 +126,12 @@ class _Broadcast:
 class RecordingService:
     """The recorder of this node (a ``FrameTap``) and the store of its recordings on disk."""
 
-    def __init__(self, config: RecordingConfig, bus: RoomBus) -> None:
+    def __init__(self, config: RecordingConfig, bus: RoomBus,
+                 wanted: Callable[[str], bool] = lambda room: True) -> None:
+        """``wanted(room)``: whether the room's broadcasts are recorded (its setting), asked when one starts."""
         self.config = config
         self._bus = bus
+        self._wanted = wanted
         self._active: dict[str, _Broadcast] = {}
         self._codecs: dict[str, dict[str, str]] = {}  # rooms whose publisher started, not recorded yet
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -152,6 +155,9 @@ class RecordingService:
                 broadcast.ending.cancel()
                 broadcast.ending = None
             broadcast.rebase()
+            return
+        if not self._wanted(room):
+            log.info("room %s: this broadcast is not recorded (the room's setting)", room)
             return
         video = codecs.get("video", "").lower()
         if video and video != "h264":
