@@ -62,7 +62,7 @@ class RecordingConfig:
     rejoin_seconds: float = 30.0
     #: Total bytes of finished recordings kept (0: no bound); the oldest go first.
     max_bytes: int = 0
-    #: Seconds a finished recording is kept (0: no bound).
+    #: Seconds a finished recording is kept after it ended (0: no bound).
     max_age: float = 0.0
     #: Seconds between retention sweeps (one also runs whenever a recording ends).
     sweep_seconds: float = 60.0
@@ -346,12 +346,13 @@ class RecordingService:
                     if info is not None:
                         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
                         active = self.recording(room_dir.name) == path.name
-                        recordings.append((info["started_at"], size, active, path))
+                        ended = info["started_at"] + (info.get("duration") or 0.0)
+                        recordings.append((info["started_at"], ended, size, active, path))
         recordings.sort(key=lambda r: r[0])
-        total = sum(r[1] for r in recordings)
+        total = sum(r[2] for r in recordings)
         now = time.time()
-        for started_at, size, active, path in recordings:
-            too_old = self.config.max_age and now - started_at > self.config.max_age
+        for _, ended, size, active, path in recordings:
+            too_old = self.config.max_age and now - ended > self.config.max_age
             too_big = self.config.max_bytes and total > self.config.max_bytes
             if active or not (too_old or too_big):
                 continue
@@ -360,12 +361,14 @@ class RecordingService:
             log.info("recording %s deleted by retention (%s)", path.name, "age" if too_old else "size")
 
     async def _sweep_forever(self) -> None:
+        """Sweep at start (a server that was down past a recording's age deletes it at once), then
+        every ``sweep_seconds``."""
         while True:
-            await asyncio.sleep(self.config.sweep_seconds)
             try:
                 await self.sweep()
             except OSError:
                 log.warning("retention sweep of %s failed", self.config.directory, exc_info=True)
+            await asyncio.sleep(self.config.sweep_seconds)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
