@@ -593,6 +593,13 @@ const LC = (() => {
     $('#viewers').textContent = `${state.viewers} watching`;
   }
 
+  /** The channel's state in the header's `#conn` (empty while open; the reason when refused). */
+  function connStatus(status, detail) {
+    const conn = $('#conn');
+    conn.textContent = {connecting: 'connecting…', reconnecting: 'reconnecting…', refused: detail}[status] || '';
+    conn.className = 'conn ' + status;
+  }
+
   /** Wire a chat form (input + button) to the channel. */
   function chatForm(form, channel) {
     form.addEventListener('submit', async (e) => {
@@ -788,6 +795,6 @@ const LC = (() => {
 
   return {settings, params, $, el, toast, errorText, newId, money, toMinor, currencyDigits, serverNow,
     noteServerTime, clock, when, Channel, publish, playWhep, playOverChannel, codecsFit, pictureRect, trackPicture,
-    RoomState, renderTags, productImage, renderChat, renderLive, tickCountdowns, everySecond, chatForm, guestToken,
-    viewerChannel, Shopper, panelTabs};
+    RoomState, renderTags, productImage, renderChat, renderLive, tickCountdowns, everySecond, chatForm, connStatus,
+    guestToken, viewerChannel, Shopper, panelTabs};
 })();

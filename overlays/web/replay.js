@@ -186,12 +186,6 @@
     else localStorage.removeItem(cartMark);
   }
 
-  function connStatus(status, detail) {
-    const conn = $('#conn');
-    conn.textContent = {connecting: 'connecting…', reconnecting: 'reconnecting…', refused: detail}[status] || '';
-    conn.className = 'conn ' + status;
-  }
-
   let joining = null;
   function channel() {
     joining ??= join().catch((err) => { joining = null; throw err; });
@@ -214,7 +208,7 @@
       event: (msg) => { if (msg.type.startsWith('product.')) state.apply(msg); },
       direct: (msg) => shopper.direct(msg),
       status: (status, detail) => {
-        connStatus(status, detail);
+        LC.connStatus(status, detail);
         if (status === 'refused') ready.reject({code: 'unauthorized', message: detail});
         if (status === 'open' && joined) opened.request('cart').then((ack) => state.setCart(ack.cart), () => {});
       },

@@ -138,12 +138,6 @@
   });
   LC.trackPicture(video, tagLayer);
 
-  function connStatus(status, detail) {
-    const conn = $('#conn');
-    conn.textContent = {open: '', connecting: 'connecting…', reconnecting: 'reconnecting…', refused: detail}[status] || '';
-    conn.className = 'conn ' + status;
-  }
-
   // ---- media --------------------------------------------------------------------------------
   const viaChannel = params.get('via') === 'ws';
   let media = null;
@@ -230,11 +224,11 @@
             channel.request('cart').then((ack) => state.setCart(ack.cart), () => {});
             checkMedia();
           }
-          connStatus(status, detail);
+          LC.connStatus(status, detail);
         },
       }, (token) => { whepToken = token; });
     } catch (err) {
-      connStatus('refused', errorText(err));
+      LC.connStatus('refused', errorText(err));
       return;
     }
     channel.connect();
