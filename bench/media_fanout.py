@@ -32,7 +32,17 @@ count the same seconds as the lossy viewer's losses. The fast/stock ratio is
 printed only for an N both paths ran in this command. Results go to
 bench/results/NAME.{md,json} with the commit, command and machine.
 
+Recording (the fMP4 remux of every broadcast, engine/recording/) is off
+(``--no-record``) unless ``--record on`` or ``--record both``: with ``both``
+each run of an N runs the server with recording off, then on, one after the
+other, and the report adds the recording's cost per room: the server's CPU
+with recording on minus off, in the publisher-only window (the room alone)
+and in the measured window (with N viewers), as % of one core, and the
+viewers' p99 added lag on and off. A run with recording on checks that the
+room's recording grew during it.
+
     python bench/media_fanout.py --viewers 10,25,50,100 --find-max --path stock
+    python bench/media_fanout.py --viewers 50 --runs 5 --record both --name recording_cost
 """
 
 from __future__ import annotations
@@ -90,6 +100,7 @@ class Result:
 
     path: str
     viewers: int
+    record: bool = False  # the server recorded the broadcast
     joined: int = 0
     server_cpu: float = 0.0  # % of one core over the window
     baseline_cpu: float = 0.0  # % of one core, publisher only
@@ -147,7 +158,7 @@ def forwarding_flag() -> str | None:
 class Server:
     """``livecart serve`` on core 0 with its own data dir and ports."""
 
-    def __init__(self, path: str, flag: str | None, workdir: Path, nice: int = 0) -> None:
+    def __init__(self, path: str, flag: str | None, workdir: Path, nice: int = 0, recording: bool = False) -> None:
         self.http_port, self.ws_port = free_port(), free_port()
         self.data = workdir / "data"
         self.log = workdir / "server.log"
@@ -158,6 +169,8 @@ class Server:
         ]  # fmt: skip
         if flag:
             command += [flag, path]
+        if not recording:
+            command.append("--no-record")
         self.command = command
         self.nice = nice
         self.base = f"http://127.0.0.1:{self.http_port}"
@@ -204,6 +217,12 @@ class Server:
             key = name.split("{", 1)[0]
             out[key] = out.get(key, 0.0) + float(value)
         return out
+
+    def recording_bytes(self) -> int:
+        """Bytes of the bench room's recording in progress (0 when none)."""
+        url = f"{self.base}/api/rooms/{ROOM}/recordings"
+        recordings = json.loads(urllib.request.urlopen(url, timeout=10).read())["recordings"]
+        return sum(r["bytes"] for r in recordings if r["state"] == "recording")
 
     def stop(self) -> None:
         if self.process is None:
@@ -449,12 +468,12 @@ async def wait_for_quiet_core0(limit: float, timeout: float) -> None:
 
 
 async def run_once(
-    args: argparse.Namespace, path: str, flag: str | None, n: int, streams: tuple[Stream, Stream]
+    args: argparse.Namespace, path: str, flag: str | None, n: int, streams: tuple[Stream, Stream], recording: bool
 ) -> Result:
-    result = Result(path, n)
+    result = Result(path, n, recording)
     await wait_for_quiet_core0(args.quiet, args.quiet_timeout)
     workdir = Path(tempfile.mkdtemp(prefix=f"media-fanout-{path}-{n}-"))
-    server = Server(path, flag, workdir, args.server_nice)
+    server = Server(path, flag, workdir, args.server_nice, recording)
     server.start()
     publisher = Publisher(*streams)
     workers: list[Any] = []
@@ -483,6 +502,7 @@ async def run_once(
             await process.stdin.drain()
 
         await sleep_until(w0)
+        recorded0 = server.recording_bytes() if recording else 0
         counters0 = server.metrics()
         core0, core1 = CoreWindow(server.pid, core=0), CoreWindow(None, core=1)
         core0.start()
@@ -501,6 +521,8 @@ async def run_once(
         if lossy is not None:
             result.lossy_dropped = lossy.dropped - lossy_dropped0
         counters1 = server.metrics()
+        if recording and server.recording_bytes() <= recorded0:
+            result.errors.append("recording on, but the room's recording did not grow in the window")
         result.server_cpu = 100 * share0.server
         result.core0_others = 100 * share0.others
         result.core1_busy = 100 * share1.busy
@@ -554,7 +576,7 @@ async def run_once(
 # --- report ----------------------------------------------------------------
 
 COLUMNS = (
-    "path", "N", "run", "joined", "server CPU %", "CPU % pub only", "CPU % / viewer", "viewers / core",
+    "path", "recording", "N", "run", "joined", "server CPU %", "CPU % pub only", "CPU % / viewer", "viewers / core",
     "others on core 0 %", "core 1 busy %", "frames min / median %", "audio min %", "lag p50 / p99 ms",
     "worst viewer p99 ms", "keyframe lag p50 ms", "audio lag p50 / p99 ms", "first frame p50 / p99 ms",
     "KB / viewer", "dropped", "lossy viewer: lost / NACKed / re-sent / frames %", "pass",
@@ -563,7 +585,7 @@ COLUMNS = (
 
 def median_result(runs: list[Result]) -> Result:
     """Each numeric figure's median over the runs of one N (derived figures follow from these)."""
-    out = Result(runs[0].path, runs[0].viewers, run=0)
+    out = Result(runs[0].path, runs[0].viewers, runs[0].record, run=0)
     for name, value in vars(runs[0]).items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and name not in ("viewers", "run"):
             figure = median(getattr(r, name) for r in runs)
@@ -575,9 +597,9 @@ def median_result(runs: list[Result]) -> Result:
 
 def row(r: Result, passed: str | None = None) -> list[str]:
     return [
-        r.path, str(r.viewers), str(r.run) if r.run else "median", str(r.joined), fmt(r.server_cpu, 0),
-        fmt(r.baseline_cpu, 1), fmt(r.cpu_per_viewer, 2), fmt(r.viewers_per_core, 0), fmt(r.core0_others, 0),
-        fmt(r.core1_busy, 0), f"{100 * r.delivered_min:.1f} / {100 * r.delivered_median:.1f}",
+        r.path, "on" if r.record else "off", str(r.viewers), str(r.run) if r.run else "median", str(r.joined),
+        fmt(r.server_cpu, 0), fmt(r.baseline_cpu, 1), fmt(r.cpu_per_viewer, 2), fmt(r.viewers_per_core, 0),
+        fmt(r.core0_others, 0), fmt(r.core1_busy, 0), f"{100 * r.delivered_min:.1f} / {100 * r.delivered_median:.1f}",
         f"{100 * r.audio_min:.1f}", f"{fmt(r.lag_p50_ms, 0)} / {fmt(r.lag_p99_ms, 0)}",
         fmt(r.lag_worst_viewer_p99_ms, 0), fmt(r.keyframe_lag_p50_ms, 0),
         f"{fmt(r.audio_lag_p50_ms, 0)} / {fmt(r.audio_lag_p99_ms, 0)}",
@@ -588,10 +610,10 @@ def row(r: Result, passed: str | None = None) -> list[str]:
     ]  # fmt: skip
 
 
-def grouped(results: list[Result]) -> dict[tuple[str, int], list[Result]]:
-    groups: dict[tuple[str, int], list[Result]] = {}
-    for r in sorted(results, key=lambda r: (r.path, r.viewers, r.run)):
-        groups.setdefault((r.path, r.viewers), []).append(r)
+def grouped(results: list[Result]) -> dict[tuple[str, bool, int], list[Result]]:
+    groups: dict[tuple[str, bool, int], list[Result]] = {}
+    for r in sorted(results, key=lambda r: (r.path, r.record, r.viewers, r.run)):
+        groups.setdefault((r.path, r.record, r.viewers), []).append(r)
     return groups
 
 
@@ -613,8 +635,8 @@ def ratios(results: list[Result]) -> str:
     """Fast over stock CPU per viewer, for each N both paths ran in this command (medians of its runs)."""
     groups = grouped(results)
     lines = []
-    for (path, n), runs in groups.items():
-        stock = groups.get(("stock", n))
+    for (path, recorded, n), runs in groups.items():
+        stock = groups.get(("stock", recorded, n))
         if path != "fast" or stock is None:
             continue
         fast_cpu = median(r.cpu_per_viewer for r in runs)
@@ -623,10 +645,32 @@ def ratios(results: list[Result]) -> str:
         stock_kb = median(r.kb_per_viewer for r in stock)
         if fast_cpu and stock_cpu:
             lines.append(
-                f"- N = {n}: CPU % per viewer fast / stock = {fast_cpu:.2f} / {stock_cpu:.2f} = "
+                f"- N = {n}{', recording' if recorded else ''}: CPU % per viewer fast / stock = "
+                f"{fast_cpu:.2f} / {stock_cpu:.2f} = "
                 f"{fast_cpu / stock_cpu:.2f} ({stock_cpu / fast_cpu:.1f}x the viewers per core); "
                 f"KB per viewer {fmt(fast_kb, 0)} / {fmt(stock_kb, 0)}"
             )
+    return "\n".join(lines)
+
+
+def recording_cost(results: list[Result]) -> str:
+    """Recording on minus off, per path and N both ran in this command (medians of their runs)."""
+    groups = grouped(results)
+    lines = []
+    for (path, recorded, n), on in groups.items():
+        off = groups.get((path, False, n))
+        if not recorded or off is None:
+            continue
+        alone = (median(r.baseline_cpu for r in on) or 0.0) - (median(r.baseline_cpu for r in off) or 0.0)
+        loaded = (median(r.server_cpu for r in on) or 0.0) - (median(r.server_cpu for r in off) or 0.0)
+        lag_on = median(r.lag_p99_ms for r in on if r.lag_p99_ms is not None)
+        lag_off = median(r.lag_p99_ms for r in off if r.lag_p99_ms is not None)
+        lag_change = fmt(lag_on - lag_off, 1) if lag_on is not None and lag_off is not None else "n/a"
+        lines.append(
+            f"- {path}, N = {n} ({len(on)} runs on, {len(off)} off): recording costs {alone:.2f} % of a core "
+            f"for the room alone (publisher-only window), {loaded:.2f} % with {n} viewers; viewers' added lag "
+            f"p99 {fmt(lag_on, 1)} ms on / {fmt(lag_off, 1)} ms off ({lag_change} ms)"
+        )
     return "\n".join(lines)
 
 
@@ -639,6 +683,8 @@ def report(results: list[Result]) -> str:
     )
     if ratio_lines := ratios(results):
         text += "\n\nFast / stock in this command's runs:\n\n" + ratio_lines
+    if cost_lines := recording_cost(results):
+        text += "\n\nRecording on / off in this command's runs (on minus off, medians):\n\n" + cost_lines
     return text
 
 
@@ -660,15 +706,19 @@ async def bench(args: argparse.Namespace) -> list[Result]:
     )
     results: list[Result] = []
 
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.record]
+
     async def measure(path: str, n: int) -> bool:
-        """``--runs`` runs of one N; whether most of them passed."""
+        """``--runs`` runs of one N (each with recording off and on, one after the other, for
+        ``--record both``); whether most of them passed."""
         runs = []
         for k in range(args.runs):
-            result = await run_once(args, path, flag, n, (video, audio))
-            result.run = k + 1
-            runs.append(result)
-            results.append(result)
-            print(" | ".join(row(result)), *result.errors[:3], sep="\n  ", flush=True)
+            for recording in modes:
+                result = await run_once(args, path, flag, n, (video, audio), recording)
+                result.run = k + 1
+                runs.append(result)
+                results.append(result)
+                print(" | ".join(row(result)), *result.errors[:3], sep="\n  ", flush=True)
         return runs_passed(runs)
 
     for path in paths:
@@ -698,6 +748,10 @@ def main() -> None:
     )
     parser.add_argument("--path", choices=("stock", "fast", "both"), default="stock", help="forwarding path")
     parser.add_argument("--runs", type=int, default=3, help="runs of each N (the table adds their medians)")
+    parser.add_argument(
+        "--record", choices=("off", "on", "both"), default="off",
+        help="the server records the broadcast: off (--no-record), on, or both in each run (recording cost)",
+    )
     parser.add_argument("--find-max", action="store_true", help="bisect the largest passing N")
     parser.add_argument("--step", type=int, default=5, help="granularity of --find-max")
     parser.add_argument("--join-interval", type=float, default=0.1, help="seconds between viewer joins")

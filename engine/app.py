@@ -107,7 +107,7 @@ class App:
         purchase_routes(self.http, self.commerce.log, Auth(self.secret, self.admin_key))
         self.media = MediaService(config=media, rooms=self.rooms, bus=self.bus, audience=self.channel.audience)
         self.media.on_publisher = self.cluster.presence.publisher
-        self.recordings = RecordingService(recording_config(config), self.bus)
+        self.recordings = RecordingService(recording_config(config), self.bus, wanted=self._records)
         if config.record:
             self.media.taps.append(self.recordings)
         recording_routes(self.http, self.recordings, self.rooms, Auth(self.secret, self.admin_key), self.urls)
@@ -127,7 +127,7 @@ class App:
         add_media_routes(self.http, self.media, access, node_credentials,
                          elsewhere=self._roomier_node if config.redis_url else None)
         register_media(self.channel, self.media, access)
-        add_page_routes(self.http, config, self.rooms, self.urls)
+        add_page_routes(self.http, config, self.rooms, self.urls, self.recordings)
         self._runner: web.AppRunner | None = None
         self.http_port = config.http_port
         self.ws_port = config.ws_port
@@ -140,6 +140,11 @@ class App:
             return self.shared.log, self.shared.records
         purchase_log = SqlitePurchaseLog(self.storage.db, self.config.purchase_log_size)
         return purchase_log, SqliteRecords(self.storage.db, purchase_log)
+
+    def _records(self, room_id: str) -> bool:
+        """Whether ``room_id``'s setting has its broadcasts recorded (a room unknown here: yes)."""
+        room = self.rooms.get(room_id)
+        return room is None or room.record
 
     def urls(self) -> PublicUrls:
         """Where clients reach this engine, with the ports it actually listens on (0 means any)."""

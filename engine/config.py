@@ -149,7 +149,8 @@ class Config:
     recordings_max_bytes: int = field(default=20 * 2**30, metadata={
         "help": "total bytes of recordings kept, the oldest deleted first (0: no bound; default 20 GiB, "
                 "about 19 hours of 2.5 Mbit/s shows)"})
-    recordings_max_age: float = field(default=0.0, metadata={"help": "seconds a recording is kept (0: no bound)"})
+    recordings_max_age: float = field(default=0.0, metadata={
+        "help": "seconds a finished recording is kept, counted from its end (0: no bound)"})
     recording_queue: int = field(default=2000, metadata={
         "help": "frames queued for one recording's writer thread; past it the recording fails, the stream goes on"})
     recording_segment: float = field(default=2.0, metadata={"help": "target seconds of a recording segment"})

@@ -1,8 +1,10 @@
 """Rooms: the unit everything else hangs off (media, events, commerce).
 
 A room has an id (used in URLs and tokens), a title, a stream key (the publisher's WHIP
-bearer secret) and whether it is private: a private room's media is for holders of a viewer
-or host token the shop issued, not for anyone with the URL or a guest token. The embedded
+bearer secret), whether it is private (its media is for holders of a viewer or host token the
+shop issued, not for anyone with the URL or a guest token) and whether its broadcasts are
+recorded (on by default; a host may turn it off for a show that must not be kept, and the
+setting is read when a broadcast starts). The embedded
 default keeps rooms in SQLite so stream keys and links survive a restart; nodes sharing a Redis
 keep them there (engine.rooms_redis), so every node knows every room and its stream key.
 """
@@ -21,8 +23,11 @@ from engine.storage import Storage
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS rooms (id TEXT PRIMARY KEY, title TEXT NOT NULL,"
-    " stream_key TEXT NOT NULL, created_at REAL NOT NULL, private INTEGER NOT NULL DEFAULT 0)"
+    " stream_key TEXT NOT NULL, created_at REAL NOT NULL, private INTEGER NOT NULL DEFAULT 0,"
+    " record INTEGER NOT NULL DEFAULT 1)"
 )
+# Columns added since the first schema, with their definitions (an older data directory gains them).
+_ADDED_COLUMNS = {"private": "INTEGER NOT NULL DEFAULT 0", "record": "INTEGER NOT NULL DEFAULT 1"}
 
 ROOM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
@@ -38,10 +43,12 @@ class Room:
     stream_key: str
     created_at: float
     private: bool = False
+    record: bool = True
 
     def public(self) -> dict[str, object]:
         """What anyone may see: never the stream key."""
-        return {"id": self.id, "title": self.title, "created_at": self.created_at, "private": self.private}
+        return {"id": self.id, "title": self.title, "created_at": self.created_at, "private": self.private,
+                "record": self.record}
 
 
 def new_stream_key() -> str:
@@ -62,7 +69,7 @@ class RoomDirectory(Protocol):
         ...
 
     async def save(self, room: Room) -> None:
-        """Keep a changed room (stream key, title, privacy)."""
+        """Keep a changed room (stream key, title, privacy, recording)."""
         ...
 
     async def follow(self, learn: Callable[[Room], None], reload: Callable[[list[Room]], None]) -> None:
@@ -79,24 +86,27 @@ class SqliteRoomDirectory:
         self._db = storage.db
         self._db.now(lambda conn: conn.execute(_SCHEMA))
         columns = {row[1] for row in self._db.now(lambda conn: conn.execute("PRAGMA table_info(rooms)").fetchall())}
-        if "private" not in columns:  # a data directory from before private rooms
-            self._db.now(lambda conn: conn.execute("ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0"))
+        for column, definition in _ADDED_COLUMNS.items():
+            if column not in columns:  # a data directory from before the setting
+                statement = f"ALTER TABLE rooms ADD COLUMN {column} {definition}"
+                self._db.now(lambda conn, statement=statement: conn.execute(statement))
 
     def load(self) -> list[Room]:
-        rows = self._db.now(
-            lambda conn: conn.execute("SELECT id, title, stream_key, created_at, private FROM rooms").fetchall())
-        return [Room(row[0], row[1], row[2], row[3], bool(row[4])) for row in rows]
+        rows = self._db.now(lambda conn: conn.execute(
+            "SELECT id, title, stream_key, created_at, private, record FROM rooms").fetchall())
+        return [Room(row[0], row[1], row[2], row[3], bool(row[4]), bool(row[5])) for row in rows]
 
     async def insert(self, room: Room) -> bool:
         return await self._db.write(lambda conn: conn.execute(
-            "INSERT OR IGNORE INTO rooms (id, title, stream_key, created_at, private) VALUES (?, ?, ?, ?, ?)",
-            (room.id, room.title, room.stream_key, room.created_at, int(room.private)),
+            "INSERT OR IGNORE INTO rooms (id, title, stream_key, created_at, private, record)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (room.id, room.title, room.stream_key, room.created_at, int(room.private), int(room.record)),
         ).rowcount == 1)
 
     async def save(self, room: Room) -> None:
         await self._db.write(lambda conn: conn.execute(
-            "UPDATE rooms SET title = ?, stream_key = ?, private = ? WHERE id = ?",
-            (room.title, room.stream_key, int(room.private), room.id),
+            "UPDATE rooms SET title = ?, stream_key = ?, private = ?, record = ? WHERE id = ?",
+            (room.title, room.stream_key, int(room.private), int(room.record), room.id),
         ))
 
     async def follow(self, learn: Callable[[Room], None], reload: Callable[[list[Room]], None]) -> None:
@@ -136,16 +146,17 @@ class Rooms:
     def list(self) -> list[Room]:
         return sorted(self._rooms.values(), key=lambda r: r.created_at)
 
-    async def create(self, room_id: str | None = None, title: str = "", private: bool = False) -> Room:
+    async def create(self, room_id: str | None = None, title: str = "", private: bool = False,
+                     record: bool = True) -> Room:
         room_id = room_id or "r" + secrets.token_hex(5)
         if not isinstance(room_id, str) or not ROOM_ID.fullmatch(room_id):
             raise RoomError("bad_request", "room id must be 1-64 of a-z, 0-9, '_' or '-'")
-        _check_settings(title, private)
+        _check_settings(title, private, record)
         if room_id in self._rooms or room_id in self._creating:
             raise RoomError("conflict", f"room {room_id!r} exists")
         if len(self._rooms) + len(self._creating) >= self._max:
             raise RoomError("limit_reached", "too many rooms")
-        room = Room(room_id, title or room_id, new_stream_key(), time.time(), private)
+        room = Room(room_id, title or room_id, new_stream_key(), time.time(), private, record)
         self._creating.add(room.id)
         try:
             if not await self._directory.insert(room):
@@ -164,20 +175,25 @@ class Rooms:
         self._rooms[room.id] = room
         return room
 
-    async def update(self, room_id: str, title: str | None = None, private: bool | None = None) -> Room:
-        """Change a room's title or privacy; None leaves a setting as it is."""
+    async def update(self, room_id: str, title: str | None = None, private: bool | None = None,
+                     record: bool | None = None) -> Room:
+        """Change a room's title, privacy or recording; None leaves a setting as it is."""
         room = self._rooms.get(room_id)
         if room is None:
             raise RoomError("not_found", f"no room {shown(room_id)}")
-        _check_settings(room.title if title is None else title, room.private if private is None else private)
-        room = replace(room, title=title or room.title, private=room.private if private is None else private)
+        private = room.private if private is None else private
+        record = room.record if record is None else record
+        _check_settings(room.title if title is None else title, private, record)
+        room = replace(room, title=title or room.title, private=private, record=record)
         await self._directory.save(room)
         self._rooms[room.id] = room
         return room
 
 
-def _check_settings(title: object, private: object) -> None:
+def _check_settings(title: object, private: object, record: object) -> None:
     if not isinstance(title, str) or len(title) > 200:
         raise RoomError("bad_request", "title must be a string of at most 200 characters")
     if not isinstance(private, bool):
         raise RoomError("bad_request", "private must be true or false")
+    if not isinstance(record, bool):
+        raise RoomError("bad_request", "record must be true or false")

@@ -1,11 +1,14 @@
-"""The web pages people use: the lobby (``/``), the studio (``/studio/{room}``) and the watch page
-(``/watch/{room}``), plus their scripts and styles under ``/web/``.
+"""The web pages people use: the lobby (``/``), the studio (``/studio/{room}``), the watch page
+(``/watch/{room}``) and the replay of a recorded broadcast (``/replay/{room}/{recording}``), plus
+their scripts and styles under ``/web/`` (third-party scripts we ship, such as hls.js for the
+replay, under ``/web/vendor/``, with their licence beside them).
 
 The pages are plain files in ``overlays/web`` (no build step). Each HTML page carries its
 settings inline (``<script id="livecart-config" type="application/json">``) so it needs no extra
 round trip before it can open the websocket: the websocket URL (its port is only known once the
 engine has started, and its host must be the one the browser used to reach this page), the room
-id and title. Unknown rooms get a 404 page rather than a page that cannot work.
+id and title (and for a replay, the recording's playlist and timeline). Unknown rooms and
+recordings get a 404 page rather than a page that cannot work.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from yarl import URL
 
 from engine.config import Config
 from engine.errors import shown
+from engine.recording.service import RecordingService
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
 from signaling.hostheader import host_of
@@ -30,7 +34,9 @@ CONFIG_MARK = "__LIVECART_CONFIG__"
 HTML = "text/html"
 # Pages change with the server; their settings are per request, so never cache them.
 NO_STORE = {"Cache-Control": "no-store"}
-STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".png": "image/png"}
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".png": "image/png",
+                ".LICENSE": "text/plain"}
+PAGES = ("lobby", "studio", "watch", "replay")
 
 
 def page_ws_url(config: Config, urls: PublicUrls, request: web.Request) -> str:
@@ -56,19 +62,31 @@ def _embed(html: str, settings: dict[str, Any]) -> str:
     return html.replace(CONFIG_MARK, orjson.dumps(settings).decode().replace("<", "\\u003c"))
 
 
-def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Callable[[], PublicUrls]) -> None:
-    """Serve the lobby, studio and watch pages and their static files on ``app``.
+def static_files() -> dict[str, Path]:
+    """The files served under ``/web/``, by their path there (``livecart.js``, ``vendor/hls.min.js``).
+
+    Only these are served: a name is looked up, never joined onto a directory."""
+    found = {}
+    for folder in (WEB_DIR, WEB_DIR / "vendor"):
+        for path in folder.iterdir():
+            if path.is_file() and path.suffix in STATIC_TYPES:
+                found[path.relative_to(WEB_DIR).as_posix()] = path
+    return found
+
+
+def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Callable[[], PublicUrls],
+                    recordings: RecordingService) -> None:
+    """Serve the lobby, studio, watch and replay pages and their static files on ``app``.
 
     ``urls`` is called per request because the ports are chosen when the engine starts
     (port 0 in tests and ephemeral deployments).
     """
-    templates = {name: (WEB_DIR / f"{name}.html").read_text(encoding="utf-8") for name in ("lobby", "studio", "watch")}
-    statics = {p.name: p for p in WEB_DIR.iterdir() if p.suffix in STATIC_TYPES}
-    # Third-party scripts we bundle (hls.js, its licence beside it), under /web/vendor/
-    vendored = {p.name: p for p in (WEB_DIR / "vendor").iterdir() if p.suffix in STATIC_TYPES}
+    templates = {name: (WEB_DIR / f"{name}.html").read_text(encoding="utf-8") for name in PAGES}
+    statics = static_files()
 
-    def render(name: str, request: web.Request, room: dict[str, Any] | None, status: int = 200) -> web.Response:
-        settings = {"ws": page_ws_url(config, urls(), request), "room": room}
+    def render(name: str, request: web.Request, room: dict[str, Any] | None, status: int = 200,
+               **more: Any) -> web.Response:
+        settings = {"ws": page_ws_url(config, urls(), request), "room": room, **more}
         return web.Response(text=_embed(templates[name], settings), content_type=HTML, status=status,
                             headers=NO_STORE)
 
@@ -81,21 +99,32 @@ def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Ca
 
         return handler
 
+    async def replay(request: web.Request) -> web.Response:
+        """A recording's page; an unknown room or recording gets the lobby with a notice (404)."""
+        room_id, recording_id = request.match_info["room"], request.match_info["recording"]
+        room = rooms.get(room_id)
+        info = recordings.get(room_id, recording_id) if room is not None else None
+        if room is None or info is None:
+            missing = {"id": room_id, "missing": True, **({"recording": recording_id} if room else {})}
+            return render("lobby", request, missing, status=404)
+        base = f"/api/rooms/{room.id}/recordings/{info['id']}"
+        recording = {"id": info["id"], "started_at": info["started_at"], "duration": info["duration"],
+                     "state": info["state"], "hls": f"{base}/index.m3u8", "timeline": f"{base}/timeline"}
+        return render("replay", request, {"id": room.id, "title": room.title or room.id}, recording=recording)
+
     async def lobby(request: web.Request) -> web.Response:
         return render("lobby", request, None)
 
-    def static_from(files: dict[str, Path]) -> Callable[[web.Request], Any]:
-        async def static(request: web.Request) -> web.Response:
-            path = files.get(request.match_info["name"])
-            if path is None:
-                raise web.HTTPNotFound(reason=f"no file {shown(request.match_info['name'])}")
-            return web.Response(body=path.read_bytes(), content_type=STATIC_TYPES[path.suffix],
-                                headers={"Cache-Control": "no-cache"})
-
-        return static
+    async def static(request: web.Request) -> web.StreamResponse:
+        path = statics.get(request.match_info["name"])
+        if path is None:
+            raise web.HTTPNotFound(reason=f"no file {shown(request.match_info['name'])}")
+        # A file response answers If-Modified-Since with 304: hls.js is 600 kB, sent once per browser.
+        return web.FileResponse(path, headers={hdrs.CONTENT_TYPE: STATIC_TYPES[path.suffix],
+                                               hdrs.CACHE_CONTROL: "no-cache"})
 
     app.router.add_get("/", lobby)
     app.router.add_get("/studio/{room}", room_page("studio"))
     app.router.add_get("/watch/{room}", room_page("watch"))
-    app.router.add_get("/web/{name}", static_from(statics))
-    app.router.add_get("/web/vendor/{name}", static_from(vendored))
+    app.router.add_get("/replay/{room}/{recording}", replay)
+    app.router.add_get("/web/{name:.+}", static)

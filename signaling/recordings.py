@@ -1,13 +1,16 @@
-"""Recordings over HTTP: list, VOD playlist, timeline, segments (with Range), delete."""
+"""Recordings over HTTP: list (one room's, or the newest of every public room for the lobby),
+VOD playlist, timeline, segments (with Range), delete."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from engine.digits import parse_uint
 from engine.errors import shown
 from engine.recording.service import RecordingService
 from engine.rooms import Rooms
@@ -15,6 +18,9 @@ from engine.urls import PublicUrls
 from signaling.http import ApiError, Auth, json_response
 
 CONTENT_TYPES = {".mp4": "video/mp4", ".m4s": "video/mp4"}
+#: Recordings ``GET /api/recordings`` lists at most (``limit``), and by default: the lobby's past broadcasts.
+MAX_RECENT = 100
+DEFAULT_RECENT = 12
 
 
 def playlist(info: dict[str, Any]) -> str:
@@ -54,7 +60,27 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
         return {"id": info["id"], "started_at": info["started_at"], "duration": info["duration"],
                 "bytes": info["bytes"], "state": info["state"], "reason": info.get("reason"),
                 "featured": info.get("featured", []),
-                "links": {"hls": link(f"{base}/index.m3u8"), "timeline": link(f"{base}/timeline")}}
+                "links": {"hls": link(f"{base}/index.m3u8"), "timeline": link(f"{base}/timeline"),
+                          "replay": link(f"/replay/{room}/{info['id']}")}}
+
+    def listed(room_id: str) -> bool:
+        """Whether the lobby shows a room's past broadcasts: public rooms only."""
+        room = rooms.get(room_id)
+        return room is not None and not room.private
+
+    async def recent_recordings(request: web.Request) -> web.Response:
+        raw = request.query.get("limit")
+        limit = DEFAULT_RECENT if raw is None else parse_uint(raw, 3)
+        if limit is None or not 1 <= limit <= MAX_RECENT:
+            raise ApiError("bad_request", f"limit must be an integer in [1, {MAX_RECENT}]")
+        found = await asyncio.to_thread(recordings.recent, limit, listed)
+        return json_response({"recordings": [
+            {**public(info["room"], info), "room": {"id": info["room"], "title": title(info["room"])}}
+            for info in found]})
+
+    def title(room_id: str) -> str:
+        room = rooms.get(room_id)
+        return (room.title if room is not None else "") or room_id
 
     async def list_recordings(request: web.Request) -> web.Response:
         room = room_of(request)
@@ -86,6 +112,7 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
             raise ApiError("conflict", str(exc)) from None
         return json_response({"deleted": recording_id})
 
+    app.router.add_get("/api/recordings", recent_recordings)
     app.router.add_get("/api/rooms/{room}/recordings", list_recordings)
     app.router.add_get("/api/rooms/{room}/recordings/{recording}/index.m3u8", get_playlist)
     app.router.add_get("/api/rooms/{room}/recordings/{recording}/timeline", get_timeline)

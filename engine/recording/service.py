@@ -19,6 +19,7 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,7 +64,7 @@ class RecordingConfig:
     rejoin_seconds: float = 30.0
     #: Total bytes of finished recordings kept (0: no bound); the oldest go first.
     max_bytes: int = 0
-    #: Seconds a finished recording is kept (0: no bound).
+    #: Seconds a finished recording is kept after it ended (0: no bound).
     max_age: float = 0.0
     #: Seconds between retention sweeps (one also runs whenever a recording ends).
     sweep_seconds: float = 60.0
@@ -111,9 +112,12 @@ class _Broadcast:
 class RecordingService:
     """The recorder of this node (a ``FrameTap``) and the store of its recordings on disk."""
 
-    def __init__(self, config: RecordingConfig, bus: RoomBus) -> None:
+    def __init__(self, config: RecordingConfig, bus: RoomBus,
+                 wanted: Callable[[str], bool] = lambda room: True) -> None:
+        """``wanted(room)``: whether the room's broadcasts are recorded (its setting), asked when one starts."""
         self.config = config
         self._bus = bus
+        self._wanted = wanted
         self._active: dict[str, _Broadcast] = {}
         self._codecs: dict[str, dict[str, str]] = {}  # rooms whose publisher started, not recorded yet
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -137,6 +141,9 @@ class RecordingService:
                 broadcast.ending.cancel()
                 broadcast.ending = None
             broadcast.rebase()
+            return
+        if not self._wanted(room):
+            log.info("room %s: this broadcast is not recorded (the room's setting)", room)
             return
         video = codecs.get("video", "").lower()
         if video and video != "h264":
@@ -252,6 +259,29 @@ class RecordingService:
             found[active] = {**self._active[room].writer.info.to_dict(), "featured": []}
         return sorted(found.values(), key=lambda info: info["started_at"], reverse=True)
 
+    def recent(self, limit: int, rooms: Callable[[str], bool]) -> list[dict[str, Any]]:
+        """The newest finished recordings of every room ``rooms`` accepts, newest first, at most
+        ``limit``, each with its ``room`` and featured products (blocking: run it off the loop).
+
+        Recording ids start with their UTC start time, so directory names order them: only the
+        recordings shown are read, however many are kept."""
+        names: list[tuple[str, str]] = []
+        with contextlib.suppress(OSError):
+            for room_dir in self.config.directory.iterdir():
+                if ROOM_DIR.fullmatch(room_dir.name) and rooms(room_dir.name):
+                    with contextlib.suppress(OSError):
+                        names += [(path.name, room_dir.name) for path in room_dir.iterdir()
+                                  if RECORDING_ID.fullmatch(path.name)]
+        found: list[dict[str, Any]] = []
+        for recording_id, room in sorted(names, reverse=True):
+            if len(found) == limit:
+                break
+            path = self._directory(room, recording_id)
+            info = None if path is None or self.recording(room) == recording_id else self._read(path)
+            if info is not None and info["state"] == "complete" and info["duration"]:
+                found.append({**info, "room": room, "featured": featured(self.timeline(room, recording_id) or [])})
+        return found
+
     def get(self, room: str, recording_id: str) -> dict[str, Any] | None:
         if ROOM_DIR.fullmatch(room) and self.recording(room) == recording_id:
             return self._active[room].writer.info.to_dict()
@@ -302,12 +332,13 @@ class RecordingService:
                     if info is not None:
                         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
                         active = self.recording(room_dir.name) == path.name
-                        recordings.append((info["started_at"], size, active, path))
+                        ended = info["started_at"] + (info.get("duration") or 0.0)
+                        recordings.append((info["started_at"], ended, size, active, path))
         recordings.sort(key=lambda r: r[0])
-        total = sum(r[1] for r in recordings)
+        total = sum(r[2] for r in recordings)
         now = time.time()
-        for started_at, size, active, path in recordings:
-            too_old = self.config.max_age and now - started_at > self.config.max_age
+        for _, ended, size, active, path in recordings:
+            too_old = self.config.max_age and now - ended > self.config.max_age
             too_big = self.config.max_bytes and total > self.config.max_bytes
             if active or not (too_old or too_big):
                 continue
@@ -316,12 +347,14 @@ class RecordingService:
             log.info("recording %s deleted by retention (%s)", path.name, "age" if too_old else "size")
 
     async def _sweep_forever(self) -> None:
+        """Sweep at start (a server that was down past a recording's age deletes it at once), then
+        every ``sweep_seconds``."""
         while True:
-            await asyncio.sleep(self.config.sweep_seconds)
             try:
                 await self.sweep()
             except OSError:
                 log.warning("retention sweep of %s failed", self.config.directory, exc_info=True)
+            await asyncio.sleep(self.config.sweep_seconds)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

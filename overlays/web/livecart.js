@@ -1,5 +1,6 @@
-// Shared by the lobby, studio and watch pages: settings, the room channel (websocket with
-// resume), WebRTC over WHIP/WHEP, money and time formatting, small DOM helpers.
+// Shared by the lobby, studio, watch and replay pages: settings, the room channel (websocket with
+// resume), a shopper's cart and checkout, WebRTC over WHIP/WHEP, money and time formatting, small
+// DOM helpers.
 'use strict';
 
 const LC = (() => {
@@ -592,6 +593,13 @@ const LC = (() => {
     $('#viewers').textContent = `${state.viewers} watching`;
   }
 
+  /** The channel's state in the header's `#conn` (empty while open; the reason when refused). */
+  function connStatus(status, detail) {
+    const conn = $('#conn');
+    conn.textContent = {connecting: 'connecting…', reconnecting: 'reconnecting…', refused: detail}[status] || '';
+    conn.className = 'conn ' + status;
+  }
+
   /** Wire a chat form (input + button) to the channel. */
   function chatForm(form, channel) {
     form.addEventListener('submit', async (e) => {
@@ -608,7 +616,185 @@ const LC = (() => {
 
   const params = new URLSearchParams(window.location.search);
 
+  // ---- a viewer in the room: token, channel, cart and checkout ----------------------------
+  const tokenExp = (token) => {
+    try {
+      const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      return JSON.parse(atob(payload)).exp || 0;
+    } catch (e) { return 0; }
+  };
+
+  /** A guest viewer token for `room`, kept per room so a reload keeps the same cart (`fresh`: a new one). */
+  async function guestToken(room, fresh) {
+    const storeKey = `livecart.guest.${room}`;
+    const kept = !fresh && localStorage.getItem(storeKey);
+    if (kept && tokenExp(kept) - Date.now() / 1000 > 300) return kept;
+    const response = await fetch(`/api/rooms/${encodeURIComponent(room)}/guest`, {method: 'POST'});
+    const body = await response.json();
+    if (!response.ok) throw body.error || {message: 'no guest access'};
+    localStorage.setItem(storeKey, body.token);
+    return body.token;
+  }
+
+  /**
+   * The room's channel for a viewer: the page's ?token=, else a guest token. A kept guest token may
+   * have been signed by an earlier server secret: when the server refuses it, get a new one once
+   * (`onToken(token)` hears of it) and connect again. Rejects when no guest token can be had.
+   */
+  async function viewerChannel(room, handlers, onToken = () => {}) {
+    let token = params.get('token');
+    const guest = !token;
+    if (guest) token = await guestToken(room, false);
+    let retried = false;
+    const channel = new Channel(token, {...handlers,
+      snapshot: (msg) => { retried = false; handlers.snapshot?.(msg); },
+      status: async (status, detail) => {
+        if (status === 'refused' && guest && !retried) {
+          retried = true;
+          channel.token = await guestToken(room, true);
+          onToken(channel.token);
+          channel.connect();
+          return;
+        }
+        handlers.status?.(status, detail);
+      }});
+    onToken(token);
+    return channel;
+  }
+
+  /**
+   * A shopper's side of a page: adding to the cart, the cart tab (lines, hold countdowns, totals),
+   * checkout and the order dialog, over the room channel `channel()` gives (a promise: a page may
+   * open it only when the shopper first buys). `state` is the page's RoomState.
+   */
+  class Shopper {
+    constructor(state, channel) {
+      this.state = state;
+      this.channel = channel;
+      this.shownOrder = null;
+      $('#checkout').addEventListener('click', () => this.checkout());
+    }
+
+    async request(type, body) {
+      return (await this.channel()).request(type, body);
+    }
+
+    /** Add one of `product` to the cart: through `sale` when given (its price), else at the product's. */
+    async tap(product, sale) {
+      try {
+        const ack = await this.request('tap', sale ? {sale_id: sale.id, qty: 1} : {product_id: product.id, qty: 1});
+        const line = this.state.tapped(ack.reservation, ack.cart);
+        toast(line ? `Added ${product.title} — held for ${clock(line.expires_at - serverNow())}` : `Added ${product.title}`, 'ok');
+        const button = $('#cart-button');
+        button.classList.remove('bump');
+        void button.offsetWidth;
+        button.classList.add('bump');
+        return true;
+      } catch (err) {
+        toast(errorText(err), 'error');
+        return false;
+      }
+    }
+
+    async uncart(line) {
+      try {
+        const ack = await this.request('uncart', {reservation: line.reservation});
+        this.state.setCart(ack.cart);
+      } catch (err) { toast(errorText(err), 'error'); }
+    }
+
+    async checkout() {
+      const button = $('#checkout');
+      button.disabled = true;
+      button.textContent = 'Placing order…';
+      try {
+        const ack = await this.request('checkout', {});
+        this.state.cart = {lines: [], quantity: 0, total: 0, currency: null};
+        this.renderCart();
+        this.showOrder(ack.order);
+      } catch (err) { toast(errorText(err), 'error'); } finally {
+        button.textContent = 'Check out';
+        button.disabled = !this.state.cart.lines.length;
+      }
+    }
+
+    renderCart() {
+      const cart = this.state.cart;
+      $('#cart-count').textContent = cart.quantity;
+      $('#cart-tab-count').textContent = cart.quantity;
+      $('#cart-total').textContent = cart.lines.length ? money(cart.total, cart.currency) : '—';
+      $('#checkout').disabled = !cart.lines.length;
+      const box = $('#cart-lines');
+      if (!cart.lines.length) {
+        box.replaceChildren(el('p.empty', {}, box.dataset.empty || 'Your cart is empty.'));
+        return;
+      }
+      box.replaceChildren(...cart.lines.map((line) => el('div.cart-line', {dataset: {reservation: line.reservation}},
+        el('div.cart-line-body', {},
+          el('div.product-title', {}, line.title, line.sale ? el('span.badge.flash', {}, 'Flash') : null),
+          el('div.muted.unit', {}, `${line.quantity} × `, el('span.unit-price', {}, money(line.unit_amount, line.currency)),
+            this.priceHeld(line)),
+          el('div.hold', {}, 'held for ', el('span.countdown', {dataset: {until: line.expires_at, expired: 'releasing…'}}))),
+        el('b.amount', {}, money(line.amount, line.currency)),
+        el('button.remove', {type: 'button', 'aria-label': `Remove ${line.title}`, onclick: () => this.uncart(line)},
+          'Remove'))));
+      tickCountdowns();
+    }
+
+    /** The unit price was locked at the tap: say so when the shop's price has moved since. */
+    priceHeld(line) {
+      const item = line.sale ? this.state.sales.get(line.sale) : this.state.products.get(line.product);
+      if (!item || item.price === line.unit_amount) return null;
+      return el('span.price-held', {}, ` · price held, now ${money(item.price, line.currency)}`);
+    }
+
+    showOrder(order) {
+      this.shownOrder = order.id;
+      $('#order-id').textContent = order.id;
+      const status = $('#order-status');
+      status.textContent = order.status === 'paid' ? 'Paid' : order.status === 'cancelled' ? 'Cancelled' : 'Awaiting payment';
+      status.className = 'pill ' + order.status;
+      $('#order-lines').replaceChildren(...order.lines.map((line) => el('div.order-line', {},
+        el('span', {}, `${line.quantity} × ${line.title}`), el('b', {}, money(line.amount, order.currency)))));
+      $('#order-total').textContent = money(order.total, order.currency);
+      const dialog = $('#order-dialog');
+      if (!dialog.open) dialog.showModal();
+    }
+
+    /** A message for this user (cart and order updates); false when it was none of those. */
+    direct(msg) {
+      if (msg.type === 'error') { toast(errorText(msg), 'error'); return true; }
+      if (!this.state.direct(msg)) return false;
+      if (msg.type === 'cart.expired') toast('An item’s hold ran out and it went back on sale.', 'info');
+      if (msg.type.startsWith('order.') && (msg.id === this.shownOrder || msg.type === 'order.placed')) this.showOrder(msg);
+      return true;
+    }
+  }
+
+  /** The side panel's tabs (`.tabs button[data-tab=NAME]` shows `#tab-NAME`); returns show(name). */
+  function panelTabs() {
+    function show(name) {
+      for (const button of document.querySelectorAll('.tabs button')) {
+        button.classList.toggle('active', button.dataset.tab === name);
+      }
+      for (const tab of document.querySelectorAll('.tab')) tab.hidden = tab.id !== `tab-${name}`;
+    }
+    for (const button of document.querySelectorAll('.tabs button')) {
+      button.addEventListener('click', () => show(button.dataset.tab));
+    }
+    $('#cart-button').addEventListener('click', () => {
+      show('cart');
+      $('.panel').scrollIntoView({behavior: 'smooth', block: 'start'});
+    });
+    return show;
+  }
+
+  /** "12 Mar, 18:30" for a Unix time in seconds, in the reader's locale. */
+  const when = (seconds) => new Date(seconds * 1000).toLocaleString(undefined,
+    {day: 'numeric', month: 'short', hour: '2-digit', minute: '2-digit'});
+
   return {settings, params, $, el, toast, errorText, newId, money, toMinor, currencyDigits, serverNow,
-    noteServerTime, clock, Channel, publish, playWhep, playOverChannel, codecsFit, pictureRect, trackPicture, RoomState,
-    renderTags, productImage, renderChat, renderLive, tickCountdowns, everySecond, chatForm};
+    noteServerTime, clock, when, Channel, publish, playWhep, playOverChannel, codecsFit, pictureRect, trackPicture,
+    RoomState, renderTags, productImage, renderChat, renderLive, tickCountdowns, everySecond, chatForm, connStatus,
+    guestToken, viewerChannel, Shopper, panelTabs};
 })();

@@ -1,13 +1,17 @@
-// The lobby: every room from GET /api/rooms with links to watch it or open its studio, refreshed.
+// The lobby: every room from GET /api/rooms with links to watch it or open its studio, and under
+// them the newest past broadcasts (GET /api/recordings) with links to their replays; refreshed.
 'use strict';
 
 (() => {
-  const {settings, $, el} = LC;
+  const {settings, $, el, clock} = LC;
   const REFRESH_MS = 5000;
+  const PAST_SHOWN = 12;
 
   if (settings.room && settings.room.missing) {
     const notice = $('#missing');
-    notice.textContent = `There is no room called “${settings.room.id}”. Here are the rooms there are:`;
+    notice.textContent = settings.room.recording
+      ? `There is no recording “${settings.room.recording}” of the room “${settings.room.id}” (it may have been deleted).`
+      : `There is no room called “${settings.room.id}”. Here are the rooms there are:`;
     notice.hidden = false;
   }
 
@@ -24,7 +28,31 @@
           el('a.button', {href: `/studio/${id}`}, 'Studio'))));
   }
 
+  function pastCard(recording) {
+    const featured = recording.featured.length;
+    return el('article.room-card.past-card', {dataset: {room: recording.room.id, recording: recording.id}},
+      el('div.room-art', {}, el('span.pill.replay-pill', {}, 'Replay'),
+        el('span.room-initial', {}, (recording.room.title || recording.room.id)[0].toUpperCase())),
+      el('div.room-body', {},
+        el('h3', {}, recording.room.title),
+        el('div.muted', {}, `${LC.when(recording.started_at)} · ${clock(recording.duration)}`),
+        featured ? el('div.muted.featured-count', {}, `${featured} product${featured > 1 ? 's' : ''} featured`) : null,
+        el('div.room-links', {}, el('a.button.primary', {href: new URL(recording.links.replay).pathname},
+          'Watch the replay'))));
+  }
+
+  async function loadPast() {
+    try {
+      const response = await fetch(`/api/recordings?limit=${PAST_SHOWN}`, {cache: 'no-store'});
+      if (!response.ok) return;
+      const {recordings} = await response.json();
+      $('#past').replaceChildren(...recordings.map(pastCard));
+      $('#past-section').hidden = !recordings.length;
+    } catch (err) { /* the next refresh tries again */ }
+  }
+
   async function load() {
+    loadPast();
     const box = $('#rooms');
     try {
       const response = await fetch('/api/rooms', {cache: 'no-store'});

@@ -340,9 +340,7 @@
   LC.trackPicture(preview, tagLayer);
 
   function connStatus(status, detail) {
-    const conn = $('#conn');
-    conn.textContent = {open: '', connecting: 'connecting…', reconnecting: 'reconnecting…', refused: detail}[status] || '';
-    conn.className = 'conn ' + status;
+    LC.connStatus(status, detail);
     if (status === 'refused') signedIn(false);
   }
 

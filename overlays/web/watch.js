@@ -5,7 +5,7 @@
 'use strict';
 
 (() => {
-  const {settings, params, $, el, toast, errorText, money, clock, serverNow, RoomState} = LC;
+  const {settings, params, $, el, errorText, money, RoomState} = LC;
   const room = settings.room;
   const video = $('#video');
   const tagLayer = $('#tags');
@@ -15,24 +15,8 @@
   document.title = `${room.title} · livecart`;
 
   const state = new RoomState(render);
-
-  // ---- token: ?token=, else a guest token kept per room so a reload keeps the same cart ------
-  const storeKey = `livecart.guest.${room.id}`;
-  const tokenExp = (token) => {
-    try {
-      const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-      return JSON.parse(atob(payload)).exp || 0;
-    } catch (e) { return 0; }
-  };
-  async function guestToken(fresh) {
-    const kept = !fresh && localStorage.getItem(storeKey);
-    if (kept && tokenExp(kept) - Date.now() / 1000 > 300) return kept;
-    const response = await fetch(`/api/rooms/${encodeURIComponent(room.id)}/guest`, {method: 'POST'});
-    const body = await response.json();
-    if (!response.ok) throw body.error || {message: 'no guest access'};
-    localStorage.setItem(storeKey, body.token);
-    return body.token;
-  }
+  const shopper = new LC.Shopper(state, async () => channel);
+  const tap = (product, sale) => shopper.tap(product, sale);
 
   // ---- rendering ----------------------------------------------------------------------------
   function render(what) {
@@ -40,7 +24,7 @@
     renderRoom();
     if (what === 'room') return;
     if (what === 'all') LC.renderChat($('#chat-log'), state.chat, state.you && state.you.sub);
-    renderCart();
+    shopper.renderCart();
     if (what === 'cart' || what === 'order' || what === 'totals') return;
     LC.renderTags(tagLayer, state, {onTag: (tag, product, sale) => tap(product, sale)});
     renderSales();
@@ -59,8 +43,31 @@
     $('#unmute').hidden = !(state.live && playing && audible && video.muted);
     if (state.live && playing) { msg.hidden = true; return; }
     msg.hidden = false;
-    msg.textContent = state.live ? 'Loading the stream…' : 'The stream is offline — it starts when the host goes live.';
+    if (state.live) { msg.textContent = 'Loading the stream…'; return; }
+    msg.replaceChildren('The stream is offline — it starts when the host goes live.');
+    if (replay) {
+      msg.append(el('a.button.primary.replay-link', {href: new URL(replay.links.replay).pathname},
+        `Watch the replay of ${LC.when(replay.started_at)}`));
+    }
   }
+
+  // ---- offline: the newest replay ---------------------------------------------------------------
+  const REPLAY_CHECK_MS = 15000;
+  let replay = null;
+  async function findReplay() {
+    if (state.live) return;
+    try {
+      const response = await fetch(`/api/rooms/${encodeURIComponent(room.id)}/recordings`, {cache: 'no-store'});
+      if (!response.ok) return;
+      const {recordings} = await response.json();
+      const newest = recordings.find((r) => r.duration > 0 && r.state !== 'failed') || null;
+      if ((newest && newest.id) !== (replay && replay.id)) {
+        replay = newest;
+        updateStageMessage();
+      }
+    } catch (e) { /* the next check tries again */ }
+  }
+  setInterval(() => { if (!document.hidden) findReplay(); }, REPLAY_CHECK_MS);
   video.addEventListener('playing', () => { playing = true; updateStageMessage(); });
   video.addEventListener('emptied', () => { playing = false; updateStageMessage(); });
 
@@ -114,118 +121,23 @@
     }));
   }
 
-  function renderCart() {
-    const cart = state.cart;
-    $('#cart-count').textContent = cart.quantity;
-    $('#cart-tab-count').textContent = cart.quantity;
-    $('#cart-total').textContent = cart.lines.length ? money(cart.total, cart.currency) : '—';
-    $('#checkout').disabled = !cart.lines.length;
-    const box = $('#cart-lines');
-    if (!cart.lines.length) {
-      box.replaceChildren(el('p.empty', {}, 'Your cart is empty. Tap a product on the video to add it.'));
-      return;
-    }
-    box.replaceChildren(...cart.lines.map((line) => el('div.cart-line', {dataset: {reservation: line.reservation}},
-      el('div.cart-line-body', {},
-        el('div.product-title', {}, line.title, line.sale ? el('span.badge.flash', {}, 'Flash') : null),
-        el('div.muted.unit', {}, `${line.quantity} × `, el('span.unit-price', {}, money(line.unit_amount, line.currency)),
-          priceHeld(line)),
-        el('div.hold', {}, 'held for ', el('span.countdown', {dataset: {until: line.expires_at, expired: 'releasing…'}}))),
-      el('b.amount', {}, money(line.amount, line.currency)),
-      el('button.remove', {type: 'button', 'aria-label': `Remove ${line.title}`, onclick: () => uncart(line)}, 'Remove'))));
-    LC.tickCountdowns();
-  }
-  /** The unit price was locked at the tap: say so when the shop's price has moved since. */
-  function priceHeld(line) {
-    const item = line.sale ? state.sales.get(line.sale) : state.products.get(line.product);
-    if (!item || item.price === line.unit_amount) return null;
-    return el('span.price-held', {}, ` · price held, now ${money(item.price, line.currency)}`);
-  }
   LC.everySecond(state, render);
 
-  // ---- actions ------------------------------------------------------------------------------
-  async function tap(product, sale) {
-    try {
-      const ack = await channel.request('tap', sale ? {sale_id: sale.id, qty: 1} : {product_id: product.id, qty: 1});
-      const line = state.tapped(ack.reservation, ack.cart);
-      toast(line ? `Added ${product.title} — held for ${clock(line.expires_at - serverNow())}` : `Added ${product.title}`, 'ok');
-      const button = $('#cart-button');
-      button.classList.remove('bump');
-      void button.offsetWidth;
-      button.classList.add('bump');
-    } catch (err) { toast(errorText(err), 'error'); }
-  }
-
-  async function uncart(line) {
-    try {
-      const ack = await channel.request('uncart', {reservation: line.reservation});
-      state.setCart(ack.cart);
-    } catch (err) { toast(errorText(err), 'error'); }
-  }
-
-  $('#checkout').addEventListener('click', async () => {
-    const button = $('#checkout');
-    button.disabled = true;
-    button.textContent = 'Placing order…';
-    try {
-      const ack = await channel.request('checkout', {});
-      state.cart = {lines: [], quantity: 0, total: 0, currency: null};
-      renderCart();
-      showOrder(ack.order);
-    } catch (err) { toast(errorText(err), 'error'); } finally {
-      button.textContent = 'Check out';
-      button.disabled = !state.cart.lines.length;
-    }
-  });
-
-  let shownOrder = null;
-  function showOrder(order) {
-    shownOrder = order.id;
-    $('#order-id').textContent = order.id;
-    const status = $('#order-status');
-    status.textContent = order.status === 'paid' ? 'Paid' : order.status === 'cancelled' ? 'Cancelled' : 'Awaiting payment';
-    status.className = 'pill ' + order.status;
-    $('#order-lines').replaceChildren(...order.lines.map((line) => el('div.order-line', {},
-      el('span', {}, `${line.quantity} × ${line.title}`), el('b', {}, money(line.amount, order.currency)))));
-    $('#order-total').textContent = money(order.total, order.currency);
-    const dialog = $('#order-dialog');
-    if (!dialog.open) dialog.showModal();
-  }
-
   function onDirect(msg) {
-    if (msg.type === 'error') { toast(errorText(msg), 'error'); return; }
     if (msg.type === 'media.renegotiate') { startMedia(); return; }
-    if (!state.direct(msg)) return;
-    if (msg.type === 'cart.expired') toast('An item’s hold ran out and it went back on sale.', 'info');
-    if (msg.type.startsWith('order.') && (msg.id === shownOrder || msg.type === 'order.placed')) showOrder(msg);
+    shopper.direct(msg);
   }
 
   // ---- tabs and bits --------------------------------------------------------------------------
-  function showTab(name) {
-    for (const button of document.querySelectorAll('.tabs button')) {
-      button.classList.toggle('active', button.dataset.tab === name);
-    }
-    for (const tab of document.querySelectorAll('.tab')) tab.hidden = tab.id !== `tab-${name}`;
-    if (name === 'chat') $('#chat-log').scrollTop = $('#chat-log').scrollHeight;
-  }
-  for (const button of document.querySelectorAll('.tabs button')) {
-    button.addEventListener('click', () => showTab(button.dataset.tab));
-  }
-  $('#cart-button').addEventListener('click', () => {
-    showTab('cart');
-    $('.panel').scrollIntoView({behavior: 'smooth', block: 'start'});
+  LC.panelTabs();
+  $('.tabs button[data-tab=chat]').addEventListener('click', () => {
+    $('#chat-log').scrollTop = $('#chat-log').scrollHeight;
   });
   $('#unmute').addEventListener('click', () => {
     video.muted = false;
     $('#unmute').hidden = true;
   });
   LC.trackPicture(video, tagLayer);
-
-  function connStatus(status, detail) {
-    const conn = $('#conn');
-    conn.textContent = {open: '', connecting: 'connecting…', reconnecting: 'reconnecting…', refused: detail}[status] || '';
-    conn.className = 'conn ' + status;
-  }
 
   // ---- media --------------------------------------------------------------------------------
   const viaChannel = params.get('via') === 'ws';
@@ -358,50 +270,42 @@
 
   // ---- start --------------------------------------------------------------------------------
   async function main() {
-    let token = params.get('token');
-    const guest = !token;
+    let joined = false;
     try {
-      if (guest) token = await guestToken(false);
+      channel = await LC.viewerChannel(room.id, {
+        snapshot: (msg) => {
+          state.snapshot(msg);
+          if (viaChannel && !joined) startMedia();
+          else if (joined) onMediaEvent({type: 'media.status'});
+          joined = true;
+          findReplay();
+        },
+        event: (msg) => {
+          state.apply(msg);
+          onMediaEvent(msg);
+          if (msg.type === 'media.offline') findReplay();
+        },
+        direct: onDirect,
+        status: (status, detail) => {
+          if (status === 'open' && joined) {
+            // Cart updates go to the user's open connections only: ask for the cart a drop may have missed.
+            channel.request('cart').then((ack) => state.setCart(ack.cart), () => {});
+            checkMedia();
+          }
+          LC.connStatus(status, detail);
+        },
+      }, (token) => { whepToken = token; });
     } catch (err) {
-      connStatus('refused', errorText(err));
+      LC.connStatus('refused', errorText(err));
       return;
     }
-    let retriedGuest = false;
-    let joined = false;
-    channel = new LC.Channel(token, {
-      snapshot: (msg) => {
-        state.snapshot(msg);
-        if (viaChannel && !joined) startMedia();
-        else if (joined) onMediaEvent({type: 'media.status'});
-        joined = true;
-        retriedGuest = false;
-      },
-      event: (msg) => { state.apply(msg); onMediaEvent(msg); },
-      direct: onDirect,
-      status: async (status, detail) => {
-        if (status === 'refused' && guest && !retriedGuest) {
-          // A kept guest token may have been signed by an earlier server secret: get a new one once.
-          retriedGuest = true;
-          channel.token = whepToken = await guestToken(true);
-          channel.connect();
-          return;
-        }
-        if (status === 'open' && joined) {
-          // Cart updates go to the user's open connections only: ask for the cart a drop may have missed.
-          channel.request('cart').then((ack) => state.setCart(ack.cart), () => {});
-          checkMedia();
-        }
-        connStatus(status, detail);
-      },
-    });
-    whepToken = token;
     channel.connect();
     LC.chatForm($('#chat-form'), channel);
     if (!viaChannel) startMedia();
   }
 
   renderRoom();
-  renderCart();
+  shopper.renderCart();
   renderProducts();
   main();
 })();

@@ -60,17 +60,37 @@ async def test_rooms_are_created_changed_and_kept(open_rooms: Opener) -> None:
         await refused(rooms.create("spring"), "conflict")
         await refused(rooms.create("Bad Id"), "bad_request")
         await refused(rooms.create("x", title=5), "bad_request")
+        await refused(rooms.create("x", record=None), "bad_request")
         rotated = await rooms.rotate_key("spring")
         assert rotated.stream_key != spring.stream_key and rooms.get("spring") == rotated
         updated = await rooms.update("spring", title="Spring drop", private=True)
         assert (updated.title, updated.private, updated.stream_key) == ("Spring drop", True, rotated.stream_key)
+        assert updated.record and not (await rooms.update("spring", record=False)).record
+        updated = await rooms.update("spring", title="Spring drop")  # other settings stay as they are
+        assert (updated.private, updated.record) == (True, False)
+        await refused(rooms.update("spring", record="no"), "bad_request")
+        unrecorded = await rooms.create("unrecorded", record=False)
         await refused(rooms.rotate_key("nope"), "not_found")
         await refused(rooms.update("nope", title="x"), "not_found")
-        await rooms.create("third")
         await refused(rooms.create("fourth"), "limit_reached")
     async with open_rooms() as again:  # a restart: everything as last written
         assert again.get("spring") == updated
-        assert [r.id for r in again.list()] == ["spring", anonymous.id, "third"]
+        assert again.get("unrecorded") == unrecorded and not unrecorded.record
+        assert [r.id for r in again.list()] == ["spring", anonymous.id, "unrecorded"]
+
+
+def test_a_data_directory_from_before_room_settings_gains_them(tmp_path: Path) -> None:
+    """Rooms kept by a version without ``private`` and ``record`` columns: public and recorded."""
+    storage = Storage(tmp_path / "data")
+    storage.db.now(lambda conn: conn.execute(
+        "CREATE TABLE rooms (id TEXT PRIMARY KEY, title TEXT NOT NULL, stream_key TEXT NOT NULL,"
+        " created_at REAL NOT NULL)"))
+    storage.db.now(lambda conn: conn.execute("INSERT INTO rooms VALUES ('old', 'Old', 'sk_old', 1.0)"))
+    try:
+        [old] = Rooms(SqliteRoomDirectory(storage)).list()
+        assert (old.id, old.stream_key, old.private, old.record) == ("old", "sk_old", False, True)
+    finally:
+        storage.close()
 
 
 async def test_shared_rooms_reach_every_node(redis_target: RedisTarget) -> None:

@@ -68,8 +68,19 @@ async def test_recordings_over_http(tmp_path: Path, h264, opus) -> None:
         host = {"Authorization": f"Bearer {token(engine, 'demo', 'host', 'host')}"}
         in_progress_url = f"{base}/api/rooms/demo/recordings/{in_progress['id']}"
         assert await error_of(await http.delete(in_progress_url, headers=host)) == "conflict"
+        # the lobby's past broadcasts: finished ones of public rooms, newest first, bounded
+        recent = await http.get(f"{base}/api/recordings")
+        [past] = (await recent.json())["recordings"]  # the one in progress is live, not past
+        assert (past["id"], past["room"]) == (done["id"], {"id": "demo", "title": "Demo room"})
+        for limit in ("0", "101", "x", "-1", "1" * 30):
+            assert await error_of(await http.get(f"{base}/api/recordings", params={"limit": limit})) == "bad_request"
         await stop(engine, http, second)
-        assert "replay" not in done["links"]
+        assert done["links"]["replay"] == f"{base}/replay/demo/{done['id']}"
+        newest = (await (await http.get(f"{base}/api/recordings", params={"limit": "1"})).json())["recordings"]
+        assert [r["id"] for r in newest] == [in_progress["id"]]
+        assert (await http.patch(f"{base}/api/rooms/demo", json={"private": True},
+                                 headers={"Authorization": "Bearer test-admin"})).status == 200
+        assert (await (await http.get(f"{base}/api/recordings")).json())["recordings"] == []
 
         # the duration is what the relay forwarded: first keyframe to last frame, plus one frame
         sent_seconds = (sent[-1] - sent[0]) / 90000 + 1 / 30

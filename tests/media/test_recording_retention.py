@@ -1,8 +1,12 @@
-"""Retention by total size: the oldest finished recordings go first, the one in progress never."""
+"""Retention by total size (the oldest finished recordings go first) and by age (counted from a
+recording's end), the one in progress never. Ages are made by moving a finished recording's start
+back in its kept metadata, as if it had been made hours ago: no test waits hours."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +71,39 @@ async def test_retention_deletes_oldest_finished_first(tmp_path: Path, h264, opu
         await stop(engine, http, publisher)
         await wait_for(lambda: asyncio.sleep(0, not (engine.config.recordings_path / "demo" / only["id"]).exists()))
         assert await listing(http, engine) == []  # finished, it is past the bound too
+
+
+def age(engine: App, recording: dict[str, Any], ended_seconds_ago: float) -> None:
+    """Rewrite a finished recording's metadata as if it had ended ``ended_seconds_ago``."""
+    meta = engine.config.recordings_path / "demo" / recording["id"] / "recording.json"
+    info = json.loads(meta.read_text())
+    info["started_at"] = time.time() - ended_seconds_ago - info["duration"]
+    meta.write_text(json.dumps(info))
+
+
+async def test_retention_deletes_recordings_past_their_age(tmp_path: Path, h264, opus) -> None:
+    async with running(engine_config(tmp_path, recordings_max_bytes=0)) as engine, aiohttp.ClientSession() as http:
+        for _ in range(3):
+            await record(engine, http, h264, opus, 1.0)
+        newest, middle, oldest = await listing(http, engine)
+        age(engine, oldest, 3 * 3600)
+        age(engine, middle, 2 * 3600)
+        age(engine, newest, 1800)
+
+    # a server started after the bound passed: the sweep at its start deletes what is too old
+    hours = engine_config(tmp_path, recordings_max_bytes=0, recordings_max_age=2.5 * 3600)
+    async with running(hours) as engine, aiohttp.ClientSession() as http:
+        async def swept() -> list[dict[str, Any]]:
+            found = await listing(http, engine)
+            return found if len(found) == 2 else []
+
+        assert [r["id"] for r in await wait_for(swept)] == [newest["id"], middle["id"]]
+
+        # while serving: the sweep a new broadcast runs deletes what has aged past the bound since
+        age(engine, newest, 3 * 3600)
+        publisher = await broadcast(engine, http, h264, opus)
+        kept = await started(engine, http)
+        live = engine.recordings.recording("demo")
+        assert [r["id"] for r in kept] == [live, middle["id"]]
+        await stop(engine, http, publisher)
+        assert [r["id"] for r in await listing(http, engine)] == [live, middle["id"]]  # just ended: young
