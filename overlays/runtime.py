@@ -320,6 +320,16 @@ class Commerce:
 
     # -- viewers ------------------------------------------------------------------------------
 
+    def ready(self, room: str, product_id: Any = None, sale_id: Any = None) -> bool:
+        """Whether a tap on (or, with no ids, a cart read of) `room` would call nothing but the
+        stock store and the bus: the shop is loaded and knows the item, so no records are read
+        first. Such a call runs on Redis's pipelined calls alone (see signaling.channel's hot
+        answers)."""
+        shop = self._shops.get(room)
+        if shop is None:
+            return False
+        return product_id is None and sale_id is None or self._shared is None or shop.knows(product_id, sale_id)
+
     async def tap(
         self, room: str, user: str, request_id: str, *,
         product_id: Any = None, sale_id: Any = None, qty: Any = 1,

@@ -56,6 +56,10 @@ class Action:
     roles: frozenset[str]
     rate: tuple[float, int] | None
     inline: bool  # does not suspend on the embedded backends: answered in the read callback, no task
+    #: With Redis: whether this message's answer waits on nothing but pipelined Redis calls
+    #: (engine.redisbatch futures), so callbacks can step it without a task (redis-py's own
+    #: calls need one). None: always a task.
+    hot: Callable[[Session, dict[str, Any]], bool] | None
 
 
 class Actions:
@@ -65,12 +69,15 @@ class Actions:
         self._actions: dict[str, Action] = {}
 
     def register(self, type: str, roles: frozenset[str], handler: Handler,
-                 rate: tuple[float, int] | None = None, inline: bool = False) -> None:
+                 rate: tuple[float, int] | None = None, inline: bool = False,
+                 hot: Callable[[Session, dict[str, Any]], bool] | None = None) -> None:
         """``inline``: the handler does not suspend when the bus and stores are this process's own
-        (a tap on the memory store, chat), so the channel steps it without a task."""
+        (a tap on the memory store, chat), so the channel steps it without a task. ``hot``: with
+        Redis, says of a message whether its handler awaits only pipelined Redis calls (a tap on
+        a loaded shop), which the channel then steps from their replies, without a task."""
         if type in self._actions:
             raise ValueError(f"action {type!r} registered twice")
-        self._actions[type] = Action(handler, roles, rate, inline)
+        self._actions[type] = Action(handler, roles, rate, inline, hot)
 
     def get(self, type: str) -> Action | None:
         return self._actions.get(type)
@@ -246,7 +253,8 @@ class Channel:
             max_inbox=config.ws_inbox, turn=CLIENT_TURN, max_buffer=config.send_queue_bytes)
         self._ids = itertools.count(1)
         self._refusals = Refusals()
-        # With Redis every action may wait on it, and redis-py's calls need a task around them.
+        # With Redis every action may wait on it, and redis-py's calls need a task around them
+        # (unless the action says a message is hot: see Action.hot).
         self._inline = not config.redis_url
         self._background: set[asyncio.Task[None]] = set()  # answers that suspend, and close cleanups
         self._timers: list[asyncio.Task[None]] = []
@@ -493,11 +501,15 @@ class Channel:
                 raise ProtocolError("rate_limited", f"too many {shown(body['type'])} messages, slow down")
             answer = action.handler(session, body)
             pending: Awaitable[Any] = answer
-            if action.inline and self._inline:
+            hot = not self._inline and action.hot is not None and action.hot(session, body)
+            if (action.inline and self._inline) or hot:
                 try:
                     waiting_on = answer.send(None)
                 except StopIteration as done:
                     self._answer(session, done.value, request_id)
+                    return
+                if hot:  # its Redis replies step the rest
+                    _Stepped(self, session, answer, request_id).follow(waiting_on)
                     return
                 pending = _Resumed(answer, waiting_on)  # it did suspend: a task drives the rest
             session.connection.hold()
@@ -580,6 +592,62 @@ class Refusals:
             return bare, bytes([bare[0] + 1]) + bare[1:] + msgpack.packb("re"), b""  # fixmap of 3 -> 4
         bare = orjson.dumps(body)
         return bare, bare[:-1] + b',"re":', b"}"
+
+
+class _Stepped:
+    """Steps a hot answer (see ``Action.hot``) from the callbacks of the futures it awaits, as a
+    task would, without one: a tap on Redis costs no task, no wrapper coroutine and no extra loop
+    turn. The connection is held meanwhile (its next messages wait, so each is answered in order),
+    and corked while a step runs, so the line the tap added and its answer leave in one write."""
+
+    __slots__ = ("_channel", "_session", "_coro", "_request_id")
+
+    def __init__(self, channel: Channel, session: Session, coro: Coroutine[Any, Any, Any], request_id: Any) -> None:
+        self._channel = channel
+        self._session = session
+        self._coro = coro
+        self._request_id = request_id
+        session.connection.hold()
+
+    def follow(self, waiting_on: Any) -> None:
+        """Wake on ``waiting_on`` (what the coroutine yielded): a future, or None for a bare yield."""
+        if waiting_on is None:
+            asyncio.get_running_loop().call_soon(self._wake, None)
+        elif getattr(waiting_on, "_asyncio_future_blocking", None):
+            waiting_on._asyncio_future_blocking = False
+            waiting_on.add_done_callback(self._wake)
+        else:  # not a future: a handler that is not hot after all (a bug), answered as one
+            self._coro.close()
+            self._finish(None, RuntimeError(f"a hot answer awaited {waiting_on!r}"))
+
+    def _wake(self, _: Any) -> None:
+        connection = self._session.connection
+        connection.cork()
+        try:
+            waiting_on = self._coro.send(None)
+        except StopIteration as done:
+            self._finish(done.value, None)
+        except asyncio.CancelledError:
+            connection.release()  # the engine is stopping: nobody to answer
+        except Exception as exc:
+            self._finish(None, exc)
+        else:
+            self.follow(waiting_on)
+        finally:
+            connection.uncork()
+
+    def _finish(self, result: Any, error: Exception | None) -> None:
+        channel, session = self._channel, self._session
+        try:
+            if error is None:
+                channel._answer(session, result, self._request_id)
+            elif isinstance(error, CodedError):
+                channel._refuse(session, error, self._request_id)
+            else:
+                log.error("action failed", exc_info=error)
+                channel._refuse(session, CodedError("internal", "the server failed on this request"), self._request_id)
+        finally:
+            session.connection.release()
 
 
 class _Resumed:

@@ -180,7 +180,7 @@ class WebSocket(asyncio.Protocol):
         self.received_at = time.monotonic()
         self._split = False
         protocol = self.protocol
-        self._cork()
+        self.cork()
         self._turn_started = time.perf_counter()
         try:
             if protocol.state is CONNECTING:
@@ -201,7 +201,7 @@ class WebSocket(asyncio.Protocol):
                     self._feed(cast(bytes, item))
         finally:
             self.flush_protocol()  # pongs, the close handshake's answer and end of stream
-            self._uncork()
+            self.uncork()
 
     def _request_bytes(self, data: bytes) -> bytes:
         """Give the protocol the opening request and return the bytes after it (frames a client
@@ -338,7 +338,7 @@ class WebSocket(asyncio.Protocol):
             return
         self._held = False
         handler = self.listener.handler
-        self._cork()
+        self.cork()
         self._turn_started = time.perf_counter()
         try:
             inbox = self._inbox
@@ -354,16 +354,18 @@ class WebSocket(asyncio.Protocol):
             if not self._held and not self.transport.is_closing():
                 self.transport.resume_reading()
         finally:
-            self._uncork()
+            self.uncork()
 
     # -- sending ------------------------------------------------------------------------------
 
-    def _cork(self) -> None:
+    def cork(self) -> None:
+        """Hold back what is written until ``uncork``, then send it in one write (a reply and the
+        events it made, say). The callbacks that hand over messages cork around them already."""
         if self._out is None:
             self._out = []
             self._out_bytes = 0
 
-    def _uncork(self) -> None:
+    def uncork(self) -> None:
         out, self._out = self._out, None
         self._out_bytes = 0
         if out:

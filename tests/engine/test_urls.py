@@ -78,7 +78,8 @@ async def test_a_public_url_without_port_gives_working_links(config: Config) -> 
     assert room["links"] == {"watch": "https://shop.example.com/watch/demo",
                              "studio": "https://shop.example.com/studio/demo",
                              "whip": "https://shop.example.com/whip/demo",
-                             "whep": "https://shop.example.com/whep/demo", "ws": ws}
+                             "whep": "https://shop.example.com/whep/demo",
+                             "hls": "https://shop.example.com/hls/demo/index.m3u8", "ws": ws}
     assert page["ws"] == ws
 
 
