@@ -110,7 +110,9 @@ class App:
         self.recordings = RecordingService(recording_config(config), self.bus, wanted=self._records)
         if config.record:
             self.media.taps.append(self.recordings)
-        recording_routes(self.http, self.recordings, self.rooms, Auth(self.secret, self.admin_key), self.urls)
+        access = ViewAccess(self.rooms, self.secret)
+        recording_routes(self.http, self.recordings, self.rooms, Auth(self.secret, self.admin_key), access,
+                         self.urls)
         self.hls: HlsService | None = None
         if hls is not None:
             self.hls = HlsService(hls, self.media.codecs, self.media.request_keyframe,
@@ -123,11 +125,10 @@ class App:
             node = self.cluster.node_id
             self.media.enable_cascade(node, self.cluster.origin,
                                       lambda room: node_credentials.mint(node, room))
-        access = ViewAccess(self.rooms, self.secret)
         add_media_routes(self.http, self.media, access, node_credentials,
                          elsewhere=self._roomier_node if config.redis_url else None)
         register_media(self.channel, self.media, access)
-        add_page_routes(self.http, config, self.rooms, self.urls, self.recordings)
+        add_page_routes(self.http, config, self.rooms, self.urls, self.recordings, access)
         self._runner: web.AppRunner | None = None
         self.http_port = config.http_port
         self.ws_port = config.ws_port

@@ -308,11 +308,11 @@ class RecordingService:
 
     def delete(self, room: str, recording_id: str) -> bool:
         """Remove a finished recording; False if there is none. One in progress raises ValueError."""
+        if self.recording(room) == recording_id:  # even before its first metadata reached the disk
+            raise ValueError("this recording is in progress")
         path = self._directory(room, recording_id)
         if path is None:
             return False
-        if self.recording(room) == recording_id:
-            raise ValueError("this recording is in progress")
         shutil.rmtree(path, ignore_errors=True)
         return True
 
