@@ -26,6 +26,7 @@ from engine.config import Config
 from engine.errors import shown
 from engine.media.errors import MediaError
 from engine.recording.service import RecordingService
+from engine.recording.shared import SharedRecordings
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
 from signaling.access import ViewAccess
@@ -78,7 +79,8 @@ def static_files() -> dict[str, Path]:
 
 
 def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Callable[[], PublicUrls],
-                    recordings: RecordingService, access: ViewAccess) -> None:
+                    recordings: RecordingService, access: ViewAccess,
+                    shared: SharedRecordings | None = None) -> None:
     """Serve the lobby, studio, watch and replay pages and their static files on ``app``.
 
     ``urls`` is called per request because the ports are chosen when the engine starts
@@ -114,6 +116,9 @@ def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Ca
             except MediaError as exc:
                 return render("lobby", request, {"id": room.id, "refused": exc.message}, status=exc.status)
         info = recordings.get(room_id, recording_id) if room is not None else None
+        if room is not None and info is None and shared is not None:  # held by another node
+            located = await shared.locate(room.id, recording_id)
+            info = located[1] if located is not None else None
         if room is None or info is None:
             missing = {"id": room_id, "missing": True, **({"recording": recording_id} if room else {})}
             return render("lobby", request, missing, status=404)
