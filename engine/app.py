@@ -22,6 +22,7 @@ from engine.media.config import MediaConfig
 from engine.media.service import MediaService
 from engine.nodes.credential import NodeCredentials
 from engine.recording.service import RecordingConfig, RecordingService
+from engine.recording.shared import SharedRecordings
 from engine.rooms import RoomError, Rooms, SqliteRoomDirectory
 from engine.shared_state import SharedState
 from engine.storage import DataDirLock, Storage, StorageUnavailable
@@ -110,7 +111,15 @@ class App:
         self.recordings = RecordingService(recording_config(config), self.bus, wanted=self._records)
         if config.record:
             self.media.taps.append(self.recordings)
-        recording_routes(self.http, self.recordings, self.rooms, Auth(self.secret, self.admin_key), self.urls)
+        # With --redis-url every node lists (and redirects to) the recordings the other live nodes hold.
+        self.shared_recordings: SharedRecordings | None = None
+        if self.shared is not None:
+            self.shared_recordings = SharedRecordings(
+                self.shared.client, config.redis_prefix, self.cluster.node_id, self.recordings,
+                self.cluster.presence.view_nodes, config.node_heartbeat, config.node_ttl)
+        access = ViewAccess(self.rooms, self.secret)
+        recording_routes(self.http, self.recordings, self.rooms, Auth(self.secret, self.admin_key), access,
+                         self.urls, self.shared_recordings)
         self.hls: HlsService | None = None
         if hls is not None:
             self.hls = HlsService(hls, self.media.codecs, self.media.request_keyframe,
@@ -123,11 +132,11 @@ class App:
             node = self.cluster.node_id
             self.media.enable_cascade(node, self.cluster.origin,
                                       lambda room: node_credentials.mint(node, room))
-        access = ViewAccess(self.rooms, self.secret)
         add_media_routes(self.http, self.media, access, node_credentials,
                          elsewhere=self._roomier_node if config.redis_url else None)
         register_media(self.channel, self.media, access)
-        add_page_routes(self.http, config, self.rooms, self.urls, self.recordings)
+        add_page_routes(self.http, config, self.rooms, self.urls, self.recordings, access,
+                        self.shared_recordings)
         self._runner: web.AppRunner | None = None
         self.http_port = config.http_port
         self.ws_port = config.ws_port
@@ -222,6 +231,8 @@ class App:
         await self.cluster.start()
         if self.viewer_tally is not None:
             await self.viewer_tally.start()
+        if self.shared_recordings is not None:  # after the cluster: it reads the live nodes
+            await self.shared_recordings.start()
 
     async def stop(self) -> None:
         """Stop every part in order; a part that does not finish within STOP_STEP is left behind
@@ -232,6 +243,8 @@ class App:
             await _bounded("HTTP server", self._runner.cleanup())
         await _bounded("media relay", self.media.stop())
         await _bounded("recordings", self.recordings.stop())
+        if self.shared_recordings is not None:
+            await _bounded("recordings index", self.shared_recordings.stop())
         if self.hls is not None:
             await _bounded("live HLS", self.hls.stop())
         await _bounded("purchase subscriptions", self.purchases.stop())

@@ -1,4 +1,5 @@
-"""Who may pull a room's media: anyone for a public show, token holders the shop chose for a private one.
+"""Who may pull a room's media, live or recorded: anyone for a public show, token holders the shop
+chose for a private one.
 
 WHEP carries the viewer's token as ``Authorization: Bearer`` (the draft allows it; our watch page sends
 it so its WHEP session counts as the same viewer as its websocket); the websocket's
@@ -23,14 +24,14 @@ class ViewAccess:
         self.rooms = rooms
         self.secret = secret
 
-    def whep_viewer(self, room_id: str, token: str | None) -> str | None:
-        """A WHEP request's viewer: the user id of its Bearer token, None without one (anyone may
-        watch a public room). A token that does not verify is refused (401) and one for another room
-        is forbidden (403) rather than ignored; a private room needs a token that may view it."""
+    def viewer(self, room_id: str, token: str | None, ask: str = "Authorization: Bearer <viewer token>") -> str | None:
+        """A request's viewer (WHEP, or a recording's files and replay): the user id of its token,
+        None without one (anyone may watch a public room). A token that does not verify is refused
+        (401) and one for another room is forbidden (403) rather than ignored; a private room needs a
+        token that may view it (``ask`` says how the request carries one)."""
         if not token:
-            if self._private(room_id):
-                raise MediaError(401, "unauthorized", "this room is private: send Authorization: Bearer <viewer token>",
-                                 CHALLENGE)
+            if self.private(room_id):
+                raise MediaError(401, "unauthorized", f"this room is private: send {ask}", CHALLENGE)
             return None
         try:
             identity = verify_for_room(self.secret, token, room_id)
@@ -43,13 +44,13 @@ class ViewAccess:
 
     def check_identity(self, room_id: str, identity: Identity) -> None:
         """A verified token (a websocket's, or a WHEP Bearer) may view a private room: not a guest, this room."""
-        if not self._private(room_id):
+        if not self.private(room_id):
             return
         if identity.room != room_id or identity.role not in ("viewer", "host"):
             raise MediaError(403, "forbidden", "this token is not a viewer token of this room")
         if identity.guest:
             raise MediaError(403, "forbidden", "this room is private: guest tokens may not watch it")
 
-    def _private(self, room_id: str) -> bool:
+    def private(self, room_id: str) -> bool:
         room = self.rooms.get(room_id)
         return room is not None and room.private

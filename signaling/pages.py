@@ -24,10 +24,14 @@ from yarl import URL
 
 from engine.config import Config
 from engine.errors import shown
+from engine.media.errors import MediaError
 from engine.recording.service import RecordingService
+from engine.recording.shared import SharedRecordings
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
+from signaling.access import ViewAccess
 from signaling.hostheader import host_of
+from signaling.recordings import token_query
 
 WEB_DIR = Path(str(resources.files("overlays") / "web"))
 CONFIG_MARK = "__LIVECART_CONFIG__"
@@ -75,7 +79,8 @@ def static_files() -> dict[str, Path]:
 
 
 def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Callable[[], PublicUrls],
-                    recordings: RecordingService) -> None:
+                    recordings: RecordingService, access: ViewAccess,
+                    shared: SharedRecordings | None = None) -> None:
     """Serve the lobby, studio, watch and replay pages and their static files on ``app``.
 
     ``urls`` is called per request because the ports are chosen when the engine starts
@@ -100,16 +105,26 @@ def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Ca
         return handler
 
     async def replay(request: web.Request) -> web.Response:
-        """A recording's page; an unknown room or recording gets the lobby with a notice (404)."""
+        """A recording's page; an unknown room or recording gets the lobby with a notice (404), and
+        so does a private room's without a viewer token of it in ``?token=`` (401, 403): the page
+        then passes that token to the playlist and timeline it loads."""
         room_id, recording_id = request.match_info["room"], request.match_info["recording"]
         room = rooms.get(room_id)
+        if room is not None:
+            try:
+                query = token_query(access, room.id, request)
+            except MediaError as exc:
+                return render("lobby", request, {"id": room.id, "refused": exc.message}, status=exc.status)
         info = recordings.get(room_id, recording_id) if room is not None else None
+        if room is not None and info is None and shared is not None:  # held by another node
+            located = await shared.locate(room.id, recording_id)
+            info = located[1] if located is not None else None
         if room is None or info is None:
             missing = {"id": room_id, "missing": True, **({"recording": recording_id} if room else {})}
             return render("lobby", request, missing, status=404)
         base = f"/api/rooms/{room.id}/recordings/{info['id']}"
         recording = {"id": info["id"], "started_at": info["started_at"], "duration": info["duration"],
-                     "state": info["state"], "hls": f"{base}/index.m3u8", "timeline": f"{base}/timeline"}
+                     "state": info["state"], "hls": f"{base}/index.m3u8{query}", "timeline": f"{base}/timeline{query}"}
         return render("replay", request, {"id": room.id, "title": room.title or room.id}, recording=recording)
 
     async def lobby(request: web.Request) -> web.Response:

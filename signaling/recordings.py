@@ -1,5 +1,18 @@
 """Recordings over HTTP: list (one room's, or the newest of every public room for the lobby),
-VOD playlist, timeline, segments (with Range), delete."""
+VOD playlist, timeline, segments (with Range), delete.
+
+A private room's recordings are read with the access its live stream needs (signaling.access): a
+viewer or host token of the room, sent as ``Authorization: Bearer`` or as ``?token=``. Players
+(hls.js, Safari, ffmpeg) fetch a playlist's segments without custom headers, so a private room's
+playlist names its segments with the same ``?token=`` (a relative URL: it follows the playlist
+wherever it was served from); the links a private room's listing returns carry it too.
+
+With ``--redis-url`` (engine.recording.shared) every node lists every live node's recordings; a
+request for the files of a recording another node holds is redirected there (``307`` to that
+node's public URL, the query kept, so a ``?token=`` goes along), and a ``DELETE`` is passed on
+to that node with the caller's own ``Authorization``. Reads answer ``Access-Control-Allow-Origin:
+*`` (they carry no cookie: a token opens them) so a replay page keeps playing across the redirect.
+"""
 
 from __future__ import annotations
 
@@ -7,56 +20,104 @@ import asyncio
 import math
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
+import aiohttp
 from aiohttp import web
 
 from engine.digits import parse_uint
 from engine.errors import shown
+from engine.nodes.base import NodeInfo
 from engine.recording.service import RecordingService
+from engine.recording.shared import SharedRecordings
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
+from signaling.access import ViewAccess
 from signaling.http import ApiError, Auth, json_response
 
 CONTENT_TYPES = {".mp4": "video/mp4", ".m4s": "video/mp4"}
 #: Recordings ``GET /api/recordings`` lists at most (``limit``), and by default: the lobby's past broadcasts.
 MAX_RECENT = 100
 DEFAULT_RECENT = 12
+#: Seconds a ``DELETE`` passed on to the node holding the recording may take.
+FORWARD_TIMEOUT = 10.0
+CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "Content-Range, Accept-Ranges"}
+ASK = "a viewer token of it (Authorization: Bearer <token>, or ?token=<token>)"
 
 
-def playlist(info: dict[str, Any]) -> str:
-    """The HLS playlist (version 7, fMP4) of a recording: VOD once it ended, EVENT while it grows."""
+def playlist(info: dict[str, Any], query: str = "") -> str:
+    """The HLS playlist (version 7, fMP4) of a recording: VOD once it ended, EVENT while it grows;
+    ``query`` (``?token=...`` or empty) is added to every file it names."""
     segments = [s for s in info["segments"] if s.get("duration") is not None]
     target = max((math.ceil(s["duration"]) for s in segments), default=1)
     done = info["state"] != "recording"
     lines = ["#EXTM3U", "#EXT-X-VERSION:7", f"#EXT-X-TARGETDURATION:{target}",
              f"#EXT-X-PLAYLIST-TYPE:{'VOD' if done else 'EVENT'}", "#EXT-X-MEDIA-SEQUENCE:0",
-             "#EXT-X-INDEPENDENT-SEGMENTS", '#EXT-X-MAP:URI="init.mp4"']
+             "#EXT-X-INDEPENDENT-SEGMENTS", f'#EXT-X-MAP:URI="init.mp4{query}"']
     for segment in segments:
-        lines += [f"#EXTINF:{segment['duration']:.6f},", segment["file"]]
+        lines += [f"#EXTINF:{segment['duration']:.6f},", segment["file"] + query]
     if done:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
 
 
+def request_token(request: web.Request) -> str | None:
+    """The token a request carries: its ``Authorization: Bearer``, else its ``?token=`` (what a
+    player fetching a playlist's segments, or a page's link, can send)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.query.get("token") or None
+
+
+def token_query(access: ViewAccess, room: str, request: web.Request) -> str:
+    """Checks that ``request`` may view ``room``'s recordings (raises 401/403 for a private room
+    without a token that may watch it); the query its links and segment URLs carry: the token for
+    a private room, nothing for a public one."""
+    token = request_token(request)
+    access.viewer(room, token, ASK)
+    return "?" + urlencode({"token": token}) if token and access.private(room) else ""
+
+
 def recording_routes(app: web.Application, recordings: RecordingService, rooms: Rooms, auth: Auth,
-                     urls: Callable[[], PublicUrls]) -> None:
+                     access: ViewAccess, urls: Callable[[], PublicUrls],
+                     shared: SharedRecordings | None = None) -> None:
     def room_of(request: web.Request) -> str:
         room = request.match_info["room"]
         if rooms.get(room) is None:
             raise ApiError("not_found", f"no room {shown(room)}")
         return room
 
-    def found(request: web.Request) -> tuple[str, str, dict[str, Any]]:
+    def viewable(room: str, request: web.Request) -> str:
+        """``token_query``, with the operator's admin key (sent as a header) let through too."""
+        return "" if auth.is_admin(request) else token_query(access, room, request)
+
+    async def holder(room: str, recording_id: str) -> NodeInfo:
+        """The other live node holding a recording this node does not; 404 if none does."""
+        located = await shared.locate(room, recording_id) if shared is not None else None
+        if located is None:
+            raise ApiError("not_found", f"no recording {shown(recording_id)} in room {room!r}")
+        return located[0]
+
+    async def found(request: web.Request) -> tuple[str, str, dict[str, Any], str]:
+        """The room, recording id, recording and token query of a request to read a recording's
+        files: the room's access is checked first, so a private room tells strangers nothing; a
+        recording another node holds is a redirect there."""
         room = room_of(request)
+        query = viewable(room, request)
         recording_id = request.match_info["recording"]
         info = recordings.get(room, recording_id)
         if info is None:
-            raise ApiError("not_found", f"no recording {shown(recording_id)} in room {room!r}")
-        return room, recording_id, info
+            node = await holder(room, recording_id)
+            raise web.HTTPTemporaryRedirect(node.http_url.rstrip("/") + request.path_qs, headers=CORS)
+        return room, recording_id, info, query
 
-    def public(room: str, info: dict[str, Any]) -> dict[str, Any]:
+    def public(room: str, info: dict[str, Any], query: str = "") -> dict[str, Any]:
         base = f"/api/rooms/{room}/recordings/{info['id']}"
-        link = urls().link
+
+        def link(path: str) -> str:
+            return urls().link(path) + query
+
         return {"id": info["id"], "started_at": info["started_at"], "duration": info["duration"],
                 "bytes": info["bytes"], "state": info["state"], "reason": info.get("reason"),
                 "featured": info.get("featured", []),
@@ -74,6 +135,10 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
         if limit is None or not 1 <= limit <= MAX_RECENT:
             raise ApiError("bad_request", f"limit must be an integer in [1, {MAX_RECENT}]")
         found = await asyncio.to_thread(recordings.recent, limit, listed)
+        if shared is not None:
+            found += [info for info in await shared.elsewhere()
+                      if info["state"] == "complete" and info["duration"] and listed(info["room"])]
+            found = sorted(found, key=lambda info: (info["started_at"], info["id"]), reverse=True)[:limit]
         return json_response({"recordings": [
             {**public(info["room"], info), "room": {"id": info["room"], "title": title(info["room"])}}
             for info in found]})
@@ -84,33 +149,56 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
 
     async def list_recordings(request: web.Request) -> web.Response:
         room = room_of(request)
-        return json_response({"recordings": [public(room, info) for info in recordings.list(room)]})
+        query = viewable(room, request)
+        found = recordings.list(room)
+        if shared is not None:
+            here = {info["id"] for info in found}
+            found += [info for info in await shared.elsewhere() if info["room"] == room and info["id"] not in here]
+            found.sort(key=lambda info: info["started_at"], reverse=True)
+        return json_response({"recordings": [public(room, info, query) for info in found]})
 
     async def get_playlist(request: web.Request) -> web.Response:
-        _, _, info = found(request)
-        return web.Response(text=playlist(info), content_type="application/vnd.apple.mpegurl")
+        _, _, info, query = await found(request)
+        return web.Response(text=playlist(info, query), content_type="application/vnd.apple.mpegurl", headers=CORS)
 
     async def get_timeline(request: web.Request) -> web.Response:
-        room, recording_id, _ = found(request)
-        return json_response({"recording": recording_id, "events": recordings.timeline(room, recording_id) or []})
+        room, recording_id, _, _ = await found(request)
+        return json_response({"recording": recording_id, "events": recordings.timeline(room, recording_id) or []},
+                             headers=CORS)
 
     async def get_segment(request: web.Request) -> web.StreamResponse:
-        room, recording_id, _ = found(request)
+        room, recording_id, _, query = await found(request)
         name = request.match_info["file"]
         path = recordings.file(room, recording_id, name)
         if path is None:
             raise ApiError("not_found", f"no file {shown(name)} in recording {recording_id}")
-        return web.FileResponse(path, headers={"Content-Type": CONTENT_TYPES[path.suffix],
-                                               "Cache-Control": "public, max-age=31536000, immutable"})
+        cache = f"{'private' if query else 'public'}, max-age=31536000, immutable"  # a private room's: no shared cache
+        return web.FileResponse(path, headers={**CORS, "Content-Type": CONTENT_TYPES[path.suffix],
+                                               "Cache-Control": cache})
 
     async def delete_recording(request: web.Request) -> web.Response:
-        room, recording_id, _ = found(request)
+        room = room_of(request)
         auth.identity(request, room, ("host",))
+        recording_id = request.match_info["recording"]
+        if recordings.get(room, recording_id) is None:
+            return await forward_delete(request, await holder(room, recording_id))
         try:
             recordings.delete(room, recording_id)
         except ValueError as exc:
             raise ApiError("conflict", str(exc)) from None
         return json_response({"deleted": recording_id})
+
+    async def forward_delete(request: web.Request, node: NodeInfo) -> web.Response:
+        """Pass a ``DELETE`` on to the node holding the recording, with the caller's credentials
+        (clients drop ``Authorization`` on a redirect to another origin, so no redirect here)."""
+        url = node.http_url.rstrip("/") + request.path_qs
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT)) as client, \
+                    client.delete(url, headers={"Authorization": request.headers.get("Authorization", "")}) as answer:
+                return web.Response(status=answer.status, body=await answer.read(), content_type="application/json")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError("unavailable", f"node {node.id} holding this recording did not answer: {exc}",
+                           status=502) from None
 
     app.router.add_get("/api/recordings", recent_recordings)
     app.router.add_get("/api/rooms/{room}/recordings", list_recordings)

@@ -146,7 +146,7 @@ def add_media_routes(
             elif bearer is not None and is_node_credential(bearer):
                 created = await media.view(room, sdp, edge=_edge_node(nodes, room, bearer))
             else:
-                sub = access.whep_viewer(room, bearer) if access is not None else None
+                sub = access.viewer(room, bearer) if access is not None else None
                 try:
                     created = await media.view(room, sdp, sub=sub)
                 except MediaError as exc:

@@ -122,6 +122,8 @@ class RecordingService:
         self._codecs: dict[str, dict[str, str]] = {}  # rooms whose publisher started, not recorded yet
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        #: Told when recordings may have been added, ended or deleted (the shared index republishes).
+        self.on_change: Callable[[], None] = lambda: None
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever())
@@ -308,18 +310,35 @@ class RecordingService:
 
     def delete(self, room: str, recording_id: str) -> bool:
         """Remove a finished recording; False if there is none. One in progress raises ValueError."""
+        if self.recording(room) == recording_id:  # even before its first metadata reached the disk
+            raise ValueError("this recording is in progress")
         path = self._directory(room, recording_id)
         if path is None:
             return False
-        if self.recording(room) == recording_id:
-            raise ValueError("this recording is in progress")
         shutil.rmtree(path, ignore_errors=True)
+        self.on_change()
         return True
+
+    def catalog(self) -> list[dict[str, Any]]:
+        """Every recording kept on this node, each with its ``room`` (blocking: run it off the loop)."""
+        found: list[dict[str, Any]] = []
+        with contextlib.suppress(OSError):
+            for room_dir in self.config.directory.iterdir():
+                if ROOM_DIR.fullmatch(room_dir.name):
+                    found += [{**info, "room": room_dir.name} for info in self.list(room_dir.name)]
+        return found
+
+    def in_progress(self) -> list[dict[str, Any]]:
+        """The recordings running now, each with its ``room`` and featured products so far (blocking)."""
+        return [{**broadcast.writer.info.to_dict(), "room": room,
+                 "featured": featured(self.timeline(room, broadcast.writer.info.id) or [])}
+                for room, broadcast in list(self._active.items())]
 
     async def sweep(self) -> None:
         """Enforce the retention bounds (off the loop): oldest finished recordings deleted first."""
         if self.config.max_bytes or self.config.max_age:
             await asyncio.to_thread(self._sweep)
+        self.on_change()  # called as recordings start and end, too
 
     def _sweep(self) -> None:
         recordings = []

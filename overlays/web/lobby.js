@@ -13,6 +13,11 @@
       ? `There is no recording “${settings.room.recording}” of the room “${settings.room.id}” (it may have been deleted).`
       : `There is no room called “${settings.room.id}”. Here are the rooms there are:`;
     notice.hidden = false;
+  } else if (settings.room && settings.room.refused) {
+    const notice = $('#missing');
+    notice.textContent = `The room “${settings.room.id}” is private: ${settings.room.refused}. ` +
+      'Open the link the shop gave you, with its viewer token.';
+    notice.hidden = false;
   }
 
   function card(room) {

@@ -81,6 +81,8 @@ async def test_recordings_over_http(tmp_path: Path, h264, opus) -> None:
         assert (await http.patch(f"{base}/api/rooms/demo", json={"private": True},
                                  headers={"Authorization": "Bearer test-admin"})).status == 200
         assert (await (await http.get(f"{base}/api/recordings")).json())["recordings"] == []
+        assert (await http.patch(f"{base}/api/rooms/demo", json={"private": False},
+                                 headers={"Authorization": "Bearer test-admin"})).status == 200
 
         # the duration is what the relay forwarded: first keyframe to last frame, plus one frame
         sent_seconds = (sent[-1] - sent[0]) / 90000 + 1 / 30
