@@ -257,6 +257,8 @@ class Channel:
         # (unless the action says a message is hot: see Action.hot).
         self._inline = not config.redis_url
         self._background: set[asyncio.Task[None]] = set()  # answers that suspend, and close cleanups
+        self._stepped: set[_Stepped] = set()  # hot answers waiting on Redis (no task to wait for)
+        self._stepped_gone: asyncio.Future[None] | None = None  # set once they are answered, when stopping
         self._timers: list[asyncio.Task[None]] = []
 
     @property
@@ -290,6 +292,9 @@ class Channel:
             timer.cancel()
         if self._background:
             await asyncio.wait(list(self._background), timeout=self.config.shutdown_grace)
+        if self._stepped:
+            self._stepped_gone = asyncio.get_running_loop().create_future()
+            await asyncio.wait([self._stepped_gone], timeout=self.config.shutdown_grace)
         for hub in list(self.hubs.values()):
             await hub.close()
         self.hubs.clear()
@@ -478,10 +483,11 @@ class Channel:
         """Check, route and answer one message, in the websocket layer's callback.
 
         An inline handler (a tap on the memory store, chat) and every refusal are run to their end
-        right here, without a task. Other handlers (a checkout writing its order, a media offer,
-        anything with Redis: its client needs a task around its calls) run as a task, and so
-        does the rest of an inline one that did suspend; this connection's next messages wait
-        for it, so each connection is still answered in order."""
+        right here, without a task. With Redis, a hot message (a tap on a loaded shop: see
+        ``Action.hot``) starts here too and is stepped from its Redis replies. Other handlers (a
+        checkout writing its order, a media offer, anything calling redis-py, which needs a task
+        around its calls) run as a task, and so does the rest of an inline one that did suspend;
+        this connection's next messages wait for it, so each connection is still answered in order."""
         request_id = None
         try:
             if not session.limits.messages.take():
@@ -608,6 +614,7 @@ class _Stepped:
         self._coro = coro
         self._request_id = request_id
         session.connection.hold()
+        channel._stepped.add(self)
 
     def follow(self, waiting_on: Any) -> None:
         """Wake on ``waiting_on`` (what the coroutine yielded): a future, or None for a bare yield."""
@@ -627,8 +634,8 @@ class _Stepped:
             waiting_on = self._coro.send(None)
         except StopIteration as done:
             self._finish(done.value, None)
-        except asyncio.CancelledError:
-            connection.release()  # the engine is stopping: nobody to answer
+        except asyncio.CancelledError:  # the engine is stopping: nobody to answer
+            self._done()
         except Exception as exc:
             self._finish(None, exc)
         else:
@@ -647,7 +654,15 @@ class _Stepped:
                 log.error("action failed", exc_info=error)
                 channel._refuse(session, CodedError("internal", "the server failed on this request"), self._request_id)
         finally:
-            session.connection.release()
+            self._done()
+
+    def _done(self) -> None:
+        channel = self._channel
+        channel._stepped.discard(self)
+        self._session.connection.release()
+        gone = channel._stepped_gone
+        if not channel._stepped and gone is not None and not gone.done():
+            gone.set_result(None)
 
 
 class _Resumed:

@@ -114,11 +114,13 @@ local function with_totals(reply, encoded, cart, res, now)
   if #ids > 0 then
     local recs = redis.call('HMGET', res, unpack(ids))
     for i = 1, #ids do
-      local r = cjson.decode(recs[i])
-      if tonumber(r[4]) > at then
-        local qty = tonumber(r[3])
-        quantity = quantity + qty
-        total = total + qty * tonumber(r[5])
+      if recs[i] then  -- both leave in one script; an id without its record counts for nothing
+        local r = cjson.decode(recs[i])
+        if tonumber(r[4]) > at then
+          local qty = tonumber(r[3])
+          quantity = quantity + qty
+          total = total + qty * tonumber(r[5])
+        end
       end
     end
   end
