@@ -47,7 +47,9 @@ of medians (each figure's median over the runs; the added latency of that row is
 its own median lags). Core 1's busy share in the last window is shown: near 100 % the load, not
 the nodes, limits the figures.
 
-    python bench/media_cascade.py --viewers 16 --measuring 2 --runs 3 --window 20
+On a quiet 2-core machine a run takes about 1.5 min (three 20 s windows, settling, node start):
+
+    python bench/media_cascade.py --viewers 24 --measuring 2 --runs 3 --window 20
 """
 
 from __future__ import annotations
