@@ -2,11 +2,32 @@
 
 Two ``livecart serve`` nodes share one Redis (their own key prefix): node A (the origin) and
 node B (an edge), both pinned to core 0 with ``taskset`` (a 2-core machine cannot give each its
-own core and keep one for the load); this process (the publisher and every viewer) runs on
-core 1. The publisher sends a pre-encoded 1280x720 ~2.5 Mbit/s H264 + Opus stream over WHIP to A
-(bench/media_stream.py); viewers are aiortc peer connections reading encoded frames (no decoding).
+own core and keep one for the load); the load runs on core 1. The publisher sends a pre-encoded
+1280x720 ~2.5 Mbit/s H264 + Opus stream over WHIP to A (bench/media_stream.py).
 
-Phases, each a steady ``--window`` after a settling pause:
+Viewers are of two kinds, ``--viewers`` in all on each node:
+
+- ``--measuring`` per node are full aiortc peer connections in this process (beside the
+  publisher) reading encoded frames (no decoding): they give the lags and frames delivered.
+- the rest are counting viewers, run by worker processes (bench/media_viewer.py, started with
+  media_fanout's ``start_workers``, ``--per-process`` each): real aiortc peer connections that
+  negotiate WHEP, ICE and DTLS as any viewer does, so a node does the same work for each, but
+  whose ICE sockets count each RTP packet from its clear header and drop it, skipping SRTP,
+  RTP parsing and the jitter buffer. With 16 full viewers per node the load's core fell behind
+  (lags of seconds); a counting viewer costs a few microseconds per packet.
+
+What the nodes see from a counting viewer: STUN consent checks, DTLS and the SRTCP sender
+reports still reach aiortc, so the session lives as long as a full viewer's. Unlike a full
+viewer it sends no receiver reports, REMB or NACKs (aiortc's receiver reports only the streams
+whose RTP it parsed). A node only records what receiver reports and REMB say (loss, jitter, RTT
+and bitrate for its metrics; nothing it forwards depends on them), and NACKs only follow losses,
+which loopback has none of; an RTCP packet a second or two against some 250 RTP packets a
+second sent to each viewer is within the noise of the CPU figures. The bench checks each
+counting viewer still got the stream: its video packets in the last window over the median
+measuring viewer's on the same node (``counting rate min %``; a run where one is under 97 % is
+flagged).
+
+Phases of one run, each a steady ``--window`` after a settling pause:
 
 1. the publisher alone on A: A's CPU (the baseline);
 2. ``--viewers`` viewers on A: A's CPU per viewer = (CPU - baseline) / N;
@@ -14,21 +35,30 @@ Phases, each a steady ``--window`` after a settling pause:
    phase 3 - CPU in phase 2; B's CPU per viewer = B's CPU / N (its pull's ingest included, as A's
    figures include the publisher's ingest only through the baseline).
 
-In phase 3 every viewer on both nodes logs each video frame's arrival (when aiortc's jitter buffer
-hands it out, the same for both); the lag of a frame is its arrival minus the moment the publisher
-handed it to its sender (one machine, one monotonic clock). Frames are recognised by their payload
-(the NAL units of each frame of the loop are distinct). Added latency per hop = lag through the edge minus lag direct
-from the origin, at p50 and at p99. Frames delivered = frames a viewer got of those the publisher
-sent during the window.
+In phase 3 every measuring viewer on both nodes logs each video frame's arrival (when aiortc's
+jitter buffer hands it out, the same for both); the lag of a frame is its arrival minus the moment
+the publisher handed it to its sender (one machine, one monotonic clock). Frames are recognised by
+their payload (the NAL units of each frame of the loop are distinct). Added latency per hop = lag
+through the edge minus lag direct from the origin, at p50 and at p99. Frames delivered = frames a
+measuring viewer got of those the publisher sent during the window.
 
-    python bench/media_cascade.py --viewers 8 --window 20
+``--runs`` repeats the whole run (fresh nodes each time); the table has a row per run and a row
+of medians (each figure's median over the runs; the added latency of that row is computed from
+its own median lags). Core 1's busy share in the last window is shown: near 100 % the load, not
+the nodes, limits the figures.
+
+On a quiet 2-core machine a run takes about 1.5 min (three 20 s windows, settling, node start):
+
+    python bench/media_cascade.py --viewers 24 --measuring 2 --runs 3 --window 20
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -42,6 +72,7 @@ from typing import Any
 
 import aiohttp
 import redis
+import uvloop
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -49,8 +80,20 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from engine.media import aiortc_compat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import fmt, free_port, markdown_table, percentile, process_cpu, record, write_results  # noqa: E402
+from measure import (  # noqa: E402
+    CoreWindow,
+    fmt,
+    free_port,
+    markdown_table,
+    median,
+    percentile,
+    process_cpu,
+    record,
+    write_results,
+)
+from media_fanout import sleep_until, start_workers  # noqa: E402
 from media_stream import ReplayTrack, Stream, StreamSpec, load  # noqa: E402
+from media_viewer import Record, record_headers, video_payload_types  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOM = "cascade"
@@ -132,12 +175,14 @@ def frame_key(data: bytes) -> bytes:
 
 @dataclass
 class Viewer:
-    """A WHEP viewer logging (arrival, loop position) of each video frame it gets."""
+    """A measuring WHEP viewer: logs (arrival, loop position) of each video frame it gets, and the
+    RTP headers its socket receives (as a counting viewer's, to compare their packet rates)."""
 
     node: str
     index: dict[bytes, int]
     pc: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
     frames: list[tuple[float, int]] = field(default_factory=list)
+    headers: Record = field(default_factory=lambda: Record(-1))
 
     def _on_video(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
         position = self.index.get(frame_key(frame.data))
@@ -150,11 +195,14 @@ class Viewer:
         aiortc_compat.tap_receiver(video.receiver, self._on_video)
         aiortc_compat.bind_ice(self.pc, LOOPBACK)
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        video_pts: set[int] = set()
+        record_headers(self.pc, self.headers, video_pts, drop=False)
         async with http.post(f"{node.base}/whep/{ROOM}", data=self.pc.localDescription.sdp,
                              headers={"Content-Type": "application/sdp"}) as r:
             answer = await r.text()
             if r.status != 201:
                 raise RuntimeError(f"WHEP on {node.name} failed: {r.status} {answer}")
+        video_pts.update(video_payload_types(answer))
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
 
@@ -176,23 +224,42 @@ def lags(viewer: Viewer, sent: list[float], loop: int, start: float, stop: float
     return out, len(got)
 
 
-async def window(seconds: float, *nodes: Node) -> dict[str, float]:
-    """Each node's CPU seconds over the next ``seconds``."""
+def video_packets(frames: list[list[float]], start: float, stop: float) -> int:
+    """RTP packets of the recorded video frames whose last packet arrived in [start, stop]."""
+    return sum(int(f[3]) for f in frames if start <= f[2] <= stop)
+
+
+async def window(start: float, seconds: float, *nodes: Node) -> dict[str, float]:
+    """Each node's CPU seconds over ``seconds`` from the monotonic moment ``start``."""
+    await sleep_until(start)
     before = {node.name: process_cpu(node.pid) for node in nodes}
     await asyncio.sleep(seconds)
     return {node.name: process_cpu(node.pid) - before[node.name] for node in nodes}
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    video, audio = load(StreamSpec(), Path(tempfile.gettempdir()) / "livecart-bench")
-    index = {frame_key(payload): i for i, payload in enumerate(video.payloads)}
-    if len(index) != len(video.payloads):
-        raise RuntimeError("the stream's frames are not all distinct: lags could not be matched")
+async def collect(workers: list[Any], errors: list[str]) -> list[dict[str, Any]]:
+    """The counting viewers' records, once their processes have written them."""
+    records: list[dict[str, Any]] = []
+    for process, out in workers:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 60)
+        if out.exists():
+            records += json.loads(out.read_text())
+        else:
+            errors.append(f"viewer process {process.pid} wrote no results")
+    return records
+
+
+async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dict[bytes, int]) -> dict[str, Any]:
+    """One run: fresh nodes and Redis prefix, the three phases, the figures of the last window."""
     prefix = f"bench-cascade-{secrets.token_hex(4)}:"
     workdir = Path(tempfile.mkdtemp(prefix="livecart-cascade-"))
     nodes = [start_node(name, workdir, args.redis_url, prefix) for name in ("node-a", "node-b")]
     origin, edge = nodes
+    counting = args.viewers - args.measuring
     viewers: list[Viewer] = []
+    workers: dict[str, list[Any]] = {}
+    errors: list[str] = []
     publisher = Publisher(video, audio)
     try:
         async with aiohttp.ClientSession() as http:
@@ -202,23 +269,45 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 key = (await r.json())["stream_key"]
             await publisher.publish(http, origin, key)
             await asyncio.sleep(args.settle)
-            base = await window(args.window, origin)
+            base = await window(time.monotonic(), args.window, origin)
 
-            direct = [Viewer("node-a", index) for _ in range(args.viewers)]
-            for viewer in direct:
-                await viewer.watch(http, origin)
+            # the counting viewers' processes start (and import) first, then join on a schedule
+            for node in nodes:
+                (workdir / f"{node.name}-viewers").mkdir()
+                workers[node.name] = (await start_workers(args, node, counting, workdir / f"{node.name}-viewers", ROOM)
+                                      if counting else [])
+            join_direct = time.monotonic() + 0.5
+            direct_start = join_direct + counting * args.join_interval + args.settle
+            join_edge = direct_start + args.window + 0.2
+            start = join_edge + counting * args.join_interval + args.settle
+            stop = start + args.window
+            for node, join_at in ((origin, join_direct), (edge, join_edge)):
+                for process, _ in workers[node.name]:
+                    process.stdin.write(f"{json.dumps({'join_at': join_at, 'stop_at': stop + 1.5})}\n".encode())
+                    await process.stdin.drain()
+
+            await sleep_until(join_direct)
+            direct = [Viewer("node-a", index) for _ in range(args.measuring)]
+            await asyncio.gather(*(viewer.watch(http, origin) for viewer in direct))
             viewers += direct
-            await asyncio.sleep(args.settle)
-            with_viewers = await window(args.window, origin)
+            with_viewers = await window(direct_start, args.window, origin)
 
-            through_edge = [Viewer("node-b", index) for _ in range(args.viewers)]
+            await sleep_until(join_edge)
+            through_edge = [Viewer("node-b", index) for _ in range(args.measuring)]
             await asyncio.gather(*(viewer.watch(http, edge) for viewer in through_edge))
             viewers += through_edge
-            await asyncio.sleep(args.settle)
-            start = time.monotonic()
-            with_edge = await window(args.window, origin, edge)
-            stop = time.monotonic()
+            await sleep_until(start)
+            core1 = CoreWindow(None, core=1)
+            core1.start()
+            with_edge = await window(start, args.window, origin, edge)
+            core1_busy = core1.stop().busy
+            counted = {node.name: await collect(workers[node.name], errors) for node in nodes}
     finally:
+        for group in workers.values():
+            for process, _ in group:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
         for viewer in viewers:
             await viewer.pc.close()
         await publisher.pc.close()
@@ -241,15 +330,34 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for viewer in viewers:
         values, got = lags(viewer, sent, loop, start, stop)
         pooled[viewer.node] += values
-        per_viewer[viewer.node].append({"frames": got, "delivered": min(1.0, got / expected) if expected else 0.0,
-                                        "p50": percentile(values, 50), "p99": percentile(values, 99)})
+        per_viewer[viewer.node].append({
+            "frames": got, "delivered": min(1.0, got / expected) if expected else 0.0,
+            "p50": percentile(values, 50), "p99": percentile(values, 99),
+            "video_packets": video_packets(viewer.headers.as_json()["frames"], start, stop),
+        })
+    # each counting viewer's video packets in the window against the median measuring viewer's
+    rates: dict[str, list[float]] = {}
+    for name, records in counted.items():
+        reference = median(v["video_packets"] for v in per_viewer[name]) or 0
+        rates[name] = []
+        for viewer in records:
+            if viewer["status"] != 201:
+                errors.append(f"counting viewer {viewer['index']} on {name}: {viewer['status']} {viewer['error']}")
+                continue
+            packets = video_packets(viewer["frames"], start, stop)
+            rates[name].append(packets / reference if reference else 0.0)
+        if len(rates[name]) < counting:
+            errors.append(f"{counting - len(rates[name])} counting viewers on {name} did not join")
+        if rates[name] and min(rates[name]) < 0.97:
+            errors.append(f"a counting viewer on {name} got {min(rates[name]):.1%} of a measuring viewer's packets")
     cpu_viewer_origin = (with_viewers["node-a"] - base["node-a"]) / args.window / args.viewers
     cpu_edge_on_origin = (with_edge["node-a"] - with_viewers["node-a"]) / args.window
     cpu_viewer_edge = with_edge["node-b"] / args.window / args.viewers
     # the edge's ingest (its pull) costs about what the origin's publisher ingest costs: the baseline
     cpu_viewer_edge_less_ingest = (with_edge["node-b"] - base["node-a"]) / args.window / args.viewers
     return {
-        "viewers_per_node": args.viewers, "window_s": args.window, "frames_sent_in_window": expected,
+        "viewers_per_node": args.viewers, "measuring_per_node": args.measuring, "window_s": args.window,
+        "frames_sent_in_window": expected,
         "cpu_origin_baseline": base["node-a"] / args.window,
         "cpu_per_viewer_origin": cpu_viewer_origin,
         "cpu_of_one_edge_on_origin": cpu_edge_on_origin,
@@ -257,49 +365,102 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_per_viewer_edge_less_ingest": cpu_viewer_edge_less_ingest,
         "lag_direct_p50": percentile(pooled["node-a"], 50), "lag_direct_p99": percentile(pooled["node-a"], 99),
         "lag_edge_p50": percentile(pooled["node-b"], 50), "lag_edge_p99": percentile(pooled["node-b"], 99),
+        "delivered_min_origin": min((v["delivered"] for v in per_viewer["node-a"]), default=0.0),
+        "delivered_min_edge": min((v["delivered"] for v in per_viewer["node-b"]), default=0.0),
+        "counting_rate_min_origin": min(rates["node-a"], default=None),
+        "counting_rate_min_edge": min(rates["node-b"], default=None),
+        "core1_busy": core1_busy,
+        "errors": errors,
         "viewers": per_viewer,
+        "counting_rates": rates,
     }
 
 
-def report(result: dict[str, Any]) -> str:
+FIGURES = (
+    "cpu_origin_baseline", "cpu_per_viewer_origin", "cpu_of_one_edge_on_origin", "cpu_per_viewer_edge",
+    "cpu_per_viewer_edge_less_ingest", "lag_direct_p50", "lag_direct_p99", "lag_edge_p50", "lag_edge_p99",
+    "delivered_min_origin", "delivered_min_edge", "counting_rate_min_origin", "counting_rate_min_edge", "core1_busy",
+)  # fmt: skip
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the runs."""
+    return {"viewers_per_node": runs[0]["viewers_per_node"], "errors": [],
+            **{name: median(r[name] for r in runs) for name in FIGURES}}
+
+
+def row(label: str, result: dict[str, Any]) -> list[Any]:
     def added(q: str) -> float | None:
         edge, direct = result[f"lag_edge_{q}"], result[f"lag_direct_{q}"]
         return None if edge is None or direct is None else edge - direct
 
-    delivered = {node: min((v["delivered"] for v in viewers), default=0.0) * 100
-                 for node, viewers in result["viewers"].items()}
-    rows = [[
-        result["viewers_per_node"],
+    def pct(name: str, digits: int = 1) -> str:
+        value = result[name]
+        return fmt(None if value is None else value * 100, digits)
+
+    return [
+        label, result["viewers_per_node"],
         f"{fmt(result['lag_direct_p50'])} / {fmt(result['lag_direct_p99'])}",
         f"{fmt(result['lag_edge_p50'])} / {fmt(result['lag_edge_p99'])}",
         f"{fmt(added('p50'))} / {fmt(added('p99'))}",
-        fmt(result["cpu_per_viewer_origin"] * 100, 2), fmt(result["cpu_of_one_edge_on_origin"] * 100, 2),
-        f"{fmt(result['cpu_per_viewer_edge'] * 100, 2)} / {fmt(result['cpu_per_viewer_edge_less_ingest'] * 100, 2)}",
-        f"{fmt(delivered['node-a'])} / {fmt(delivered['node-b'])}",
-    ]]
-    header = ["viewers per node", "lag direct p50 / p99 ms", "lag through edge p50 / p99 ms",
+        pct("cpu_per_viewer_origin", 2), pct("cpu_of_one_edge_on_origin", 2),
+        f"{pct('cpu_per_viewer_edge', 2)} / {pct('cpu_per_viewer_edge_less_ingest', 2)}",
+        f"{pct('delivered_min_origin')} / {pct('delivered_min_edge')}",
+        f"{pct('counting_rate_min_origin')} / {pct('counting_rate_min_edge')}",
+        pct("core1_busy", 0), "; ".join(result["errors"]) or "-",
+    ]
+
+
+def report(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    rows = [row(str(i + 1), r) for i, r in enumerate(runs)] + [row("median", summary)]
+    header = ["run", "viewers per node", "lag direct p50 / p99 ms", "lag through edge p50 / p99 ms",
               "added per hop p50 / p99 ms", "origin CPU % per viewer", "origin CPU % for the edge",
-              "edge CPU % per viewer: all / less one ingest", "frames delivered min % origin / edge"]
-    note = ("Both nodes on core 0, publisher and viewers on core 1. Lag: publisher hands a frame to its "
-            "sender -> a viewer's jitter buffer hands it out. Edge CPU per viewer: all its CPU over N, and "
-            "less the origin's publisher-only CPU (one stream's ingest) over N.")
+              "edge CPU % per viewer: all / less one ingest", "frames delivered min % origin / edge",
+              "counting rate min % origin / edge", "core 1 busy %", "errors"]
+    measuring = runs[0]["measuring_per_node"]
+    note = (f"Both nodes on core 0, publisher and viewers on core 1; per node {measuring} measuring viewers "
+            "(full aiortc: lags, frames delivered), the rest counting viewers (RTP counted and dropped at "
+            "the socket; counting rate = a counting viewer's video packets over a measuring viewer's). "
+            "Lag: publisher hands a frame to its sender -> a measuring viewer's jitter buffer hands it out. "
+            "Edge CPU per viewer: all its CPU over N, and less the origin's publisher-only CPU (one stream's "
+            "ingest) over N. The median row is each column's median over the runs.")
     return note + "\n\n" + markdown_table(header, rows) + "\n"
+
+
+async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
+    video, audio = load(StreamSpec(), Path(tempfile.gettempdir()) / "livecart-bench")
+    index = {frame_key(payload): i for i, payload in enumerate(video.payloads)}
+    if len(index) != len(video.payloads):
+        raise RuntimeError("the stream's frames are not all distinct: lags could not be matched")
+    runs = []
+    for i in range(args.runs):
+        runs.append(await run(args, video, audio, index))
+        print(f"run {i + 1}:", " | ".join(str(cell) for cell in row(str(i + 1), runs[-1])), flush=True)
+    return runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--viewers", type=int, default=8, help="viewers on each node")
+    parser.add_argument("--viewers", type=int, default=16, help="viewers on each node, measuring ones included")
+    parser.add_argument("--measuring", type=int, default=2, help="full aiortc viewers on each node (lags, frames)")
+    parser.add_argument("--runs", type=int, default=3, help="runs (fresh nodes each); the table adds their medians")
+    parser.add_argument("--per-process", type=int, default=16, help="counting viewers per viewer process")
+    parser.add_argument("--join-interval", type=float, default=0.05, help="seconds between counting viewer joins")
+    parser.add_argument("--viewer-rcvbuf", type=int, default=4 * 1024 * 1024, help="counting viewers' UDP buffer")
     parser.add_argument("--window", type=float, default=20.0, help="seconds of each measured window")
     parser.add_argument("--settle", type=float, default=4.0, help="seconds before each window")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--name", default="media_cascade", help="results file name (bench/results/NAME.md)")
     args = parser.parse_args()
+    if not 0 < args.measuring <= args.viewers or args.runs < 1:
+        parser.error("need 0 < --measuring <= --viewers and --runs >= 1")
     os.sched_setaffinity(0, {1})
     run_record = record("media_cascade")
-    result = asyncio.run(run(args))
-    markdown = report(result)
+    runs = uvloop.run(bench(args))
+    summary = medians(runs)
+    markdown = report(runs, summary)
     print(markdown)
-    write_results(args.name, run_record, markdown, result)
+    write_results(args.name, run_record, markdown, {"runs": runs, "median": summary})
 
 
 if __name__ == "__main__":

@@ -275,15 +275,18 @@ class Publisher:
 # --- viewers ---------------------------------------------------------------
 
 
-async def start_workers(args: argparse.Namespace, server: Server, n: int, workdir: Path) -> list[Any]:
-    """Launch the viewer processes on core 1; returns (process, output path) pairs, not yet joining."""
+async def start_workers(
+    args: argparse.Namespace, server: Server, n: int, workdir: Path, room: str = ROOM
+) -> list[Any]:
+    """Launch the viewer processes of ``room`` on core 1; returns (process, output path) pairs, not yet
+    joining. ``server`` is anything with a ``base`` URL (the cascade bench passes its nodes)."""
     count = math.ceil(n / args.per_process)
     workers = []
     for w in range(count):
         out = workdir / f"viewers-{w}.json"
         process = await asyncio.create_subprocess_exec(
             "taskset", "-c", "1", sys.executable, str(HERE / "media_viewer.py"),
-            "--base", server.base, "--room", ROOM,
+            "--base", server.base, "--room", room,
             "--first", str(w), "--stride", str(count), "--count", str(len(range(w, n, count))),
             "--join-interval", str(args.join_interval), "--rcvbuf", str(args.viewer_rcvbuf), "--out", str(out),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,

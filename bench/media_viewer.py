@@ -69,14 +69,15 @@ class Record:
         }
 
 
-def _video_payload_types(answer: str) -> frozenset[int]:
+def video_payload_types(answer: str) -> frozenset[int]:
     """Payload types of the answer's video section (H264 and its RTX)."""
     section = answer.split("m=video ", 1)[1].split("\r\nm=", 1)[0]
     return frozenset(int(pt) for pt in section.split("\r\n", 1)[0].split()[2:])
 
 
-def _header_reader(record: Record, video_pts: set[int], original: Any) -> Any:
-    """A ``datagram_received`` that records RTP headers and passes everything else on."""
+def _header_reader(record: Record, video_pts: set[int], original: Any, drop: bool) -> Any:
+    """A ``datagram_received`` that records RTP headers and passes everything else on (RTP too
+    unless ``drop``)."""
     video, audio = record.frames, record.audio
     monotonic = time.monotonic
 
@@ -100,10 +101,20 @@ def _header_reader(record: Record, video_pts: set[int], original: Any) -> Any:
                 entry[4] = 1
                 if is_video and not record.first_frame:
                     record.first_frame = now
-            return
+            if drop:
+                return
         original(data, addr)
 
     return received
+
+
+def record_headers(pc: RTCPeerConnection, record: Record, video_pts: set[int], drop: bool) -> None:
+    """Record the RTP headers ``pc``'s ICE sockets receive from now on (its local description is set;
+    ``video_pts`` is filled from the answer), and with ``drop`` keep RTP from aiortc."""
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport.iceGatherer._connection
+        for protocol in connection._protocols:
+            protocol.datagram_received = _header_reader(record, video_pts, protocol.datagram_received, drop)
 
 
 async def view(http: aiohttp.ClientSession, url: str, record: Record, rcvbuf: int) -> RTCPeerConnection:
@@ -114,10 +125,7 @@ async def view(http: aiohttp.ClientSession, url: str, record: Record, rcvbuf: in
     aiortc_compat.bind_ice(pc, LOOPBACK, receive_buffer=rcvbuf)
     await pc.setLocalDescription(await pc.createOffer())
     video_pts: set[int] = set()
-    for transceiver in pc.getTransceivers():
-        connection = transceiver.receiver.transport.transport.iceGatherer._connection
-        for protocol in connection._protocols:
-            protocol.datagram_received = _header_reader(record, video_pts, protocol.datagram_received)
+    record_headers(pc, record, video_pts, drop=True)
     record.asked = time.monotonic()
     response = await http.post(url, data=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"})
     body = await response.text()
@@ -126,7 +134,7 @@ async def view(http: aiohttp.ClientSession, url: str, record: Record, rcvbuf: in
     if response.status != 201:
         record.error = body[:300]
         return pc
-    video_pts.update(_video_payload_types(body))
+    video_pts.update(video_payload_types(body))
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
     return pc
 
