@@ -122,11 +122,10 @@ class App:
                          self.urls, self.shared_recordings)
         self.hls: HlsService | None = None
         if hls is not None:
-            self.hls = HlsService(hls, self.media.codecs, self.media.request_keyframe,
-                                  keep=lambda room: self.recordings.recording(room) is not None)
+            self.hls = HlsService(hls, self.media.codecs, self.media.request_keyframe)
             self.media.taps.append(self.hls)
             self.media.wanted_rooms = self.hls.wanted_rooms
-            hls_routes(self.http, self.hls, self.rooms, self.media.want)
+            hls_routes(self.http, self.hls, self.rooms, access, self.media.want)
         node_credentials = NodeCredentials(self.secret)
         if config.redis_url:  # other nodes may hold rooms' publishers: pull them for viewers here
             node = self.cluster.node_id

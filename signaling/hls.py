@@ -7,6 +7,10 @@ again at once). A request for the part ``EXT-X-PRELOAD-HINT`` names blocks until
 complete. Waiting requests of the node are bounded (``max_blocked``, then 503). Segments, parts
 and init segments never change under their name: cached for a year; a playlist for about a part,
 and not at all when it answers a blocking request.
+
+A private room's HLS needs what watching it live needs (a viewer token of the room, as a Bearer
+header or ``?token=``); its playlist names every file with that ``?token=``, as players fetch them
+without headers, and its answers are ``private`` so no shared cache keeps them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from engine.hls.playlist import FILE, media_playlist
 from engine.hls.service import HlsBusy, HlsService
 from engine.hls.window import LiveWindow
 from engine.rooms import Rooms
+from signaling.access import ViewAccess
 from signaling.http import STATUS, ApiError
+from signaling.recordings import token_query
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -61,9 +67,13 @@ def counted(handler: Handler) -> Handler:
     return answer
 
 
-def hls_routes(app: web.Application, hls: HlsService, rooms: Rooms, want: Callable[[str], None]) -> None:
+def hls_routes(app: web.Application, hls: HlsService, rooms: Rooms, access: ViewAccess,
+               want: Callable[[str], None]) -> None:
     """``want(room)`` asks the media relay to carry the room here (an edge pulls it from its origin)."""
     config = hls.config
+
+    def cache(room: str, public: str) -> str:
+        return "private, " + public.removeprefix("public, ") if access.private(room) else public
 
     @asynccontextmanager
     async def waiting(kind: str) -> AsyncIterator[None]:
@@ -80,23 +90,30 @@ def hls_routes(app: web.Application, hls: HlsService, rooms: Rooms, want: Callab
             metrics.BLOCKED.dec()
             metrics.BLOCK_WAIT.labels(kind).observe(asyncio.get_running_loop().time() - started)
 
-    async def stream_of(room: str) -> tuple[str, LiveWindow]:
+    async def stream_of(room: str, request: web.Request) -> tuple[str, LiveWindow, str]:
+        """The room's stream here (id and window) and the query its file names carry; checks the
+        request may watch the room, and starts the stream (or its pull) if it may."""
         if rooms.get(room) is None:
             raise ApiError("not_found", f"no room {shown(room)}")
+        query = token_query(access, room, request)
+        found = hls.stream(room)
+        if found is not None and found[1].has_media:
+            hls.touch(room)
+            return (*found, query)
+        if hls.blocked >= config.max_blocked:  # before starting anything for a request that cannot wait
+            raise ApiError("overloaded", f"{config.max_blocked} HLS requests wait on this node already "
+                           "(--hls-max-blocked)", headers={"Retry-After": "1"})
         try:
             hls.touch(room)
         except HlsBusy as exc:
             raise ApiError("overloaded", str(exc), headers={"Retry-After": "5"}) from None
         want(room)
-        found = hls.stream(room)
-        if found is not None and found[1].has_media:
-            return found
         async with waiting("first"):
             found = await hls.ready(room, config.block_timeout)
         if found is None:
             raise ApiError("overloaded", f"room {room!r} has no live H264 stream here yet", status=503,
                            headers={"Retry-After": "2"})
-        return found
+        return (*found, query)
 
     def unavailable(what: str) -> ApiError:
         return ApiError("overloaded", f"{what} is not ready after {config.block_timeout:g} s (--hls-block-timeout)",
@@ -121,18 +138,18 @@ def hls_routes(app: web.Application, hls: HlsService, rooms: Rooms, want: Callab
         if skip is not None and skip != "YES":
             raise ApiError("bad_request", f"_HLS_skip must be YES, not {shown(skip)}")
         room = request.match_info["room"]
-        stream, window = await stream_of(room)
+        stream, window, query = await stream_of(room, request)
         if msn is not None:
             last = window.segments[-1].msn
             if msn > last + 2:
                 raise ApiError("bad_request", f"_HLS_msn {msn} is more than two segments past the last ({last})")
             await until(window, lambda: window.reached(msn, part), "playlist",
                         f"segment {msn}" + (f" part {part}" if part is not None else ""))
-            cache = "no-cache"
+            control = "no-cache"
         else:
-            cache = f"public, max-age={max(1, math.floor(config.part_seconds))}"
-        text = media_playlist(stream, window, config.part_seconds, skip=skip is not None)
-        return web.Response(body=text.encode(), content_type=PLAYLIST_TYPE, headers={"Cache-Control": cache})
+            control = cache(room, f"public, max-age={max(1, math.floor(config.part_seconds))}")
+        text = media_playlist(stream, window, config.part_seconds, skip=skip is not None, query=query)
+        return web.Response(body=text.encode(), content_type=PLAYLIST_TYPE, headers={"Cache-Control": control})
 
     async def media_file(request: web.Request) -> web.Response:
         room, name = request.match_info["room"], request.match_info["file"]
@@ -140,7 +157,7 @@ def hls_routes(app: web.Application, hls: HlsService, rooms: Rooms, want: Callab
         if match is None:
             raise ApiError("not_found", f"no HLS file {shown(name)}")
         kind, stream_id, number = match.group(1), match.group(2), int(match.group(3))
-        stream, window = await stream_of(room)
+        stream, window, _ = await stream_of(room, request)
         if stream_id != stream:
             raise ApiError("not_found", f"stream {stream_id} of room {room!r} is over: reload the playlist")
         body: bytes | memoryview | None = None
@@ -157,7 +174,7 @@ def hls_routes(app: web.Application, hls: HlsService, rooms: Rooms, want: Callab
             body = found[0].part_bytes(found[1]) if found is not None else None
         if body is None:
             raise ApiError("not_found", f"no {name} in room {room!r} (not yet made, or older than the window)")
-        return web.Response(body=body, content_type=content_type, headers={"Cache-Control": IMMUTABLE})
+        return web.Response(body=body, content_type=content_type, headers={"Cache-Control": cache(room, IMMUTABLE)})
 
     app.router.add_get("/hls/{room}/index.m3u8", counted(playlist))
     app.router.add_get("/hls/{room}/{file}", counted(media_file))

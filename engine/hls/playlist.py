@@ -50,8 +50,9 @@ def skipped_segments(window: LiveWindow) -> int:
     return count
 
 
-def media_playlist(stream: str, window: LiveWindow, part_target: float, skip: bool = False) -> str:
-    """The playlist of a window holding at least one part."""
+def media_playlist(stream: str, window: LiveWindow, part_target: float, skip: bool = False, query: str = "") -> str:
+    """The playlist of a window holding at least one part; ``query`` follows every file name (a
+    private room's ``?token=``)."""
     segments = list(window.segments)
     skipped = skipped_segments(window) if skip else 0
     lines = ["#EXTM3U", "#EXT-X-VERSION:9", f"#EXT-X-TARGETDURATION:{window.target}",
@@ -71,16 +72,16 @@ def media_playlist(stream: str, window: LiveWindow, part_target: float, skip: bo
         if changed:
             lines.append("#EXT-X-DISCONTINUITY")
         if changed or index == 0:  # a delta update names its map too: the skipped segments' may be gone
-            lines.append(f'#EXT-X-MAP:URI="{init_name(stream, segment.init)}"')
+            lines.append(f'#EXT-X-MAP:URI="{init_name(stream, segment.init)}{query}"')
         lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_date(segment.wall_start)}")
         if index >= parts_from:
             for part in segment.parts:
-                lines.append(f'#EXT-X-PART:DURATION={part.duration:.5f},URI="{part_name(stream, part.id)}"'
+                lines.append(f'#EXT-X-PART:DURATION={part.duration:.5f},URI="{part_name(stream, part.id)}{query}"'
                              + (",INDEPENDENT=YES" if part.independent else ""))
         if segment.complete:
-            lines += [f"#EXTINF:{segment.duration:.5f},", segment_name(stream, segment.msn)]
+            lines += [f"#EXTINF:{segment.duration:.5f},", segment_name(stream, segment.msn) + query]
         previous = segment
-    lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{part_name(stream, window.next_part)}"')
+    lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{part_name(stream, window.next_part)}{query}"')
     return "\n".join(lines) + "\n"
 
 

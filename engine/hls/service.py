@@ -1,7 +1,7 @@
 """Live Low-Latency HLS of this node's rooms: a ``FrameTap`` that segments a room only while it is wanted.
 
-A room is segmented while someone requested its HLS within ``idle_seconds``, or while ``keep(room)``
-says so (the room is being recorded: its first HLS viewer then finds a full window at once). The
+A room is segmented only while someone requested its HLS within ``idle_seconds`` (a recorded room
+is not segmented for nobody: the recorder muxes its own files, and an idle room costs nothing). The
 first request for a room starts the segmenter (and asks the publisher for a keyframe); the
 stream starts at the next keyframe. On a node that is not the room's origin, a request also asks
 the media cascade to pull the room (``want``), so any node serves any room's HLS from its own pull.
@@ -97,13 +97,12 @@ class HlsService:
     """The live HLS segmenters of this node (a ``FrameTap``) and what requests wait on."""
 
     def __init__(self, config: HlsConfig, codecs: Callable[[str], dict[str, str]],
-                 keyframe: Callable[[str], None], keep: Callable[[str], bool] = lambda room: False) -> None:
+                 keyframe: Callable[[str], None]) -> None:
         """``codecs(room)``: the codecs of the room's source on this node ({} without one); ``keyframe(room)``
-        asks that source for a keyframe; ``keep(room)``: segment the room even when nobody asks."""
+        asks that source for a keyframe."""
         self.config = config
         self._codecs = codecs
         self._keyframe = keyframe
-        self._keep = keep
         self._live: dict[str, _Live] = {}
         self._requested: dict[str, float] = {}  # room -> monotonic time of its last HLS request
         self._started: dict[str, asyncio.Future[None]] = {}  # rooms whose first request waits for a stream
@@ -135,11 +134,7 @@ class HlsService:
     def frame(self, room: str, frame: EncodedFrame) -> None:
         live = self._live.get(room)
         if live is None:
-            if not (frame.kind == "video" and frame.keyframe and self._keep(room)):
-                return
-            live = self._begin(room, self._codecs(room))
-            if live is None:
-                return
+            return
         ts = live.clocks[frame.kind].map(frame.timestamp, time.monotonic() - live.started)
         if not live.segmenter.offer(frame.kind, frame.data, ts, frame.keyframe):
             self._overflowed(room)
@@ -193,7 +188,7 @@ class HlsService:
 
     def _wanted(self, room: str) -> bool:
         at = self._requested.get(room)
-        return (at is not None and time.monotonic() - at < self.config.idle_seconds) or self._keep(room)
+        return at is not None and time.monotonic() - at < self.config.idle_seconds
 
     def _begin(self, room: str, codecs: dict[str, str]) -> _Live | None:
         if codecs.get("video", "").lower() != "h264" or len(self._live) >= self.config.max_rooms:
@@ -223,12 +218,12 @@ class HlsService:
         self._drop(room)
 
     async def _sweep_forever(self) -> None:
-        """Stop the streams nobody asked for within ``idle_seconds`` (and not kept); forget old requests."""
+        """Stop the streams nobody asked for within ``idle_seconds``; forget old requests."""
         while True:
             await asyncio.sleep(min(5.0, self.config.idle_seconds / 4))
             horizon = time.monotonic() - self.config.idle_seconds
             for room in [room for room, at in self._requested.items() if at < horizon]:
                 del self._requested[room]
             for room in list(self._live):
-                if room not in self._requested and not self._keep(room):
+                if room not in self._requested:
                     self._drop(room)

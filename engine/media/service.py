@@ -149,6 +149,7 @@ class MediaService:
         self.cascade: Cascade | None = None
         #: Rooms wanted on this node without a peer viewer (live HLS): the cascade pulls them as for a viewer.
         self.wanted_rooms: Callable[[], Collection[str]] = frozenset
+        self._preparing: set[str] = set()  # wanted rooms whose pull is being prepared (bounded by rooms)
 
     def enable_cascade(self, node_id: str, origin: OriginLookup, credential: CredentialMinter) -> Cascade:
         """Serve viewers of rooms published on other nodes by pulling them (engine/media/cascade.py)."""
@@ -250,8 +251,17 @@ class MediaService:
     def want(self, room_id: str) -> None:
         """Something here wants the room's media without a peer viewer (a live HLS request): on a node
         that is not its origin, have the cascade pull it (once; ``wanted_rooms`` keeps it pulled)."""
-        if self.cascade is not None and not self.has_local_publisher(room_id) and self.cascade.pull(room_id) is None:
-            self._spawn(self.cascade.prepare(room_id))
+        if (self.cascade is not None and room_id not in self._preparing and not self.has_local_publisher(room_id)
+                and self.cascade.pull(room_id) is None):
+            self._preparing.add(room_id)  # one at a time per room, however many requests ask
+            self._spawn(self._prepare_wanted(room_id))
+
+    async def _prepare_wanted(self, room_id: str) -> None:
+        assert self.cascade is not None  # want() starts this only with a cascade
+        try:
+            await self.cascade.prepare(room_id)
+        finally:
+            self._preparing.discard(room_id)
 
     def codecs(self, room_id: str) -> dict[str, str]:
         """The codecs of the room's source on this node (its publisher or its pull), {} without one."""

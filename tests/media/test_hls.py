@@ -7,6 +7,7 @@ of ten seconds sees a window long enough for delta updates (CAN-SKIP-UNTIL: six 
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from test_recording import FrameCapture, avcc_units
 from engine.app import App
 from engine.config import Config
 from engine.recording.h264 import nal_units
-from tests.conftest import running
+from signaling.tokens import mint
+from tests.conftest import running, token
 
 H264_OPUS = {"video": "H264", "audio": "opus"}
 PART = 0.25
@@ -242,3 +244,39 @@ async def test_bad_queries_waits_and_limits(tmp_path: Path, h264_gop30, opus) ->
             'livecart_hls_block_wait_seconds_count{kind="playlist"}', 0) == 3
         assert after["livecart_hls_live_rooms"] == 0 and after["livecart_hls_blocked_requests"] == 0
         assert after['livecart_hls_parts_total{room="demo"}'] > before.get('livecart_hls_parts_total{room="demo"}', 0)
+
+
+async def test_a_private_rooms_hls_needs_a_viewer_token_of_it(tmp_path: Path, h264_gop30, opus) -> None:
+    """What watching a private room live needs (a viewer token of it, never a guest's), as a Bearer
+    header or ?token=; the playlist names each file with the token (players send no headers), and
+    nothing of it may sit in a shared cache."""
+    async with running(hls_config(tmp_path)) as engine, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{engine.http_port}"
+        url = f"{base}/hls/demo/index.m3u8"
+        admin = {"Authorization": "Bearer test-admin"}
+        assert (await http.patch(f"{base}/api/rooms/demo", json={"private": True}, headers=admin)).status == 200
+        publisher = await publish(engine, http, h264_gop30, opus)
+        viewer = token(engine, "demo", "viewer", "alice")
+        refused = {None: 401, "not-a-jwt": 401, token(engine, "other", "viewer", "alice"): 403,
+                   mint(engine.secret, "demo", "viewer", "guest-1", 60, guest=True): 403}
+        for bad, status in refused.items():
+            response, body = await get(http, url + (f"?token={bad}" if bad else ""))
+            assert response.status == status and response.headers["Content-Type"] == "application/json", bad
+        assert engine.hls.stream("demo") is None  # a refused request starts nothing
+
+        response, body = await get(http, f"{url}?token={viewer}")
+        assert response.status == 200 and response.headers["Cache-Control"].startswith("private"), response.headers
+        playlist = parse(body.decode())
+        files = re.findall(r'URI="([^"]+)"', body.decode())
+        files += [line for line in body.decode().splitlines() if line and not line.startswith("#")]
+        assert files and all(name.endswith(f"?token={viewer}") for name in files), files
+        for name in files[:3]:  # fetched as a player does: the name as given, no header
+            response, _ = await get(http, f"{base}/hls/demo/{name}")
+            assert response.status == 200 and response.headers["Cache-Control"].startswith("private"), name
+            bare = name.split("?")[0]
+            assert (await get(http, f"{base}/hls/demo/{bare}"))[0].status == 401, bare
+        async with http.get(url, headers={"Authorization": f"Bearer {viewer}"}) as response:  # a header does too
+            assert response.status == 200
+        assert playlist.segments
+        await http.delete(base + publisher.location)
+        await publisher.close()
