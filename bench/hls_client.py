@@ -49,33 +49,69 @@ class Tally:
         self.errors[what] = self.errors.get(what, 0) + 1
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection, requests one after another."""
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, requests one after another. A body is kept only when
+    asked for (playlists); a part's bytes are counted as they arrive and dropped, so a player costs
+    little more than the kernel's copy."""
 
     def __init__(self, host: str, port: int, source: str) -> None:
         self.host, self.port, self.source = host, port, source
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self.transport: asyncio.Transport | None = None
+        self._head = bytearray()
+        self._body: bytearray | None = None
+        self._keep = False
+        self._status = 0
+        self._left = -1  # body bytes still to come; -1 while reading the head
+        self._size = 0
+        self._done: asyncio.Future[None] | None = None
 
-    async def get(self, path: str) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port,
-                                                                     local_addr=(self.source, 0))
-        assert self.reader is not None
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        body = await self.reader.readexactly(length)
-        return status, body
+    async def get(self, path: str, keep: bool = True) -> tuple[int, bytes]:
+        """(status, body); with ``keep`` False the body is b"" and only its length is counted (``size``)."""
+        loop = asyncio.get_running_loop()
+        if self.transport is None or self.transport.is_closing():
+            await loop.create_connection(lambda: self, self.host, self.port, local_addr=(self.source, 0))
+        assert self.transport is not None
+        self._head, self._body, self._keep, self._left, self._size = bytearray(), bytearray(), keep, -1, 0
+        self._done = loop.create_future()
+        self.transport.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        await self._done
+        return self._status, bytes(self._body) if keep else b""
+
+    @property
+    def size(self) -> int:
+        """The last body's length."""
+        return self._size
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._left < 0:
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head, data = bytes(self._head[:end]), bytes(self._head[end + 4:])
+            self._status = int(head[9:12])
+            self._left = 0
+            for line in head.split(b"\r\n")[1:]:
+                if line[:15].lower() == b"content-length:":
+                    self._left = self._size = int(line[15:])
+        if self._keep:
+            self._body += data
+        self._left -= len(data)
+        if self._left <= 0 and self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(ConnectionResetError("the server closed the connection"))
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
 
 
 def listed(text: str) -> tuple[int, int, list[str]]:
@@ -112,9 +148,9 @@ async def player(connection: Connection, room: str, tally: Tally, stop_at: float
             if name in seen:
                 continue
             seen.add(name)
-            status, data = await connection.get(f"/hls/{room}/{name}")
+            status, data = await connection.get(f"/hls/{room}/{name}", keep=keep is not None)
             tally.requests += 1
-            tally.bytes += len(data)
+            tally.bytes += connection.size
             if status != 200:
                 tally.error(f"part {status}")
                 continue
@@ -140,9 +176,9 @@ async def static(connection: Connection, room: str, name: str, every: float, tal
     next_at = time.monotonic()
     while next_at < stop_at:
         for path in (f"/hls/{room}/index.m3u8", f"/hls/{room}/{name}"):
-            status, data = await connection.get(path)
+            status, _ = await connection.get(path, keep=False)
             tally.requests += 1
-            tally.bytes += len(data)
+            tally.bytes += connection.size
             if status != 200:
                 tally.error(f"static {status}")
         next_at += every
@@ -155,7 +191,7 @@ async def again(play: Callable[[], Awaitable[None]], connection: Connection, tal
         while time.monotonic() < stop_at:
             try:
                 await play()
-            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            except (OSError, ValueError) as exc:
                 tally.error(type(exc).__name__)
                 connection.close()
                 await asyncio.sleep(0.5)
