@@ -16,6 +16,7 @@ from hls_nginx import NGINX, Nginx
 from hls_playlists import parse
 from test_hls import get, h264_gop30, hls_config, publish, sample  # noqa: F401  (h264_gop30: a fixture)
 
+from engine.hls.playlist import part_name
 from tests.conftest import running
 
 WAITS = 'livecart_hls_block_wait_seconds_count{kind="playlist"}'
@@ -77,6 +78,19 @@ async def test_documented_nginx_cache_in_front_of_live_hls(tmp_path: Path, h264_
             assert len(bodies) == 1 and all(response.status == 200 for response, _ in answers)
             reloaded = parse(bodies.pop().decode())
             assert (reloaded.segments[-1].msn, len(reloaded.segments[-1].parts) - 1) == (msn, part)
+            # the preload hint: identical requests for the part not made yet wait together, one of them in
+            # the engine, and all get the part once it is complete
+            stream, window = engine.hls.stream("demo")
+            hint = part_name(stream, window.next_part)  # what the playlist names now as EXT-X-PRELOAD-HINT
+            hinted = f"{nginx.base}/hls/demo/{hint}"
+            parts_before = await sample(http, origin)
+            answers = await asyncio.gather(*(get(http, hinted) for _ in range(5)))
+            parts_after = await sample(http, origin)
+            assert sorted(response.headers["X-Cache-Status"] for response, _ in answers) == ["HIT"] * 4 + ["MISS"]
+            part_served = 'livecart_hls_requests_total{kind="part",status="200"}'
+            assert parts_after[part_served] - parts_before.get(part_served, 0) == 1
+            assert len({body for _, body in answers}) == 1
+            assert answers[0][1] == (await get(http, f"{origin}/hls/demo/{hint}"))[1]
             # a request that cannot be answered (too far ahead: 400) is not cached
             too_far = f"{url}?_HLS_msn={msn + 10}"
             for _ in range(2):
