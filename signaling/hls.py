@@ -5,8 +5,11 @@ segment (or part), at most ``block_timeout`` seconds (then 503, as RFC 8216bis a
 that cannot produce the part in time: a player retries, where an old playlist would make it ask
 again at once). A request for the part ``EXT-X-PRELOAD-HINT`` names blocks until that part is
 complete. Waiting requests of the node are bounded (``max_blocked``, then 503). Segments, parts
-and init segments never change under their name: cached for a year; a playlist for about a part,
-and not at all when it answers a blocking request.
+and init segments never change under their name: cached for a year; a playlist for about a part.
+A blocking reload's answer is cached for a target duration: its URL names the part it waited for,
+so the same answer is right for every player asking that URL, and a cache in front (nginx's
+``proxy_cache_lock``, a CDN's request collapsing) hands one engine answer to all the players that
+asked at once, instead of sending them to the engine one after another.
 
 A private room's HLS needs what watching it live needs (a viewer token of the room, as a Bearer
 header or ``?token=``); its playlist names every file with that ``?token=``, as players fetch them
@@ -145,7 +148,7 @@ def hls_routes(app: web.Application, hls: HlsService, rooms: Rooms, access: View
                 raise ApiError("bad_request", f"_HLS_msn {msn} is more than two segments past the last ({last})")
             await until(window, lambda: window.reached(msn, part), "playlist",
                         f"segment {msn}" + (f" part {part}" if part is not None else ""))
-            control = "no-cache"
+            control = cache(room, f"public, max-age={window.target}")
         else:
             control = cache(room, f"public, max-age={max(1, math.floor(config.part_seconds))}")
         text = media_playlist(stream, window, config.part_seconds, skip=skip is not None, query=query)
