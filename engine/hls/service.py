@@ -74,6 +74,7 @@ class _Live:
         self.started = time.monotonic()
         self.clocks = {"video": MediaClock(VIDEO_RATE), "audio": MediaClock(AUDIO_RATE)}
         self.failed = False
+        self.last_keyframe = self.started  # monotonic time of the last video keyframe offered
 
         def on_init(number: int, data: bytes) -> None:
             loop.call_soon_threadsafe(self.window.add_init, number, data)
@@ -135,7 +136,20 @@ class HlsService:
         live = self._live.get(room)
         if live is None:
             return
-        ts = live.clocks[frame.kind].map(frame.timestamp, time.monotonic() - live.started)
+        now = time.monotonic()
+        if frame.kind == "video":
+            if frame.keyframe:
+                live.last_keyframe = now
+            elif now - live.last_keyframe > self.config.segment_seconds:
+                # A segment ends only at a keyframe, and a browser publisher sends one only when
+                # asked: ask (the relay limits how often), so segments stay near their target.
+                self._keyframe(room)
+                if now - live.last_keyframe > self.config.segment_seconds * self.config.window_segments:
+                    log.warning("room %s: no keyframe for %.0f s though asked; the live HLS stream starts again",
+                                room, now - live.last_keyframe)
+                    self._drop(room)  # a segment as long as the whole window: bounded, not grown further
+                    return
+        ts = live.clocks[frame.kind].map(frame.timestamp, now - live.started)
         if not live.segmenter.offer(frame.kind, frame.data, ts, frame.keyframe):
             self._overflowed(room)
 

@@ -277,3 +277,29 @@ async def test_a_private_rooms_hls_needs_a_viewer_token_of_it(tmp_path: Path, h2
         assert playlist.segments
         await http.delete(base + publisher.location)
         await publisher.close()
+
+
+async def test_a_publisher_without_keyframes_cannot_grow_a_segment_past_the_window(tmp_path: Path, opus) -> None:
+    """A segment ends only at a keyframe. The engine asks for one once a segment passes its target;
+    a publisher that sends none (this clip has one every 4 s and ignores requests) gets its stream
+    started again once a segment would span the whole window (2 s here), so no segment grows past it."""
+    clip = encode_video("h264", frames=120, gop=120)
+    async with running(hls_config(tmp_path).replace(hls_window=2)) as engine, \
+            aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{engine.http_port}/hls/demo/index.m3u8"
+        publisher = await publish(engine, http, clip, opus)
+        streams: set[str] = set()
+        longest = 0.0
+        deadline = asyncio.get_running_loop().time() + 12
+        while asyncio.get_running_loop().time() < deadline:
+            response, body = await get(http, url)
+            if response.status == 200:
+                streams.add(engine.hls.stream("demo")[0])
+                for segment in parse(body.decode()).segments:
+                    span = segment.duration if segment.duration is not None else sum(p.duration for p in segment.parts)
+                    longest = max(longest, span)
+            await asyncio.sleep(0.2)
+        assert len(streams) >= 2, streams  # started again
+        assert longest <= 2 * 1.0 + PART, longest
+        await http.delete(f"http://127.0.0.1:{engine.http_port}{publisher.location}")
+        await publisher.close()
