@@ -26,12 +26,12 @@ from engine.config import Config
 from engine.errors import shown
 from engine.media.errors import MediaError
 from engine.recording.service import RecordingService
-from engine.recording.shared import SharedRecordings
+from engine.recording.shared import IndexUnavailable, SharedRecordings
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
 from signaling.access import ViewAccess
 from signaling.hostheader import host_of
-from signaling.recordings import token_query
+from signaling.recordings import media_links, token_query
 
 WEB_DIR = Path(str(resources.files("overlays") / "web"))
 CONFIG_MARK = "__LIVECART_CONFIG__"
@@ -107,7 +107,8 @@ def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Ca
     async def replay(request: web.Request) -> web.Response:
         """A recording's page; an unknown room or recording gets the lobby with a notice (404), and
         so does a private room's without a viewer token of it in ``?token=`` (401, 403): the page
-        then passes that token to the playlist and timeline it loads."""
+        then passes that token to the playlist and timeline it loads. A recording this node does not
+        hold, while the shared index cannot be read, gets the lobby with a notice too (503)."""
         room_id, recording_id = request.match_info["room"], request.match_info["recording"]
         room = rooms.get(room_id)
         if room is not None:
@@ -117,14 +118,17 @@ def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Ca
                 return render("lobby", request, {"id": room.id, "refused": exc.message}, status=exc.status)
         info = recordings.get(room_id, recording_id) if room is not None else None
         if room is not None and info is None and shared is not None:  # held by another node
-            located = await shared.locate(room.id, recording_id)
+            try:
+                located = await shared.locate(room.id, recording_id)
+            except IndexUnavailable:
+                unavailable = {"id": room.id, "unavailable": True, "recording": recording_id}
+                return render("lobby", request, unavailable, status=503)
             info = located[1] if located is not None else None
         if room is None or info is None:
             missing = {"id": room_id, "missing": True, **({"recording": recording_id} if room else {})}
             return render("lobby", request, missing, status=404)
-        base = f"/api/rooms/{room.id}/recordings/{info['id']}"
         recording = {"id": info["id"], "started_at": info["started_at"], "duration": info["duration"],
-                     "state": info["state"], "hls": f"{base}/index.m3u8{query}", "timeline": f"{base}/timeline{query}"}
+                     "state": info["state"], **media_links(room.id, info["id"], query)}
         return render("replay", request, {"id": room.id, "title": room.title or room.id}, recording=recording)
 
     async def lobby(request: web.Request) -> web.Response:

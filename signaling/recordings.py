@@ -5,12 +5,16 @@ A private room's recordings are read with the access its live stream needs (sign
 viewer or host token of the room, sent as ``Authorization: Bearer`` or as ``?token=``. Players
 (hls.js, Safari, ffmpeg) fetch a playlist's segments without custom headers, so a private room's
 playlist names its segments with the same ``?token=`` (a relative URL: it follows the playlist
-wherever it was served from); the links a private room's listing returns carry it too.
+wherever it was served from); the links a private room's listing returns carry it too. The
+operator's admin key is a header credential that players cannot send: a private room's playlist
+and listing read with it name their files with a viewer token minted for the request instead
+(valid ``ADMIN_VIEW_SECONDS``). A private room's files are always ``Cache-Control: private``.
 
 With ``--redis-url`` (engine.recording.shared) every node lists every live node's recordings; a
 request for the files of a recording another node holds is redirected there (``307`` to that
 node's public URL, the query kept, so a ``?token=`` goes along), and a ``DELETE`` is passed on
-to that node with the caller's own ``Authorization``. Reads answer ``Access-Control-Allow-Origin:
+to that node with the caller's own ``Authorization`` (marked ``X-Livecart-Forwarded``, and
+never passed on again, so nodes with stale index entries cannot bounce it). Reads answer ``Access-Control-Allow-Origin:
 *`` (they carry no cookie: a token opens them) so a replay page keeps playing across the redirect.
 """
 
@@ -29,11 +33,12 @@ from engine.digits import parse_uint
 from engine.errors import shown
 from engine.nodes.base import NodeInfo
 from engine.recording.service import RecordingService
-from engine.recording.shared import SharedRecordings
+from engine.recording.shared import IndexUnavailable, SharedRecordings
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
 from signaling.access import ViewAccess
 from signaling.http import ApiError, Auth, json_response
+from signaling.tokens import mint
 
 CONTENT_TYPES = {".mp4": "video/mp4", ".m4s": "video/mp4"}
 #: Recordings ``GET /api/recordings`` lists at most (``limit``), and by default: the lobby's past broadcasts.
@@ -43,6 +48,24 @@ DEFAULT_RECENT = 12
 FORWARD_TIMEOUT = 10.0
 CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "Content-Range, Accept-Ranges"}
 ASK = "a viewer token of it (Authorization: Bearer <token>, or ?token=<token>)"
+#: Seconds the viewer token lasts that a private room's playlist or listing read with the admin key
+#: names its files with (players cannot send the admin key's header): a long show's replay.
+ADMIN_VIEW_SECONDS = 6 * 3600
+#: Marks a ``DELETE`` one node passed on to another: it is never passed on again.
+FORWARDED = "X-Livecart-Forwarded"
+
+
+def recording_path(room: str, recording_id: str) -> str:
+    """The path of a recording's API resource (its files, playlist and timeline are under it)."""
+    return f"/api/rooms/{room}/recordings/{recording_id}"
+
+
+def media_links(room: str, recording_id: str, query: str = "",
+                link: Callable[[str], str] = lambda path: path) -> dict[str, str]:
+    """A recording's playlist and timeline URLs (``link`` makes a path absolute; ``query`` carries
+    a private room's token): what its listing entry and its replay page load."""
+    base = recording_path(room, recording_id)
+    return {"hls": link(f"{base}/index.m3u8") + query, "timeline": link(f"{base}/timeline") + query}
 
 
 def playlist(info: dict[str, Any], query: str = "") -> str:
@@ -89,12 +112,22 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
         return room
 
     def viewable(room: str, request: web.Request) -> str:
-        """``token_query``, with the operator's admin key (sent as a header) let through too."""
-        return "" if auth.is_admin(request) else token_query(access, room, request)
+        """``token_query``, with the operator's admin key (sent as a header) let through too: then a
+        private room's links carry a viewer token minted for them, as players send no header."""
+        if not auth.is_admin(request):
+            return token_query(access, room, request)
+        if not access.private(room):
+            return ""
+        return "?" + urlencode({"token": mint(access.secret, room, "viewer", "admin", ADMIN_VIEW_SECONDS)})
 
     async def holder(room: str, recording_id: str) -> NodeInfo:
-        """The other live node holding a recording this node does not; 404 if none does."""
-        located = await shared.locate(room, recording_id) if shared is not None else None
+        """The other live node holding a recording this node does not; 404 if none does, 503 while
+        the shared index cannot be read."""
+        try:
+            located = await shared.locate(room, recording_id) if shared is not None else None
+        except IndexUnavailable as exc:
+            raise ApiError("unavailable", f"{exc}; recording {shown(recording_id)} is not on this node",
+                           status=503) from None
         if located is None:
             raise ApiError("not_found", f"no recording {shown(recording_id)} in room {room!r}")
         return located[0]
@@ -113,16 +146,12 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
         return room, recording_id, info, query
 
     def public(room: str, info: dict[str, Any], query: str = "") -> dict[str, Any]:
-        base = f"/api/rooms/{room}/recordings/{info['id']}"
-
-        def link(path: str) -> str:
-            return urls().link(path) + query
-
+        link = urls().link
         return {"id": info["id"], "started_at": info["started_at"], "duration": info["duration"],
                 "bytes": info["bytes"], "state": info["state"], "reason": info.get("reason"),
                 "featured": info.get("featured", []),
-                "links": {"hls": link(f"{base}/index.m3u8"), "timeline": link(f"{base}/timeline"),
-                          "replay": link(f"/replay/{room}/{info['id']}")}}
+                "links": {**media_links(room, info["id"], query, link),
+                          "replay": link(f"/replay/{room}/{info['id']}") + query}}
 
     def listed(room_id: str) -> bool:
         """Whether the lobby shows a room's past broadcasts: public rooms only."""
@@ -167,12 +196,13 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
                              headers=CORS)
 
     async def get_segment(request: web.Request) -> web.StreamResponse:
-        room, recording_id, _, query = await found(request)
+        room, recording_id, _, _ = await found(request)
         name = request.match_info["file"]
         path = recordings.file(room, recording_id, name)
         if path is None:
             raise ApiError("not_found", f"no file {shown(name)} in recording {recording_id}")
-        cache = f"{'private' if query else 'public'}, max-age=31536000, immutable"  # a private room's: no shared cache
+        # a private room's files never go to a shared cache, whatever credential fetched them
+        cache = f"{'private' if access.private(room) else 'public'}, max-age=31536000, immutable"
         return web.FileResponse(path, headers={**CORS, "Content-Type": CONTENT_TYPES[path.suffix],
                                                "Cache-Control": cache})
 
@@ -181,6 +211,8 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
         auth.identity(request, room, ("host",))
         recording_id = request.match_info["recording"]
         if recordings.get(room, recording_id) is None:
+            if request.headers.get(FORWARDED):  # passed on here by a node whose index is stale
+                raise ApiError("not_found", f"no recording {shown(recording_id)} in room {room!r} on this node")
             return await forward_delete(request, await holder(room, recording_id))
         try:
             recordings.delete(room, recording_id)
@@ -194,7 +226,8 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
         url = node.http_url.rstrip("/") + request.path_qs
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT)) as client, \
-                    client.delete(url, headers={"Authorization": request.headers.get("Authorization", "")}) as answer:
+                    client.delete(url, headers={"Authorization": request.headers.get("Authorization", ""),
+                                             FORWARDED: "1"}) as answer:
                 return web.Response(status=answer.status, body=await answer.read(), content_type="application/json")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ApiError("unavailable", f"node {node.id} holding this recording did not answer: {exc}",

@@ -18,8 +18,9 @@ import logging
 import re
 import secrets
 import shutil
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -122,8 +123,15 @@ class RecordingService:
         self._codecs: dict[str, dict[str, str]] = {}  # rooms whose publisher started, not recorded yet
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        #: Told when recordings may have been added, ended or deleted (the shared index republishes).
+        #: Told when recordings were added, ended or deleted (the shared index republishes).
         self.on_change: Callable[[], None] = lambda: None
+        # Every kept recording not in progress when it was read, newest first (``_kept``): read from
+        # disk once after each change rather than at every listing (the lobby polls). One entry per
+        # recording on disk, so the retention flags bound it; ``_generation`` counts the changes, so
+        # a walk that a change overtook is not kept.
+        self._kept_cache: list[dict[str, Any]] | None = None
+        self._generation = 0
+        self._kept_lock = threading.Lock()
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever())
@@ -201,6 +209,7 @@ class RecordingService:
         self._active[room] = broadcast
         self._bus.subscribe(room, broadcast)
         log.info("room %s: recording %s started", room, recording_id)
+        self._changed()
         self._spawn(self.sweep())
         return broadcast
 
@@ -218,6 +227,7 @@ class RecordingService:
         await asyncio.to_thread(broadcast.writer.finish)
         await asyncio.to_thread(broadcast.writer.join, 30.0)
         log.info("room %s: recording %s %s", room, broadcast.writer.info.id, broadcast.writer.info.state)
+        self._changed()
         await self.sweep()
 
     def recording(self, room: str) -> str | None:
@@ -246,16 +256,12 @@ class RecordingService:
 
     def list(self, room: str) -> list[dict[str, Any]]:
         """``room``'s recordings, newest first, with their featured products."""
-        if not ROOM_DIR.fullmatch(room):
-            return []
         found: dict[str, dict[str, Any]] = {}
-        with contextlib.suppress(OSError):
-            for path in (self.config.directory / room).iterdir():
-                if RECORDING_ID.fullmatch(path.name):
-                    info = self._read(path)
-                    if info is not None:
-                        info["featured"] = featured(self.timeline(room, path.name) or [])
-                        found[path.name] = info
+        for _, path in self._walk(room):
+            info = self._read(path)
+            if info is not None:
+                info["featured"] = featured(self.timeline(room, path.name) or [])
+                found[path.name] = info
         active = self.recording(room)
         if active is not None and active not in found:  # its directory failed: still listed, failed
             found[active] = {**self._active[room].writer.info.to_dict(), "featured": []}
@@ -263,26 +269,11 @@ class RecordingService:
 
     def recent(self, limit: int, rooms: Callable[[str], bool]) -> list[dict[str, Any]]:
         """The newest finished recordings of every room ``rooms`` accepts, newest first, at most
-        ``limit``, each with its ``room`` and featured products (blocking: run it off the loop).
-
-        Recording ids start with their UTC start time, so directory names order them: only the
-        recordings shown are read, however many are kept."""
-        names: list[tuple[str, str]] = []
-        with contextlib.suppress(OSError):
-            for room_dir in self.config.directory.iterdir():
-                if ROOM_DIR.fullmatch(room_dir.name) and rooms(room_dir.name):
-                    with contextlib.suppress(OSError):
-                        names += [(path.name, room_dir.name) for path in room_dir.iterdir()
-                                  if RECORDING_ID.fullmatch(path.name)]
-        found: list[dict[str, Any]] = []
-        for recording_id, room in sorted(names, reverse=True):
-            if len(found) == limit:
-                break
-            path = self._directory(room, recording_id)
-            info = None if path is None or self.recording(room) == recording_id else self._read(path)
-            if info is not None and info["state"] == "complete" and info["duration"]:
-                found.append({**info, "room": room, "featured": featured(self.timeline(room, recording_id) or [])})
-        return found
+        ``limit``, each with its ``room`` and featured products (blocking when the recordings changed
+        since the last listing: run it off the loop)."""
+        found = [info for info in self._kept() if info["state"] == "complete" and info["duration"]
+                 and rooms(info["room"]) and self.recording(info["room"]) != info["id"]]
+        return found[:limit]
 
     def get(self, room: str, recording_id: str) -> dict[str, Any] | None:
         if ROOM_DIR.fullmatch(room) and self.recording(room) == recording_id:
@@ -316,17 +307,59 @@ class RecordingService:
         if path is None:
             return False
         shutil.rmtree(path, ignore_errors=True)
-        self.on_change()
+        self._changed()
         return True
 
     def catalog(self) -> list[dict[str, Any]]:
-        """Every recording kept on this node, each with its ``room`` (blocking: run it off the loop)."""
-        found: list[dict[str, Any]] = []
-        with contextlib.suppress(OSError):
-            for room_dir in self.config.directory.iterdir():
-                if ROOM_DIR.fullmatch(room_dir.name):
-                    found += [{**info, "room": room_dir.name} for info in self.list(room_dir.name)]
+        """Every recording kept on this node, each with its ``room`` (blocking when the recordings
+        changed since the last listing: run it off the loop)."""
+        running = {(room, broadcast.writer.info.id) for room, broadcast in list(self._active.items())}
+        return [info for info in self._kept() if (info["room"], info["id"]) not in running] + self.in_progress()
+
+    def _kept(self) -> list[dict[str, Any]]:
+        """The recordings kept on disk, not in progress when read, newest first: the cached list, or
+        one walk of the recordings directory after a change (blocking)."""
+        cached = self._kept_cache
+        if cached is not None:
+            return cached
+        generation = self._generation
+        found = []
+        for room, path in self._walk():
+            info = None if self.recording(room) == path.name else self._read(path)
+            if info is not None:
+                found.append({**info, "room": room, "featured": featured(self.timeline(room, path.name) or [])})
+        found.sort(key=lambda info: (info["started_at"], info["id"]), reverse=True)
+        with self._kept_lock:
+            if generation == self._generation:  # no change while this walk ran
+                self._kept_cache = found
         return found
+
+    def _changed(self) -> None:
+        """Recordings were added, ended or deleted: the next listing reads the disk again, and the
+        shared index republishes."""
+        with self._kept_lock:
+            self._generation += 1
+            self._kept_cache = None
+        self.on_change()
+
+    def _walk(self, room: str | None = None) -> Iterator[tuple[str, Path]]:
+        """``(room, directory)`` of every recording directory kept (of ``room`` alone if given);
+        unreadable directories are skipped."""
+        top = self.config.directory
+        if room is not None:
+            rooms = [room] if ROOM_DIR.fullmatch(room) else []
+        else:
+            try:
+                rooms = [path.name for path in top.iterdir() if ROOM_DIR.fullmatch(path.name)]
+            except OSError:
+                rooms = []
+        for name in rooms:
+            try:
+                paths = [path for path in (top / name).iterdir() if RECORDING_ID.fullmatch(path.name)]
+            except OSError:
+                continue
+            for path in paths:
+                yield name, path
 
     def in_progress(self) -> list[dict[str, Any]]:
         """The recordings running now, each with its ``room`` and featured products so far (blocking)."""
@@ -336,26 +369,23 @@ class RecordingService:
 
     async def sweep(self) -> None:
         """Enforce the retention bounds (off the loop): oldest finished recordings deleted first."""
-        if self.config.max_bytes or self.config.max_age:
-            await asyncio.to_thread(self._sweep)
-        self.on_change()  # called as recordings start and end, too
+        if (self.config.max_bytes or self.config.max_age) and await asyncio.to_thread(self._sweep):
+            self._changed()
 
-    def _sweep(self) -> None:
+    def _sweep(self) -> bool:
+        """Whether it deleted any recording."""
         recordings = []
         with contextlib.suppress(OSError):
-            for room_dir in self.config.directory.iterdir():
-                if not ROOM_DIR.fullmatch(room_dir.name):
-                    continue
-                for path in room_dir.iterdir():
-                    info = self._read(path) if RECORDING_ID.fullmatch(path.name) else None
-                    if info is not None:
-                        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-                        active = self.recording(room_dir.name) == path.name
-                        ended = info["started_at"] + (info.get("duration") or 0.0)
-                        recordings.append((info["started_at"], ended, size, active, path))
+            for room, path in self._walk():
+                info = self._read(path)
+                if info is not None:
+                    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+                    ended = info["started_at"] + (info.get("duration") or 0.0)
+                    recordings.append((info["started_at"], ended, size, self.recording(room) == path.name, path))
         recordings.sort(key=lambda r: r[0])
         total = sum(r[2] for r in recordings)
         now = time.time()
+        deleted = False
         for _, ended, size, active, path in recordings:
             too_old = self.config.max_age and now - ended > self.config.max_age
             too_big = self.config.max_bytes and total > self.config.max_bytes
@@ -363,7 +393,9 @@ class RecordingService:
                 continue
             shutil.rmtree(path, ignore_errors=True)
             total -= size
+            deleted = True
             log.info("recording %s deleted by retention (%s)", path.name, "age" if too_old else "size")
+        return deleted
 
     async def _sweep_forever(self) -> None:
         """Sweep at start (a server that was down past a recording's age deletes it at once), then

@@ -13,6 +13,12 @@ Only the registry's live nodes are read: a recording whose node is gone is left 
 directory starts again (it republishes its disk at start). The hash holds one entry per recording
 kept on that node's disk, so it is bounded by the node's retention (``--recordings-max-bytes``,
 ``--recordings-max-age``).
+
+The other nodes' entries are read at most once per refresh interval (``--node-heartbeat``): every
+listing within it shares one read, so listings cost no Redis call however often the lobby polls,
+and they are never staler than the node list they are read for. While Redis fails, listings hold
+this node's recordings alone (logged once per outage) and a recording this node does not hold
+cannot be located (``IndexUnavailable``).
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from engine.nodes.base import NodeInfo
 from engine.recording.service import RecordingService
@@ -38,6 +46,10 @@ FIELDS = ("id", "room", "started_at", "duration", "bytes", "state", "reason", "f
 
 def entry(info: dict[str, Any]) -> bytes:
     return orjson.dumps({name: info.get(name) for name in FIELDS})
+
+
+class IndexUnavailable(Exception):
+    """Redis did not answer: which node holds a recording is unknown for now."""
 
 
 class SharedRecordings:
@@ -57,6 +69,11 @@ class SharedRecordings:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._reads_failing = False
+        # the other nodes' entries as last read, and when they are read again (time.monotonic())
+        self._elsewhere: list[dict[str, Any]] = []
+        self._elsewhere_until = 0.0
+        self._elsewhere_lock = asyncio.Lock()
         service.on_change = self._changed.set
 
     def _key(self, node_id: str) -> str:
@@ -108,23 +125,53 @@ class SharedRecordings:
         return [node for node in self._live_nodes() if node.id != self.node_id]
 
     async def elsewhere(self) -> list[dict[str, Any]]:
-        """Every recording the other live nodes hold (one ``HGETALL`` per node, pipelined)."""
+        """Every recording the other live nodes hold, read at most once per refresh interval (one
+        ``HGETALL`` per node, pipelined); none while Redis fails (listings show this node's own)."""
+        async with self._elsewhere_lock:  # concurrent listings share one read
+            if time.monotonic() >= self._elsewhere_until:
+                self._elsewhere = await self._read_elsewhere()
+                self._elsewhere_until = time.monotonic() + self._interval
+            return self._elsewhere
+
+    async def _read_elsewhere(self) -> list[dict[str, Any]]:
         nodes = self._others()
         if not nodes:
             return []
-        async with self._client.pipeline(transaction=False) as pipe:
-            for node in nodes:
-                pipe.hgetall(self._key(node.id))
-            hashes = await pipe.execute()
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for node in nodes:
+                    pipe.hgetall(self._key(node.id))
+                hashes = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._read_failed(exc)
+            return []
+        self._read_answered()
         return [orjson.loads(raw) for found in hashes for raw in found.values()]
 
     async def locate(self, room: str, recording_id: str) -> tuple[NodeInfo, dict[str, Any]] | None:
-        """The live node (other than this one) holding a recording, and its entry; None if none does."""
+        """The live node (other than this one) holding a recording, and its entry; None if none does.
+        Raises ``IndexUnavailable`` while Redis fails."""
         nodes = self._others()
         if not nodes:
             return None
-        async with self._client.pipeline(transaction=False) as pipe:
-            for node in nodes:
-                pipe.hget(self._key(node.id), f"{room}/{recording_id}")
-            found = await pipe.execute()
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for node in nodes:
+                    pipe.hget(self._key(node.id), f"{room}/{recording_id}")
+                found = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._read_failed(exc)
+            raise IndexUnavailable(f"the recordings index (Redis) did not answer: {exc}") from None
+        self._read_answered()
         return next(((node, orjson.loads(raw)) for node, raw in zip(nodes, found, strict=True) if raw), None)
+
+    def _read_failed(self, exc: Exception) -> None:
+        if not self._reads_failing:
+            log.warning("recordings index: reading failed (%s); listings show this node's recordings only "
+                        "until Redis answers", exc)
+        self._reads_failing = True
+
+    def _read_answered(self) -> None:
+        if self._reads_failing:
+            log.info("recordings index: reading answered again")
+        self._reads_failing = False

@@ -13,6 +13,11 @@
       ? `There is no recording “${settings.room.recording}” of the room “${settings.room.id}” (it may have been deleted).`
       : `There is no room called “${settings.room.id}”. Here are the rooms there are:`;
     notice.hidden = false;
+  } else if (settings.room && settings.room.unavailable) {
+    const notice = $('#missing');
+    notice.textContent = `The recording “${settings.room.recording}” of the room “${settings.room.id}” ` +
+      'cannot be reached right now. Try again in a moment.';
+    notice.hidden = false;
   } else if (settings.room && settings.room.refused) {
     const notice = $('#missing');
     notice.textContent = `The room “${settings.room.id}” is private: ${settings.room.refused}. ` +

@@ -42,6 +42,9 @@ async def test_a_private_rooms_recordings_need_a_viewer_token_of_it(tmp_path: Pa
         done = await recorded(engine, http, h264, opus)
         folder = f"{base}/api/rooms/demo/recordings/{done['id']}"
         assert "token=" not in (await (await http.get(f"{folder}/index.m3u8")).text())  # public: as before
+        assert "token=" not in (await (await http.get(f"{folder}/index.m3u8", headers=ADMIN)).text())
+        response = await http.get(f"{folder}/init.mp4", headers=ADMIN)
+        assert response.headers["Cache-Control"].startswith("public")
         assert (await http.patch(f"{base}/api/rooms/demo", json={"private": True}, headers=ADMIN)).status == 200
 
         viewer = token(engine, "demo", "viewer", "alice")
@@ -87,6 +90,17 @@ async def test_a_private_rooms_recordings_need_a_viewer_token_of_it(tmp_path: Pa
             assert response.headers["Cache-Control"].startswith("private")
         part = await http.get(URL(playlist_url).join(URL(files[1])), headers={"Range": "bytes=0-9"})
         assert part.status == 206 and len(await part.read()) == 10
+        # the admin key is a header players cannot send: its playlist names the files with a viewer
+        # token minted for it, so they play without headers; fetched with the key they stay private
+        text = await (await http.get(f"{folder}/index.m3u8", headers=ADMIN)).text()
+        minted = re.findall(r"seg-\d+\.m4s\?token=\S+", text)
+        assert minted and all(URL(name).query["token"] != viewer for name in minted)
+        response = await http.get(f"{folder}/{minted[0]}")
+        assert response.status == 200 and response.headers["Cache-Control"].startswith("private")
+        response = await http.get(f"{folder}/init.mp4", headers=ADMIN)
+        assert response.status == 200 and response.headers["Cache-Control"].startswith("private")
+        listed_by_admin = (await (await http.get(f"{base}/api/rooms/demo/recordings", headers=ADMIN)).json())
+        assert "token=" in listed_by_admin["recordings"][0]["links"]["hls"]
         # ffmpeg (through PyAV) plays the playlist from its URL alone
         packets = await asyncio.to_thread(video_packets, playlist_url)
         assert packets > 30

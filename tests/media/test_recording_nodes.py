@@ -90,6 +90,11 @@ async def test_every_node_lists_and_serves_every_nodes_recordings(
             async with http.delete(url, headers={"Authorization": f"Bearer {viewer}"}) as refused:
                 assert refused.status == 403
             host = mint(SECRET, "show", "host", "host", 600)
+            # a DELETE another node passed on is never passed on again (stale entries cannot bounce it)
+            forwarded = {"Authorization": f"Bearer {host}", "X-Livecart-Forwarded": "1"}
+            async with http.delete(url, headers=forwarded) as bounced:
+                assert bounced.status == 404 and (await bounced.json())["error"]["code"] == "not_found"
+            assert (tmp_path / "a" / "recordings" / "show" / on_a["id"]).exists()
             async with http.delete(url, headers={"Authorization": f"Bearer {host}"}) as deleted:
                 assert deleted.status == 200 and (await deleted.json()) == {"deleted": on_a["id"]}
             assert not (tmp_path / "a" / "recordings" / "show" / on_a["id"]).exists()

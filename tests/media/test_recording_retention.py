@@ -107,3 +107,36 @@ async def test_retention_deletes_recordings_past_their_age(tmp_path: Path, h264,
         assert [r["id"] for r in kept] == [live, middle["id"]]
         await stop(engine, http, publisher)
         assert [r["id"] for r in await listing(http, engine)] == [live, middle["id"]]  # just ended: young
+
+
+async def test_listings_read_the_disk_once_per_change(tmp_path: Path, h264, opus) -> None:
+    """The lobby's poll reads the catalog this node keeps between changes, not the disk; a sweep that
+    deletes nothing is no change (the shared index is not rewritten), one that deletes is."""
+    limits = engine_config(tmp_path, recordings_max_bytes=0, recordings_max_age=3600)
+    async with running(limits) as engine, aiohttp.ClientSession() as http:
+        for _ in range(2):
+            await record(engine, http, h264, opus, 1.0)
+        newest, oldest = await listing(http, engine)
+        await asyncio.sleep(0.5)  # the sweep the last end runs is over
+        changes: list[int] = []
+        engine.recordings.on_change = lambda: changes.append(1)
+
+        async def lobby() -> list[str]:
+            response = await http.get(f"http://127.0.0.1:{engine.http_port}/api/recordings")
+            assert response.status == 200
+            return [r["id"] for r in (await response.json())["recordings"]]
+
+        assert await lobby() == [newest["id"], oldest["id"]]
+        folder = engine.config.recordings_path
+        folder.rename(folder.with_name("moved"))  # a poll that walked the disk would find nothing
+        try:
+            assert await lobby() == [newest["id"], oldest["id"]]
+        finally:
+            folder.with_name("moved").rename(folder)
+
+        await engine.recordings.sweep()  # nothing past the bounds
+        assert changes == []
+        age(engine, oldest, 2 * 3600)
+        await engine.recordings.sweep()
+        assert changes == [1]
+        assert await lobby() == [newest["id"]]
