@@ -10,11 +10,17 @@ guest token does not open the stream.
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
+from aiohttp import web
+
 from engine.media.errors import MediaError
 from engine.rooms import Rooms
 from signaling.tokens import Identity, TokenError, verify_for_room
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="livecart"'}
+#: How an HTTP request for a room's media (live HLS, recordings, the replay page) carries a token.
+ASK = "a viewer token of it (Authorization: Bearer <token>, or ?token=<token>)"
 
 
 class ViewAccess:
@@ -54,3 +60,21 @@ class ViewAccess:
     def private(self, room_id: str) -> bool:
         room = self.rooms.get(room_id)
         return room is not None and room.private
+
+
+def request_token(request: web.Request) -> str | None:
+    """The token a request carries: its ``Authorization: Bearer``, else its ``?token=`` (what a
+    player fetching a playlist's segments, or a page's link, can send)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.query.get("token") or None
+
+
+def token_query(access: ViewAccess, room: str, request: web.Request) -> str:
+    """Checks that ``request`` may view ``room``'s media (live HLS, recordings) (raises 401/403 for a private room
+    without a token that may watch it); the query its links and segment URLs carry: the token for
+    a private room, nothing for a public one."""
+    token = request_token(request)
+    access.viewer(room, token, ASK)
+    return "?" + urlencode({"token": token}) if token and access.private(room) else ""

@@ -31,9 +31,8 @@ from engine.hls.playlist import FILE, media_playlist
 from engine.hls.service import HlsBusy, HlsService
 from engine.hls.window import LiveWindow
 from engine.rooms import Rooms
-from signaling.access import ViewAccess
+from signaling.access import ViewAccess, token_query
 from signaling.http import STATUS, ApiError
-from signaling.recordings import token_query
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 IMMUTABLE = "public, max-age=31536000, immutable"

@@ -29,9 +29,9 @@ from engine.recording.service import RecordingService
 from engine.recording.shared import IndexUnavailable, SharedRecordings
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
-from signaling.access import ViewAccess
+from signaling.access import ViewAccess, token_query
 from signaling.hostheader import host_of
-from signaling.recordings import media_links, token_query
+from signaling.recordings import media_links
 
 WEB_DIR = Path(str(resources.files("overlays") / "web"))
 CONFIG_MARK = "__LIVECART_CONFIG__"

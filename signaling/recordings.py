@@ -36,7 +36,7 @@ from engine.recording.service import RecordingService
 from engine.recording.shared import IndexUnavailable, SharedRecordings
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
-from signaling.access import ViewAccess
+from signaling.access import ViewAccess, token_query
 from signaling.http import ApiError, Auth, json_response
 from signaling.tokens import mint
 
@@ -47,7 +47,6 @@ DEFAULT_RECENT = 12
 #: Seconds a ``DELETE`` passed on to the node holding the recording may take.
 FORWARD_TIMEOUT = 10.0
 CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "Content-Range, Accept-Ranges"}
-ASK = "a viewer token of it (Authorization: Bearer <token>, or ?token=<token>)"
 #: Seconds the viewer token lasts that a private room's playlist or listing read with the admin key
 #: names its files with (players cannot send the admin key's header): a long show's replay.
 ADMIN_VIEW_SECONDS = 6 * 3600
@@ -82,24 +81,6 @@ def playlist(info: dict[str, Any], query: str = "") -> str:
     if done:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
-
-
-def request_token(request: web.Request) -> str | None:
-    """The token a request carries: its ``Authorization: Bearer``, else its ``?token=`` (what a
-    player fetching a playlist's segments, or a page's link, can send)."""
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.query.get("token") or None
-
-
-def token_query(access: ViewAccess, room: str, request: web.Request) -> str:
-    """Checks that ``request`` may view ``room``'s recordings (raises 401/403 for a private room
-    without a token that may watch it); the query its links and segment URLs carry: the token for
-    a private room, nothing for a public one."""
-    token = request_token(request)
-    access.viewer(room, token, ASK)
-    return "?" + urlencode({"token": token}) if token and access.private(room) else ""
 
 
 def recording_routes(app: web.Application, recordings: RecordingService, rooms: Rooms, auth: Auth,
