@@ -1,9 +1,10 @@
 """One room's live HLS muxing thread: frames in through a bounded queue, parts out to the loop.
 
 The muxer is the recorder's (engine/recording/muxer.py), so audio and video go into one CMAF
-stream exactly as in recordings. It writes one fragment per frame, and ``PartBuilder`` groups
-them by the video's clock alone (FFmpeg's own duration cut also fires on audio packets, which
-made parts of whatever length): a part ends before a keyframe, or before the video frame that
+stream exactly as in recordings. It writes one fragment per frame (cut before each packet, so
+every sample has its duration: see ``fragment_options``), and ``PartBuilder`` groups them by
+the video's clock alone (FFmpeg's own duration cut also fires on audio packets, which made parts
+of whatever length): a part ends before a keyframe, or before the video frame that
 would take it past the part target. So no part is longer than the part target (RFC 8216bis wants
 none longer), and every part but one cut short by a keyframe lasts at least the part target
 less one frame interval (RFC 8216bis wants 85 %: met for frames of up to 15 % of the target).
