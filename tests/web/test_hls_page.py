@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+import websockets
 
 from engine.app import App
 from engine.config import Config
@@ -170,6 +172,15 @@ async def test_hls_only_room_sends_viewers_to_hls(app: App, browser: Any) -> Non
         error = (await response.json())["error"]
         assert error["code"] == "hls_only" and "HLS-only" in error["message"]
         assert "/hls/demo/index.m3u8" in error["message"]
+        # the websocket's offer action likewise
+        async with websockets.connect(f"ws://127.0.0.1:{app.ws_port}/ws?token={token(app, 'demo', 'viewer', 'v2')}") \
+                as ws:
+            await ws.send(orjson.dumps({"type": "offer", "id": "o1", "sdp": await viewer.offer()}).decode())
+            async with asyncio.timeout(10):
+                refused = orjson.loads(await ws.recv())
+                while refused.get("re") != "o1":
+                    refused = orjson.loads(await ws.recv())
+        assert refused["type"] == "error" and refused["code"] == "hls_only", refused
         await viewer.close()
 
         pages = Pages(app, browser)
