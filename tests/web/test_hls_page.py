@@ -3,8 +3,9 @@ over WHIP: when WHEP answers 503 (the room has its ``--max-viewers-per-room``), 
 connects (a browser that gathers no ICE candidate, as behind a firewall that drops UDP), and in a
 room whose ``hls_only`` setting sends every viewer to HLS. Tags and the cart work as over WebRTC,
 and the page shows how far behind live it plays (under 4 s). Chromium has an HLS player of its own
-(``canPlayType`` answers 'maybe'), but the page prefers hls.js wherever Media Source Extensions exist:
-only hls.js follows the LL-HLS parts and blocking reloads.
+(``canPlayType`` answers 'maybe'), but the page prefers hls.js wherever Media Source Extensions exist
+(only hls.js follows the LL-HLS parts and blocking reloads; Chromium's own player refuses the live
+stream: docs/OPERATIONS.md, "Live HLS").
 """
 
 from __future__ import annotations
