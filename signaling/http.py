@@ -148,7 +148,7 @@ def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
         auth.require_admin(request)
         body = await read_json(request)
         room = await rooms.create(body.get("id"), body.get("title") or "", body.get("private", False),
-                                  body.get("record", True))
+                                  body.get("record", True), body.get("hls_only", False))
         host_token = mint(auth.secret, room.id, "host", "host", config.token_ttl)
         return json_response({"room": public(room.id), "stream_key": room.stream_key, "host_token": host_token},
                              status=201, headers={"Location": f"/api/rooms/{room.id}"})
@@ -160,15 +160,17 @@ def room_routes(app: web.Application, config: Config, rooms: Rooms, auth: Auth,
         return json_response(public(request.match_info["room"]))
 
     async def update_room(request: web.Request) -> web.Response:
-        """The admin changes any setting; the room's host whether its broadcasts are recorded."""
+        """The admin changes any setting; the room's host whether its broadcasts are recorded and whether
+        its viewers play HLS only."""
         room_id = request.match_info["room"]
         public(room_id)
         host = auth.identity(request, room_id, ("host",)) is not None
         body = await read_json(request)
         if host and (body.get("title") is not None or body.get("private") is not None):
             raise ApiError("forbidden",
-                           "a host may change the room's recording; its title and privacy need the admin key")
-        await rooms.update(room_id, body.get("title"), body.get("private"), body.get("record"))
+                           "a host may change the room's recording and HLS only; its title and privacy need the "
+                           "admin key")
+        await rooms.update(room_id, body.get("title"), body.get("private"), body.get("record"), body.get("hls_only"))
         return json_response(public(room_id))
 
     async def rotate_key(request: web.Request) -> web.Response:

@@ -1,9 +1,10 @@
 """One room's live HLS muxing thread: frames in through a bounded queue, parts out to the loop.
 
 The muxer is the recorder's (engine/recording/muxer.py), so audio and video go into one CMAF
-stream exactly as in recordings. It writes one fragment per frame, and ``PartBuilder`` groups
-them by the video's clock alone (FFmpeg's own duration cut also fires on audio packets, which
-made parts of whatever length): a part ends before a keyframe, or before the video frame that
+stream exactly as in recordings. It writes one fragment per frame (cut before each packet, so
+every sample has its duration: see ``fragment_options``), and ``PartBuilder`` groups them by
+the video's clock alone (FFmpeg's own duration cut also fires on audio packets, which made parts
+of whatever length): a part ends before a keyframe, or before the video frame that
 would take it past the part target. So no part is longer than the part target (RFC 8216bis wants
 none longer), and every part but one cut short by a keyframe lasts at least the part target
 less one frame interval (RFC 8216bis wants 85 %: met for frames of up to 15 % of the target).
@@ -62,6 +63,8 @@ class LiveSegmenter:
         self._audio = False
         self._init = 0
         self._segment_ticks = 0  # video ticks in the segment so far
+        self._first_video = 0  # the stream clock's time of the init's first keyframe
+        self._shift = 0  # what the muxer took off every decode time: the stream clock is the file's plus it
         self._parts = metrics.PARTS.labels(room)
         self._lag = metrics.SEGMENTER_LAG.labels(room)
         self._thread = threading.Thread(target=self._run, name=f"hls:{room}", daemon=True)
@@ -119,6 +122,7 @@ class LiveSegmenter:
                 return
             self._init += 1
             self._segment_ticks = -1  # the first part begins a segment
+            self._first_video = ts
             self._builder = PartBuilder(self._part_ticks, self._part_done)
             splitter = FragmentSplitter(self._init_done, self._builder.add)
             self._muxer = Fmp4Muxer(splitter, data, self._audio, fragment_options(0.0, every_frame=True))
@@ -141,11 +145,16 @@ class LiveSegmenter:
         self._on_init(self._init, data)
 
     def _part_done(self, data: bytes, start: int, duration: int, independent: bool) -> None:
+        if self._segment_ticks < 0:
+            # FFmpeg starts each file's timeline at 0 (at its earliest frame, audio or video), where the
+            # stream clock maps arrival times: without adding that back, EXT-X-PROGRAM-DATE-TIME would
+            # be early by the wait for the first keyframe, and players would think they lag further.
+            self._shift = self._first_video - start
         new_segment = self._segment_ticks < 0 or (independent and self._segment_ticks >= self._segment_min)
         if new_segment:
             self._segment_ticks = 0
         self._segment_ticks += duration
-        wall_start = self._wall_origin + start / VIDEO_RATE
+        wall_start = self._wall_origin + (start + self._shift) / VIDEO_RATE
         self._on_part(self._init, data, duration / VIDEO_RATE, independent, new_segment, wall_start)
         self._parts.inc()
         self._lag.observe(max(0.0, time.time() - (wall_start + duration / VIDEO_RATE)))

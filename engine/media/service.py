@@ -381,8 +381,11 @@ class MediaService:
         person in the room's audience. On a node that is not the room's origin, a viewer first
         makes sure the room is pulled from its cascade (engine/media/cascade.py).
         """
-        if self._rooms.get(room_id) is None:
+        room = self._rooms.get(room_id)
+        if room is None:
             raise MediaError(404, "not_found", f"no room {shown(room_id)}")
+        if room.hls_only and edge is None:  # edges still pull it: their HLS viewers need it
+            raise MediaError(503, "hls_only", f"room {room_id!r} is HLS-only: play /hls/{room_id}/index.m3u8")
         screened = screen_offer(sdp, self._limits)
         sdp = screened.text
         description = offer.parse(sdp)

@@ -24,9 +24,18 @@ VIDEO_RATE = 90000
 
 def fragment_options(min_seconds: float, every_frame: bool = False) -> dict[str, str]:
     """Options of FFmpeg's mov muxer: a fragment at each keyframe at least ``min_seconds`` after the
-    previous cut, or (``every_frame``) one per frame, for a caller that groups fragments itself."""
-    flags = "frag_keyframe+empty_moov+default_base_moof" + ("+frag_every_frame" if every_frame else "")
-    return {"movflags": flags, "min_frag_duration": str(int(min_seconds * 1_000_000))}
+    previous cut, or (``every_frame``) one per frame, for a caller that groups fragments itself.
+
+    One per frame is a ``frag_duration`` of 1 µs, which cuts *before* each packet, once that packet
+    has given the held sample of its track its duration. FFmpeg's ``frag_every_frame`` cuts *after*
+    each packet instead: when two packets of a track come in a row (two 20 ms Opus frames between
+    two video frames), the first is written lasting 0 and the second at the same decode time, and
+    Chromium's Media Source Extensions then buffer nothing more of the stream."""
+    options = {"movflags": "frag_keyframe+empty_moov+default_base_moof",
+               "min_frag_duration": str(int(min_seconds * 1_000_000))}
+    if every_frame:
+        options["frag_duration"] = "1"
+    return options
 
 
 class MediaClock:

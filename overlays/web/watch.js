@@ -1,5 +1,5 @@
 // The viewer's page: plays the room (WHEP, or the websocket's offer action with ?via=ws; live HLS
-// with the bundled hls.js when WebRTC is refused or cannot connect), shows the
+// with the bundled hls.js when WebRTC is refused or cannot connect, or the room is HLS-only), shows the
 // pinned product tags over the picture, flash sales with their live counters, the shop, the cart
 // with its hold countdown, checkout and chat.
 'use strict';
@@ -154,6 +154,7 @@
   let mediaRound = 0;  // only the latest start keeps its session
   let starting = false;
   async function startMedia() {
+    if (hls) return;  // the page plays HLS now (until reloaded)
     clearTimeout(mediaRetry);
     const round = ++mediaRound;
     media?.end();
@@ -178,7 +179,7 @@
       });
     } catch (err) {
       if (round !== mediaRound) return;
-      if (err && (err.code === 'overloaded' || err.code === 'http_503')) playHls(`WebRTC refused: ${errorText(err)}`);
+      if (err && ['overloaded', 'hls_only', 'http_503'].includes(err.code)) playHls(`WebRTC refused: ${errorText(err)}`);
       else retryMedia(err);
     } finally {
       if (round === mediaRound) starting = false;
@@ -190,7 +191,7 @@
     mediaRetry = setTimeout(startMedia, 3000);
   }
 
-  // ---- live HLS: when WebRTC is refused (room or node full) or cannot connect ---------------
+  // ---- live HLS: when WebRTC is refused (room or node full, HLS-only room) or cannot connect ---
   const CONNECT_MS = 15000;
   let hls = null;  // the hls.js player, once the page plays HLS (it stays on HLS until reloaded)
   function showMode(mode, reason) {
@@ -199,7 +200,19 @@
     pill.dataset.mode = mode;
     pill.textContent = mode === 'hls' ? 'HLS' : 'WebRTC';
     pill.title = mode === 'hls' ? `playing over HTTP (HLS): ${reason}; a few seconds behind` : 'playing over WebRTC';
+    pill.dataset.reason = reason || '';
+    delete pill.dataset.latency;
   }
+  /** How far behind live the HLS picture is (hls.js maps the playhead through EXT-X-PROGRAM-DATE-TIME). */
+  function showLatency() {
+    const date = hls && hls.playingDate;
+    if (!date || video.paused) return;
+    const pill = $('#mode');
+    const seconds = (Date.now() - date.getTime()) / 1000;
+    pill.dataset.latency = seconds.toFixed(2);
+    pill.title = `playing over HTTP (HLS): ${pill.dataset.reason}; about ${seconds.toFixed(1)} s behind live`;
+  }
+  setInterval(showLatency, 1000);
   function loadHlsJs() {
     if (window.Hls) return Promise.resolve();
     return new Promise((resolve, reject) => {
@@ -227,9 +240,11 @@
       console.warn(err);
     }
     if (!window.Hls || !Hls.isSupported()) {  // Safari plays HLS itself
+      video.dataset.player = 'native';
       video.src = url;
       return;
     }
+    video.dataset.player = 'hls.js';
     const start = () => {
       const player = new Hls({lowLatencyMode: true, backBufferLength: 30});
       player.on(Hls.Events.ERROR, (event, data) => {
@@ -301,7 +316,8 @@
     }
     channel.connect();
     LC.chatForm($('#chat-form'), channel);
-    if (!viaChannel) startMedia();
+    if (room.hls_only) playHls('the room plays over HLS only');
+    else if (!viaChannel) startMedia();
   }
 
   renderRoom();

@@ -66,21 +66,25 @@ async def test_rooms_are_created_changed_and_kept(open_rooms: Opener) -> None:
         updated = await rooms.update("spring", title="Spring drop", private=True)
         assert (updated.title, updated.private, updated.stream_key) == ("Spring drop", True, rotated.stream_key)
         assert updated.record and not (await rooms.update("spring", record=False)).record
+        assert not updated.hls_only and (await rooms.update("spring", hls_only=True)).hls_only
         updated = await rooms.update("spring", title="Spring drop")  # other settings stay as they are
-        assert (updated.private, updated.record) == (True, False)
+        assert (updated.private, updated.record, updated.hls_only) == (True, False, True)
         await refused(rooms.update("spring", record="no"), "bad_request")
-        unrecorded = await rooms.create("unrecorded", record=False)
+        await refused(rooms.update("spring", hls_only=1), "bad_request")
+        await refused(rooms.create("x", hls_only="yes"), "bad_request")
+        unrecorded = await rooms.create("unrecorded", record=False, hls_only=True)
         await refused(rooms.rotate_key("nope"), "not_found")
         await refused(rooms.update("nope", title="x"), "not_found")
         await refused(rooms.create("fourth"), "limit_reached")
     async with open_rooms() as again:  # a restart: everything as last written
         assert again.get("spring") == updated
-        assert again.get("unrecorded") == unrecorded and not unrecorded.record
+        assert again.get("unrecorded") == unrecorded and not unrecorded.record and unrecorded.hls_only
         assert [r.id for r in again.list()] == ["spring", anonymous.id, "unrecorded"]
 
 
 def test_a_data_directory_from_before_room_settings_gains_them(tmp_path: Path) -> None:
-    """Rooms kept by a version without ``private`` and ``record`` columns: public and recorded."""
+    """Rooms kept by a version without ``private``, ``record`` and ``hls_only`` columns: public, recorded
+    and played over WebRTC."""
     storage = Storage(tmp_path / "data")
     storage.db.now(lambda conn: conn.execute(
         "CREATE TABLE rooms (id TEXT PRIMARY KEY, title TEXT NOT NULL, stream_key TEXT NOT NULL,"
@@ -88,7 +92,7 @@ def test_a_data_directory_from_before_room_settings_gains_them(tmp_path: Path) -
     storage.db.now(lambda conn: conn.execute("INSERT INTO rooms VALUES ('old', 'Old', 'sk_old', 1.0)"))
     try:
         [old] = Rooms(SqliteRoomDirectory(storage)).list()
-        assert (old.id, old.stream_key, old.private, old.record) == ("old", "sk_old", False, True)
+        assert (old.id, old.stream_key, old.private, old.record, old.hls_only) == ("old", "sk_old", False, True, False)
     finally:
         storage.close()
 
