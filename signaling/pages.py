@@ -100,7 +100,8 @@ def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Ca
             room = rooms.get(request.match_info["room"])
             if room is None:
                 return render("lobby", request, {"id": request.match_info["room"], "missing": True}, status=404)
-            return render(name, request, {"id": room.id, "title": room.title or room.id, "hls_only": room.hls_only})
+            return render(name, request, {"id": room.id, "title": room.title or room.id, "private": room.private,
+                                          "hls_only": room.hls_only})
 
         return handler
 

@@ -233,7 +233,9 @@
     hls = true;  // taken: a second reason to fall back does nothing
     showMode('hls', reason);
     video.srcObject = null;
-    const url = `/hls/${encodeURIComponent(room.id)}/index.m3u8`;
+    // A private room's HLS takes the viewer's token in the query: the playlist names its files with it.
+    const token = room.private ? (whepToken || params.get('token')) : null;
+    const url = `/hls/${encodeURIComponent(room.id)}/index.m3u8` + (token ? `?token=${encodeURIComponent(token)}` : '');
     try {
       await loadHlsJs();
     } catch (err) {

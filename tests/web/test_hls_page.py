@@ -203,3 +203,21 @@ async def test_hls_only_room_sends_viewers_to_hls(app: App, browser: Any) -> Non
         assert not pages.errors, pages.errors
         await http.delete(base + publisher.location)
         await publisher.close()
+
+
+async def test_a_private_hls_only_room_plays_with_the_viewers_token(app: App, browser: Any) -> None:  # noqa: F811
+    """The page hands its viewer token to the HLS playlist of a private room (the playlist names its
+    files with it), so a shopper the shop let in plays and buys; without it the stream is refused."""
+    base = f"http://127.0.0.1:{app.http_port}"
+    async with aiohttp.ClientSession() as http:
+        status, room = await patch_room(http, app, {"private": True, "hls_only": True}, "test-admin")
+        assert status == 200 and room["private"] and room["hls_only"]
+        publisher = await go_live(app, http)
+        async with http.get(f"{base}/hls/demo/index.m3u8") as response:
+            assert response.status == 401
+        pages = Pages(app, browser)
+        page = await pages.open(f"/watch/demo?token={token(app, 'demo', 'viewer', 'vip')}")
+        await plays_hls(page, "the room plays over HLS only")
+        assert not pages.errors, pages.errors
+        await http.delete(base + publisher.location)
+        await publisher.close()

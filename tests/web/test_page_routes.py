@@ -27,7 +27,7 @@ async def test_pages_embed_the_websocket_url_for_the_host_the_browser_used(engin
     status, _, settings = await fetch(engine, "/watch/demo")
     assert status == 200
     assert settings == {"ws": f"ws://127.0.0.1:{engine.ws_port}/ws",
-                        "room": {"id": "demo", "title": "Demo room", "hls_only": False}}
+                        "room": {"id": "demo", "title": "Demo room", "private": False, "hls_only": False}}
     _, _, settings = await fetch(engine, "/studio/demo", Host=f"shop.example:{engine.http_port}")
     assert settings["ws"] == f"ws://shop.example:{engine.ws_port}/ws"
     _, _, settings = await fetch(engine, "/", Host=f"[::1]:{engine.http_port}")
