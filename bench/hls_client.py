@@ -9,14 +9,14 @@ core of players can load a server on another. Each player binds its own loopback
 address).
 
 In ``static`` mode (the bench's baseline) a player instead asks, once per part duration, for the
-plain playlist and for one fixed part: the same requests and bytes at the same pace, without
-blocking reloads or new parts.
+plain playlist and for the last part it lists (already made, so nothing waits): the same requests
+and bytes at the same pace, without blocking reloads.
 
     python bench/hls_client.py --base http://127.0.0.1:8080 --room bench --first 0 --count 250 \\
         --out out.json
 
 It prints ``ready``, then reads one JSON line from stdin, ``{"start_at": T, "ramp": R, "stop_at":
-T2, "part": NAME, "part_seconds": S}`` (monotonic times; ``part`` for static mode): player ``i``
+T2, "static": true, "part_seconds": S}`` (monotonic times; ``static`` for the baseline): player ``i``
 starts at ``T + R * i / count``; at ``T2`` the process writes, per part it fetched, ``[name,
 arrival]`` (monotonic, shared by every process on the machine) and its request and error counts.
 """
@@ -171,16 +171,20 @@ async def player(connection: Connection, room: str, tally: Tally, stop_at: float
         msn, part, parts = listed(body.decode())
 
 
-async def static(connection: Connection, room: str, name: str, every: float, tally: Tally, stop_at: float) -> None:
-    """The baseline: the plain playlist and one fixed part, once per part duration."""
+async def static(connection: Connection, room: str, every: float, tally: Tally, stop_at: float) -> None:
+    """The baseline: the plain playlist and the last part it lists, once per part duration."""
     next_at = time.monotonic()
     while next_at < stop_at:
-        for path in (f"/hls/{room}/index.m3u8", f"/hls/{room}/{name}"):
-            status, _ = await connection.get(path, keep=False)
+        status, body = await connection.get(f"/hls/{room}/index.m3u8")
+        tally.requests += 1
+        tally.bytes += connection.size
+        parts = listed(body.decode())[2] if status == 200 else []
+        if parts:
+            status, _ = await connection.get(f"/hls/{room}/{parts[-1]}", keep=False)
             tally.requests += 1
             tally.bytes += connection.size
-            if status != 200:
-                tally.error(f"static {status}")
+        if status != 200 or not parts:
+            tally.error(f"static {status}")
         next_at += every
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
@@ -211,9 +215,9 @@ async def run(args: argparse.Namespace, plan: dict[str, Any]) -> Tally:
     async def one(index: int) -> None:
         await asyncio.sleep(max(0.0, plan["start_at"] + plan["ramp"] * index / args.count - time.monotonic()))
         connection = Connection(host, int(port), source(args.first + index))
-        if plan.get("part"):
-            await again(lambda: static(connection, args.room, plan["part"], plan["part_seconds"], tally,
-                                       plan["stop_at"]), connection, tally, plan["stop_at"])
+        if plan.get("static"):
+            await again(lambda: static(connection, args.room, plan["part_seconds"], tally, plan["stop_at"]),
+                        connection, tally, plan["stop_at"])
         else:
             await again(lambda: player(connection, args.room, tally, plan["stop_at"]), connection, tally,
                         plan["stop_at"])
