@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -91,7 +90,7 @@ from measure import (  # noqa: E402
     record,
     write_results,
 )
-from media_fanout import sleep_until, start_workers  # noqa: E402
+from media_fanout import collect_workers, sleep_until, start_workers  # noqa: E402
 from media_stream import ReplayTrack, Stream, StreamSpec, load  # noqa: E402
 from media_viewer import Record, record_headers, video_payload_types  # noqa: E402
 
@@ -237,19 +236,6 @@ async def window(start: float, seconds: float, *nodes: Node) -> dict[str, float]
     return {node.name: process_cpu(node.pid) - before[node.name] for node in nodes}
 
 
-async def collect(workers: list[Any], errors: list[str]) -> list[dict[str, Any]]:
-    """The counting viewers' records, once their processes have written them."""
-    records: list[dict[str, Any]] = []
-    for process, out in workers:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), 60)
-        if out.exists():
-            records += json.loads(out.read_text())
-        else:
-            errors.append(f"viewer process {process.pid} wrote no results")
-    return records
-
-
 async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dict[bytes, int]) -> dict[str, Any]:
     """One run: fresh nodes and Redis prefix, the three phases, the figures of the last window."""
     prefix = f"bench-cascade-{secrets.token_hex(4)}:"
@@ -301,7 +287,7 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
             core1.start()
             with_edge = await window(start, args.window, origin, edge)
             core1_busy = core1.stop().busy
-            counted = {node.name: await collect(workers[node.name], errors) for node in nodes}
+            counted = {node.name: await collect_workers(workers[node.name], errors) for node in nodes}
     finally:
         for group in workers.values():
             for process, _ in group:

@@ -299,6 +299,19 @@ async def start_workers(
     return workers
 
 
+async def collect_workers(workers: list[Any], errors: list[str]) -> list[dict[str, Any]]:
+    """The viewers' records, once their processes (from ``start_workers``) have written them."""
+    records: list[dict[str, Any]] = []
+    for process, out in workers:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 60)
+        if out.exists():
+            records += json.loads(out.read_text())
+        else:
+            errors.append(f"viewer process {process.pid} wrote no results")
+    return records
+
+
 # --- analysis --------------------------------------------------------------
 
 
@@ -542,14 +555,7 @@ async def run_once(
             complete, sent = lossy.delivered_between(w0, w1, video_stream.duration // len(video_stream.payloads))
             result.lossy_delivered = complete / sent if sent else 0.0
 
-        viewers: list[dict[str, Any]] = []
-        for process, out in workers:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(process.wait(), 60)
-            if out.exists():
-                viewers += json.loads(out.read_text())
-            else:
-                result.errors.append(f"viewer process {process.pid} wrote no results")
+        viewers = await collect_workers(workers, result.errors)
         video, audio = streams
         analyse(
             result,

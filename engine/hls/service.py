@@ -23,7 +23,7 @@ from engine.hls import metrics
 from engine.hls.segmenter import LiveSegmenter
 from engine.hls.window import LiveWindow
 from engine.media.frames import EncodedFrame
-from engine.recording.muxer import VIDEO_RATE, MediaClock
+from engine.recording.muxer import VIDEO_RATE, MediaClock, has_opus
 from engine.recording.templates import AUDIO_RATE
 from engine.tasks import cancel_and_wait
 
@@ -87,11 +87,7 @@ class _Live:
 
         self.segmenter = LiveSegmenter(room, config.part_seconds, config.segment_seconds, config.queue_frames,
                                        time.time(), on_init, on_part, on_end)
-        self.segmenter.new_source(_has_opus(codecs))
-
-
-def _has_opus(codecs: dict[str, str]) -> bool:
-    return codecs.get("audio", "").lower() == "opus"
+        self.segmenter.new_source(has_opus(codecs))
 
 
 class HlsService:
@@ -127,7 +123,7 @@ class HlsService:
         if live is not None:
             for clock in live.clocks.values():
                 clock.rebase()
-            if not live.segmenter.new_source(_has_opus(codecs)):
+            if not live.segmenter.new_source(has_opus(codecs)):
                 self._overflowed(room)
         elif self._wanted(room):
             self._begin(room, codecs)

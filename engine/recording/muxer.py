@@ -69,6 +69,11 @@ class _Held:
     keyframe: bool
 
 
+def has_opus(codecs: dict[str, str]) -> bool:
+    """Whether a room's codecs (as its media service names them) carry an Opus track the muxer can add."""
+    return codecs.get("audio", "").lower() == "opus"
+
+
 class Fmp4Muxer:
     """One fragmented MP4 stream written to ``sink`` (a write-only file object, e.g. a ``FragmentSplitter``).
 

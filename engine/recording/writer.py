@@ -24,7 +24,7 @@ from typing import Any
 
 import av
 
-from engine.recording.muxer import VIDEO_RATE, Fmp4Muxer, fragment_options
+from engine.recording.muxer import VIDEO_RATE, Fmp4Muxer, fragment_options, has_opus
 from engine.recording.segments import INIT, SegmentFiles
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class RecordingWriter:
                 return  # a recording starts on a keyframe; audio before it has no picture
             self._files = SegmentFiles(self.directory, self._segment_done)
             # cut at the first keyframe past ~90% of the target: a 2 s GOP is cut at every keyframe
-            self._muxer = Fmp4Muxer(self._files, data, self.info.codecs.get("audio", "").lower() == "opus",
+            self._muxer = Fmp4Muxer(self._files, data, has_opus(self.info.codecs),
                                     fragment_options(self._segment_seconds * 0.9))
         self._muxer.add(kind, data, ts, keyframe)
 

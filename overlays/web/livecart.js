@@ -771,7 +771,8 @@ const LC = (() => {
     }
   }
 
-  /** The side panel's tabs (`.tabs button[data-tab=NAME]` shows `#tab-NAME`); returns show(name). */
+  /** The side panel's tabs (`.tabs button[data-tab=NAME]` shows `#tab-NAME`), and the header's cart button
+   * where the page has one; returns show(name). */
   function panelTabs() {
     function show(name) {
       for (const button of document.querySelectorAll('.tabs button')) {
@@ -782,10 +783,13 @@ const LC = (() => {
     for (const button of document.querySelectorAll('.tabs button')) {
       button.addEventListener('click', () => show(button.dataset.tab));
     }
-    $('#cart-button').addEventListener('click', () => {
-      show('cart');
-      $('.panel').scrollIntoView({behavior: 'smooth', block: 'start'});
-    });
+    const cartButton = $('#cart-button');
+    if (cartButton) {
+      cartButton.addEventListener('click', () => {
+        show('cart');
+        $('.panel').scrollIntoView({behavior: 'smooth', block: 'start'});
+      });
+    }
     return show;
   }
 

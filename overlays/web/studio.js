@@ -328,15 +328,7 @@
   });
 
   // ---- tabs, sign-in, start -------------------------------------------------------------------
-  function showTab(name) {
-    for (const button of document.querySelectorAll('.tabs button')) {
-      button.classList.toggle('active', button.dataset.tab === name);
-    }
-    for (const tab of document.querySelectorAll('.tab')) tab.hidden = tab.id !== `tab-${name}`;
-  }
-  for (const button of document.querySelectorAll('.tabs button')) {
-    button.addEventListener('click', () => showTab(button.dataset.tab));
-  }
+  const showTab = LC.panelTabs();
   LC.trackPicture(preview, tagLayer);
 
   function connStatus(status, detail) {
