@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from aiohttp import web
 
+from engine.digits import parse_uint
 from engine.errors import shown
 from engine.hls import metrics
-from engine.hls.playlist import FILE, media_playlist
+from engine.hls.playlist import FILE, playlist_bytes
 from engine.hls.service import HlsBusy, HlsService
 from engine.hls.window import LiveWindow
 from engine.rooms import Rooms
@@ -36,6 +39,8 @@ from signaling.http import STATUS, ApiError
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 IMMUTABLE = "public, max-age=31536000, immutable"
+#: The request's file name parsed by ``FILE`` (None when it names no HLS file), kept by ``counted``.
+HLS_FILE = web.RequestKey("hls_file", re.Match)
 #: An integer that fits a media sequence or part number.
 _NUMBER_DIGITS = 12
 
@@ -44,26 +49,36 @@ def _number(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > _NUMBER_DIGITS:
+    value = parse_uint(raw, _NUMBER_DIGITS)
+    if value is None:
         raise ApiError("bad_request", f"{name} must be a non-negative integer, not {shown(raw)}")
-    return int(raw)
+    return value
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def counted(handler: Handler) -> Handler:
-    """Count each answer in ``livecart_hls_requests_total`` by what was asked (playlist, init, seg, part)."""
+    """Count each answer in ``livecart_hls_requests_total`` by what was asked (playlist, init, seg, part).
+
+    The file name is parsed here once, for the count and for the handler (``request[HLS_FILE]``)."""
+    counters: dict[tuple[str, int], Any] = {}  # (kind, status) -> its series: a few kinds, a few statuses
+
+    def count(kind: str, status: int) -> None:
+        counter = counters.get((kind, status))
+        if counter is None:
+            counter = counters[kind, status] = metrics.REQUESTS.labels(kind, str(status))
+        counter.inc()
 
     async def answer(request: web.Request) -> web.Response:
-        match = FILE.fullmatch(request.match_info.get("file", ""))
+        match = request[HLS_FILE] = FILE.fullmatch(request.match_info.get("file", ""))
         kind = match.group(1) if match else "playlist" if "file" not in request.match_info else "other"
         try:
             response = await handler(request)
         except ApiError as exc:
-            metrics.REQUESTS.labels(kind, str(exc.status or STATUS.get(exc.code, 400))).inc()
+            count(kind, exc.status or STATUS.get(exc.code, 400))
             raise
-        metrics.REQUESTS.labels(kind, str(response.status)).inc()
+        count(kind, response.status)
         return response
 
     return answer
@@ -77,11 +92,14 @@ def hls_routes(app: web.Application, hls: HlsService, rooms: Rooms, access: View
     def cache(room: str, public: str) -> str:
         return "private, " + public.removeprefix("public, ") if access.private(room) else public
 
-    @asynccontextmanager
-    async def waiting(kind: str) -> AsyncIterator[None]:
+    def check_room_to_wait() -> None:
         if hls.blocked >= config.max_blocked:
             raise ApiError("overloaded", f"{config.max_blocked} HLS requests wait on this node already "
                            "(--hls-max-blocked)", headers={"Retry-After": "1"})
+
+    @asynccontextmanager
+    async def waiting(kind: str) -> AsyncIterator[None]:
+        check_room_to_wait()
         hls.blocked += 1
         metrics.BLOCKED.inc()
         started = asyncio.get_running_loop().time()
@@ -102,9 +120,7 @@ def hls_routes(app: web.Application, hls: HlsService, rooms: Rooms, access: View
         if found is not None and found[1].has_media:
             hls.touch(room)
             return (*found, query)
-        if hls.blocked >= config.max_blocked:  # before starting anything for a request that cannot wait
-            raise ApiError("overloaded", f"{config.max_blocked} HLS requests wait on this node already "
-                           "(--hls-max-blocked)", headers={"Retry-After": "1"})
+        check_room_to_wait()  # before starting anything for a request that cannot wait
         try:
             hls.touch(room)
         except HlsBusy as exc:
@@ -150,12 +166,12 @@ def hls_routes(app: web.Application, hls: HlsService, rooms: Rooms, access: View
             control = cache(room, f"public, max-age={window.target}")
         else:
             control = cache(room, f"public, max-age={max(1, math.floor(config.part_seconds))}")
-        text = media_playlist(stream, window, config.part_seconds, skip=skip is not None, query=query)
-        return web.Response(body=text.encode(), content_type=PLAYLIST_TYPE, headers={"Cache-Control": control})
+        body = playlist_bytes(stream, window, config.part_seconds, skip=skip is not None, query=query)
+        return web.Response(body=body, content_type=PLAYLIST_TYPE, headers={"Cache-Control": control})
 
     async def media_file(request: web.Request) -> web.Response:
         room, name = request.match_info["room"], request.match_info["file"]
-        match = FILE.fullmatch(name)
+        match = request[HLS_FILE]  # parsed by `counted`
         if match is None:
             raise ApiError("not_found", f"no HLS file {shown(name)}")
         kind, stream_id, number = match.group(1), match.group(2), int(match.group(3))

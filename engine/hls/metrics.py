@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("livecart_hls_requests_total", "HLS requests answered, by what was asked and the status",
@@ -17,3 +19,10 @@ SEGMENTER_LAG = Histogram(
     "From the end of a part's last frame (its wall-clock media time) to the part being ready", ["room"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0))
 LIVE_ROOMS = Gauge("livecart_hls_live_rooms", "Rooms whose live HLS segmenter runs on this node")
+
+
+def forget(room: str) -> None:
+    """Drop a room's series once its stream stops, so the metrics of a long-running node stay bounded."""
+    for metric in (PARTS, SEGMENTER_LAG):
+        with contextlib.suppress(KeyError):  # a stream that stopped before its first part
+            metric.remove(room)

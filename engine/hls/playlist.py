@@ -85,6 +85,22 @@ def media_playlist(stream: str, window: LiveWindow, part_target: float, skip: bo
     return "\n".join(lines) + "\n"
 
 
+#: Playlists a window keeps rendered at once; past it (a private room's many tokens) they are rendered
+#: per request.
+CACHED_PLAYLISTS = 64
+
+
+def playlist_bytes(stream: str, window: LiveWindow, part_target: float, skip: bool = False, query: str = "") -> bytes:
+    """``media_playlist`` encoded, rendered once per window change for each (skip, query) asked."""
+    key = (skip, query)
+    body = window.playlists.get(key)
+    if body is None:
+        body = media_playlist(stream, window, part_target, skip, query).encode()
+        if len(window.playlists) < CACHED_PLAYLISTS:
+            window.playlists[key] = body
+    return body
+
+
 def _parts_from(segments: list[Segment], span: float) -> int:
     """Index of the first segment whose parts are listed: those ending within ``span`` of the live edge."""
     elapsed = 0.0

@@ -44,7 +44,7 @@ class HlsConfig:
     block_timeout: float = 6.0
     #: Requests of this node waiting at once (blocking reloads, hinted parts, first playlists); then 503.
     max_blocked: int = 2000
-    #: Seconds a room's segmenter runs after its last HLS request (unless it is recorded).
+    #: Seconds a room's segmenter runs after its last HLS request.
     idle_seconds: float = 60.0
     #: Frames queued for one room's segmenter thread; past it the stream stops and starts again.
     queue_frames: int = 600
@@ -73,7 +73,6 @@ class _Live:
         self.window = LiveWindow(config.window_segments, config.segment_seconds)
         self.started = time.monotonic()
         self.clocks = {"video": MediaClock(VIDEO_RATE), "audio": MediaClock(AUDIO_RATE)}
-        self.failed = False
         self.last_keyframe = self.started  # monotonic time of the last video keyframe offered
 
         def on_init(number: int, data: bytes) -> None:
@@ -102,7 +101,8 @@ class HlsService:
         self._keyframe = keyframe
         self._live: dict[str, _Live] = {}
         self._requested: dict[str, float] = {}  # room -> monotonic time of its last HLS request
-        self._started: dict[str, asyncio.Future[None]] = {}  # rooms whose first request waits for a stream
+        # Resolved (and replaced) whenever a stream begins: first requests wait on it, then look again.
+        self._begun: asyncio.Future[None] | None = None
         self.blocked = 0
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -158,8 +158,7 @@ class HlsService:
 
     def wanted_rooms(self) -> set[str]:
         """Rooms someone asked for within ``idle_seconds`` (the media cascade keeps pulling them here)."""
-        horizon = time.monotonic() - self.config.idle_seconds
-        return {room for room, at in self._requested.items() if at >= horizon}
+        return {room for room in self._requested if self._wanted(room)}
 
     def touch(self, room: str) -> None:
         """An HLS request for ``room``: keep it segmented; start it if its source is here. Raises HlsBusy."""
@@ -187,12 +186,9 @@ class HlsService:
             if live is not None:
                 await live.window.wait_change(remaining)
                 continue
-            started = self._started.get(room)
-            if started is None:
-                started = self._started[room] = loop.create_future()
-            done, _ = await asyncio.wait({started}, timeout=remaining)
-            if not done and self._started.get(room) is started:
-                del self._started[room]
+            if self._begun is None:
+                self._begun = loop.create_future()
+            await asyncio.wait({self._begun}, timeout=remaining)
 
     # --- streams ---
 
@@ -205,9 +201,9 @@ class HlsService:
             return None  # HLS carries H264 (as recordings do); VP8 rooms are WebRTC only
         live = self._live[room] = _Live(room, self.config, codecs)
         metrics.LIVE_ROOMS.set(len(self._live))
-        started = self._started.pop(room, None)
-        if started is not None and not started.done():
-            started.set_result(None)
+        begun, self._begun = self._begun, None
+        if begun is not None:
+            begun.set_result(None)
         self._keyframe(room)
         log.info("room %s: live HLS stream %s started", room, live.stream)
         return live
@@ -217,6 +213,7 @@ class HlsService:
         if live is None:
             return
         metrics.LIVE_ROOMS.set(len(self._live))
+        metrics.forget(room)
         task = asyncio.ensure_future(asyncio.to_thread(live.segmenter.stop))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

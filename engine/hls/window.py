@@ -60,6 +60,9 @@ class LiveWindow:
         self.discontinuities = 0  #: EXT-X-DISCONTINUITY-SEQUENCE: discontinuities dropped with old segments
         #: EXT-X-TARGETDURATION: never lowered (RFC 8216bis forbids changing it); raised if a GOP is longer.
         self.target = max(1, round(segment_target))
+        #: Playlists rendered since the last change, by what varies between requests (delta or not, query):
+        #: every player waiting for a part is answered the same bytes, rendered once.
+        self.playlists: dict[tuple[bool, str], bytes] = {}
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # --- fed by the segmenter (on the loop) ---
@@ -107,6 +110,7 @@ class LiveWindow:
             del self.inits[number]
 
     def _wake(self) -> None:
+        self.playlists.clear()
         self._changed.set_result(None)
         self._changed = asyncio.get_running_loop().create_future()
 
