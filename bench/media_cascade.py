@@ -31,11 +31,16 @@ Phases of one run, each a steady ``--window`` after a settling pause:
 
 1. the publisher alone on A: A's CPU (the baseline);
 2. ``--viewers`` viewers on A: A's CPU per viewer = (CPU - baseline) / N;
-3. as many viewers on B, which pulls the room from A once: A's CPU for that one edge = CPU in
-   phase 3 - CPU in phase 2; B's CPU per viewer = B's CPU / N (its pull's ingest included, as A's
-   figures include the publisher's ingest only through the baseline).
+3. B's measuring viewers: B pulls the room from A once. A's CPU for that one edge = CPU in
+   phase 3 - CPU in phase 2, while B itself does little on the shared core (one ingest and a
+   few viewers);
+4. the rest of B's viewers (as many as A's in all): A's CPU for the edge again (phase 4 - phase
+   2), now beside B serving N viewers on the same core, which takes core 0's time and caches from
+   A (an effect of this machine's two cores, not of A's work: A sends the edge one stream either
+   way); B's CPU per viewer = B's CPU / N (its pull's ingest included, as A's figures include the
+   publisher's ingest only through the baseline).
 
-In phase 3 every measuring viewer on both nodes logs each video frame's arrival (when aiortc's
+In phase 4 every measuring viewer on both nodes logs each video frame's arrival (when aiortc's
 jitter buffer hands it out, the same for both); the lag of a frame is its arrival minus the moment
 the publisher handed it to its sender (one machine, one monotonic clock). Frames are recognised by
 their payload (the NAL units of each frame of the loop are distinct). Added latency per hop = lag
@@ -47,7 +52,7 @@ of medians (each figure's median over the runs; the added latency of that row is
 its own median lags). Core 1's busy share in the last window is shown: near 100 % the load, not
 the nodes, limits the figures.
 
-On a quiet 2-core machine a run takes about 1.5 min (three 20 s windows, settling, node start):
+On a quiet 2-core machine a run takes about 2 min (four 20 s windows, settling, node start):
 
     python bench/media_cascade.py --viewers 24 --measuring 2 --runs 3 --window 20
 """
@@ -264,10 +269,12 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
                                       if counting else [])
             join_direct = time.monotonic() + 0.5
             direct_start = join_direct + counting * args.join_interval + args.settle
-            join_edge = direct_start + args.window + 0.2
-            start = join_edge + counting * args.join_interval + args.settle
+            join_edge = direct_start + args.window + 0.2  # the edge's measuring viewers: its pull starts
+            pull_start = join_edge + args.settle
+            join_edge_counting = pull_start + args.window + 0.2
+            start = join_edge_counting + counting * args.join_interval + args.settle
             stop = start + args.window
-            for node, join_at in ((origin, join_direct), (edge, join_edge)):
+            for node, join_at in ((origin, join_direct), (edge, join_edge_counting)):
                 for process, _ in workers[node.name]:
                     process.stdin.write(f"{json.dumps({'join_at': join_at, 'stop_at': stop + 1.5})}\n".encode())
                     await process.stdin.drain()
@@ -282,6 +289,7 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
             through_edge = [Viewer("node-b", index) for _ in range(args.measuring)]
             await asyncio.gather(*(viewer.watch(http, edge) for viewer in through_edge))
             viewers += through_edge
+            with_pull = await window(pull_start, args.window, origin, edge)
             await sleep_until(start)
             core1 = CoreWindow(None, core=1)
             core1.start()
@@ -337,7 +345,9 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
         if rates[name] and min(rates[name]) < 0.97:
             errors.append(f"a counting viewer on {name} got {min(rates[name]):.1%} of a measuring viewer's packets")
     cpu_viewer_origin = (with_viewers["node-a"] - base["node-a"]) / args.window / args.viewers
-    cpu_edge_on_origin = (with_edge["node-a"] - with_viewers["node-a"]) / args.window
+    cpu_edge_on_origin = (with_pull["node-a"] - with_viewers["node-a"]) / args.window
+    cpu_edge_on_origin_beside_load = (with_edge["node-a"] - with_viewers["node-a"]) / args.window
+    edge_cpu_pull_only = with_pull["node-b"] / args.window
     cpu_viewer_edge = with_edge["node-b"] / args.window / args.viewers
     # the edge's ingest (its pull) costs about what the origin's publisher ingest costs: the baseline
     cpu_viewer_edge_less_ingest = (with_edge["node-b"] - base["node-a"]) / args.window / args.viewers
@@ -347,6 +357,8 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
         "cpu_origin_baseline": base["node-a"] / args.window,
         "cpu_per_viewer_origin": cpu_viewer_origin,
         "cpu_of_one_edge_on_origin": cpu_edge_on_origin,
+        "cpu_of_one_edge_on_origin_beside_load": cpu_edge_on_origin_beside_load,
+        "cpu_edge_pull_only": edge_cpu_pull_only,
         "cpu_per_viewer_edge": cpu_viewer_edge,
         "cpu_per_viewer_edge_less_ingest": cpu_viewer_edge_less_ingest,
         "lag_direct_p50": percentile(pooled["node-a"], 50), "lag_direct_p99": percentile(pooled["node-a"], 99),
@@ -363,7 +375,8 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
 
 
 FIGURES = (
-    "cpu_origin_baseline", "cpu_per_viewer_origin", "cpu_of_one_edge_on_origin", "cpu_per_viewer_edge",
+    "cpu_origin_baseline", "cpu_per_viewer_origin", "cpu_of_one_edge_on_origin",
+    "cpu_of_one_edge_on_origin_beside_load", "cpu_edge_pull_only", "cpu_per_viewer_edge",
     "cpu_per_viewer_edge_less_ingest", "lag_direct_p50", "lag_direct_p99", "lag_edge_p50", "lag_edge_p99",
     "delivered_min_origin", "delivered_min_edge", "counting_rate_min_origin", "counting_rate_min_edge", "core1_busy",
 )  # fmt: skip
@@ -389,7 +402,9 @@ def row(label: str, result: dict[str, Any]) -> list[Any]:
         f"{fmt(result['lag_direct_p50'])} / {fmt(result['lag_direct_p99'])}",
         f"{fmt(result['lag_edge_p50'])} / {fmt(result['lag_edge_p99'])}",
         f"{fmt(added('p50'))} / {fmt(added('p99'))}",
-        pct("cpu_per_viewer_origin", 2), pct("cpu_of_one_edge_on_origin", 2),
+        pct("cpu_per_viewer_origin", 2),
+        f"{pct('cpu_of_one_edge_on_origin', 2)} / {pct('cpu_of_one_edge_on_origin_beside_load', 2)}",
+        pct("cpu_edge_pull_only", 1),
         f"{pct('cpu_per_viewer_edge', 2)} / {pct('cpu_per_viewer_edge_less_ingest', 2)}",
         f"{pct('delivered_min_origin')} / {pct('delivered_min_edge')}",
         f"{pct('counting_rate_min_origin')} / {pct('counting_rate_min_edge')}",
@@ -400,7 +415,9 @@ def row(label: str, result: dict[str, Any]) -> list[Any]:
 def report(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     rows = [row(str(i + 1), r) for i, r in enumerate(runs)] + [row("median", summary)]
     header = ["run", "viewers per node", "lag direct p50 / p99 ms", "lag through edge p50 / p99 ms",
-              "added per hop p50 / p99 ms", "origin CPU % per viewer", "origin CPU % for the edge",
+              "added per hop p50 / p99 ms", "origin CPU % per viewer",
+              "origin CPU % for the edge: edge with its measuring viewers / with N viewers",
+              "edge CPU % with its measuring viewers",
               "edge CPU % per viewer: all / less one ingest", "frames delivered min % origin / edge",
               "counting rate min % origin / edge", "core 1 busy %", "errors"]
     measuring = runs[0]["measuring_per_node"]
@@ -409,7 +426,9 @@ def report(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
             "the socket; counting rate = a counting viewer's video packets over a measuring viewer's). "
             "Lag: publisher hands a frame to its sender -> a measuring viewer's jitter buffer hands it out. "
             "Edge CPU per viewer: all its CPU over N, and less the origin's publisher-only CPU (one stream's "
-            "ingest) over N. The median row is each column's median over the runs.")
+            "ingest) over N. Origin CPU for the edge: the origin's CPU with its N viewers and the edge's pull, "
+            "less with its N viewers alone, first while the edge holds only its measuring viewers, then while "
+            "it serves N viewers on the same core. The median row is each column's median over the runs.")
     return note + "\n\n" + markdown_table(header, rows) + "\n"
 
 
