@@ -16,9 +16,10 @@ every part's bytes, to know which published frames each part holds. Three window
   the part's arrival at the player minus the moment the publisher handed the frame to its sender
   (one machine, one monotonic clock); frames are recognised by their bytes (the clip loops; the
   loop is the last one sent before the part's first arrival anywhere);
-- **baseline**: the same N players asking, once per part duration, for the plain playlist and one
-  fixed part (same requests, same bytes, same server): what serving those bytes over HTTP costs
-  without blocking reloads, so the HLS window's excess over it is the LL-HLS machinery's cost.
+- **baseline**: the same N players asking, once per part duration, for the plain playlist and the
+  last part it lists (already made: same requests, same bytes, same server): what serving those
+  bytes over HTTP costs without blocking reloads, so the HLS window's excess over it is the
+  LL-HLS machinery's cost.
 
 The other load on core 0 is reported per window (its busy share minus the server's), and core 1's
 busy share in the HLS window: near 100 % the players, not the server, limit the run. Each
@@ -70,7 +71,7 @@ class Result:
     run: int = 1
     segmenter_cpu: float = 0.0  # % of one core: publisher + segmenter + one player
     server_cpu: float = 0.0  # % of one core, N players following the live edge
-    baseline_cpu: float = 0.0  # % of one core, N players asking for a fixed part at the same pace
+    baseline_cpu: float = 0.0  # % of one core, N players asking for the playlist's last part at the same pace
     core0_others: float = 0.0  # % of core 0 used by other processes in the HLS window
     core0_others_baseline: float = 0.0
     core1_busy: float = 0.0  # % of core 1 busy in the HLS window (players, publisher): near 100 % = load-bound
@@ -349,8 +350,8 @@ def report(results: list[Result], args: argparse.Namespace, spec: StreamSpec, vi
         f"100 % over (all the server's CPU, segmenter included) / N, the conservative figure, and the core left "
         f"beside the room's segmenter over the marginal CPU per player ((server - segmenter only) / N). "
         f"Baseline: the same players asking for the plain playlist "
-        f"and one fixed part every {args.hls_part} s (the same server serving the same bytes without blocking "
-        f"reloads).\n\n" + markdown_table(list(COLUMNS), rows)
+        f"and the last part it lists every {args.hls_part} s (the same server serving the same bytes without "
+        f"blocking reloads).\n\n" + markdown_table(list(COLUMNS), rows)
     )
 
 

@@ -7,6 +7,9 @@ SRTP packets are recorded from their RTP header, which SRTP leaves in clear
 handed to aiortc's receiver. STUN (consent checks), DTLS and RTCP still go to
 aiortc. A viewer then costs a few microseconds per packet, so a handful of
 processes on one core can take the output of a server that owns another.
+The same wrapper (``record_headers``) can also pass RTP on to aiortc
+(``drop=False``): the cascade bench's measuring viewers record the headers
+and still receive their frames through aiortc (bench/media_cascade.py).
 
 Per viewer the output holds, per RTP timestamp of each kind, the first and
 last arrival (monotonic, shared by every process on the machine), packets,

@@ -320,15 +320,26 @@ class Commerce:
 
     # -- viewers ------------------------------------------------------------------------------
 
-    def ready(self, room: str, product_id: Any = None, sale_id: Any = None) -> bool:
-        """Whether a tap on (or, with no ids, a cart read of) `room` would call nothing but the
-        stock store and the bus: the shop is loaded and knows the item, so no records are read
-        first. Such a call runs on Redis's pipelined calls alone (see signaling.channel's hot
+    def cart_ready(self, room: str) -> bool:
+        """Whether a cart read of `room` would call nothing but the stock store: its shop is
+        loaded. Such a call runs on Redis's pipelined calls alone (see signaling.channel's hot
         answers)."""
+        return room in self._shops
+
+    def tap_ready(self, room: str, product_id: Any, sale_id: Any) -> bool:
+        """Whether a tap on `room` would call nothing but the stock store and the bus: its shop is
+        loaded and knows the item, so `tap` reads no records first. A tap naming no item is not:
+        where records are shared (as they are with Redis) no shop knows such an item, so `tap`
+        reads the records' revisions before it is refused."""
         shop = self._shops.get(room)
-        if shop is None:
+        if shop is None or product_id is None and sale_id is None:
             return False
-        return product_id is None and sale_id is None or self._shared is None or shop.knows(product_id, sale_id)
+        return self._knows(shop, product_id, sale_id)
+
+    def _knows(self, shop: Shop, product_id: Any, sale_id: Any) -> bool:
+        """Whether `shop` may answer about this product or sale as it is: records no other node
+        writes, or the item is in it (else another node may have made it since it was read)."""
+        return self._shared is None or shop.knows(product_id, sale_id)
 
     async def tap(
         self, room: str, user: str, request_id: str, *,
@@ -338,7 +349,7 @@ class Commerce:
         user as `cart.added`, handed to the bus before this returns), or the refusal as a value
         (see Shop.tap_or_refusal). The hot path: no lock."""
         shop = self._shops.get(room) or await self.shop(room)
-        if self._shared is not None and not shop.knows(product_id, sale_id):
+        if not self._knows(shop, product_id, sale_id):
             shop = await self._knowing(room, product_id, sale_id)  # before its refusal is remembered
         outcome = await shop.tap_or_refusal(user, request_id, product_id=product_id, sale_id=sale_id, qty=qty)
         if type(outcome) is DomainError:
@@ -434,7 +445,7 @@ class Commerce:
     async def _knowing(self, room: str, product_id: Any, sale_id: Any) -> Shop:
         """The room's shop, caught up first if it does not know the product or sale asked for."""
         shop = await self.shop(room)
-        if self._shared is not None and not shop.knows(product_id, sale_id):
+        if not self._knows(shop, product_id, sale_id):
             await self._catch_up_if_moved(room, shop)
         return shop
 

@@ -377,8 +377,9 @@ class Shop:
     ) -> Outcome[dict[str, Any]] | DomainError:
         """`tap` with the refusal returned, not raised. This is the hot path, and in a storm most
         taps are refused (not live yet, sold out, over the limit): unwinding an exception through
-        the handler's frames would cost more than deciding. Keep it to lookups and one store call
-        (two on success: the cart's totals).
+        the handler's frames would cost more than deciding. Keep it to lookups and one store call:
+        on success the cart's totals come back in it where the store counts them there (Redis's
+        reserve script); a store that does not (memory) is asked once more, for the cart.
 
         The result is the tap's answer, `{"reservation": id, "cart": {quantity, total, currency}}`:
         the new line's id and the cart's totals after the tap. The line itself is the `cart.added`

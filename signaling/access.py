@@ -31,10 +31,11 @@ class ViewAccess:
         self.secret = secret
 
     def viewer(self, room_id: str, token: str | None, ask: str = "Authorization: Bearer <viewer token>") -> str | None:
-        """A request's viewer (WHEP, or a recording's files and replay): the user id of its token,
-        None without one (anyone may watch a public room). A token that does not verify is refused
-        (401) and one for another room is forbidden (403) rather than ignored; a private room needs a
-        token that may view it (``ask`` says how the request carries one)."""
+        """A request's viewer (WHEP; through ``token_query`` live HLS, a recording's files and its
+        replay page): the user id of its token, None without one (anyone may watch a public room).
+        A token that does not verify is refused (401) and one for another room is forbidden (403)
+        rather than ignored; a private room needs a token that may view it (``ask`` says how the
+        request carries one)."""
         if not token:
             if self.private(room_id):
                 raise MediaError(401, "unauthorized", f"this room is private: send {ask}", CHALLENGE)

@@ -520,24 +520,30 @@ class Channel:
                 pending = _Resumed(answer, waiting_on)  # it did suspend: a task drives the rest
             session.connection.hold()
             self._spawn(self._answer_later(session, pending, request_id))
-        except CodedError as exc:  # ProtocolError, or a domain/media refusal raised by a handler
-            self._refuse(session, exc, request_id)
-        except Exception:
-            log.exception("action failed")
-            self._refuse(session, CodedError("internal", "the server failed on this request"), request_id)
+        except Exception as exc:  # a ProtocolError, a domain/media refusal raised by a handler, or a failure
+            self._conclude(session, None, exc, request_id)
 
     async def _answer_later(self, session: Session, pending: Awaitable[Any], request_id: Any) -> None:
         try:
             result = await pending
-        except CodedError as exc:
-            self._refuse(session, exc, request_id)
-        except Exception:
-            log.exception("action failed")
-            self._refuse(session, CodedError("internal", "the server failed on this request"), request_id)
+        except Exception as exc:
+            self._conclude(session, None, exc, request_id)
         else:
-            self._answer(session, result, request_id)
+            self._conclude(session, result, None, request_id)
         finally:
             session.connection.release()
+
+    def _conclude(self, session: Session, result: Any, error: Exception | None, request_id: Any) -> None:
+        """Answer a message once its handling ended, however it is driven (inline, by a task or
+        stepped from Redis replies): with ``result`` if nothing was raised, else with the refusal
+        ``error`` is, or, for any other exception, with an "internal" refusal after logging it."""
+        if error is None:
+            self._answer(session, result, request_id)
+        elif isinstance(error, CodedError):
+            self._refuse(session, error, request_id)
+        else:
+            log.error("action failed", exc_info=error)
+            self._refuse(session, CodedError("internal", "the server failed on this request"), request_id)
 
     def _answer(self, session: Session, result: dict[str, Any] | CodedError | None, request_id: Any) -> None:
         if isinstance(result, CodedError):
@@ -644,15 +650,8 @@ class _Stepped:
             connection.uncork()
 
     def _finish(self, result: Any, error: Exception | None) -> None:
-        channel, session = self._channel, self._session
         try:
-            if error is None:
-                channel._answer(session, result, self._request_id)
-            elif isinstance(error, CodedError):
-                channel._refuse(session, error, self._request_id)
-            else:
-                log.error("action failed", exc_info=error)
-                channel._refuse(session, CodedError("internal", "the server failed on this request"), self._request_id)
+            self._channel._conclude(self._session, result, error, self._request_id)
         finally:
             self._done()
 

@@ -89,12 +89,10 @@ def register_commerce(channel: Channel, commerce: Commerce, config: Config) -> N
         return {"sale": await commerce.end_sale(session.room, message.get("sale_id"))}
 
     def tap_is_hot(session: Session, message: dict[str, Any]) -> bool:
-        # A tap naming neither item is refused by the shop: not hot, as the store would not be asked.
-        product_id, sale_id = message.get("product_id"), message.get("sale_id")
-        return (product_id is not None or sale_id is not None) and commerce.ready(session.room, product_id, sale_id)
+        return commerce.tap_ready(session.room, message.get("product_id"), message.get("sale_id"))
 
     def cart_is_hot(session: Session, message: dict[str, Any]) -> bool:
-        return commerce.ready(session.room)
+        return commerce.cart_ready(session.room)
 
     register = channel.actions.register
     register("tap", SHOPPERS, tap, rate=cart_rate, inline=True, hot=tap_is_hot)
