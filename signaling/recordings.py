@@ -32,7 +32,7 @@ from aiohttp import web
 from engine.digits import parse_uint
 from engine.errors import shown
 from engine.nodes.base import NodeInfo
-from engine.recording.service import RecordingService
+from engine.recording.service import RecordingService, in_lobby, newest
 from engine.recording.shared import IndexUnavailable, SharedRecordings
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
@@ -146,9 +146,8 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
             raise ApiError("bad_request", f"limit must be an integer in [1, {MAX_RECENT}]")
         found = await asyncio.to_thread(recordings.recent, limit, listed)
         if shared is not None:
-            found += [info for info in await shared.elsewhere()
-                      if info["state"] == "complete" and info["duration"] and listed(info["room"])]
-            found = sorted(found, key=lambda info: (info["started_at"], info["id"]), reverse=True)[:limit]
+            found += [info for info in await shared.elsewhere() if in_lobby(info, listed)]
+            found = sorted(found, key=newest, reverse=True)[:limit]
         return json_response({"recordings": [
             {**public(info["room"], info), "room": {"id": info["room"], "title": title(info["room"])}}
             for info in found]})
@@ -164,7 +163,7 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
         if shared is not None:
             here = {info["id"] for info in found}
             found += [info for info in await shared.elsewhere() if info["room"] == room and info["id"] not in here]
-            found.sort(key=lambda info: info["started_at"], reverse=True)
+            found.sort(key=newest, reverse=True)
         return json_response({"recordings": [public(room, info, query) for info in found]})
 
     async def get_playlist(request: web.Request) -> web.Response:

@@ -265,14 +265,14 @@ class RecordingService:
         active = self.recording(room)
         if active is not None and active not in found:  # its directory failed: still listed, failed
             found[active] = {**self._active[room].writer.info.to_dict(), "featured": []}
-        return sorted(found.values(), key=lambda info: info["started_at"], reverse=True)
+        return sorted(found.values(), key=newest, reverse=True)
 
     def recent(self, limit: int, rooms: Callable[[str], bool]) -> list[dict[str, Any]]:
         """The newest finished recordings of every room ``rooms`` accepts, newest first, at most
         ``limit``, each with its ``room`` and featured products (blocking when the recordings changed
         since the last listing: run it off the loop)."""
-        found = [info for info in self._kept() if info["state"] == "complete" and info["duration"]
-                 and rooms(info["room"]) and self.recording(info["room"]) != info["id"]]
+        found = [info for info in self._kept()
+                 if in_lobby(info, rooms) and self.recording(info["room"]) != info["id"]]
         return found[:limit]
 
     def get(self, room: str, recording_id: str) -> dict[str, Any] | None:
@@ -328,7 +328,7 @@ class RecordingService:
             info = None if self.recording(room) == path.name else self._read(path)
             if info is not None:
                 found.append({**info, "room": room, "featured": featured(self.timeline(room, path.name) or [])})
-        found.sort(key=lambda info: (info["started_at"], info["id"]), reverse=True)
+        found.sort(key=newest, reverse=True)
         with self._kept_lock:
             if generation == self._generation:  # no change while this walk ran
                 self._kept_cache = found
@@ -413,6 +413,18 @@ class RecordingService:
         task.add_done_callback(self._tasks.discard)
 
 
+def newest(info: dict[str, Any]) -> tuple[float, str]:
+    """The sort key of listings, newest first with ``reverse=True``: recordings that started in the
+    same instant keep one order (by id) on every node and at every call."""
+    return info["started_at"], info["id"]
+
+
+def in_lobby(info: dict[str, Any], rooms: Callable[[str], bool]) -> bool:
+    """Whether the lobby lists a recording (this node's or another's): finished whole, with some
+    media, of a room ``rooms`` accepts (the public ones)."""
+    return info["state"] == "complete" and bool(info["duration"]) and rooms(info["room"])
+
+
 def featured(timeline: list[dict[str, Any]]) -> list[str]:
     """Product ids pinned or put on sale in a timeline, in order of first appearance."""
     products: list[str] = []
@@ -423,4 +435,4 @@ def featured(timeline: list[dict[str, Any]]) -> list[str]:
     return products
 
 
-__all__ = ["INIT", "RecordingConfig", "RecordingService", "featured"]
+__all__ = ["INIT", "RecordingConfig", "RecordingService", "featured", "in_lobby", "newest"]
