@@ -159,7 +159,7 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
     async def list_recordings(request: web.Request) -> web.Response:
         room = room_of(request)
         query = viewable(room, request)
-        found = recordings.list(room)
+        found = await asyncio.to_thread(recordings.list, room)
         if shared is not None:
             here = {info["id"] for info in found}
             found += [info for info in await shared.elsewhere() if info["room"] == room and info["id"] not in here]
