@@ -33,7 +33,7 @@ from engine.digits import parse_uint
 from engine.errors import shown
 from engine.nodes.base import NodeInfo
 from engine.recording.service import RecordingService, in_lobby, newest
-from engine.recording.shared import IndexUnavailable, SharedRecordings
+from engine.recording.shared import IndexUnavailable, SharedRecordings, find
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
 from signaling.access import ViewAccess, token_query
@@ -101,17 +101,17 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
             return ""
         return "?" + urlencode({"token": mint(access.secret, room, "viewer", "admin", ADMIN_VIEW_SECONDS)})
 
-    async def holder(room: str, recording_id: str) -> NodeInfo:
-        """The other live node holding a recording this node does not; 404 if none does, 503 while
-        the shared index cannot be read."""
+    async def held(room: str, recording_id: str) -> tuple[NodeInfo | None, dict[str, Any]]:
+        """The node holding a recording (None: this one) and its entry; 404 if no live node holds
+        it, 503 while the shared index cannot be read (for one this node does not hold)."""
         try:
-            located = await shared.locate(room, recording_id) if shared is not None else None
+            located = await find(recordings, shared, room, recording_id)
         except IndexUnavailable as exc:
             raise ApiError("unavailable", f"{exc}; recording {shown(recording_id)} is not on this node",
                            status=503) from None
         if located is None:
             raise ApiError("not_found", f"no recording {shown(recording_id)} in room {room!r}")
-        return located[0]
+        return located
 
     async def found(request: web.Request) -> tuple[str, str, dict[str, Any], str]:
         """The room, recording id, recording and token query of a request to read a recording's
@@ -120,9 +120,8 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
         room = room_of(request)
         query = viewable(room, request)
         recording_id = request.match_info["recording"]
-        info = recordings.get(room, recording_id)
-        if info is None:
-            node = await holder(room, recording_id)
+        node, info = await held(room, recording_id)
+        if node is not None:
             raise web.HTTPTemporaryRedirect(node.http_url.rstrip("/") + request.path_qs, headers=CORS)
         return room, recording_id, info, query
 
@@ -190,10 +189,12 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
         room = room_of(request)
         auth.identity(request, room, ("host",))
         recording_id = request.match_info["recording"]
-        if recordings.get(room, recording_id) is None:
-            if request.headers.get(FORWARDED):  # passed on here by a node whose index is stale
-                raise ApiError("not_found", f"no recording {shown(recording_id)} in room {room!r} on this node")
-            return await forward_delete(request, await holder(room, recording_id))
+        if not request.headers.get(FORWARDED):
+            node, _ = await held(room, recording_id)
+            if node is not None:
+                return await forward_delete(request, node)
+        elif recordings.get(room, recording_id) is None:  # passed on here by a node whose index is stale
+            raise ApiError("not_found", f"no recording {shown(recording_id)} in room {room!r} on this node")
         try:
             recordings.delete(room, recording_id)
         except ValueError as exc:
