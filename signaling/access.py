@@ -78,4 +78,10 @@ def token_query(access: ViewAccess, room: str, request: web.Request) -> str:
     a private room, nothing for a public one."""
     token = request_token(request)
     access.viewer(room, token, ASK)
+    return link_query(access, room, token)
+
+
+def link_query(access: ViewAccess, room: str, token: str | None) -> str:
+    """The query the links of a request let in with ``token`` carry: the token for a private room
+    (players fetch a playlist's files without headers), nothing for a public one."""
     return "?" + urlencode({"token": token}) if token and access.private(room) else ""

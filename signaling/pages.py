@@ -26,7 +26,7 @@ from engine.config import Config
 from engine.errors import shown
 from engine.media.errors import MediaError
 from engine.recording.service import RecordingService
-from engine.recording.shared import IndexUnavailable, SharedRecordings
+from engine.recording.shared import IndexUnavailable, SharedRecordings, find
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
 from signaling.access import ViewAccess, token_query
@@ -112,22 +112,20 @@ def add_page_routes(app: web.Application, config: Config, rooms: Rooms, urls: Ca
         hold, while the shared index cannot be read, gets the lobby with a notice too (503)."""
         room_id, recording_id = request.match_info["room"], request.match_info["recording"]
         room = rooms.get(room_id)
-        if room is not None:
-            try:
-                query = token_query(access, room.id, request)
-            except MediaError as exc:
-                return render("lobby", request, {"id": room.id, "refused": exc.message}, status=exc.status)
-        info = recordings.get(room_id, recording_id) if room is not None else None
-        if room is not None and info is None and shared is not None:  # held by another node
-            try:
-                located = await shared.locate(room.id, recording_id)
-            except IndexUnavailable:
-                unavailable = {"id": room.id, "unavailable": True, "recording": recording_id}
-                return render("lobby", request, unavailable, status=503)
-            info = located[1] if located is not None else None
-        if room is None or info is None:
-            missing = {"id": room_id, "missing": True, **({"recording": recording_id} if room else {})}
-            return render("lobby", request, missing, status=404)
+        if room is None:
+            return render("lobby", request, {"id": room_id, "missing": True}, status=404)
+        try:
+            query = token_query(access, room.id, request)
+        except MediaError as exc:
+            return render("lobby", request, {"id": room.id, "refused": exc.message}, status=exc.status)
+        try:
+            located = await find(recordings, shared, room.id, recording_id)
+        except IndexUnavailable:
+            unavailable = {"id": room.id, "unavailable": True, "recording": recording_id}
+            return render("lobby", request, unavailable, status=503)
+        if located is None:
+            return render("lobby", request, {"id": room.id, "missing": True, "recording": recording_id}, status=404)
+        info = located[1]
         recording = {"id": info["id"], "started_at": info["started_at"], "duration": info["duration"],
                      "state": info["state"], **media_links(room.id, info["id"], query)}
         return render("replay", request, {"id": room.id, "title": room.title or room.id}, recording=recording)

@@ -32,11 +32,11 @@ from aiohttp import web
 from engine.digits import parse_uint
 from engine.errors import shown
 from engine.nodes.base import NodeInfo
-from engine.recording.service import RecordingService
-from engine.recording.shared import IndexUnavailable, SharedRecordings
+from engine.recording.service import RecordingService, in_lobby, newest
+from engine.recording.shared import IndexUnavailable, SharedRecordings, find
 from engine.rooms import Rooms
 from engine.urls import PublicUrls
-from signaling.access import ViewAccess, token_query
+from signaling.access import ASK, ViewAccess, link_query, request_token
 from signaling.http import ApiError, Auth, json_response
 from signaling.tokens import mint
 
@@ -92,39 +92,40 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
             raise ApiError("not_found", f"no room {shown(room)}")
         return room
 
-    def viewable(room: str, request: web.Request) -> str:
-        """``token_query``, with the operator's admin key (sent as a header) let through too: then a
-        private room's links carry a viewer token minted for them, as players send no header."""
+    def readable(request: web.Request) -> str:
+        """The room of a request to read its recordings, once the request may: the operator's admin
+        key (sent as a header), or what the room's live stream needs (``ViewAccess``; 401/403). It is
+        checked before anything is looked up, so a private room tells strangers nothing."""
+        room = room_of(request)
         if not auth.is_admin(request):
-            return token_query(access, room, request)
-        if not access.private(room):
-            return ""
-        return "?" + urlencode({"token": mint(access.secret, room, "viewer", "admin", ADMIN_VIEW_SECONDS)})
+            access.viewer(room, request_token(request), ASK)
+        return room
 
-    async def holder(room: str, recording_id: str) -> NodeInfo:
-        """The other live node holding a recording this node does not; 404 if none does, 503 while
-        the shared index cannot be read."""
+    def links_query(room: str, request: web.Request) -> str:
+        """The query a private room's playlist and listing add to the files they name: the request's
+        token, or for the admin key a viewer token minted for them (players send no header)."""
+        if auth.is_admin(request) and access.private(room):
+            return "?" + urlencode({"token": mint(access.secret, room, "viewer", "admin", ADMIN_VIEW_SECONDS)})
+        return link_query(access, room, request_token(request))
+
+    async def held(room: str, recording_id: str) -> tuple[NodeInfo | None, dict[str, Any]]:
+        """The node holding a recording (None: this one) and its entry; 404 if no live node holds
+        it, 503 while the shared index cannot be read (for one this node does not hold)."""
         try:
-            located = await shared.locate(room, recording_id) if shared is not None else None
+            located = await find(recordings, shared, room, recording_id)
         except IndexUnavailable as exc:
             raise ApiError("unavailable", f"{exc}; recording {shown(recording_id)} is not on this node",
                            status=503) from None
         if located is None:
             raise ApiError("not_found", f"no recording {shown(recording_id)} in room {room!r}")
-        return located[0]
+        return located
 
-    async def found(request: web.Request) -> tuple[str, str, dict[str, Any], str]:
-        """The room, recording id, recording and token query of a request to read a recording's
-        files: the room's access is checked first, so a private room tells strangers nothing; a
-        recording another node holds is a redirect there."""
-        room = room_of(request)
-        query = viewable(room, request)
-        recording_id = request.match_info["recording"]
-        info = recordings.get(room, recording_id)
-        if info is None:
-            node = await holder(room, recording_id)
+    async def held_here(room: str, recording_id: str, request: web.Request) -> dict[str, Any]:
+        """A recording this node holds; one another node holds is a redirect there."""
+        node, info = await held(room, recording_id)
+        if node is not None:
             raise web.HTTPTemporaryRedirect(node.http_url.rstrip("/") + request.path_qs, headers=CORS)
-        return room, recording_id, info, query
+        return info
 
     def public(room: str, info: dict[str, Any], query: str = "") -> dict[str, Any]:
         link = urls().link
@@ -146,9 +147,8 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
             raise ApiError("bad_request", f"limit must be an integer in [1, {MAX_RECENT}]")
         found = await asyncio.to_thread(recordings.recent, limit, listed)
         if shared is not None:
-            found += [info for info in await shared.elsewhere()
-                      if info["state"] == "complete" and info["duration"] and listed(info["room"])]
-            found = sorted(found, key=lambda info: (info["started_at"], info["id"]), reverse=True)[:limit]
+            found += [info for info in await shared.elsewhere() if in_lobby(info, listed)]
+            found = sorted(found, key=newest, reverse=True)[:limit]
         return json_response({"recordings": [
             {**public(info["room"], info), "room": {"id": info["room"], "title": title(info["room"])}}
             for info in found]})
@@ -158,29 +158,32 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
         return (room.title if room is not None else "") or room_id
 
     async def list_recordings(request: web.Request) -> web.Response:
-        room = room_of(request)
-        query = viewable(room, request)
-        found = recordings.list(room)
+        room = readable(request)
+        query = links_query(room, request)
+        found = await asyncio.to_thread(recordings.list, room)
         if shared is not None:
             here = {info["id"] for info in found}
             found += [info for info in await shared.elsewhere() if info["room"] == room and info["id"] not in here]
-            found.sort(key=lambda info: info["started_at"], reverse=True)
+            found.sort(key=newest, reverse=True)
         return json_response({"recordings": [public(room, info, query) for info in found]})
 
     async def get_playlist(request: web.Request) -> web.Response:
-        _, _, info, query = await found(request)
-        return web.Response(text=playlist(info, query), content_type="application/vnd.apple.mpegurl", headers=CORS)
+        room = readable(request)
+        info = await held_here(room, request.match_info["recording"], request)
+        return web.Response(text=playlist(info, links_query(room, request)),
+                            content_type="application/vnd.apple.mpegurl", headers=CORS)
 
     async def get_timeline(request: web.Request) -> web.Response:
-        room, recording_id, _, _ = await found(request)
+        room, recording_id = readable(request), request.match_info["recording"]
+        await held_here(room, recording_id, request)
         return json_response({"recording": recording_id, "events": recordings.timeline(room, recording_id) or []},
                              headers=CORS)
 
     async def get_segment(request: web.Request) -> web.StreamResponse:
-        room, recording_id, _, _ = await found(request)
-        name = request.match_info["file"]
+        room, recording_id, name = readable(request), request.match_info["recording"], request.match_info["file"]
         path = recordings.file(room, recording_id, name)
-        if path is None:
+        if path is None:  # only now the recording is looked up: here (a missing file), elsewhere, nowhere
+            await held_here(room, recording_id, request)
             raise ApiError("not_found", f"no file {shown(name)} in recording {recording_id}")
         # a private room's files never go to a shared cache, whatever credential fetched them
         cache = f"{'private' if access.private(room) else 'public'}, max-age=31536000, immutable"
@@ -191,10 +194,12 @@ def recording_routes(app: web.Application, recordings: RecordingService, rooms: 
         room = room_of(request)
         auth.identity(request, room, ("host",))
         recording_id = request.match_info["recording"]
-        if recordings.get(room, recording_id) is None:
-            if request.headers.get(FORWARDED):  # passed on here by a node whose index is stale
-                raise ApiError("not_found", f"no recording {shown(recording_id)} in room {room!r} on this node")
-            return await forward_delete(request, await holder(room, recording_id))
+        if not request.headers.get(FORWARDED):
+            node, _ = await held(room, recording_id)
+            if node is not None:
+                return await forward_delete(request, node)
+        elif recordings.get(room, recording_id) is None:  # passed on here by a node whose index is stale
+            raise ApiError("not_found", f"no recording {shown(recording_id)} in room {room!r} on this node")
         try:
             recordings.delete(room, recording_id)
         except ValueError as exc:

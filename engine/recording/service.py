@@ -126,9 +126,9 @@ class RecordingService:
         #: Told when recordings were added, ended or deleted (the shared index republishes).
         self.on_change: Callable[[], None] = lambda: None
         # Every kept recording not in progress when it was read, newest first (``_kept``): read from
-        # disk once after each change rather than at every listing (the lobby polls). One entry per
-        # recording on disk, so the retention flags bound it; ``_generation`` counts the changes, so
-        # a walk that a change overtook is not kept.
+        # disk once after each change rather than at every listing (the lobby polls, and so do an
+        # offline room's viewers). One entry per recording on disk, so the retention flags bound it;
+        # ``_generation`` counts the changes, so a walk that a change overtook is not kept.
         self._kept_cache: list[dict[str, Any]] | None = None
         self._generation = 0
         self._kept_lock = threading.Lock()
@@ -221,6 +221,8 @@ class RecordingService:
         broadcast = self._active.pop(room, None)
         if broadcast is None:
             return
+        # the cached catalog left it out while it ran: until it is finished, listings read it from disk
+        self._forget()
         if broadcast.ending is not None:
             broadcast.ending.cancel()
         self._bus.unsubscribe(room, broadcast)
@@ -255,24 +257,20 @@ class RecordingService:
         return info
 
     def list(self, room: str) -> list[dict[str, Any]]:
-        """``room``'s recordings, newest first, with their featured products."""
-        found: dict[str, dict[str, Any]] = {}
-        for _, path in self._walk(room):
-            info = self._read(path)
-            if info is not None:
-                info["featured"] = featured(self.timeline(room, path.name) or [])
-                found[path.name] = info
-        active = self.recording(room)
-        if active is not None and active not in found:  # its directory failed: still listed, failed
-            found[active] = {**self._active[room].writer.info.to_dict(), "featured": []}
-        return sorted(found.values(), key=lambda info: info["started_at"], reverse=True)
+        """``room``'s recordings, newest first, each with its ``room`` and featured products: the kept
+        ones from the catalog cached between changes (a room's viewers poll it while it is offline)
+        and the one in progress, listed even when its directory failed (blocking: run it off the loop)."""
+        running = self.in_progress(room)
+        ids = {info["id"] for info in running}
+        kept = [info for info in self._kept() if info["room"] == room and info["id"] not in ids]
+        return sorted(kept + running, key=newest, reverse=True)
 
     def recent(self, limit: int, rooms: Callable[[str], bool]) -> list[dict[str, Any]]:
         """The newest finished recordings of every room ``rooms`` accepts, newest first, at most
         ``limit``, each with its ``room`` and featured products (blocking when the recordings changed
         since the last listing: run it off the loop)."""
-        found = [info for info in self._kept() if info["state"] == "complete" and info["duration"]
-                 and rooms(info["room"]) and self.recording(info["room"]) != info["id"]]
+        found = [info for info in self._kept()
+                 if in_lobby(info, rooms) and self.recording(info["room"]) != info["id"]]
         return found[:limit]
 
     def get(self, room: str, recording_id: str) -> dict[str, Any] | None:
@@ -328,7 +326,7 @@ class RecordingService:
             info = None if self.recording(room) == path.name else self._read(path)
             if info is not None:
                 found.append({**info, "room": room, "featured": featured(self.timeline(room, path.name) or [])})
-        found.sort(key=lambda info: (info["started_at"], info["id"]), reverse=True)
+        found.sort(key=newest, reverse=True)
         with self._kept_lock:
             if generation == self._generation:  # no change while this walk ran
                 self._kept_cache = found
@@ -337,22 +335,22 @@ class RecordingService:
     def _changed(self) -> None:
         """Recordings were added, ended or deleted: the next listing reads the disk again, and the
         shared index republishes."""
+        self._forget()
+        self.on_change()
+
+    def _forget(self) -> None:
+        """Drop the cached catalog (and any walk running now): the next listing reads the disk."""
         with self._kept_lock:
             self._generation += 1
             self._kept_cache = None
-        self.on_change()
 
-    def _walk(self, room: str | None = None) -> Iterator[tuple[str, Path]]:
-        """``(room, directory)`` of every recording directory kept (of ``room`` alone if given);
-        unreadable directories are skipped."""
+    def _walk(self) -> Iterator[tuple[str, Path]]:
+        """``(room, directory)`` of every recording directory kept; unreadable directories are skipped."""
         top = self.config.directory
-        if room is not None:
-            rooms = [room] if ROOM_DIR.fullmatch(room) else []
-        else:
-            try:
-                rooms = [path.name for path in top.iterdir() if ROOM_DIR.fullmatch(path.name)]
-            except OSError:
-                rooms = []
+        try:
+            rooms = [path.name for path in top.iterdir() if ROOM_DIR.fullmatch(path.name)]
+        except OSError:
+            rooms = []
         for name in rooms:
             try:
                 paths = [path for path in (top / name).iterdir() if RECORDING_ID.fullmatch(path.name)]
@@ -361,11 +359,12 @@ class RecordingService:
             for path in paths:
                 yield name, path
 
-    def in_progress(self) -> list[dict[str, Any]]:
-        """The recordings running now, each with its ``room`` and featured products so far (blocking)."""
-        return [{**broadcast.writer.info.to_dict(), "room": room,
-                 "featured": featured(self.timeline(room, broadcast.writer.info.id) or [])}
-                for room, broadcast in list(self._active.items())]
+    def in_progress(self, room: str | None = None) -> list[dict[str, Any]]:
+        """The recordings running now (``room``'s alone if given), each with its ``room`` and featured
+        products so far (none while its directory cannot be read) (blocking)."""
+        return [{**broadcast.writer.info.to_dict(), "room": name,
+                 "featured": featured(self.timeline(name, broadcast.writer.info.id) or [])}
+                for name, broadcast in list(self._active.items()) if room is None or name == room]
 
     async def sweep(self) -> None:
         """Enforce the retention bounds (off the loop): oldest finished recordings deleted first."""
@@ -413,6 +412,18 @@ class RecordingService:
         task.add_done_callback(self._tasks.discard)
 
 
+def newest(info: dict[str, Any]) -> tuple[float, str]:
+    """The sort key of listings, newest first with ``reverse=True``: recordings that started in the
+    same instant keep one order (by id) on every node and at every call."""
+    return info["started_at"], info["id"]
+
+
+def in_lobby(info: dict[str, Any], rooms: Callable[[str], bool]) -> bool:
+    """Whether the lobby lists a recording (this node's or another's): finished whole, with some
+    media, of a room ``rooms`` accepts (the public ones)."""
+    return info["state"] == "complete" and bool(info["duration"]) and rooms(info["room"])
+
+
 def featured(timeline: list[dict[str, Any]]) -> list[str]:
     """Product ids pinned or put on sale in a timeline, in order of first appearance."""
     products: list[str] = []
@@ -423,4 +434,4 @@ def featured(timeline: list[dict[str, Any]]) -> list[str]:
     return products
 
 
-__all__ = ["INIT", "RecordingConfig", "RecordingService", "featured"]
+__all__ = ["INIT", "RecordingConfig", "RecordingService", "featured", "in_lobby", "newest"]

@@ -52,6 +52,18 @@ class IndexUnavailable(Exception):
     """Redis did not answer: which node holds a recording is unknown for now."""
 
 
+async def find(service: RecordingService, shared: SharedRecordings | None, room: str,
+               recording_id: str) -> tuple[NodeInfo | None, dict[str, Any]] | None:
+    """A recording here or on another live node: the node holding it (None for this one) and its
+    entry (this node's own ``get``, or the other node's index entry); None if no live node holds it.
+    The index is only read for a recording this node does not hold, so ``IndexUnavailable`` (while
+    Redis fails) is only raised for one."""
+    info = service.get(room, recording_id)
+    if info is not None:
+        return None, info
+    return await shared.locate(room, recording_id) if shared is not None else None
+
+
 class SharedRecordings:
     """This node's recordings published on Redis, and the other live nodes' read from it."""
 

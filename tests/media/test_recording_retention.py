@@ -110,8 +110,9 @@ async def test_retention_deletes_recordings_past_their_age(tmp_path: Path, h264,
 
 
 async def test_listings_read_the_disk_once_per_change(tmp_path: Path, h264, opus) -> None:
-    """The lobby's poll reads the catalog this node keeps between changes, not the disk; a sweep that
-    deletes nothing is no change (the shared index is not rewritten), one that deletes is."""
+    """The lobby's poll and a room's listing (an offline room's viewers poll it) read the catalog
+    this node keeps between changes, not the disk; a sweep that deletes nothing is no change (the
+    shared index is not rewritten), one that deletes is."""
     limits = engine_config(tmp_path, recordings_max_bytes=0, recordings_max_age=3600)
     async with running(limits) as engine, aiohttp.ClientSession() as http:
         for _ in range(2):
@@ -126,11 +127,16 @@ async def test_listings_read_the_disk_once_per_change(tmp_path: Path, h264, opus
             assert response.status == 200
             return [r["id"] for r in (await response.json())["recordings"]]
 
+        async def room() -> list[str]:
+            return [r["id"] for r in await listing(http, engine)]
+
         assert await lobby() == [newest["id"], oldest["id"]]
+        assert await room() == [newest["id"], oldest["id"]]
         folder = engine.config.recordings_path
         folder.rename(folder.with_name("moved"))  # a poll that walked the disk would find nothing
         try:
             assert await lobby() == [newest["id"], oldest["id"]]
+            assert await room() == [newest["id"], oldest["id"]]
         finally:
             folder.with_name("moved").rename(folder)
 
@@ -140,3 +146,4 @@ async def test_listings_read_the_disk_once_per_change(tmp_path: Path, h264, opus
         await engine.recordings.sweep()
         assert changes == [1]
         assert await lobby() == [newest["id"]]
+        assert await room() == [newest["id"]]
