@@ -120,6 +120,10 @@ class RecordingService:
         self._bus = bus
         self._wanted = wanted
         self._active: dict[str, _Broadcast] = {}
+        #: Recordings that ended, by (room, id), until their writer has written them whole: read from
+        #: the writer, as their files on disk still say "recording" (which a listing takes for a
+        #: recording whose server stopped mid-way, so complete).
+        self._finishing: dict[tuple[str, str], RecordingWriter] = {}
         self._codecs: dict[str, dict[str, str]] = {}  # rooms whose publisher started, not recorded yet
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -221,13 +225,18 @@ class RecordingService:
         broadcast = self._active.pop(room, None)
         if broadcast is None:
             return
-        # the cached catalog left it out while it ran: until it is finished, listings read it from disk
+        finishing = (room, broadcast.writer.info.id)
+        self._finishing[finishing] = broadcast.writer
+        # the cached catalog left it out while it ran: until it is finished, listings read it from its writer
         self._forget()
         if broadcast.ending is not None:
             broadcast.ending.cancel()
         self._bus.unsubscribe(room, broadcast)
-        await asyncio.to_thread(broadcast.writer.finish)
-        await asyncio.to_thread(broadcast.writer.join, 30.0)
+        try:
+            await asyncio.to_thread(broadcast.writer.finish)
+            await asyncio.to_thread(broadcast.writer.join, 30.0)
+        finally:
+            del self._finishing[finishing]
         log.info("room %s: recording %s %s", room, broadcast.writer.info.id, broadcast.writer.info.state)
         self._changed()
         await self.sweep()
@@ -245,9 +254,12 @@ class RecordingService:
 
     def _read(self, path: Path) -> dict[str, Any] | None:
         active = self._active.get(path.parent.name)
-        if active is not None and active.writer.info.id == path.name:
+        writer = active.writer if active is not None else None
+        if writer is None or writer.info.id != path.name:
+            writer = self._finishing.get((path.parent.name, path.name))
+        if writer is not None:
             # the writer's own state: current, and known even when its directory can no longer be read
-            return active.writer.info.to_dict()
+            return writer.info.to_dict()
         try:
             info = json.loads((path / META).read_text())
         except (OSError, ValueError):

@@ -29,6 +29,12 @@ from engine.recording.segments import INIT, SegmentFiles
 
 log = logging.getLogger(__name__)
 
+#: Seconds the writer thread lets frames gather after it emptied its queue. Woken for each frame
+#: (some 80 a second), the thread's wake-ups and handing the interpreter back and forth cost a room
+#: several times the remux itself; in batches of this many seconds, a small part of it. A queue half
+#: full (``queue_frames``), or the end asked, ends the pause early.
+GATHER_SECONDS = 0.2
+
 META = "recording.json"
 TIMELINE = "timeline.json"
 
@@ -80,6 +86,9 @@ class RecordingWriter:
         self._on_failed = on_failed
         self._queue: queue.Queue[tuple[str, Any, int, bool] | None] = queue.Queue(queue_frames)
         self._failed = threading.Event()
+        self._wake = threading.Event()  # ends the thread's pause: the queue is half full, or the end is asked
+        self._wake_at = max(1, queue_frames // 2)
+        self._ending = False  # ``finish`` or ``abort`` was called: no more pauses
         self._abort: str | None = None  # set on the loop, acted on by the thread
         self._muxer: Fmp4Muxer | None = None
         self._files: SegmentFiles | None = None
@@ -102,6 +111,8 @@ class RecordingWriter:
             self._queue.put_nowait((kind, data, ts, keyframe))
         except queue.Full:
             return False
+        if self._queue.qsize() >= self._wake_at:
+            self._wake.set()
         return True
 
     def abort(self, reason: str) -> None:
@@ -110,6 +121,8 @@ class RecordingWriter:
         The state says failed at once: the thread may be stuck in a write for a long time."""
         self._abort = reason
         self.info.state, self.info.reason = "failed", reason
+        self._ending = True
+        self._wake.set()
 
     def finish(self) -> None:
         """No more frames: the thread writes the last segment and the final state, then ends.
@@ -122,6 +135,8 @@ class RecordingWriter:
                 while True:
                     self._queue.get_nowait()
         self._queue.put(None)
+        self._ending = True
+        self._wake.set()
 
     def join(self, timeout: float) -> bool:
         self._thread.join(timeout)
@@ -136,6 +151,9 @@ class RecordingWriter:
         except OSError as exc:
             self._fail(f"cannot create {self.directory}: {exc.strerror or exc}")
         while True:
+            if self._queue.empty() and not self._ending:
+                self._wake.wait(GATHER_SECONDS)
+                self._wake.clear()
             item = self._queue.get()
             if item is None:
                 break

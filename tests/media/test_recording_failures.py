@@ -144,3 +144,36 @@ async def test_recordings_directory_that_cannot_exist(tmp_path: Path, h264, opus
         await publisher.close()
         await viewer.close()
         await watcher.close()
+
+
+async def test_an_ending_recording_is_not_listed_complete_before_it_is_written(tmp_path: Path, h264, opus) -> None:
+    """The publisher leaves while the disk holds the writer up: until the recording is written as far
+    as it can be, listings say it is still recording (its file on disk says so too, which alone would
+    read as a recording whose server stopped mid-way: complete, with what had been flushed)."""
+    async with running(engine_config(tmp_path)) as engine, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{engine.http_port}"
+        publisher = Publisher(h264, opus)
+        response = await publisher.publish(http, base, "demo", engine.rooms.get("demo").stream_key,
+                                           {"video": "H264", "audio": "opus"})
+        assert response.status == 201
+        [recording] = await wait_for(lambda: listing(http, engine))
+        release = await asyncio.to_thread(segment_blocks, engine.config.recordings_path / "demo" / recording["id"])
+        try:
+            await asyncio.sleep(3.0)  # past the second keyframe: the writer waits on the first segment's file
+            await http.delete(base + publisher.location)
+            await publisher.close()
+            await wait_for(lambda: asyncio.sleep(0, engine.recordings.recording("demo") is None))
+            await asyncio.sleep(0.5)  # the ending writer is still held up
+            [shown] = await listing(http, engine)
+            assert shown["id"] == recording["id"] and shown["state"] == "recording", shown
+        finally:
+            await asyncio.to_thread(release)
+        # written whole now, as far as it could be: a FIFO takes no seek, so the first segment failed
+        done = await wait_for(lambda: _ended(http, engine))
+        assert done["id"] == recording["id"] and done["state"] == "failed", done
+        assert done["reason"].startswith("writing video failed"), done
+
+
+async def _ended(http: aiohttp.ClientSession, engine: App) -> dict[str, Any] | None:
+    shown = await listing(http, engine)
+    return shown[0] if shown and shown[0]["state"] != "recording" else None
