@@ -43,6 +43,11 @@ async def stop(engine: App, http: aiohttp.ClientSession, publisher: Publisher) -
     await publisher.close()
     await wait_for(lambda: asyncio.sleep(0, engine.recordings.recording("demo") is None))
 
+    async def written() -> bool:  # the broadcast ended; its writer finishes the recording, then it is listed done
+        return all(r["state"] != "recording" for r in await listing(http, engine))
+
+    await wait_for(written)
+
 
 async def error_of(response: aiohttp.ClientResponse) -> str:
     assert 400 <= response.status < 500 and response.content_type == "application/json", response

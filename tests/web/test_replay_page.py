@@ -95,10 +95,12 @@ async def record_a_show(app: App) -> tuple[dict[str, Any], dict[str, float]]:
         await asyncio.sleep(3.0)
         await http.delete(f"http://127.0.0.1:{app.http_port}{publisher.location}")
         await publisher.close()
-        async with asyncio.timeout(10):
-            while app.recordings.recording("demo") is not None:
+        async with asyncio.timeout(10):  # the broadcast ends, then its writer writes the recording whole
+            while True:
+                [recording] = (await call(http, "GET", f"{base}/recordings"))["recordings"]
+                if recording["state"] != "recording":
+                    break
                 await asyncio.sleep(0.05)
-        [recording] = (await call(http, "GET", f"{base}/recordings"))["recordings"]
         events = (await call(http, "GET", f"{base}/recordings/{recording['id']}/timeline"))["events"]
     pins = [e["media_ts"] for e in events if e["type"] == "tag.pinned"]
     [unpinned] = [e["media_ts"] for e in events if e["type"] == "tag.unpinned"]
