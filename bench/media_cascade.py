@@ -27,18 +27,26 @@ counting viewer still got the stream: its video packets in the last window over 
 measuring viewer's on the same node (``counting rate min %``; a run where one is under 97 % is
 flagged).
 
-Phases of one run, each a steady ``--window`` after a settling pause:
+Phases of one run:
 
-1. the publisher alone on A: A's CPU (the baseline);
-2. ``--viewers`` viewers on A: A's CPU per viewer = (CPU - baseline) / N;
-3. B's measuring viewers: B pulls the room from A once. A's CPU for that one edge = CPU in
-   phase 3 - CPU in phase 2, while B itself does little on the shared core (one ingest and a
-   few viewers);
-4. the rest of B's viewers (as many as A's in all): A's CPU for the edge again (phase 4 - phase
-   2), now beside B serving N viewers on the same core, which takes core 0's time and caches from
-   A (an effect of this machine's two cores, not of A's work: A sends the edge one stream either
-   way); B's CPU per viewer = B's CPU / N (its pull's ingest included, as A's figures include the
-   publisher's ingest only through the baseline).
+1. the publisher alone on A, a ``--window``: A's CPU (the baseline);
+2. ``--viewers`` viewers on A, a ``--window``: A's CPU per viewer = (CPU - baseline) / N;
+3. ``--pairs`` pairs of ``--pair-window`` windows, one with the edge on and one with it off, the
+   N viewers on A staying throughout. On: B's measuring viewers join (fresh peer connections each
+   time), so B pulls the room from A; the window starts ``--pair-settle`` after each of them got
+   frames and A feeds the edge. Off: they leave (peer connection closed, WHEP session deleted), B
+   lets go of its pull after its ``--edge-linger`` (short, B only); the window starts
+   ``--pair-settle`` after A's and B's /healthz no longer show the pull. A's CPU for that one edge
+   = the median over pairs of (A's CPU on - A's CPU off), while B itself does little on the
+   shared core (one ingest and a few viewers). A's CPU moves by a few % of a core between windows
+   tens of seconds apart, against under 1 % for the edge: the two windows of a pair are adjacent
+   and their order alternates (on/off, off/on, ...: consecutive pairs share a state, which also
+   halves the joins and leaves), so a steady drift cancels out over pairs;
+4. the edge on and the rest of B's viewers (as many as A's in all), a ``--window``: A's CPU for
+   the edge again (phase 4 - phase 2), now beside B serving N viewers on the same core, which
+   takes core 0's time and caches from A (an effect of this machine's two cores, not of A's work:
+   A sends the edge one stream either way); B's CPU per viewer = B's CPU / N (its pull's ingest
+   included, as A's figures include the publisher's ingest only through the baseline).
 
 In phase 4 every measuring viewer on both nodes logs each video frame's arrival (when aiortc's
 jitter buffer hands it out, the same for both); the lag of a frame is its arrival minus the moment
@@ -52,9 +60,10 @@ of medians (each figure's median over the runs; the added latency of that row is
 its own median lags). Core 1's busy share in the last window is shown: near 100 % the load, not
 the nodes, limits the figures.
 
-On a quiet 2-core machine a run takes about 2 min (four 20 s windows, settling, node start):
+On a quiet 2-core machine a run takes about 3 min (three 20 s windows, four pairs of 10 s ones,
+settling, node start):
 
-    python bench/media_cascade.py --viewers 24 --measuring 2 --runs 3 --window 20
+    python bench/media_cascade.py --viewers 24 --measuring 2 --runs 3 --window 20 --pairs 4 --pair-window 10
 """
 
 from __future__ import annotations
@@ -66,10 +75,12 @@ import json
 import os
 import re
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,14 +129,15 @@ class Node:
         return self.proc.pid
 
 
-def start_node(name: str, workdir: Path, redis_url: str, prefix: str) -> Node:
+def start_node(name: str, workdir: Path, redis_url: str, prefix: str, *extra: str) -> Node:
+    """Start a node pinned to core 0; ``extra`` are more ``serve`` flags."""
     http_port, ws_port = free_port(), free_port()
     log = (workdir / f"{name}.log").open("wb")
     proc = subprocess.Popen(
         ["taskset", "-c", "0", sys.executable, "-m", "engine.cli", "serve", "--http-port", str(http_port),
          "--ws-port", str(ws_port), "--data-dir", str(workdir / name), "--redis-url", redis_url,
          "--redis-prefix", prefix, "--node-id", name, "--admin-key", ADMIN, "--announce", "127.0.0.1",
-         "--no-demo-catalog", "--demo-room", "", "--log-level", "warning", "--node-heartbeat", "0.5"],
+         "--no-demo-catalog", "--demo-room", "", "--log-level", "warning", "--node-heartbeat", "0.5", *extra],
         stdout=log, stderr=subprocess.STDOUT,
         env={k: v for k, v in os.environ.items() if not k.startswith("LIVECART_")},
     )
@@ -187,6 +199,7 @@ class Viewer:
     pc: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
     frames: list[tuple[float, int]] = field(default_factory=list)
     headers: Record = field(default_factory=lambda: Record(-1))
+    location: str | None = None  # its WHEP session resource, to delete when it leaves
 
     def _on_video(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
         position = self.index.get(frame_key(frame.data))
@@ -206,8 +219,17 @@ class Viewer:
             answer = await r.text()
             if r.status != 201:
                 raise RuntimeError(f"WHEP on {node.name} failed: {r.status} {answer}")
+            self.location = r.headers.get("Location")
         video_pts.update(video_payload_types(answer))
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+    async def leave(self, http: aiohttp.ClientSession, node: Node) -> None:
+        """Close the peer connection and delete the WHEP session, as a page that stops watching does."""
+        await self.pc.close()
+        if self.location is not None:
+            async with http.delete(node.base + self.location) as r:
+                if r.status not in (200, 204, 404):
+                    raise RuntimeError(f"WHEP DELETE on {node.name} failed: {r.status} {await r.text()}")
 
 
 def lags(viewer: Viewer, sent: list[float], loop: int, start: float, stop: float) -> tuple[list[float], int]:
@@ -241,17 +263,103 @@ async def window(start: float, seconds: float, *nodes: Node) -> dict[str, float]
     return {node.name: process_cpu(node.pid) - before[node.name] for node in nodes}
 
 
+async def room_view(http: aiohttp.ClientSession, node: Node) -> dict[str, Any]:
+    """The room's entry in the node's /healthz media view ({} when the node holds no media of it)."""
+    async with http.get(node.base + "/healthz") as response:
+        return (await response.json())["media"].get(ROOM, {})
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0) -> None:
+    """Poll ``check`` every 0.1 s until it holds (RuntimeError past ``timeout``: the run is broken)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {timeout:.0f} s")
+        await asyncio.sleep(0.1)
+
+
+class Edge:
+    """Node B's measuring viewers, joined (the edge pulls the room from the origin) or gone (it does not)."""
+
+    def __init__(self, http: aiohttp.ClientSession, args: argparse.Namespace, origin: Node, edge: Node,
+                 index: dict[bytes, int]) -> None:
+        self.http, self.args, self.origin, self.edge, self.index = http, args, origin, edge, index
+        self.viewers: list[Viewer] = []
+        self.every: list[Viewer] = []  # each one that joined, to close at the end whatever happened
+        #: Seconds each join took until the pull was live, each leave until it was let go of.
+        self.waits: dict[str, list[float]] = {"on": [], "off": []}
+
+    async def on(self) -> None:
+        """Fresh measuring viewers join B; back once each got frames, A feeds the edge, and a settle passed."""
+        if self.viewers:
+            return
+        self.viewers = [Viewer("node-b", self.index) for _ in range(self.args.measuring)]
+        self.every += self.viewers
+        began = time.monotonic()
+        await asyncio.gather(*(viewer.watch(self.http, self.edge) for viewer in self.viewers))
+
+        async def live() -> bool:
+            return (all(viewer.frames for viewer in self.viewers)
+                    and (await room_view(self.http, self.origin)).get("edges") == 1)
+
+        await until(live, "the edge's pull live")
+        self.waits["on"].append(time.monotonic() - began)
+        await asyncio.sleep(self.args.pair_settle)
+
+    async def off(self) -> None:
+        """B's measuring viewers leave; back once B let go of its pull, A feeds no edge, and a settle passed."""
+        if not self.viewers:
+            return
+        began = time.monotonic()
+        await asyncio.gather(*(viewer.leave(self.http, self.edge) for viewer in self.viewers))
+        self.viewers = []
+
+        async def released() -> bool:
+            return ((await room_view(self.http, self.edge)).get("pull") is None
+                    and not (await room_view(self.http, self.origin)).get("edges"))
+
+        await until(released, "the edge's pull released")
+        self.waits["off"].append(time.monotonic() - began)
+        await asyncio.sleep(self.args.pair_settle)
+
+
+async def pairs(args: argparse.Namespace, edge: Edge, origin: Node, node_b: Node) -> list[dict[str, Any]]:
+    """``--pairs`` adjacent windows with the edge on and off, in alternating order; each pair's CPU."""
+    out = []
+    for k in range(args.pairs):
+        order = ("on", "off") if k % 2 == 0 else ("off", "on")
+        cpu: dict[str, dict[str, float]] = {}
+        for state in order:
+            await (edge.on() if state == "on" else edge.off())
+            cpu[state] = await window(time.monotonic(), args.pair_window, origin, node_b)
+        on, off = (
+            {name: cpu[state][node.name] / args.pair_window for name, node in (("origin", origin), ("edge", node_b))}
+            for state in ("on", "off")
+        )
+        out.append({"order": "/".join(order), "origin_on": on["origin"], "origin_off": off["origin"],
+                    "origin_difference": on["origin"] - off["origin"], "edge_on": on["edge"], "edge_off": off["edge"]})
+    return out
+
+
 async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dict[bytes, int]) -> dict[str, Any]:
-    """One run: fresh nodes and Redis prefix, the three phases, the figures of the last window."""
+    """One run: fresh nodes and Redis prefix, the four phases, the figures of the last window."""
     prefix = f"bench-cascade-{secrets.token_hex(4)}:"
     workdir = Path(tempfile.mkdtemp(prefix="livecart-cascade-"))
-    nodes = [start_node(name, workdir, args.redis_url, prefix) for name in ("node-a", "node-b")]
-    origin, edge = nodes
+    origin = start_node("node-a", workdir, args.redis_url, prefix)
+    node_b = start_node("node-b", workdir, args.redis_url, prefix, "--edge-linger", str(args.edge_linger))
+    nodes = [origin, node_b]
     counting = args.viewers - args.measuring
-    viewers: list[Viewer] = []
+    direct: list[Viewer] = []
+    edge: Edge | None = None
     workers: dict[str, list[Any]] = {}
     errors: list[str] = []
     publisher = Publisher(video, audio)
+
+    async def tell(node: Node, times: dict[str, float | None]) -> None:
+        for process, _ in workers[node.name]:
+            process.stdin.write(f"{json.dumps(times)}\n".encode())
+            await process.stdin.drain()
+
     try:
         async with aiohttp.ClientSession() as http:
             await ready(http, nodes)
@@ -262,47 +370,43 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
             await asyncio.sleep(args.settle)
             base = await window(time.monotonic(), args.window, origin)
 
-            # the counting viewers' processes start (and import) first, then join on a schedule
+            # the counting viewers' processes start (and import) first, then join on a schedule; those
+            # of A are told when to stop once the paired windows ran, those of B join after them
             for node in nodes:
                 (workdir / f"{node.name}-viewers").mkdir()
                 workers[node.name] = (await start_workers(args, node, counting, workdir / f"{node.name}-viewers", ROOM)
                                       if counting else [])
             join_direct = time.monotonic() + 0.5
             direct_start = join_direct + counting * args.join_interval + args.settle
-            join_edge = direct_start + args.window + 0.2  # the edge's measuring viewers: its pull starts
-            pull_start = join_edge + args.settle
-            join_edge_counting = pull_start + args.window + 0.2
-            start = join_edge_counting + counting * args.join_interval + args.settle
-            stop = start + args.window
-            for node, join_at in ((origin, join_direct), (edge, join_edge_counting)):
-                for process, _ in workers[node.name]:
-                    process.stdin.write(f"{json.dumps({'join_at': join_at, 'stop_at': stop + 1.5})}\n".encode())
-                    await process.stdin.drain()
-
+            await tell(origin, {"join_at": join_direct, "stop_at": None})
             await sleep_until(join_direct)
             direct = [Viewer("node-a", index) for _ in range(args.measuring)]
             await asyncio.gather(*(viewer.watch(http, origin) for viewer in direct))
-            viewers += direct
             with_viewers = await window(direct_start, args.window, origin)
 
-            await sleep_until(join_edge)
-            through_edge = [Viewer("node-b", index) for _ in range(args.measuring)]
-            await asyncio.gather(*(viewer.watch(http, edge) for viewer in through_edge))
-            viewers += through_edge
-            with_pull = await window(pull_start, args.window, origin, edge)
+            edge = Edge(http, args, origin, node_b, index)
+            paired = await pairs(args, edge, origin, node_b)
+
+            await edge.on()
+            join_edge_counting = time.monotonic() + 0.2
+            start = join_edge_counting + counting * args.join_interval + args.settle
+            stop = start + args.window
+            await tell(origin, {"stop_at": stop + 1.5})
+            await tell(node_b, {"join_at": join_edge_counting, "stop_at": stop + 1.5})
             await sleep_until(start)
             core1 = CoreWindow(None, core=1)
             core1.start()
-            with_edge = await window(start, args.window, origin, edge)
+            with_edge = await window(start, args.window, origin, node_b)
             core1_busy = core1.stop().busy
             counted = {node.name: await collect_workers(workers[node.name], errors) for node in nodes}
+            viewers, waits = direct + edge.viewers, edge.waits
     finally:
         for group in workers.values():
             for process, _ in group:
                 if process.returncode is None:
                     process.kill()
                     await process.wait()
-        for viewer in viewers:
+        for viewer in direct + (edge.every if edge is not None else []):
             await viewer.pc.close()
         await publisher.pc.close()
         for node in nodes:
@@ -345,20 +449,20 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
         if rates[name] and min(rates[name]) < 0.97:
             errors.append(f"a counting viewer on {name} got {min(rates[name]):.1%} of a measuring viewer's packets")
     cpu_viewer_origin = (with_viewers["node-a"] - base["node-a"]) / args.window / args.viewers
-    cpu_edge_on_origin = (with_pull["node-a"] - with_viewers["node-a"]) / args.window
     cpu_edge_on_origin_beside_load = (with_edge["node-a"] - with_viewers["node-a"]) / args.window
-    edge_cpu_pull_only = with_pull["node-b"] / args.window
     cpu_viewer_edge = with_edge["node-b"] / args.window / args.viewers
     # the edge's ingest (its pull) costs about what the origin's publisher ingest costs: the baseline
     cpu_viewer_edge_less_ingest = (with_edge["node-b"] - base["node-a"]) / args.window / args.viewers
     return {
         "viewers_per_node": args.viewers, "measuring_per_node": args.measuring, "window_s": args.window,
+        "pair_window_s": args.pair_window, "edge_linger_s": args.edge_linger,
         "frames_sent_in_window": expected,
         "cpu_origin_baseline": base["node-a"] / args.window,
         "cpu_per_viewer_origin": cpu_viewer_origin,
-        "cpu_of_one_edge_on_origin": cpu_edge_on_origin,
+        # the middle two's mean for an even count of pairs: a nearest-rank median would take the lower one
+        "cpu_of_one_edge_on_origin_paired": statistics.median(p["origin_difference"] for p in paired),
         "cpu_of_one_edge_on_origin_beside_load": cpu_edge_on_origin_beside_load,
-        "cpu_edge_pull_only": edge_cpu_pull_only,
+        "cpu_edge_pull_only": statistics.median(p["edge_on"] for p in paired),
         "cpu_per_viewer_edge": cpu_viewer_edge,
         "cpu_per_viewer_edge_less_ingest": cpu_viewer_edge_less_ingest,
         "lag_direct_p50": percentile(pooled["node-a"], 50), "lag_direct_p99": percentile(pooled["node-a"], 99),
@@ -369,13 +473,15 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
         "counting_rate_min_edge": min(rates["node-b"], default=None),
         "core1_busy": core1_busy,
         "errors": errors,
+        "pairs": paired,
+        "edge_waits_s": waits,
         "viewers": per_viewer,
         "counting_rates": rates,
     }
 
 
 FIGURES = (
-    "cpu_origin_baseline", "cpu_per_viewer_origin", "cpu_of_one_edge_on_origin",
+    "cpu_origin_baseline", "cpu_per_viewer_origin", "cpu_of_one_edge_on_origin_paired",
     "cpu_of_one_edge_on_origin_beside_load", "cpu_edge_pull_only", "cpu_per_viewer_edge",
     "cpu_per_viewer_edge_less_ingest", "lag_direct_p50", "lag_direct_p99", "lag_edge_p50", "lag_edge_p99",
     "delivered_min_origin", "delivered_min_edge", "counting_rate_min_origin", "counting_rate_min_edge", "core1_busy",
@@ -403,7 +509,7 @@ def row(label: str, result: dict[str, Any]) -> list[Any]:
         f"{fmt(result['lag_edge_p50'])} / {fmt(result['lag_edge_p99'])}",
         f"{fmt(added('p50'))} / {fmt(added('p99'))}",
         pct("cpu_per_viewer_origin", 2),
-        f"{pct('cpu_of_one_edge_on_origin', 2)} / {pct('cpu_of_one_edge_on_origin_beside_load', 2)}",
+        f"{pct('cpu_of_one_edge_on_origin_paired', 2)} / {pct('cpu_of_one_edge_on_origin_beside_load', 2)}",
         pct("cpu_edge_pull_only", 1),
         f"{pct('cpu_per_viewer_edge', 2)} / {pct('cpu_per_viewer_edge_less_ingest', 2)}",
         f"{pct('delivered_min_origin')} / {pct('delivered_min_edge')}",
@@ -416,20 +522,30 @@ def report(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     rows = [row(str(i + 1), r) for i, r in enumerate(runs)] + [row("median", summary)]
     header = ["run", "viewers per node", "lag direct p50 / p99 ms", "lag through edge p50 / p99 ms",
               "added per hop p50 / p99 ms", "origin CPU % per viewer",
-              "origin CPU % for the edge: edge with its measuring viewers / with N viewers",
-              "edge CPU % with its measuring viewers",
+              "origin CPU % for the edge: paired, edge with its measuring viewers / beside N viewers",
+              "edge CPU % with its measuring viewers (paired on windows)",
               "edge CPU % per viewer: all / less one ingest", "frames delivered min % origin / edge",
               "counting rate min % origin / edge", "core 1 busy %", "errors"]
     measuring = runs[0]["measuring_per_node"]
+    pairs, pw, linger = len(runs[0]["pairs"]), runs[0]["pair_window_s"], runs[0]["edge_linger_s"]
     note = (f"Both nodes on core 0, publisher and viewers on core 1; per node {measuring} measuring viewers "
             "(full aiortc: lags, frames delivered), the rest counting viewers (RTP counted and dropped at "
             "the socket; counting rate = a counting viewer's video packets over a measuring viewer's). "
             "Lag: publisher hands a frame to its sender -> a measuring viewer's jitter buffer hands it out. "
             "Edge CPU per viewer: all its CPU over N, and less the origin's publisher-only CPU (one stream's "
-            "ingest) over N. Origin CPU for the edge: the origin's CPU with its N viewers and the edge's pull, "
-            "less with its N viewers alone, first while the edge holds only its measuring viewers, then while "
-            "it serves N viewers on the same core. The median row is each column's median over the runs.")
-    return note + "\n\n" + markdown_table(header, rows) + "\n"
+            f"ingest) over N. Origin CPU for the edge, paired: the median over {pairs} pairs of adjacent {pw:g} s "
+            "windows, in alternating order, of the origin's CPU with the edge pulling (it holds only its "
+            "measuring viewers) less without it (they left and the edge let go of its pull after its "
+            f"{linger:g} s linger), the origin's N viewers staying throughout; each pair's difference is "
+            "listed below the table. Beside N viewers: the origin's CPU while the edge serves N viewers on the "
+            "same core, less with its N viewers alone in an earlier window. The median row is each column's "
+            "median over the runs.")
+    differences = "\n".join(
+        f"- run {i + 1} ({', '.join(p['order'] for p in r['pairs'])}): "
+        + ", ".join(f"{p['origin_difference'] * 100:+.2f}" for p in r["pairs"])
+        for i, r in enumerate(runs))
+    return (note + "\n\n" + markdown_table(header, rows)
+            + "\n\nOrigin CPU % for the edge in each pair (on - off):\n\n" + differences + "\n")
 
 
 async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -454,11 +570,17 @@ def main() -> None:
     parser.add_argument("--viewer-rcvbuf", type=int, default=4 * 1024 * 1024, help="counting viewers' UDP buffer")
     parser.add_argument("--window", type=float, default=20.0, help="seconds of each measured window")
     parser.add_argument("--settle", type=float, default=4.0, help="seconds before each window")
+    parser.add_argument("--pairs", type=int, default=4, help="pairs of windows with the edge's pull on and off")
+    parser.add_argument("--pair-window", type=float, default=10.0, help="seconds of each window of a pair")
+    parser.add_argument("--pair-settle", type=float, default=2.0,
+                        help="seconds between the edge's pull going live or away and a pair's window")
+    parser.add_argument("--edge-linger", type=float, default=0.5,
+                        help="node B's edge linger: its pull ends this soon after its last viewer left")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--name", default="media_cascade", help="results file name (bench/results/NAME.md)")
     args = parser.parse_args()
-    if not 0 < args.measuring <= args.viewers or args.runs < 1:
-        parser.error("need 0 < --measuring <= --viewers and --runs >= 1")
+    if not 0 < args.measuring <= args.viewers or args.runs < 1 or args.pairs < 1:
+        parser.error("need 0 < --measuring <= --viewers, --runs >= 1 and --pairs >= 1")
     os.sched_setaffinity(0, {1})
     run_record = record("media_cascade")
     runs = uvloop.run(bench(args))

@@ -22,7 +22,9 @@ included) and whether the marker packet came; plus when it asked to join.
 It prints ``ready`` once imported, then reads one JSON line from stdin,
 ``{"join_at": T, "stop_at": T2}`` (monotonic times): viewer ``i`` (global
 index) joins at ``T + i * join_interval``; at ``T2`` the process writes its
-records and exits.
+records and exits. ``T2`` may be null: it then comes on a second line,
+``{"stop_at": T2}`` (the cascade bench knows when its last window ends only
+once the windows before it, whose starts wait on the nodes, have run).
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ async def view(http: aiohttp.ClientSession, url: str, record: Record, rcvbuf: in
     return pc
 
 
-async def run(args: argparse.Namespace, join_at: float, stop_at: float) -> None:
+async def run(args: argparse.Namespace, join_at: float, stop_at: float | None) -> None:
     records = [Record(args.first + k * args.stride) for k in range(args.count)]
     url = f"{args.base}/whep/{args.room}"
     peers: list[RTCPeerConnection] = []
@@ -159,6 +161,8 @@ async def run(args: argparse.Namespace, join_at: float, stop_at: float) -> None:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         await asyncio.gather(*(join(r) for r in records))
+        if stop_at is None:
+            stop_at = json.loads(await asyncio.to_thread(sys.stdin.readline))["stop_at"]
         await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
     with open(args.out, "w") as out:
         json.dump([r.as_json() for r in records], out)
