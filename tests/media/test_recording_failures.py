@@ -53,6 +53,15 @@ async def listing(http: aiohttp.ClientSession, engine: App) -> list[dict[str, An
     return (await response.json())["recordings"]
 
 
+async def broadcast(engine: App, http: aiohttp.ClientSession, h264: Any, opus: Any) -> Publisher:
+    """A publisher streaming the clip into the room "demo" over WHIP."""
+    publisher = Publisher(h264, opus)
+    response = await publisher.publish(http, f"http://127.0.0.1:{engine.http_port}", "demo",
+                                       engine.rooms.get("demo").stream_key, {"video": "H264", "audio": "opus"})
+    assert response.status == 201
+    return publisher
+
+
 async def frames_keep_coming(viewer: Viewer) -> None:
     """The WHEP viewer receives new video frames now (after the recording failed)."""
     before = viewer.log.count("video")
@@ -93,10 +102,7 @@ async def test_failed_recording_leaves_the_stream_live(tmp_path: Path, h264, opu
     async with running(engine_config(tmp_path, recording_queue=queue)) as engine, aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{engine.http_port}"
         watcher = await connect(engine, token(engine, "demo", "viewer", "v1"))
-        publisher = Publisher(h264, opus)
-        response = await publisher.publish(http, base, "demo", engine.rooms.get("demo").stream_key,
-                                           {"video": "H264", "audio": "opus"})
-        assert response.status == 201
+        publisher = await broadcast(engine, http, h264, opus)
         [recording] = await wait_for(lambda: listing(http, engine))
         assert recording["state"] == "recording"
         release = await asyncio.to_thread(sabotage, engine.config.recordings_path / "demo" / recording["id"])
@@ -130,10 +136,7 @@ async def test_recordings_directory_that_cannot_exist(tmp_path: Path, h264, opus
         base = f"http://127.0.0.1:{engine.http_port}"
         watcher = await connect(engine, token(engine, "demo", "viewer", "v1"))
         viewer = Viewer(kinds=("video",))
-        publisher = Publisher(h264, opus)
-        response = await publisher.publish(http, base, "demo", engine.rooms.get("demo").stream_key,
-                                           {"video": "H264", "audio": "opus"})
-        assert response.status == 201
+        publisher = await broadcast(engine, http, h264, opus)
         assert (await viewer.whep(http, base, "demo")).status == 201
         failed = await watcher.recv_type("recording.failed", timeout=8.0)
         assert failed["reason"].startswith("cannot create") and "Not a directory" in failed["reason"], failed
@@ -152,10 +155,7 @@ async def test_an_ending_recording_is_not_listed_complete_before_it_is_written(t
     read as a recording whose server stopped mid-way: complete, with what had been flushed)."""
     async with running(engine_config(tmp_path)) as engine, aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{engine.http_port}"
-        publisher = Publisher(h264, opus)
-        response = await publisher.publish(http, base, "demo", engine.rooms.get("demo").stream_key,
-                                           {"video": "H264", "audio": "opus"})
-        assert response.status == 201
+        publisher = await broadcast(engine, http, h264, opus)
         [recording] = await wait_for(lambda: listing(http, engine))
         release = await asyncio.to_thread(segment_blocks, engine.config.recordings_path / "demo" / recording["id"])
         try:

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from media_peers import Publisher
 from test_recording import FrameCapture
-from test_recording_failures import engine_config, listing, running, wait_for
+from test_recording_failures import broadcast, engine_config, listing, running, wait_for
 from yarl import URL
 
 from engine.app import App
@@ -28,14 +28,6 @@ class TimedCapture(FrameCapture):
     def frame(self, room: str, frame: EncodedFrame) -> None:
         if frame.kind == "video" and (self.timestamps or frame.keyframe):
             self.timestamps.append(frame.timestamp)
-
-
-async def broadcast(engine: App, http: aiohttp.ClientSession, h264: Any, opus: Any) -> Publisher:
-    publisher = Publisher(h264, opus)
-    response = await publisher.publish(http, f"http://127.0.0.1:{engine.http_port}", "demo",
-                                       engine.rooms.get("demo").stream_key, {"video": "H264", "audio": "opus"})
-    assert response.status == 201
-    return publisher
 
 
 async def stop(engine: App, http: aiohttp.ClientSession, publisher: Publisher) -> None:
