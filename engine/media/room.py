@@ -215,9 +215,19 @@ class MediaRoom:
 
     # --- viewer side ---
 
-    def add_viewer(self, viewer_id: str, output: ViewerOutput, codecs: dict[str, str]) -> None:
-        """Start a viewer (which negotiated ``codecs``) at the cached keyframe, or ask the publisher for one."""
-        self.viewers[viewer_id] = output
+    def add_viewer(self, viewer_id: str, output: ViewerOutput, codecs: dict[str, str], edge: bool = False) -> None:
+        """Start a viewer (which negotiated ``codecs``) at the cached keyframe, or ask the publisher for one.
+
+        An ``edge`` (another node pulling the room) goes before every viewer in ``viewers``, whose
+        order is the order frames are handed out (and, on the fast path, sent): a keyframe is a
+        burst of packets per viewer, and an edge last in line would get it only after this node
+        sent it to all its own viewers, then make its own audience wait as long again.
+        """
+        if edge:
+            self.edges.add(viewer_id)
+            self.viewers = {viewer_id: output, **self.viewers}
+        else:
+            self.viewers[viewer_id] = output
         self.viewer_codecs[viewer_id] = dict(codecs)
         frames = self.cache.frames()
         output.start(frames)

@@ -456,9 +456,8 @@ class MediaService:
                 session.output = output
                 session.remote_candidates = screened.received
                 self._sessions[session_id] = session
-                media.add_viewer(session_id, output, codecs)
+                media.add_viewer(session_id, output, codecs, edge=edge is not None)
                 if edge is not None:
-                    media.edges.add(session_id)
                     metrics.EDGES_SERVED.labels(room_id).set(len(media.edges))
         except Exception:
             self._forget_if_empty(media)

@@ -1,4 +1,5 @@
-"""The cascade's choice of upstream, without a network: origin first, edges shallowest first, no loops.
+"""The cascade's choice of upstream, without a network: origin first, edges shallowest first, no loops;
+and an origin hands each frame to its edges before its own viewers.
 
 Nodes are what the registry lists (engine/nodes/base.py ``NodeInfo`` with its ``relays``);
 the full behaviour runs between real nodes in tests/media/test_cascade.py.
@@ -9,8 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from aiortc.jitterbuffer import JitterFrame
 
 from engine.media.cascade import Cascade, answered_codecs
+from engine.media.config import MediaConfig
+from engine.media.room import MediaRoom
 from engine.nodes.base import Load, NodeInfo, Relay
 
 
@@ -65,3 +69,32 @@ def test_the_codecs_an_origin_answers_are_read_from_its_sdp() -> None:
     assert answered_codecs(answer) == {"audio": "opus", "video": "H264"}
     with pytest.raises(ValueError):
         answered_codecs(answer.replace("a=sendonly", "a=inactive"))
+
+
+class RecordingOutput:
+    """A viewer's output that notes the order frames were handed to it in."""
+
+    def __init__(self, name: str, handed: list[str]) -> None:
+        self.name, self.handed = name, handed
+
+    def start(self, frames: list[Any]) -> None:
+        """No cached frames in this room yet: nothing to start from."""
+
+    def push(self, frame: Any) -> None:
+        self.handed.append(self.name)
+
+
+@pytest.mark.parametrize("forwarding", ["fast", "stock"])
+async def test_an_edge_gets_each_frame_before_the_viewers_that_joined_before_it(forwarding: str) -> None:
+    room = MediaRoom("show", MediaConfig(forwarding=forwarding))
+    handed: list[str] = []
+    for name in ("early", "earlier"):
+        room.add_viewer(name, RecordingOutput(name, handed), {"video": "H264"})  # type: ignore[arg-type]
+    room.add_viewer("edge", RecordingOutput("edge", handed), {"video": "H264"}, edge=True)  # type: ignore[arg-type]
+    room.add_viewer("late", RecordingOutput("late", handed), {"video": "H264"})  # type: ignore[arg-type]
+    room.on_frame("video", "H264", JitterFrame(b"\x00\x00\x00\x01\x65" + bytes(3000), 90_000))
+    assert handed == ["edge", "early", "earlier", "late"]
+    assert room.edges == {"edge"} and room.audience == 3
+    room.remove_viewer("edge")
+    assert room.edges == set() and room.audience == 3
+    room.close()
