@@ -41,7 +41,8 @@ from signaling.channel import Channel
 from signaling.chat import register_chat
 from signaling.commerce import commerce_routes, register_commerce
 from signaling.guard import AddressGate, GuardedSite, body_deadline, next_head_deadline
-from signaling.hls import hls_routes
+from signaling.hls import HlsEndpoints, hls_routes
+from signaling.hlslane import HlsLanes
 from signaling.http import Auth, errors_as_json, room_routes
 from signaling.pages import add_page_routes
 from signaling.purchases import purchase_routes, register_purchases
@@ -121,11 +122,15 @@ class App:
         recording_routes(self.http, self.recordings, self.rooms, Auth(self.secret, self.admin_key), access,
                          self.urls, self.shared_recordings)
         self.hls: HlsService | None = None
+        self.hls_lanes: HlsLanes | None = None
         if hls is not None:
             self.hls = HlsService(hls, self.media.codecs, self.media.request_keyframe)
             self.media.taps.append(self.hls)
             self.media.wanted_rooms = self.hls.wanted_rooms
-            hls_routes(self.http, self.hls, self.rooms, access, self.media.want)
+            endpoints = HlsEndpoints(self.hls, self.rooms, access, self.media.want)
+            hls_routes(self.http, endpoints)
+            access_log = logging.getLogger("livecart.access") if config.access_log else None
+            self.hls_lanes = HlsLanes(endpoints, config.keepalive_timeout, access_log)
         node_credentials = NodeCredentials(self.secret)
         if config.redis_url:  # other nodes may hold rooms' publishers: pull them for viewers here
             node = self.cluster.node_id
@@ -219,7 +224,7 @@ class App:
                                      keepalive_timeout=self.config.keepalive_timeout)
         await self._runner.setup()
         site = GuardedSite(self._runner, self.config.host, self.config.http_port, self.http_gate,
-                           self.config.http_read_timeout)
+                           self.config.http_read_timeout, self.hls_lanes)
         try:
             await site.start()
         except OSError as exc:

@@ -10,6 +10,7 @@ guest token does not open the stream.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -66,17 +67,26 @@ class ViewAccess:
 def request_token(request: web.Request) -> str | None:
     """The token a request carries: its ``Authorization: Bearer``, else its ``?token=`` (what a
     player fetching a playlist's segments, or a page's link, can send)."""
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return carried_token(request.headers.get("Authorization", ""), request.query)
+
+
+def carried_token(authorization: str, query: Mapping[str, str]) -> str | None:
+    """``request_token`` from an ``Authorization`` header's value and a request's query."""
+    scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.query.get("token") or None
+    return query.get("token") or None
 
 
 def token_query(access: ViewAccess, room: str, request: web.Request) -> str:
     """Checks that ``request`` may view ``room``'s media (live HLS, recordings) (raises 401/403 for a private room
     without a token that may watch it); the query its links and segment URLs carry: the token for
     a private room, nothing for a public one."""
-    token = request_token(request)
+    return viewer_query(access, room, request_token(request))
+
+
+def viewer_query(access: ViewAccess, room: str, token: str | None) -> str:
+    """``token_query`` for a request that carries ``token``."""
     access.viewer(room, token, ASK)
     return link_query(access, room, token)
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import orjson
 from aiohttp import web
 
 from engine import metrics
 from engine.errors import CodedError
+
+if TYPE_CHECKING:
+    from signaling.hlslane import HlsLane, HlsLanes
 
 HEAD_END = b"\r\n\r\n"
 REASONS = {408: "Request Timeout", 429: "Too Many Requests"}
@@ -72,10 +75,16 @@ def peer_address(transport: asyncio.BaseTransport) -> str:
 
 
 class GuardedProtocol(asyncio.Protocol):
-    """Wraps one aiohttp request handler: enforces the address cap and the request-head deadlines."""
+    """Wraps one aiohttp request handler: enforces the address cap and the request-head deadlines.
 
-    def __init__(self, inner: asyncio.Protocol, gate: AddressGate, header_timeout: float) -> None:
+    With ``lanes``, the connection starts in the HLS lane (signaling/hlslane.py), and aiohttp's
+    handler sees the connection only once the lane hands it over."""
+
+    def __init__(self, inner: asyncio.Protocol, gate: AddressGate, header_timeout: float,
+                 lanes: HlsLanes | None = None) -> None:
         self._inner = inner
+        self._lanes = lanes
+        self._lane: HlsLane | None = None
         self._gate = gate
         self._timeout = header_timeout
         self._address: str | None = None
@@ -87,8 +96,12 @@ class GuardedProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         address = peer_address(transport)
-        self._inner.connection_made(transport)
-        if not self._gate.admit(address):
+        admitted = self._gate.admit(address)
+        if admitted and self._lanes is not None:
+            self._lane = self._lanes.lane(self._transport, self)
+        else:
+            self._inner.connection_made(transport)
+        if not admitted:
             metrics.REFUSED_CONNECTIONS.labels("http", "per_ip").inc()
             self._refuse(429, "too_many_connections",
                          f"at most {self._gate.cap} connections per client address")
@@ -103,12 +116,16 @@ class GuardedProtocol(asyncio.Protocol):
             self._deadline.cancel()
             self._deadline = None
 
-    def next_request(self) -> None:
+    def next_request(self, pending: bool = False) -> None:
         """The request in progress has been handled: the next bytes are a new request head, whose
-        deadline starts with its first byte (the idle time before it is the keep-alive timeout's)."""
+        deadline starts with its first byte (the idle time before it is the keep-alive timeout's),
+        or now when they came already (``pending``: pipelined behind the request just answered)."""
         if self._address is not None and self._deadline is None:
-            self._between = True
-            self._tail = b""
+            if pending:
+                self._deadline = asyncio.get_running_loop().call_later(self._timeout, self._too_slow)
+            else:
+                self._between = True
+                self._tail = b""
 
     def data_received(self, data: bytes) -> None:
         if self._between and data:
@@ -121,16 +138,33 @@ class GuardedProtocol(asyncio.Protocol):
                 self._deadline = None
             else:
                 self._tail = window[-3:]
-        self._inner.data_received(data)
+        if self._lane is not None:
+            self._lane.received(data)
+        else:
+            self._inner.data_received(data)
+
+    def hand_over(self, data: bytes) -> None:
+        """The HLS lane lets go of the connection: aiohttp's handler takes it, from ``data`` on."""
+        self._lane = None
+        assert self._transport is not None
+        self._inner.connection_made(self._transport)
+        if data:
+            self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        return self._lane.eof() if self._lane is not None else self._inner.eof_received()
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self._lane is not None:
+            self._lane.pause_writing()
+        else:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self._lane is not None:
+            self._lane.resume_writing()
+        else:
+            self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:
@@ -139,7 +173,11 @@ class GuardedProtocol(asyncio.Protocol):
         if self._address is not None:
             self._gate.release(self._address)
             self._address = None
-        self._inner.connection_lost(exc)
+        if self._lane is not None:
+            self._lane.lost()
+            self._lane = None
+        else:
+            self._inner.connection_lost(exc)
 
     def _too_slow(self) -> None:
         self._deadline = None
@@ -157,10 +195,11 @@ class GuardedSite(web.TCPSite):
     """A TCP site whose connections go through ``GuardedProtocol``."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, gate: AddressGate,
-                 header_timeout: float) -> None:
+                 header_timeout: float, lanes: HlsLanes | None = None) -> None:
         super().__init__(runner, host, port)
         self._gate = gate
         self._header_timeout = header_timeout
+        self._lanes = lanes
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -168,10 +207,16 @@ class GuardedSite(web.TCPSite):
         assert server is not None
 
         def guarded() -> GuardedProtocol:
-            return GuardedProtocol(server(), self._gate, self._header_timeout)
+            return GuardedProtocol(server(), self._gate, self._header_timeout, self._lanes)
 
         self._server = await asyncio.get_running_loop().create_server(
             guarded, self._host, self._port, backlog=self._backlog, reuse_address=self._reuse_address)
+
+    async def stop(self) -> None:
+        """Stop listening; connections in the HLS lane close too (aiohttp closes its own)."""
+        await super().stop()
+        if self._lanes is not None:
+            self._lanes.close()
 
 
 class BodyTimeout(CodedError):

@@ -20,33 +20,55 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from engine.digits import parse_uint
-from engine.errors import shown
+from engine.errors import CodedError, shown
 from engine.hls import metrics
 from engine.hls.playlist import FILE, playlist_bytes
 from engine.hls.service import HlsBusy, HlsService
 from engine.hls.window import LiveWindow
 from engine.rooms import Rooms
-from signaling.access import ViewAccess, token_query
-from signaling.http import STATUS, ApiError
+from signaling.access import ViewAccess, request_token, viewer_query
+from signaling.http import ApiError, coded_status
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 IMMUTABLE = "public, max-age=31536000, immutable"
-#: The request's file name parsed by ``FILE`` (None when it names no HLS file), kept by ``counted``.
-HLS_FILE = web.RequestKey("hls_file", re.Match)
 #: An integer that fits a media sequence or part number.
 _NUMBER_DIGITS = 12
 
 
-def _number(request: web.Request, name: str) -> int | None:
-    raw = request.query.get(name)
+@dataclass(slots=True)
+class HlsAsk:
+    """One request for a room's HLS, as the HTTP front end that read it hands it over (aiohttp's
+    routes, or the HLS lane of a player's connection: signaling/hlslane.py)."""
+
+    room: str
+    file: str | None  # None: the media playlist
+    query: Mapping[str, str]
+    token: str | None  # the Bearer token, else ``?token=``
+
+
+@dataclass(slots=True)
+class HlsAnswer:
+    """A 200 answer: its body and the two headers that differ between answers."""
+
+    body: bytes | memoryview
+    content_type: str
+    cache_control: str
+
+
+#: An answer made at once, or one that has to wait (a blocking reload, a preload hint, a first request).
+Answered = HlsAnswer | Awaitable[HlsAnswer]
+
+
+def _number(query: Mapping[str, str], name: str) -> int | None:
+    raw = query.get(name)
     if raw is None:
         return None
     value = parse_uint(raw, _NUMBER_DIGITS)
@@ -55,51 +77,65 @@ def _number(request: web.Request, name: str) -> int | None:
     return value
 
 
-Handler = Callable[[web.Request], Awaitable[web.Response]]
+class HlsEndpoints:
+    """The answers to HLS requests, whichever front end read them.
 
+    ``answer`` makes an answer synchronously whenever nothing has to be waited for (a part that
+    exists, a playlist that already holds what was asked), so a front end runs no task for it; it
+    returns an awaitable otherwise. Each answer is counted in ``livecart_hls_requests_total`` by
+    what was asked (playlist, init, seg, part) and its status. ``want(room)`` asks the media relay
+    to carry the room here (an edge pulls it from its origin)."""
 
-def counted(handler: Handler) -> Handler:
-    """Count each answer in ``livecart_hls_requests_total`` by what was asked (playlist, init, seg, part).
+    def __init__(self, hls: HlsService, rooms: Rooms, access: ViewAccess, want: Callable[[str], None]) -> None:
+        self._hls = hls
+        self._rooms = rooms
+        self._access = access
+        self._want = want
+        self._config = hls.config
+        self._counters: dict[tuple[str, int], Any] = {}  # (kind, status) -> its series: a few kinds, a few statuses
 
-    The file name is parsed here once, for the count and for the handler (``request[HLS_FILE]``)."""
-    counters: dict[tuple[str, int], Any] = {}  # (kind, status) -> its series: a few kinds, a few statuses
+    def answer(self, ask: HlsAsk) -> Answered:
+        match = None if ask.file is None else FILE.fullmatch(ask.file)
+        kind = "playlist" if ask.file is None else match.group(1) if match else "other"
+        try:
+            result = self._playlist(ask) if ask.file is None else self._media_file(ask, match)
+        except CodedError as exc:
+            self._count(kind, coded_status(exc))
+            raise
+        if isinstance(result, HlsAnswer):
+            self._count(kind, 200)
+            return result
+        return self._counted(kind, result)
 
-    def count(kind: str, status: int) -> None:
-        counter = counters.get((kind, status))
+    async def _counted(self, kind: str, pending: Awaitable[HlsAnswer]) -> HlsAnswer:
+        try:
+            answer = await pending
+        except CodedError as exc:
+            self._count(kind, coded_status(exc))
+            raise
+        self._count(kind, 200)
+        return answer
+
+    def _count(self, kind: str, status: int) -> None:
+        counter = self._counters.get((kind, status))
         if counter is None:
-            counter = counters[kind, status] = metrics.REQUESTS.labels(kind, str(status))
+            counter = self._counters[kind, status] = metrics.REQUESTS.labels(kind, str(status))
         counter.inc()
 
-    async def answer(request: web.Request) -> web.Response:
-        match = request[HLS_FILE] = FILE.fullmatch(request.match_info.get("file", ""))
-        kind = match.group(1) if match else "playlist" if "file" not in request.match_info else "other"
-        try:
-            response = await handler(request)
-        except ApiError as exc:
-            count(kind, exc.status or STATUS.get(exc.code, 400))
-            raise
-        count(kind, response.status)
-        return response
+    # --- the room's stream ---
 
-    return answer
+    def _cache(self, room: str, public: str) -> str:
+        return "private, " + public.removeprefix("public, ") if self._access.private(room) else public
 
-
-def hls_routes(app: web.Application, hls: HlsService, rooms: Rooms, access: ViewAccess,
-               want: Callable[[str], None]) -> None:
-    """``want(room)`` asks the media relay to carry the room here (an edge pulls it from its origin)."""
-    config = hls.config
-
-    def cache(room: str, public: str) -> str:
-        return "private, " + public.removeprefix("public, ") if access.private(room) else public
-
-    def check_room_to_wait() -> None:
-        if hls.blocked >= config.max_blocked:
-            raise ApiError("overloaded", f"{config.max_blocked} HLS requests wait on this node already "
+    def _check_room_to_wait(self) -> None:
+        if self._hls.blocked >= self._config.max_blocked:
+            raise ApiError("overloaded", f"{self._config.max_blocked} HLS requests wait on this node already "
                            "(--hls-max-blocked)", headers={"Retry-After": "1"})
 
     @asynccontextmanager
-    async def waiting(kind: str) -> AsyncIterator[None]:
-        check_room_to_wait()
+    async def _waiting(self, kind: str) -> AsyncIterator[None]:
+        self._check_room_to_wait()
+        hls = self._hls
         hls.blocked += 1
         metrics.BLOCKED.inc()
         started = asyncio.get_running_loop().time()
@@ -110,74 +146,127 @@ def hls_routes(app: web.Application, hls: HlsService, rooms: Rooms, access: View
             metrics.BLOCKED.dec()
             metrics.BLOCK_WAIT.labels(kind).observe(asyncio.get_running_loop().time() - started)
 
-    async def stream_of(room: str, request: web.Request) -> tuple[str, LiveWindow, str]:
-        """The room's stream here (id and window) and the query its file names carry; checks the
-        request may watch the room, and starts the stream (or its pull) if it may."""
-        if rooms.get(room) is None:
-            raise ApiError("not_found", f"no room {shown(room)}")
-        query = token_query(access, room, request)
-        found = hls.stream(room)
+    def _stream_now(self, ask: HlsAsk) -> tuple[str, LiveWindow, str] | None:
+        """The room's stream here (id and window) and the query its file names carry, when it has
+        media; None when the request has to start it and wait. Checks the request may watch the room."""
+        if self._rooms.get(ask.room) is None:
+            raise ApiError("not_found", f"no room {shown(ask.room)}")
+        query = viewer_query(self._access, ask.room, ask.token)
+        found = self._hls.stream(ask.room)
         if found is not None and found[1].has_media:
-            hls.touch(room)
+            self._hls.touch(ask.room)
             return (*found, query)
-        check_room_to_wait()  # before starting anything for a request that cannot wait
+        return None
+
+    async def _stream(self, ask: HlsAsk) -> tuple[str, LiveWindow, str]:
+        """``_stream_now``, starting the stream (or its pull) and waiting for its media if it has none."""
+        now = self._stream_now(ask)
+        if now is not None:
+            return now
+        room, hls = ask.room, self._hls
+        self._check_room_to_wait()  # before starting anything for a request that cannot wait
         try:
             hls.touch(room)
         except HlsBusy as exc:
             raise ApiError("overloaded", str(exc), headers={"Retry-After": "5"}) from None
-        want(room)
-        async with waiting("first"):
-            found = await hls.ready(room, config.block_timeout)
+        self._want(room)
+        async with self._waiting("first"):
+            found = await hls.ready(room, self._config.block_timeout)
         if found is None:
             raise ApiError("overloaded", f"room {room!r} has no live H264 stream here yet", status=503,
                            headers={"Retry-After": "2"})
-        return (*found, query)
+        return (*found, viewer_query(self._access, room, ask.token))
 
-    def unavailable(what: str) -> ApiError:
-        return ApiError("overloaded", f"{what} is not ready after {config.block_timeout:g} s (--hls-block-timeout)",
-                        status=503, headers={"Retry-After": "1"})
-
-    async def until(window: LiveWindow, ready: Callable[[], bool], kind: str, what: str) -> None:
+    async def _until(self, window: LiveWindow, ready: Callable[[], bool], kind: str, what: str) -> None:
         if ready():
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + config.block_timeout
-        async with waiting(kind):
+        timeout = self._config.block_timeout
+        deadline = loop.time() + timeout
+        async with self._waiting(kind):
             while not ready():
                 remaining = deadline - loop.time()
                 if remaining <= 0 or not await window.wait_change(remaining):
-                    raise unavailable(what)
+                    raise ApiError("overloaded", f"{what} is not ready after {timeout:g} s (--hls-block-timeout)",
+                                   status=503, headers={"Retry-After": "1"})
 
-    async def playlist(request: web.Request) -> web.Response:
-        msn, part = _number(request, "_HLS_msn"), _number(request, "_HLS_part")
-        skip = request.query.get("_HLS_skip")
+    # --- the playlist ---
+
+    def _playlist(self, ask: HlsAsk) -> Answered:
+        msn, part = _number(ask.query, "_HLS_msn"), _number(ask.query, "_HLS_part")
+        skip = ask.query.get("_HLS_skip")
         if part is not None and msn is None:
             raise ApiError("bad_request", "_HLS_part needs _HLS_msn")
         if skip is not None and skip != "YES":
             raise ApiError("bad_request", f"_HLS_skip must be YES, not {shown(skip)}")
-        room = request.match_info["room"]
-        stream, window, query = await stream_of(room, request)
-        if msn is not None:
-            last = window.segments[-1].msn
-            if msn > last + 2:
-                raise ApiError("bad_request", f"_HLS_msn {msn} is more than two segments past the last ({last})")
-            await until(window, lambda: window.reached(msn, part), "playlist",
-                        f"segment {msn}" + (f" part {part}" if part is not None else ""))
-            control = cache(room, f"public, max-age={window.target}")
-        else:
-            control = cache(room, f"public, max-age={max(1, math.floor(config.part_seconds))}")
-        body = playlist_bytes(stream, window, config.part_seconds, skip=skip is not None, query=query)
-        return web.Response(body=body, content_type=PLAYLIST_TYPE, headers={"Cache-Control": control})
+        now = self._stream_now(ask)
+        if now is not None and msn is not None:
+            self._check_msn(now[1], msn)
+        if now is None or (msn is not None and not now[1].reached(msn, part)):
+            return self._playlist_later(ask, msn, part, skip is not None)
+        return self._playlist_answer(ask.room, now, msn, skip is not None)
 
-    async def media_file(request: web.Request) -> web.Response:
-        room, name = request.match_info["room"], request.match_info["file"]
-        match = request[HLS_FILE]  # parsed by `counted`
+    async def _playlist_later(self, ask: HlsAsk, msn: int | None, part: int | None, skip: bool) -> HlsAnswer:
+        found = await self._stream(ask)
+        window = found[1]
+        if msn is not None:
+            self._check_msn(window, msn)
+            await self._until(window, lambda: window.reached(msn, part), "playlist",
+                              f"segment {msn}" + (f" part {part}" if part is not None else ""))
+        return self._playlist_answer(ask.room, found, msn, skip)
+
+    @staticmethod
+    def _check_msn(window: LiveWindow, msn: int) -> None:
+        """Refuses a blocking reload more than two segments past the window's last."""
+        last = window.segments[-1].msn
+        if msn > last + 2:
+            raise ApiError("bad_request", f"_HLS_msn {msn} is more than two segments past the last ({last})")
+
+    def _playlist_answer(self, room: str, found: tuple[str, LiveWindow, str], msn: int | None,
+                         skip: bool) -> HlsAnswer:
+        stream, window, query = found
+        part_seconds = self._config.part_seconds
+        if msn is not None:
+            control = self._cache(room, f"public, max-age={window.target}")
+        else:
+            control = self._cache(room, f"public, max-age={max(1, math.floor(part_seconds))}")
+        body = playlist_bytes(stream, window, part_seconds, skip=skip, query=query)
+        return HlsAnswer(body, PLAYLIST_TYPE, control)
+
+    # --- init segments, segments and parts ---
+
+    def _media_file(self, ask: HlsAsk, match: Any) -> Answered:
         if match is None:
-            raise ApiError("not_found", f"no HLS file {shown(name)}")
-        kind, stream_id, number = match.group(1), match.group(2), int(match.group(3))
-        stream, window, _ = await stream_of(room, request)
-        if stream_id != stream:
-            raise ApiError("not_found", f"stream {stream_id} of room {room!r} is over: reload the playlist")
+            raise ApiError("not_found", f"no HLS file {shown(ask.file)}")
+        now = self._stream_now(ask)
+        if now is not None:
+            self._check_stream(ask, match, now)
+        if now is None or self._is_hint(match, now[1]):
+            return self._media_file_later(ask, match)
+        return self._file_answer(ask, match, now[1])
+
+    async def _media_file_later(self, ask: HlsAsk, match: Any) -> HlsAnswer:
+        found = await self._stream(ask)
+        self._check_stream(ask, match, found)
+        window = found[1]
+        if self._is_hint(match, window):  # the preload hint: answered once the part is complete
+            number = window.next_part
+            await self._until(window, lambda: window.next_part > number, "part", f"part {number}")
+        return self._file_answer(ask, match, window)
+
+    @staticmethod
+    def _check_stream(ask: HlsAsk, match: Any, found: tuple[str, LiveWindow, str]) -> None:
+        """A file of another stream of the room than the one here is a 404: that stream is over."""
+        if match.group(2) != found[0]:
+            raise ApiError("not_found", f"stream {match.group(2)} of room {ask.room!r} is over: reload the playlist")
+
+    @staticmethod
+    def _is_hint(match: Any, window: LiveWindow) -> bool:
+        """Whether the file is the part the playlist's preload hint names (not made yet)."""
+        return match.group(1) == "part" and int(match.group(3)) == window.next_part
+
+    def _file_answer(self, ask: HlsAsk, match: Any, window: LiveWindow) -> HlsAnswer:
+        kind, number = match.group(1), int(match.group(3))
         body: bytes | memoryview | None = None
         content_type = "video/iso.segment"
         if kind == "init":
@@ -186,13 +275,24 @@ def hls_routes(app: web.Application, hls: HlsService, rooms: Rooms, access: View
             segment = window.segment(number)
             body = segment.data if segment is not None and segment.complete else None
         else:
-            if number == window.next_part:  # the preload hint: answered once the part is complete
-                await until(window, lambda: window.next_part > number, "part", f"part {number}")
-            found = window.part(number)
-            body = found[0].part_bytes(found[1]) if found is not None else None
+            part = window.part(number)
+            body = part[0].part_bytes(part[1]) if part is not None else None
         if body is None:
-            raise ApiError("not_found", f"no {name} in room {room!r} (not yet made, or older than the window)")
-        return web.Response(body=body, content_type=content_type, headers={"Cache-Control": cache(room, IMMUTABLE)})
+            raise ApiError("not_found", f"no {ask.file} in room {ask.room!r} (not yet made, or older than the window)")
+        return HlsAnswer(body, content_type, self._cache(ask.room, IMMUTABLE))
 
-    app.router.add_get("/hls/{room}/index.m3u8", counted(playlist))
-    app.router.add_get("/hls/{room}/{file}", counted(media_file))
+
+def hls_routes(app: web.Application, endpoints: HlsEndpoints) -> None:
+    """The HLS routes through aiohttp: a connection's requests after its first non-HLS one (a player's
+    own connections take the HLS lane, signaling/hlslane.py)."""
+
+    async def answer(request: web.Request) -> web.Response:
+        ask = HlsAsk(request.match_info["room"], request.match_info.get("file"), request.query,
+                     request_token(request))
+        result = endpoints.answer(ask)
+        found = result if isinstance(result, HlsAnswer) else await result
+        return web.Response(body=found.body, content_type=found.content_type,
+                            headers={"Cache-Control": found.cache_control})
+
+    app.router.add_get("/hls/{room}/index.m3u8", answer)
+    app.router.add_get("/hls/{room}/{file}", answer)

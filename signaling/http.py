@@ -44,9 +44,19 @@ class ApiError(CodedError):
         self.headers = headers
 
 
+def error_body(code: str, message: str) -> bytes:
+    """The JSON body of every error answer: ``{"error": {"code", "message"}}``."""
+    return orjson.dumps({"error": {"code": code, "message": message}})
+
+
 def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
-    body = orjson.dumps({"error": {"code": code, "message": message}})
-    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+    return web.Response(status=status, body=error_body(code, message), content_type="application/json",
+                        headers=headers)
+
+
+def coded_status(exc: CodedError) -> int:
+    """The HTTP status of a refusal: its own, else its code's."""
+    return exc.status or STATUS.get(exc.code, 400)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -59,8 +69,7 @@ async def errors_as_json(request: web.Request,
     try:
         return await handler(request)
     except CodedError as exc:
-        return error_response(exc.code, exc.message, exc.status or STATUS.get(exc.code, 400),
-                              headers=getattr(exc, "headers", None))
+        return error_response(exc.code, exc.message, coded_status(exc), headers=getattr(exc, "headers", None))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -60,6 +60,12 @@ def h264() -> Any:
 
 
 @pytest.fixture(scope="session")
+def h264_gop30() -> Any:
+    """Four seconds of video with a keyframe every second (the LL-HLS tests' 1 s segments)."""
+    return encode_video("h264", frames=120, gop=30)
+
+
+@pytest.fixture(scope="session")
 def vp8() -> Any:
     return encode_video("vp8")
 

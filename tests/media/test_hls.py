@@ -28,12 +28,6 @@ H264_OPUS = {"video": "H264", "audio": "opus"}
 PART = 0.25
 
 
-@pytest.fixture(scope="session")
-def h264_gop30() -> Any:
-    """Four seconds of video with a keyframe every second."""
-    return encode_video("h264", frames=120, gop=30)
-
-
 def hls_config(tmp_path: Path, **changes: Any) -> Config:
     return Config(host="127.0.0.1", http_port=0, ws_port=0, data_dir=str(tmp_path / "data"),
                   secret="test-secret-" + "x" * 32, admin_key="test-admin", tick_ms=20, demo_catalog=False,

@@ -15,7 +15,7 @@ import aiohttp
 from cascade_nodes import MediaNode, until
 from hls_player import follow, video_units
 from test_cascade import cluster, create_room, publish
-from test_hls import PART, check_playlist, h264_gop30  # noqa: F401  (h264_gop30: a fixture)
+from test_hls import PART, check_playlist
 
 from engine.recording.h264 import nal_units
 from tests.conftest import RedisTarget
@@ -27,7 +27,7 @@ LIVE = "livecart_hls_live_rooms"
 
 async def test_an_edge_segments_its_own_pull_and_stops_when_nobody_asks(
         tmp_path: Path, redis_target: RedisTarget, nodes: list[MediaNode], http: aiohttp.ClientSession,
-        h264_gop30: Any, opus: Any) -> None:  # noqa: F811
+        h264_gop30: Any, opus: Any) -> None:
     origin, edge = await cluster(tmp_path, redis_target, nodes, http, "node-a", "node-b",
                                  extra={"node-a": HLS_FLAGS, "node-b": HLS_FLAGS})
     key = await create_room(http, origin, edge)

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 from hls_nginx import NGINX, Nginx
 from hls_playlists import parse
-from test_hls import get, h264_gop30, hls_config, publish, sample  # noqa: F401  (h264_gop30: a fixture)
+from test_hls import get, hls_config, publish, sample
 
 from engine.hls.playlist import FILE, part_name
 from tests.conftest import running
@@ -27,7 +27,7 @@ def number(name: str) -> int:
     return int(FILE.fullmatch(name).group(3))
 
 
-async def test_documented_nginx_cache_in_front_of_live_hls(tmp_path: Path, h264_gop30, opus) -> None:  # noqa: F811
+async def test_documented_nginx_cache_in_front_of_live_hls(tmp_path: Path, h264_gop30, opus) -> None:
     assert os.access(NGINX, os.X_OK), "nginx is needed (apt-get install nginx)"
     async with running(hls_config(tmp_path)) as engine, aiohttp.ClientSession() as http:
         origin = f"http://127.0.0.1:{engine.http_port}"
