@@ -169,6 +169,8 @@ class HlsLane:
             del buffer[:end + len(_HEAD_END)]
             self._host.request_started()
             self._answer(ask)
+        if self._closing:
+            return
         if len(buffer) > MAX_PENDING and not self._paused_reading:
             self._paused_reading = True
             self._transport.pause_reading()
