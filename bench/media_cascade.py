@@ -30,20 +30,25 @@ flagged).
 Phases of one run:
 
 1. the publisher alone on A, a ``--window``: A's CPU (the baseline);
-2. ``--viewers`` viewers on A, a ``--window``: A's CPU per viewer = (CPU - baseline) / N;
-3. ``--pairs`` pairs of ``--pair-window`` windows, one with the edge on and one with it off, the
-   N viewers on A staying throughout. On: B's measuring viewers join (fresh peer connections each
-   time), so B pulls the room from A; the window starts ``--pair-settle`` after each of them got
-   frames and A feeds the edge. Off: they leave (peer connection closed, WHEP session deleted), B
-   lets go of its pull after its ``--edge-linger`` (short, B only); the window starts
-   ``--pair-settle`` after A's and B's /healthz no longer show the pull. A's CPU for that one edge
-   = the median over pairs of (A's CPU on - A's CPU off), while B itself does little on the
-   shared core (one ingest and a few viewers). A's CPU moves by a few % of a core between windows
-   tens of seconds apart, against under 1 % for the edge: the two windows of a pair are adjacent
-   and their order alternates (on/off, off/on, ...: consecutive pairs share a state, which also
-   halves the joins and leaves), so a steady drift cancels out over pairs;
+2. ``--pairs`` pairs of ``--pair-window`` windows, one with the edge on and one with it off, A
+   holding the publisher only. On: B's measuring viewers join (fresh peer connections each time),
+   so B pulls the room from A; the window starts ``--pair-settle`` after each of them got frames
+   and A feeds the edge. Off: they leave (peer connection closed, WHEP session deleted), B lets go
+   of its pull after its ``--edge-linger`` (short, B only); the window starts ``--pair-settle``
+   after A's and B's /healthz no longer show the pull. A's CPU for that one edge = the median over
+   pairs of (A's CPU on - A's CPU off), while B itself does little on the shared core (one ingest
+   and a few viewers). The two windows of a pair are adjacent and their order alternates (on/off,
+   off/on, ...: consecutive pairs share a state, which also halves the joins and leaves), so a
+   steady drift cancels out over pairs. A has no viewers of its own in these windows: with N
+   viewers, A's CPU moved by a few % of a core from one 10 s window to the next (their RTCP,
+   keyframes, the loop's batching), against well under 1 % for an edge, and the pairs' differences
+   spread from -1 % to +3 % of a core; an edge costs A the same output whoever else watches.
+   Then as many pairs, measured the same way, with one full viewer (a measuring viewer, RTCP and
+   all) joining and leaving A directly: what the target compares an edge with is one viewer, and
+   the per-viewer figure of phase 3 is mostly counting viewers, which send A no RTCP;
+3. ``--viewers`` viewers on A, a ``--window``: A's CPU per viewer = (CPU - baseline) / N;
 4. the edge on and the rest of B's viewers (as many as A's in all), a ``--window``: A's CPU for
-   the edge again (phase 4 - phase 2), now beside B serving N viewers on the same core, which
+   the edge again (phase 4 - phase 3), now beside B serving N viewers on the same core, which
    takes core 0's time and caches from A (an effect of this machine's two cores, not of A's work:
    A sends the edge one stream either way); B's CPU per viewer = B's CPU / N (its pull's ingest
    included, as A's figures include the publisher's ingest only through the baseline).
@@ -323,14 +328,52 @@ class Edge:
         await asyncio.sleep(self.args.pair_settle)
 
 
-async def pairs(args: argparse.Namespace, edge: Edge, origin: Node, node_b: Node) -> list[dict[str, Any]]:
-    """``--pairs`` adjacent windows with the edge on and off, in alternating order; each pair's CPU."""
+class DirectViewer:
+    """One full measuring viewer on A, joined or gone: what one viewer costs A, measured as the edge is."""
+
+    def __init__(self, http: aiohttp.ClientSession, args: argparse.Namespace, origin: Node,
+                 index: dict[bytes, int]) -> None:
+        self.http, self.args, self.origin, self.index = http, args, origin, index
+        self.viewer: Viewer | None = None
+        self.every: list[Viewer] = []
+
+    async def on(self) -> None:
+        """A fresh viewer joins A; back once it got frames and a settle passed."""
+        if self.viewer is not None:
+            return
+        viewer = self.viewer = Viewer("node-a", self.index)
+        self.every.append(viewer)
+        await viewer.watch(self.http, self.origin)
+
+        async def live() -> bool:
+            return bool(viewer.frames)
+
+        await until(live, "the direct viewer's frames")
+        await asyncio.sleep(self.args.pair_settle)
+
+    async def off(self) -> None:
+        """The viewer leaves; back once A no longer holds it and a settle passed."""
+        if self.viewer is None:
+            return
+        await self.viewer.leave(self.http, self.origin)
+        self.viewer = None
+
+        async def left() -> bool:
+            return not (await room_view(self.http, self.origin)).get("viewers")
+
+        await until(left, "the direct viewer gone")
+        await asyncio.sleep(self.args.pair_settle)
+
+
+async def pairs(args: argparse.Namespace, toggled: Edge | DirectViewer, origin: Node,
+                node_b: Node) -> list[dict[str, Any]]:
+    """``--pairs`` adjacent windows with ``toggled`` on and off, in alternating order; each pair's CPU."""
     out = []
     for k in range(args.pairs):
         order = ("on", "off") if k % 2 == 0 else ("off", "on")
         cpu: dict[str, dict[str, float]] = {}
         for state in order:
-            await (edge.on() if state == "on" else edge.off())
+            await (toggled.on() if state == "on" else toggled.off())
             cpu[state] = await window(time.monotonic(), args.pair_window, origin, node_b)
         on, off = (
             {name: cpu[state][node.name] / args.pair_window for name, node in (("origin", origin), ("edge", node_b))}
@@ -351,6 +394,7 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
     counting = args.viewers - args.measuring
     direct: list[Viewer] = []
     edge: Edge | None = None
+    alone: DirectViewer | None = None
     workers: dict[str, list[Any]] = {}
     errors: list[str] = []
     publisher = Publisher(video, audio)
@@ -369,6 +413,12 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
             await publisher.publish(http, origin, key)
             await asyncio.sleep(args.settle)
             base = await window(time.monotonic(), args.window, origin)
+            edge = Edge(http, args, origin, node_b, index)
+            paired = await pairs(args, edge, origin, node_b)
+            await edge.off()
+            alone = DirectViewer(http, args, origin, index)
+            paired_viewer = await pairs(args, alone, origin, node_b)
+            await alone.off()
 
             # the counting viewers' processes start (and import) first, then join on a schedule; those
             # of A are told when to stop once the paired windows ran, those of B join after them
@@ -383,9 +433,6 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
             direct = [Viewer("node-a", index) for _ in range(args.measuring)]
             await asyncio.gather(*(viewer.watch(http, origin) for viewer in direct))
             with_viewers = await window(direct_start, args.window, origin)
-
-            edge = Edge(http, args, origin, node_b, index)
-            paired = await pairs(args, edge, origin, node_b)
 
             await edge.on()
             join_edge_counting = time.monotonic() + 0.2
@@ -406,7 +453,7 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
                 if process.returncode is None:
                     process.kill()
                     await process.wait()
-        for viewer in direct + (edge.every if edge is not None else []):
+        for viewer in direct + (edge.every if edge is not None else []) + (alone.every if alone is not None else []):
             await viewer.pc.close()
         await publisher.pc.close()
         for node in nodes:
@@ -461,6 +508,7 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
         "cpu_per_viewer_origin": cpu_viewer_origin,
         # the middle two's mean for an even count of pairs: a nearest-rank median would take the lower one
         "cpu_of_one_edge_on_origin_paired": statistics.median(p["origin_difference"] for p in paired),
+        "cpu_of_one_viewer_on_origin_paired": statistics.median(p["origin_difference"] for p in paired_viewer),
         "cpu_of_one_edge_on_origin_beside_load": cpu_edge_on_origin_beside_load,
         "cpu_edge_pull_only": statistics.median(p["edge_on"] for p in paired),
         "cpu_per_viewer_edge": cpu_viewer_edge,
@@ -474,6 +522,7 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
         "core1_busy": core1_busy,
         "errors": errors,
         "pairs": paired,
+        "viewer_pairs": paired_viewer,
         "edge_waits_s": waits,
         "viewers": per_viewer,
         "counting_rates": rates,
@@ -482,7 +531,8 @@ async def run(args: argparse.Namespace, video: Stream, audio: Stream, index: dic
 
 FIGURES = (
     "cpu_origin_baseline", "cpu_per_viewer_origin", "cpu_of_one_edge_on_origin_paired",
-    "cpu_of_one_edge_on_origin_beside_load", "cpu_edge_pull_only", "cpu_per_viewer_edge",
+    "cpu_of_one_viewer_on_origin_paired", "cpu_of_one_edge_on_origin_beside_load", "cpu_edge_pull_only",
+    "cpu_per_viewer_edge",
     "cpu_per_viewer_edge_less_ingest", "lag_direct_p50", "lag_direct_p99", "lag_edge_p50", "lag_edge_p99",
     "delivered_min_origin", "delivered_min_edge", "counting_rate_min_origin", "counting_rate_min_edge", "core1_busy",
 )  # fmt: skip
@@ -509,7 +559,8 @@ def row(label: str, result: dict[str, Any]) -> list[Any]:
         f"{fmt(result['lag_edge_p50'])} / {fmt(result['lag_edge_p99'])}",
         f"{fmt(added('p50'))} / {fmt(added('p99'))}",
         pct("cpu_per_viewer_origin", 2),
-        f"{pct('cpu_of_one_edge_on_origin_paired', 2)} / {pct('cpu_of_one_edge_on_origin_beside_load', 2)}",
+        f"{pct('cpu_of_one_edge_on_origin_paired', 2)} / {pct('cpu_of_one_viewer_on_origin_paired', 2)}",
+        pct("cpu_of_one_edge_on_origin_beside_load", 2),
         pct("cpu_edge_pull_only", 1),
         f"{pct('cpu_per_viewer_edge', 2)} / {pct('cpu_per_viewer_edge_less_ingest', 2)}",
         f"{pct('delivered_min_origin')} / {pct('delivered_min_edge')}",
@@ -522,7 +573,8 @@ def report(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     rows = [row(str(i + 1), r) for i, r in enumerate(runs)] + [row("median", summary)]
     header = ["run", "viewers per node", "lag direct p50 / p99 ms", "lag through edge p50 / p99 ms",
               "added per hop p50 / p99 ms", "origin CPU % per viewer",
-              "origin CPU % for the edge: paired, edge with its measuring viewers / beside N viewers",
+              "origin CPU % paired: for the edge (with its measuring viewers) / for one full viewer",
+              "origin CPU % for the edge beside N viewers",
               "edge CPU % with its measuring viewers (paired on windows)",
               "edge CPU % per viewer: all / less one ingest", "frames delivered min % origin / edge",
               "counting rate min % origin / edge", "core 1 busy %", "errors"]
@@ -536,16 +588,21 @@ def report(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
             f"ingest) over N. Origin CPU for the edge, paired: the median over {pairs} pairs of adjacent {pw:g} s "
             "windows, in alternating order, of the origin's CPU with the edge pulling (it holds only its "
             "measuring viewers) less without it (they left and the edge let go of its pull after its "
-            f"{linger:g} s linger), the origin's N viewers staying throughout; each pair's difference is "
-            "listed below the table. Beside N viewers: the origin's CPU while the edge serves N viewers on the "
+            f"{linger:g} s linger), the origin holding the publisher only; then, measured the same way, "
+            "for one full viewer joining and leaving the origin (the same aiortc viewer as the measuring "
+            "ones, with its RTCP, unlike the counting viewers); each pair's difference is listed below the "
+            "table. Beside N viewers: the origin's CPU while the edge serves N viewers on the "
             "same core, less with its N viewers alone in an earlier window. The median row is each column's "
             "median over the runs.")
-    differences = "\n".join(
-        f"- run {i + 1} ({', '.join(p['order'] for p in r['pairs'])}): "
-        + ", ".join(f"{p['origin_difference'] * 100:+.2f}" for p in r["pairs"])
-        for i, r in enumerate(runs))
+    def differences(key: str) -> str:
+        return "\n".join(
+            f"- run {i + 1} ({', '.join(p['order'] for p in r[key])}): "
+            + ", ".join(f"{p['origin_difference'] * 100:+.2f}" for p in r[key])
+            for i, r in enumerate(runs))
+
     return (note + "\n\n" + markdown_table(header, rows)
-            + "\n\nOrigin CPU % for the edge in each pair (on - off):\n\n" + differences + "\n")
+            + "\n\nOrigin CPU % for the edge in each pair (on - off):\n\n" + differences("pairs")
+            + "\n\nOrigin CPU % for one full viewer in each pair (on - off):\n\n" + differences("viewer_pairs") + "\n")
 
 
 async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
