@@ -116,18 +116,23 @@ class GuardedProtocol(asyncio.Protocol):
             self._deadline.cancel()
             self._deadline = None
 
-    def next_request(self, pending: bool = False) -> None:
+    def next_request(self) -> None:
         """The request in progress has been handled: the next bytes are a new request head, whose
-        deadline starts with its first byte (the idle time before it is the keep-alive timeout's),
-        or now when they came already (``pending``: pipelined behind the request just answered)."""
+        deadline starts with its first byte (the idle time before it is the keep-alive timeout's)."""
         if self._address is not None and self._deadline is None:
-            if pending:
-                self._deadline = asyncio.get_running_loop().call_later(self._timeout, self._too_slow)
-            else:
-                self._between = True
-                self._tail = b""
+            self._between = True
+            self._tail = b""
+
+    def head_started(self) -> None:
+        """The HLS lane holds part of a request head: its deadline runs (the lane knows where heads
+        start and end, so its connections skip the byte watch of ``data_received``)."""
+        if self._address is not None and self._deadline is None:
+            self._deadline = asyncio.get_running_loop().call_later(self._timeout, self._too_slow)
 
     def data_received(self, data: bytes) -> None:
+        if self._lane is not None:
+            self._lane.received(data)
+            return
         if self._between and data:
             self._between = False
             self._deadline = asyncio.get_running_loop().call_later(self._timeout, self._too_slow)
@@ -138,14 +143,16 @@ class GuardedProtocol(asyncio.Protocol):
                 self._deadline = None
             else:
                 self._tail = window[-3:]
-        if self._lane is not None:
-            self._lane.received(data)
-        else:
-            self._inner.data_received(data)
+        self._inner.data_received(data)
 
     def hand_over(self, data: bytes) -> None:
-        """The HLS lane lets go of the connection: aiohttp's handler takes it, from ``data`` on."""
+        """The HLS lane lets go of the connection: aiohttp's handler takes it, from ``data`` on (the
+        start of a request head, whose deadline runs from now if it was not running already)."""
         self._lane = None
+        self._between = False
+        self._tail = data[-3:]
+        if data:
+            self.head_started()
         assert self._transport is not None
         self._inner.connection_made(self._transport)
         if data:

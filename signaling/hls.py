@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -235,7 +236,7 @@ class HlsEndpoints:
 
     # --- init segments, segments and parts ---
 
-    def _media_file(self, ask: HlsAsk, match: Any) -> Answered:
+    def _media_file(self, ask: HlsAsk, match: re.Match[str] | None) -> Answered:
         if match is None:
             raise ApiError("not_found", f"no HLS file {shown(ask.file)}")
         now = self._stream_now(ask)
@@ -245,7 +246,7 @@ class HlsEndpoints:
             return self._media_file_later(ask, match)
         return self._file_answer(ask, match, now[1])
 
-    async def _media_file_later(self, ask: HlsAsk, match: Any) -> HlsAnswer:
+    async def _media_file_later(self, ask: HlsAsk, match: re.Match[str]) -> HlsAnswer:
         found = await self._stream(ask)
         self._check_stream(ask, match, found)
         window = found[1]
@@ -255,17 +256,17 @@ class HlsEndpoints:
         return self._file_answer(ask, match, window)
 
     @staticmethod
-    def _check_stream(ask: HlsAsk, match: Any, found: tuple[str, LiveWindow, str]) -> None:
+    def _check_stream(ask: HlsAsk, match: re.Match[str], found: tuple[str, LiveWindow, str]) -> None:
         """A file of another stream of the room than the one here is a 404: that stream is over."""
         if match.group(2) != found[0]:
             raise ApiError("not_found", f"stream {match.group(2)} of room {ask.room!r} is over: reload the playlist")
 
     @staticmethod
-    def _is_hint(match: Any, window: LiveWindow) -> bool:
+    def _is_hint(match: re.Match[str], window: LiveWindow) -> bool:
         """Whether the file is the part the playlist's preload hint names (not made yet)."""
         return match.group(1) == "part" and int(match.group(3)) == window.next_part
 
-    def _file_answer(self, ask: HlsAsk, match: Any, window: LiveWindow) -> HlsAnswer:
+    def _file_answer(self, ask: HlsAsk, match: re.Match[str], window: LiveWindow) -> HlsAnswer:
         kind, number = match.group(1), int(match.group(3))
         body: bytes | memoryview | None = None
         content_type = "video/iso.segment"

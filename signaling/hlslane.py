@@ -11,23 +11,27 @@ take (another method or path, a body, an ``Upgrade``, a head it cannot read) han
 to aiohttp for good, with every byte not yet answered, so a browser that reuses a player's
 connection for the API is served as before, and aiohttp gives malformed heads its own answers.
 
-Bounds (per connection): a request head is at most ``MAX_HEAD`` bytes (else 431 and close);
-requests are answered one at a time and in order, and bytes received meanwhile are kept up to
-``MAX_PENDING`` (then reading pauses); nothing more is answered while the transport's write buffer
-is over its high-water mark (a player that does not read gets nothing more queued); a connection
-idle between requests for the keep-alive timeout is closed, as aiohttp closes its own. The
-per-address cap and the request-head deadline stay with ``GuardedProtocol`` (signaling/guard.py),
-which the lane tells where each request starts and ends.
+Bounds (per connection): the lane reads heads of at most ``MAX_HEAD`` bytes (a longer one goes
+to aiohttp); requests are answered one at a time and in order, ``BATCH`` at most before the loop
+serves other callbacks, and bytes received meanwhile are kept up to ``MAX_PENDING`` (then reading
+pauses); nothing more is answered while the transport's write buffer is over its high-water mark
+(a player that does not read gets nothing more queued); a connection idle between requests, or
+whose answers wait unread, for the keep-alive timeout is closed. The per-address cap and the
+request-head deadline stay with ``GuardedProtocol`` (signaling/guard.py), which the lane tells
+where each head starts and ends (a head that waits its turn behind unread answers is not late).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from email.utils import formatdate
 from typing import Protocol
 from urllib.parse import parse_qsl, unquote
+
+from aiohttp.tcp_helpers import tcp_keepalive
 
 from engine.errors import CodedError
 from signaling.access import carried_token
@@ -36,17 +40,24 @@ from signaling.http import coded_status, error_body
 
 log = logging.getLogger(__name__)
 
-#: Bytes a request head may take (aiohttp allows 8190 per line); past it, 431 and the connection closes.
+#: Bytes of a request head the lane reads; a longer head goes to aiohttp, with its own limits.
 MAX_HEAD = 16 * 1024
 #: Bytes kept from a client while an earlier request is answered; past it, reading pauses.
 MAX_PENDING = 64 * 1024
+#: Requests answered in one go before the lane lets the event loop serve others (one client's
+#: pipelined requests must not hold the loop).
+BATCH = 16
 _PREFIX = b"GET /hls/"
 _HEAD_END = b"\r\n\r\n"
 #: Request headers that mean the request is not a plain GET this lane answers.
 _NOT_OURS = frozenset((b"content-length", b"transfer-encoding", b"upgrade", b"expect"))
+#: A field name (RFC 9110 token); a head with anything else goes to aiohttp, which refuses it.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Control characters: none may appear in a request line, only HTAB in a field line.
+_CONTROL_LINE = re.compile(rb"[\x00-\x1f\x7f]")
+_CONTROL_FIELD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            409: "Conflict", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+            409: "Conflict", 429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class LaneHost(Protocol):
@@ -55,8 +66,8 @@ class LaneHost(Protocol):
     def request_started(self) -> None:
         """A whole request head was read: its deadline is met."""
 
-    def next_request(self, pending: bool = False) -> None:
-        """The request was answered: the next bytes start a new head (``pending``: some came already)."""
+    def head_started(self) -> None:
+        """Part of a request head is here and the lane waits for the rest: its deadline runs."""
 
     def hand_over(self, data: bytes) -> None:
         """aiohttp serves the connection from now on, starting with ``data``."""
@@ -105,20 +116,26 @@ class HlsLane:
         self._host = host
         self._loop = asyncio.get_running_loop()
         self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer searched for a head's end already
         self._task: asyncio.Future[HlsAnswer] | None = None  # the answer being waited for
         self._asked: tuple[str, float, bool] | None = None  # path, start time, keep-alive of that request
         self._paused_writing = False
         self._paused_reading = False
+        self._resumed: asyncio.Handle | None = None  # the rest of a long batch, after other callbacks
         self._closing = False
         self._active = self._loop.time()
         self._idle = self._loop.call_later(lanes.keepalive, self._idle_check)
+        tcp_keepalive(transport)  # as aiohttp does for its own connections
 
     # --- from the transport, through the host ---
 
     def received(self, data: bytes) -> None:
         self._active = self._loop.time()
         self._buffer += data
-        self._serve()
+        if self._resumed is None:
+            self._serve()
+        else:
+            self._limit_reading()
 
     def eof(self) -> bool:
         """The client sent all it will: answer what is in progress, then close."""
@@ -132,12 +149,16 @@ class HlsLane:
 
     def resume_writing(self) -> None:
         self._paused_writing = False
-        self._serve()
+        if self._resumed is None:
+            self._serve()
 
     def lost(self) -> None:
         self._lanes.open.discard(self)
         self._closing = True
         self._idle.cancel()
+        if self._resumed is not None:
+            self._resumed.cancel()
+            self._resumed = None
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -148,68 +169,92 @@ class HlsLane:
     # --- requests ---
 
     def _serve(self) -> None:
-        """Answer the requests in the buffer, one at a time, while the client reads."""
+        """Answer the requests in the buffer, one at a time, while the client reads; at most
+        ``BATCH`` of them before the loop serves others."""
+        self._resumed = None
         buffer = self._buffer
+        answered = 0
         while self._task is None and not self._paused_writing and not self._closing and buffer:
+            if answered == BATCH:
+                self._resumed = self._loop.call_soon(self._serve)
+                break
             if not _PREFIX.startswith(buffer[:len(_PREFIX)]):
                 self._hand_over()
                 return
-            end = buffer.find(_HEAD_END)
+            end = buffer.find(_HEAD_END, max(0, self._scanned - 3), MAX_HEAD + 4)
             if end < 0:
                 if len(buffer) > MAX_HEAD:
-                    self._refuse(431, "bad_request", f"a request head is at most {MAX_HEAD} bytes here")
+                    self._hand_over()  # aiohttp reads longer heads, with its own limits
+                    return
+                self._scanned = len(buffer)
+                self._host.head_started()
                 break
-            if end > MAX_HEAD:
-                self._refuse(431, "bad_request", f"a request head is at most {MAX_HEAD} bytes here")
-                return
             ask = self._read_head(bytes(buffer[:end]))
             if ask is None:
                 self._hand_over()
                 return
             del buffer[:end + len(_HEAD_END)]
+            self._scanned = 0
             self._host.request_started()
             self._answer(ask)
-        if self._closing:
-            return
-        if len(buffer) > MAX_PENDING and not self._paused_reading:
+            answered += 1
+        if not self._closing:
+            self._limit_reading()
+
+    def _limit_reading(self) -> None:
+        """Pause reading while more than ``MAX_PENDING`` bytes wait to be answered."""
+        if len(self._buffer) > MAX_PENDING and not self._paused_reading:
             self._paused_reading = True
             self._transport.pause_reading()
-        elif self._paused_reading and len(buffer) <= MAX_PENDING:
+        elif self._paused_reading and len(self._buffer) <= MAX_PENDING:
             self._paused_reading = False
             self._transport.resume_reading()
 
     def _read_head(self, head: bytes) -> HlsAsk | None:
-        """The request, when it is one this lane answers (a plain GET of an HLS file); None otherwise."""
+        """The request, when it is one this lane answers (a plain, well-formed GET of an HLS file);
+        None otherwise, and aiohttp reads it (and answers a malformed one)."""
         lines = head.split(b"\r\n")
-        method, target, version = (lines[0].split(b" ") + [b"", b""])[:3]
-        if method != b"GET" or version not in (b"HTTP/1.1", b"HTTP/1.0") or lines[0].count(b" ") != 2:
+        request_line = lines[0]
+        if request_line.count(b" ") != 2 or _CONTROL_LINE.search(request_line):
             return None
-        keep_alive = version == b"HTTP/1.1"
-        authorization = ""
+        method, target, version = request_line.split(b" ")
+        if method != b"GET" or version not in (b"HTTP/1.1", b"HTTP/1.0"):
+            return None
+        close = keep_alive = False
+        hosts = 0
+        authorization: bytes | None = None
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
             name = name.lower()
-            if not colon or not name or name != name.strip() or name in _NOT_OURS:
+            if not colon or not _TOKEN.fullmatch(name) or _CONTROL_FIELD.search(value) or name in _NOT_OURS:
                 return None  # obs-fold, a malformed field, or a request with more than a head
-            if name == b"connection":
+            if name == b"host":
+                hosts += 1
+            elif name == b"connection":
                 tokens = value.lower()
-                keep_alive = b"close" not in tokens and (keep_alive or b"keep-alive" in tokens)
-            elif name == b"authorization":
-                authorization = value.strip().decode("latin-1")
-        path, _, query = target.partition(b"?")
+                close = close or b"close" in tokens
+                keep_alive = keep_alive or b"keep-alive" in tokens
+            elif name == b"authorization" and authorization is None:
+                authorization = value.strip()
+        if version == b"HTTP/1.1" and hosts != 1:
+            return None
+        path, _, query = target.partition(b"#")[0].partition(b"?")
         parts = path.split(b"/")
         if len(parts) != 4 or not parts[2] or not parts[3]:
             return None
         try:
-            room, file = unquote(parts[2].decode("ascii")), unquote(parts[3].decode("ascii"))
-            pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True)
+            room = unquote(parts[2].decode("ascii"), errors="strict")
+            file = unquote(parts[3].decode("ascii"), errors="strict")
+            pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True, errors="strict")
         except UnicodeDecodeError:
             return None
         asked: dict[str, str] = {}
         for key, value in pairs:
             asked.setdefault(key, value)
-        self._asked = (path.decode("ascii"), self._loop.time(), keep_alive)
-        return HlsAsk(room, None if file == "index.m3u8" else file, asked, carried_token(authorization, asked))
+        persistent = not close and (version == b"HTTP/1.1" or keep_alive)
+        self._asked = (f"/hls/{room}/{file}", self._loop.time(), persistent)
+        token = carried_token((authorization or b"").decode("latin-1"), asked)
+        return HlsAsk(room, None if file == "index.m3u8" else file, asked, token)
 
     def _answer(self, ask: HlsAsk) -> None:
         try:
@@ -224,7 +269,7 @@ class HlsLane:
         self._task.add_done_callback(self._answered)
 
     def _answered(self, task: asyncio.Future[HlsAnswer]) -> None:
-        if task is not self._task:
+        if task is not self._task or task.cancelled():
             return  # the connection was lost meanwhile
         self._task = None
         exc = task.exception()
@@ -232,7 +277,8 @@ class HlsLane:
             self._refused(exc)
         else:
             self._respond(task.result())
-        self._serve()
+        if self._resumed is None:
+            self._serve()
 
     def _refused(self, exc: BaseException) -> None:
         if isinstance(exc, CodedError):
@@ -264,15 +310,9 @@ class HlsLane:
             peer = self._transport.get_extra_info("peername")
             self._lanes.access_log.info('%s "%s %s" %d %d %.1f ms', peer[0] if peer else "", "GET", path, status,
                                         len(body), (self._active - started) * 1000)
-        self._host.next_request(bool(self._buffer))
         if not keep_alive:
             self._closing = True
             self._transport.close()
-
-    def _refuse(self, status: int, code: str, message: str) -> None:
-        """A request this lane cannot read at all: answered, and the connection closed."""
-        self._asked = ("", self._loop.time(), False)
-        self._write(status, b"application/json", error_body(code, message), None, None)
 
     def _hand_over(self) -> None:
         self._lanes.open.discard(self)
@@ -284,9 +324,11 @@ class HlsLane:
         self._host.hand_over(data)
 
     def _idle_check(self) -> None:
-        """Close a connection idle for the keep-alive timeout (checked lazily: one timer per connection)."""
+        """Close a connection idle for the keep-alive timeout (checked lazily: one timer per connection).
+        A connection holding part of a head is the head deadline's (``GuardedProtocol``), not idle; one
+        whose answers have not been read for as long is."""
         idle = self._loop.time() - self._active
-        if self._task is None and not self._buffer and idle >= self._lanes.keepalive:
+        if self._task is None and (not self._buffer or self._paused_writing) and idle >= self._lanes.keepalive:
             self._transport.close()
             return
         wait = self._lanes.keepalive - idle if idle < self._lanes.keepalive else self._lanes.keepalive

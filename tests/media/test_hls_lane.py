@@ -19,6 +19,8 @@ import pytest
 from hls_playlists import parse
 from test_hls import get, hls_config, publish, sample
 
+from signaling.hls import HlsAnswer, HlsAsk
+from signaling.hlslane import BATCH, HlsLanes
 from tests.conftest import running
 
 Answer = tuple[int, dict[str, str], bytes]
@@ -122,7 +124,7 @@ async def test_a_players_connection_gets_pipelined_answers_in_order_then_aiohttp
 async def test_a_player_that_never_reads_gets_nothing_more_queued(tmp_path: Path, h264_gop30, opus) -> None:
     """Pipelined requests from a client that does not read its answers: the lane stops answering
     (and reading) once the socket and the transport's buffer are full, and resumes when it reads."""
-    async with running(hls_config(tmp_path)) as engine, aiohttp.ClientSession() as http:
+    async with running(hls_config(tmp_path, http_read_timeout=1.0)) as engine, aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{engine.http_port}"
         publisher, playlist = await live_room(engine, http, h264_gop30, opus)
         segment = next(segment.uri for segment in playlist.segments if segment.uri)
@@ -132,7 +134,7 @@ async def test_a_player_that_never_reads_gets_nothing_more_queued(tmp_path: Path
 
         reader, writer = await connect(engine.http_port, receive_buffer=4096)
         writer.write(request(f"/hls/demo/{segment}") * count)  # not drained: the server may stop reading
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(2.0)  # past --http-read-timeout: complete heads waiting their turn are not late
         stalled = await sample(http, base)
         answered = stalled['livecart_hls_requests_total{kind="seg",status="200"}'] - before[
             'livecart_hls_requests_total{kind="seg",status="200"}']
@@ -158,6 +160,13 @@ async def test_heads_too_long_or_too_slow_idle_connections_and_http_1_0(tmp_path
         assert status == 404 and headers["connection"] == "close" and b"not_found" in body
         assert await closed(reader, 2)
 
+        # a close anywhere in Connection wins; a fragment is not part of the path
+        reader, writer = await connect(port)
+        writer.write(request("/hls/nowhere/index.m3u8#frag", "Connection: close", "Connection: keep-alive"))
+        status, headers, body = await answer(reader)
+        assert status == 404 and headers["connection"] == "close" and b"no room 'nowhere'" in body
+        assert await closed(reader, 2)
+
         # HTTP/1.0 with keep-alive: kept, until idle for the keep-alive timeout
         reader, writer = await connect(port)
         for _ in range(2):
@@ -167,12 +176,22 @@ async def test_heads_too_long_or_too_slow_idle_connections_and_http_1_0(tmp_path
         assert not await closed(reader, 0.5)
         assert await closed(reader, 3)
 
-        # a head longer than the lane reads: 431, closed
+        # a head longer than the lane reads goes to aiohttp, whose limits answer it
         reader, writer = await connect(port)
         writer.write(b"GET /hls/demo/index.m3u8 HTTP/1.1\r\nX-Padding: " + b"a" * 20_000)
         status, headers, body = await answer(reader)
-        assert status == 431 and headers["content-type"] == "application/json" and b"bad_request" in body
+        assert status in (400, 431), (status, body)
         assert await closed(reader, 2)
+
+        # a head split so that its end straddles the bytes the lane and the guard saw: still 408
+        reader, writer = await connect(port)
+        for piece in (b"GET /hls/nowhere/index.m3u8 HTTP/1.1\r\nHost: x\r\n\r",
+                      b"\nGET /hls/nowhere/index.m3u8 HTTP/1.1\r\n", b"\nX"):
+            writer.write(piece)
+            await asyncio.sleep(0.1)
+        assert (await answer(reader))[0] == 404
+        status, _, body = await answer(reader)
+        assert status == 408 and b"request_timeout" in body
 
         # a head that never ends, first on a connection or after an answered request: 408 (the guard's deadline)
         for first in (b"", request("/hls/nowhere/index.m3u8")):
@@ -184,7 +203,16 @@ async def test_heads_too_long_or_too_slow_idle_connections_and_http_1_0(tmp_path
             assert status == 408 and b"request_timeout" in body
             assert await closed(reader, 2)
 
-        # a head the lane does not take goes to aiohttp, which answers malformed ones itself
+        # a head the lane does not take goes to aiohttp, which answers malformed ones itself: a body
+        # hidden behind a bare LF, CR or NUL is never read as a request of its own
+        hidden = b"GET /hls/smuggled/index.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n"
+        for separator in (b"\n", b"\r", b"\x00"):
+            reader, writer = await connect(port)
+            writer.write(b"GET /hls/nowhere/index.m3u8 HTTP/1.1\r\nHost: x" + separator
+                         + b"Content-Length: %d\r\n\r\n" % len(hidden) + hidden)
+            status, _, body = await answer(reader)
+            assert status == 400, (separator, status, body)
+            assert await closed(reader, 2)  # and no second answer before the close
         for odd, expected in ((b"GET /hls/demo/index.m3u8 HTTP/1.1\r\nBroken header\r\n\r\n", 400),
                               (b"HEAD /hls/nowhere/index.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n", 404),
                               (b"GET /hls/a/b/c HTTP/1.1\r\nHost: x\r\n\r\n", 404),
@@ -194,3 +222,83 @@ async def test_heads_too_long_or_too_slow_idle_connections_and_http_1_0(tmp_path
             head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
             assert int(head.split(b" ")[1]) == expected, (odd, head)
             writer.close()
+
+
+class Transport:
+    """What the lane uses of a transport, keeping what it writes."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.reading = True
+        self.closed = False
+
+    def writelines(self, parts: tuple[bytes, bytes]) -> None:
+        self.written.append(b"".join(parts))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class Host:
+    """The connection's guard, counting what the lane tells it."""
+
+    def __init__(self) -> None:
+        self.started = self.heads = 0
+        self.handed: list[bytes] = []
+
+    def request_started(self) -> None:
+        self.started += 1
+
+    def head_started(self) -> None:
+        self.heads += 1
+
+    def hand_over(self, data: bytes) -> None:
+        self.handed.append(data)
+
+
+class Endpoints:
+    """Answers every request at once with its file name."""
+
+    def answer(self, ask: HlsAsk) -> HlsAnswer:
+        return HlsAnswer(str(ask.file).encode(), "video/iso.segment", "public, max-age=1")
+
+
+def lane_of(transport: Transport, host: Host) -> Any:
+    return HlsLanes(Endpoints(), 60.0, None).lane(transport, host)  # type: ignore[arg-type]
+
+
+async def test_pipelined_requests_are_answered_in_batches_between_which_the_loop_serves_others() -> None:
+    transport, host = Transport(), Host()
+    lane = lane_of(transport, host)
+    lane.received(b"".join(request(f"/hls/demo/part-a-{i}.m4s") for i in range(10 * BATCH)))
+    assert len(transport.written) == BATCH  # the rest after other callbacks of the loop
+    turns = 0
+    while len(transport.written) < 10 * BATCH:
+        await asyncio.sleep(0)
+        turns += 1
+    assert turns >= 9
+    assert [answer.rsplit(b"\r\n\r\n", 1)[1] for answer in transport.written] == [
+        f"part-a-{i}.m4s".encode() for i in range(10 * BATCH)]
+    assert host.started == 10 * BATCH and host.heads == 0 and not host.handed
+    lane.lost()
+
+
+async def test_complete_heads_that_wait_for_the_client_to_read_run_no_head_deadline() -> None:
+    transport, host = Transport(), Host()
+    lane = lane_of(transport, host)
+    lane.pause_writing()  # the client does not read
+    lane.received(request("/hls/demo/part-a-1.m4s") * 3 + b"GET /hls/demo/pa")
+    assert transport.written == [] and host.heads == 0
+    lane.resume_writing()
+    assert len(transport.written) == 3 and host.heads == 1  # now the partial head's deadline runs
+    lane.received(b"rt-a-4.m4s HTTP/1.1\r\nHost: x\r\n\r\nPOST /api/rooms HTTP/1.1\r\n")
+    assert len(transport.written) == 4 and host.handed == [b"POST /api/rooms HTTP/1.1\r\n"]
