@@ -123,6 +123,7 @@ class HlsLane:
         self._paused_reading = False
         self._resumed: asyncio.Handle | None = None  # the rest of a long batch, after other callbacks
         self._closing = False
+        self._eof = False  # the client sent all it will
         self._active = self._loop.time()
         self._idle = self._loop.call_later(lanes.keepalive, self._idle_check)
         tcp_keepalive(transport)  # as aiohttp does for its own connections
@@ -138,11 +139,10 @@ class HlsLane:
             self._limit_reading()
 
     def eof(self) -> bool:
-        """The client sent all it will: answer what is in progress, then close."""
-        self._closing = True
-        if self._task is None:
-            self._transport.close()
-        return self._task is not None
+        """The client sent all it will: answer every request it sent, then close."""
+        self._eof = True
+        self._close_if_done()
+        return True  # the transport stays open for the answers; ``_close_if_done`` closes it
 
     def pause_writing(self) -> None:
         self._paused_writing = True
@@ -200,6 +200,14 @@ class HlsLane:
             answered += 1
         if not self._closing:
             self._limit_reading()
+            self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        """After the client's end of input, close once its last whole request is answered."""
+        if (self._eof and self._task is None and self._resumed is None and not self._paused_writing
+                and not self._closing and self._buffer.find(_HEAD_END) < 0):
+            self._closing = True
+            self._transport.close()
 
     def _limit_reading(self) -> None:
         """Pause reading while more than ``MAX_PENDING`` bytes wait to be answered."""

@@ -302,3 +302,16 @@ async def test_complete_heads_that_wait_for_the_client_to_read_run_no_head_deadl
     assert len(transport.written) == 3 and host.heads == 1  # now the partial head's deadline runs
     lane.received(b"rt-a-4.m4s HTTP/1.1\r\nHost: x\r\n\r\nPOST /api/rooms HTTP/1.1\r\n")
     assert len(transport.written) == 4 and host.handed == [b"POST /api/rooms HTTP/1.1\r\n"]
+
+
+async def test_a_client_that_ends_its_input_gets_every_request_it_sent_answered_then_the_close() -> None:
+    transport, host = Transport(), Host()
+    lane = lane_of(transport, host)
+    lane.pause_writing()
+    lane.received(request("/hls/demo/part-a-1.m4s") * (BATCH + 4) + b"GET /hls/demo/part")  # the last one cut off
+    assert lane.eof() is True and not transport.closed  # the answers are still to come
+    lane.resume_writing()
+    assert len(transport.written) == BATCH and not transport.closed
+    while not transport.closed:
+        await asyncio.sleep(0)
+    assert len(transport.written) == BATCH + 4
