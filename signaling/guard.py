@@ -193,7 +193,9 @@ class GuardedProtocol(asyncio.Protocol):
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         assert self._transport is not None
-        if not self._transport.is_closing():
+        if self._transport.get_write_buffer_size() > 0:
+            self._transport.abort()  # it does not read its answers: a close would wait on it
+        elif not self._transport.is_closing():
             self._transport.write(http_error(status, code, message))
             self._transport.close()
 

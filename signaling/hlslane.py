@@ -124,7 +124,7 @@ class HlsLane:
         self._resumed: asyncio.Handle | None = None  # the rest of a long batch, after other callbacks
         self._closing = False
         self._eof = False  # the client sent all it will
-        self._active = self._loop.time()
+        self._active = self._wrote = self._loop.time()  # the last bytes received; the last answers taken
         self._idle = self._loop.call_later(lanes.keepalive, self._idle_check)
         tcp_keepalive(transport)  # as aiohttp does for its own connections
 
@@ -149,6 +149,7 @@ class HlsLane:
 
     def resume_writing(self) -> None:
         self._paused_writing = False
+        self._wrote = self._loop.time()
         if self._resumed is None:
             self._serve()
 
@@ -164,6 +165,7 @@ class HlsLane:
             self._task = None
 
     def close(self) -> None:
+        self._closing = True
         self._transport.close()
 
     # --- requests ---
@@ -174,7 +176,8 @@ class HlsLane:
         self._resumed = None
         buffer = self._buffer
         answered = 0
-        while self._task is None and not self._paused_writing and not self._closing and buffer:
+        while (self._task is None and not self._paused_writing and not self._closing and buffer
+               and not self._transport.is_closing()):
             if answered == BATCH:
                 self._resumed = self._loop.call_soon(self._serve)
                 break
@@ -277,9 +280,12 @@ class HlsLane:
         self._task.add_done_callback(self._answered)
 
     def _answered(self, task: asyncio.Future[HlsAnswer]) -> None:
-        if task is not self._task or task.cancelled():
+        if task is not self._task:
             return  # the connection was lost meanwhile
         self._task = None
+        if task.cancelled():  # by the loop's shutdown: nothing more is answered here
+            self.close()
+            return
         exc = task.exception()
         if exc is not None:
             self._refused(exc)
@@ -313,7 +319,7 @@ class HlsLane:
             head.append(f"{name}: {value}\r\n".encode("latin-1"))
         head.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
         self._transport.writelines((b"".join(head), body))
-        self._active = self._loop.time()
+        self._active = self._wrote = self._loop.time()
         if self._lanes.access_log is not None:
             peer = self._transport.get_extra_info("peername")
             self._lanes.access_log.info('%s "%s %s" %d %d %.1f ms', peer[0] if peer else "", "GET", path, status,
@@ -333,11 +339,17 @@ class HlsLane:
 
     def _idle_check(self) -> None:
         """Close a connection idle for the keep-alive timeout (checked lazily: one timer per connection).
-        A connection holding part of a head is the head deadline's (``GuardedProtocol``), not idle; one
-        whose answers have not been read for as long is."""
-        idle = self._loop.time() - self._active
-        if self._task is None and (not self._buffer or self._paused_writing) and idle >= self._lanes.keepalive:
-            self._transport.close()
+        A connection holding part of a head is the head deadline's (``GuardedProtocol``), not idle;
+        one whose answers have not been taken for as long is, whatever it still sends, and is cut
+        (its unsent answers would otherwise hold the socket until it reads)."""
+        now, keepalive = self._loop.time(), self._lanes.keepalive
+        if self._paused_writing and now - self._wrote >= keepalive:
+            self._closing = True
+            self._transport.abort()
             return
-        wait = self._lanes.keepalive - idle if idle < self._lanes.keepalive else self._lanes.keepalive
-        self._idle = self._loop.call_later(wait, self._idle_check)
+        idle = now - self._active
+        if self._task is None and not self._buffer and idle >= keepalive:
+            self.close()
+            return
+        since = self._wrote if self._paused_writing else self._active
+        self._idle = self._loop.call_later(max(keepalive - (now - since), 0.25), self._idle_check)

@@ -230,7 +230,13 @@ class Transport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.reading = True
-        self.closed = False
+        self.closed = self.aborted = False
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def abort(self) -> None:
+        self.aborted = True
 
     def writelines(self, parts: tuple[bytes, bytes]) -> None:
         self.written.append(b"".join(parts))
@@ -272,8 +278,8 @@ class Endpoints:
         return HlsAnswer(str(ask.file).encode(), "video/iso.segment", "public, max-age=1")
 
 
-def lane_of(transport: Transport, host: Host) -> Any:
-    return HlsLanes(Endpoints(), 60.0, None).lane(transport, host)  # type: ignore[arg-type]
+def lane_of(transport: Transport, host: Host, keepalive: float = 60.0) -> Any:
+    return HlsLanes(Endpoints(), keepalive, None).lane(transport, host)  # type: ignore[arg-type]
 
 
 async def test_pipelined_requests_are_answered_in_batches_between_which_the_loop_serves_others() -> None:
@@ -315,3 +321,16 @@ async def test_a_client_that_ends_its_input_gets_every_request_it_sent_answered_
     while not transport.closed:
         await asyncio.sleep(0)
     assert len(transport.written) == BATCH + 4
+
+
+async def test_a_client_that_takes_no_answers_is_cut_after_the_keepalive_timeout_whatever_it_sends() -> None:
+    transport, host = Transport(), Host()
+    lane = lane_of(transport, host, keepalive=0.5)
+    lane.received(request("/hls/demo/part-a-1.m4s"))
+    lane.pause_writing()  # its answers wait in the send buffer: it reads nothing
+    async with asyncio.timeout(5):
+        while not transport.aborted:  # a byte now and then does not keep it open
+            lane.received(b"G")
+            await asyncio.sleep(0.1)
+    assert not transport.closed and len(transport.written) == 1  # cut, not closed after a drain that never comes
+    lane.lost()
