@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 
 import orjson
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from signaling.hlslane import HlsLane, HlsLanes
 
 HEAD_END = b"\r\n\r\n"
-REASONS = {408: "Request Timeout", 429: "Too Many Requests"}
 
 
 class AddressGate:
@@ -64,7 +64,7 @@ class AddressGate:
 def http_error(status: int, code: str, message: str) -> bytes:
     """A complete HTTP/1.1 error response that closes the connection, written before any request is read."""
     body = orjson.dumps({"error": {"code": code, "message": message}})
-    head = (f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: application/json\r\n"
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
     return head.encode() + body
 

@@ -147,24 +147,25 @@ class HlsEndpoints:
             metrics.BLOCKED.dec()
             metrics.BLOCK_WAIT.labels(kind).observe(asyncio.get_running_loop().time() - started)
 
-    def _stream_now(self, ask: HlsAsk) -> tuple[str, LiveWindow, str] | None:
-        """The room's stream here (id and window) and the query its file names carry, when it has
-        media; None when the request has to start it and wait. Checks the request may watch the room."""
+    def _query(self, ask: HlsAsk) -> str:
+        """The query the room's file names carry for this request; checks the room exists and the
+        request may watch it."""
         if self._rooms.get(ask.room) is None:
             raise ApiError("not_found", f"no room {shown(ask.room)}")
-        query = viewer_query(self._access, ask.room, ask.token)
-        found = self._hls.stream(ask.room)
+        return viewer_query(self._access, ask.room, ask.token)
+
+    def _live(self, room: str, query: str) -> tuple[str, LiveWindow, str] | None:
+        """The room's stream here (id and window, with ``query``) when it has media; None when the
+        request has to start it and wait (``_started``)."""
+        found = self._hls.stream(room)
         if found is not None and found[1].has_media:
-            self._hls.touch(ask.room)
+            self._hls.touch(room)
             return (*found, query)
         return None
 
-    async def _stream(self, ask: HlsAsk) -> tuple[str, LiveWindow, str]:
-        """``_stream_now``, starting the stream (or its pull) and waiting for its media if it has none."""
-        now = self._stream_now(ask)
-        if now is not None:
-            return now
-        room, hls = ask.room, self._hls
+    async def _started(self, room: str, query: str) -> tuple[str, LiveWindow, str]:
+        """The room's stream here, started (or its pull) and waited for: what ``_live`` did not find."""
+        hls = self._hls
         self._check_room_to_wait()  # before starting anything for a request that cannot wait
         try:
             hls.touch(room)
@@ -176,7 +177,7 @@ class HlsEndpoints:
         if found is None:
             raise ApiError("overloaded", f"room {room!r} has no live H264 stream here yet", status=503,
                            headers={"Retry-After": "2"})
-        return (*found, viewer_query(self._access, room, ask.token))
+        return (*found, query)
 
     async def _until(self, window: LiveWindow, ready: Callable[[], bool], kind: str, what: str) -> None:
         if ready():
@@ -200,21 +201,24 @@ class HlsEndpoints:
             raise ApiError("bad_request", "_HLS_part needs _HLS_msn")
         if skip is not None and skip != "YES":
             raise ApiError("bad_request", f"_HLS_skip must be YES, not {shown(skip)}")
-        now = self._stream_now(ask)
+        query = self._query(ask)
+        now = self._live(ask.room, query)
         if now is not None and msn is not None:
             self._check_msn(now[1], msn)
         if now is None or (msn is not None and not now[1].reached(msn, part)):
-            return self._playlist_later(ask, msn, part, skip is not None)
+            return self._playlist_later(ask.room, now, query, msn, part, skip is not None)
         return self._playlist_answer(ask.room, now, msn, skip is not None)
 
-    async def _playlist_later(self, ask: HlsAsk, msn: int | None, part: int | None, skip: bool) -> HlsAnswer:
-        found = await self._stream(ask)
+    async def _playlist_later(self, room: str, now: tuple[str, LiveWindow, str] | None, query: str,
+                              msn: int | None, part: int | None, skip: bool) -> HlsAnswer:
+        """``now``: the stream ``_live`` found, if it did."""
+        found = now if now is not None else await self._started(room, query)
         window = found[1]
         if msn is not None:
             self._check_msn(window, msn)
             await self._until(window, lambda: window.reached(msn, part), "playlist",
                               f"segment {msn}" + (f" part {part}" if part is not None else ""))
-        return self._playlist_answer(ask.room, found, msn, skip)
+        return self._playlist_answer(room, found, msn, skip)
 
     @staticmethod
     def _check_msn(window: LiveWindow, msn: int) -> None:
@@ -239,16 +243,21 @@ class HlsEndpoints:
     def _media_file(self, ask: HlsAsk, match: re.Match[str] | None) -> Answered:
         if match is None:
             raise ApiError("not_found", f"no HLS file {shown(ask.file)}")
-        now = self._stream_now(ask)
+        query = self._query(ask)
+        now = self._live(ask.room, query)
         if now is not None:
             self._check_stream(ask, match, now)
         if now is None or self._is_hint(match, now[1]):
-            return self._media_file_later(ask, match)
+            return self._media_file_later(ask, match, now, query)
         return self._file_answer(ask, match, now[1])
 
-    async def _media_file_later(self, ask: HlsAsk, match: re.Match[str]) -> HlsAnswer:
-        found = await self._stream(ask)
-        self._check_stream(ask, match, found)
+    async def _media_file_later(self, ask: HlsAsk, match: re.Match[str], now: tuple[str, LiveWindow, str] | None,
+                                query: str) -> HlsAnswer:
+        """``now``: the stream ``_live`` found (its file checked already), if it did."""
+        found = now
+        if found is None:
+            found = await self._started(ask.room, query)
+            self._check_stream(ask, match, found)
         window = found[1]
         if self._is_hint(match, window):  # the preload hint: answered once the part is complete
             number = window.next_part

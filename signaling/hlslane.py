@@ -28,6 +28,7 @@ import logging
 import re
 import time
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import Protocol
 from urllib.parse import parse_qsl, unquote
 
@@ -56,8 +57,6 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: Control characters: none may appear in a request line, only HTAB in a field line.
 _CONTROL_LINE = re.compile(rb"[\x00-\x1f\x7f]")
 _CONTROL_FIELD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            409: "Conflict", 429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class LaneHost(Protocol):
@@ -209,8 +208,7 @@ class HlsLane:
         """After the client's end of input, close once its last whole request is answered."""
         if (self._eof and self._task is None and self._resumed is None and not self._paused_writing
                 and not self._closing and self._buffer.find(_HEAD_END) < 0):
-            self._closing = True
-            self._transport.close()
+            self.close()
 
     def _limit_reading(self) -> None:
         """Pause reading while more than ``MAX_PENDING`` bytes wait to be answered."""
@@ -312,7 +310,7 @@ class HlsLane:
         path, started, keep_alive = self._asked
         keep_alive = keep_alive and not self._closing
         head = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\n"
-                % (status, _REASONS.get(status, "Error").encode(), content_type, len(body), self._lanes.date())]
+                % (status, HTTPStatus(status).phrase.encode(), content_type, len(body), self._lanes.date())]
         if cache_control is not None:
             head.append(b"Cache-Control: %s\r\n" % cache_control)
         for name, value in (headers or {}).items():
@@ -325,8 +323,7 @@ class HlsLane:
             self._lanes.access_log.info('%s "%s %s" %d %d %.1f ms', peer[0] if peer else "", "GET", path, status,
                                         len(body), (self._active - started) * 1000)
         if not keep_alive:
-            self._closing = True
-            self._transport.close()
+            self.close()
 
     def _hand_over(self) -> None:
         self._lanes.open.discard(self)
