@@ -25,6 +25,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpPacket
 from aiortc.sdp import SessionDescription
 
+from engine.app import App
 from engine.media import aiortc_compat
 from engine.media.frames import h264_is_keyframe, vp8_keyframe_size
 
@@ -233,6 +234,16 @@ class Publisher:
 
     async def close(self) -> None:
         await self.pc.close()
+
+
+async def broadcast(engine: App, http: aiohttp.ClientSession, video: Stream, audio: Stream) -> Publisher:
+    """A publisher streaming ``video`` (H264) and ``audio`` (Opus) into an in-process engine's room
+    "demo" over WHIP."""
+    publisher = Publisher(video, audio)
+    response = await publisher.publish(http, f"http://127.0.0.1:{engine.http_port}", "demo",
+                                       engine.rooms.get("demo").stream_key, {"video": "H264", "audio": "opus"})
+    assert response.status == 201
+    return publisher
 
 
 class Viewer:

@@ -15,16 +15,14 @@ import aiohttp
 import pytest
 from hls_player import video_units
 from hls_playlists import Playlist, parse
-from media_peers import Publisher, encode_video
+from media_peers import broadcast, encode_video
 from test_recording import FrameCapture
 
-from engine.app import App
 from engine.config import Config
 from engine.recording.h264 import nal_units
 from signaling.tokens import mint
 from tests.conftest import running, token
 
-H264_OPUS = {"video": "H264", "audio": "opus"}
 PART = 0.25
 
 
@@ -33,14 +31,6 @@ def hls_config(tmp_path: Path, **changes: Any) -> Config:
                   secret="test-secret-" + "x" * 32, admin_key="test-admin", tick_ms=20, demo_catalog=False,
                   announce="127.0.0.1", record=False, hls_part=PART, hls_segment=1.0, hls_window=10,
                   **{"hls_block_timeout": 2.0, **changes})
-
-
-async def publish(engine: App, http: aiohttp.ClientSession, video: Any, opus: Any) -> Publisher:
-    publisher = Publisher(video, opus)
-    response = await publisher.publish(http, f"http://127.0.0.1:{engine.http_port}", "demo",
-                                       engine.rooms.get("demo").stream_key, H264_OPUS)
-    assert response.status == 201
-    return publisher
 
 
 async def get(http: aiohttp.ClientSession, url: str) -> tuple[aiohttp.ClientResponse, bytes]:
@@ -90,7 +80,7 @@ async def test_live_playlist_blocking_reload_parts_and_identical_video(tmp_path:
         url = f"{base}/hls/demo/index.m3u8"
         room = await (await http.get(f"{base}/api/rooms/demo")).json()
         assert room["links"]["hls"] == url
-        publisher = await publish(engine, http, h264_gop30, opus)
+        publisher = await broadcast(engine, http, h264_gop30, opus)
         await asyncio.sleep(1.0)
         assert engine.hls.stream("demo") is None  # nobody asked: the room is not segmented
 
@@ -190,7 +180,7 @@ async def test_bad_queries_waits_and_limits(tmp_path: Path, h264_gop30, opus) ->
         assert response.status == 503 and response.headers["Content-Type"] == "application/json"
         assert asyncio.get_running_loop().time() - started >= config.hls_block_timeout
 
-        publisher = await publish(engine, http, h264_gop30, opus)
+        publisher = await broadcast(engine, http, h264_gop30, opus)
         playlist = parse((await get(http, url))[1].decode())
         last = playlist.segments[-1].msn
         for query in ("_HLS_msn=abc", "_HLS_msn=-1", "_HLS_msn=1.5", "_HLS_part=1", f"_HLS_msn={last}&_HLS_part=x",
@@ -253,7 +243,7 @@ async def test_a_private_rooms_hls_needs_a_viewer_token_of_it(tmp_path: Path, h2
         url = f"{base}/hls/demo/index.m3u8"
         admin = {"Authorization": "Bearer test-admin"}
         assert (await http.patch(f"{base}/api/rooms/demo", json={"private": True}, headers=admin)).status == 200
-        publisher = await publish(engine, http, h264_gop30, opus)
+        publisher = await broadcast(engine, http, h264_gop30, opus)
         viewer = token(engine, "demo", "viewer", "alice")
         refused = {None: 401, "not-a-jwt": 401, token(engine, "other", "viewer", "alice"): 403,
                    mint(engine.secret, "demo", "viewer", "guest-1", 60, guest=True): 403}
@@ -288,7 +278,7 @@ async def test_a_publisher_without_keyframes_cannot_grow_a_segment_past_the_wind
     async with running(hls_config(tmp_path).replace(hls_window=2)) as engine, \
             aiohttp.ClientSession() as http:
         url = f"http://127.0.0.1:{engine.http_port}/hls/demo/index.m3u8"
-        publisher = await publish(engine, http, clip, opus)
+        publisher = await broadcast(engine, http, clip, opus)
         streams: set[str] = set()
         longest = 0.0
         deadline = asyncio.get_running_loop().time() + 12

@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 from hls_playlists import parse
-from test_hls import get, hls_config, publish, sample
+from media_peers import broadcast
+from test_hls import get, hls_config, sample
 
 from signaling.hls import HlsAnswer, HlsAsk
 from signaling.hlslane import BATCH, HlsLanes
@@ -61,7 +62,7 @@ async def closed(reader: asyncio.StreamReader, within: float) -> bool:
 
 async def live_room(engine: Any, http: aiohttp.ClientSession, video: Any, opus: Any) -> tuple[Any, Any]:
     """The demo room published, with a playlist that lists a complete segment; (publisher, playlist)."""
-    publisher = await publish(engine, http, video, opus)
+    publisher = await broadcast(engine, http, video, opus)
     url = f"http://127.0.0.1:{engine.http_port}/hls/demo/index.m3u8"
     async with asyncio.timeout(20):
         while True:

@@ -14,7 +14,8 @@ from pathlib import Path
 import aiohttp
 from hls_nginx import NGINX, Nginx
 from hls_playlists import parse
-from test_hls import get, hls_config, publish, sample
+from media_peers import broadcast
+from test_hls import get, hls_config, sample
 
 from engine.hls.playlist import FILE, part_name
 from tests.conftest import running
@@ -34,7 +35,7 @@ async def test_documented_nginx_cache_in_front_of_live_hls(tmp_path: Path, h264_
         nginx = Nginx(tmp_path / "nginx", engine.http_port)
         try:
             await asyncio.to_thread(nginx.wait_listening)
-            publisher = await publish(engine, http, h264_gop30, opus)
+            publisher = await broadcast(engine, http, h264_gop30, opus)
             url = f"{nginx.base}/hls/demo/index.m3u8"
             response, body = await get(http, url)  # the first request starts the room's stream
             assert response.status == 200 and response.headers["X-Cache-Status"] == "MISS", body

@@ -11,8 +11,9 @@ from typing import Any
 
 import aiohttp
 import av
+from media_peers import broadcast
 from test_recording_failures import engine_config, listing, running
-from test_recording_http import broadcast, stop
+from test_recording_http import stop
 from yarl import URL
 
 from engine.app import App

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from media_peers import Publisher, Viewer
+from media_peers import Viewer, broadcast
 
 from engine.app import App
 from engine.config import Config
@@ -51,15 +51,6 @@ async def listing(http: aiohttp.ClientSession, engine: App) -> list[dict[str, An
     response = await http.get(f"http://127.0.0.1:{engine.http_port}/api/rooms/demo/recordings")
     assert response.status == 200
     return (await response.json())["recordings"]
-
-
-async def broadcast(engine: App, http: aiohttp.ClientSession, h264: Any, opus: Any) -> Publisher:
-    """A publisher streaming the clip into the room "demo" over WHIP."""
-    publisher = Publisher(h264, opus)
-    response = await publisher.publish(http, f"http://127.0.0.1:{engine.http_port}", "demo",
-                                       engine.rooms.get("demo").stream_key, {"video": "H264", "audio": "opus"})
-    assert response.status == 201
-    return publisher
 
 
 async def frames_keep_coming(viewer: Viewer) -> None:

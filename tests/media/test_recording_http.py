@@ -8,9 +8,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from media_peers import Publisher
+from media_peers import Publisher, broadcast
 from test_recording import FrameCapture
-from test_recording_failures import broadcast, engine_config, listing, running, wait_for
+from test_recording_failures import engine_config, listing, running, wait_for
 from yarl import URL
 
 from engine.app import App

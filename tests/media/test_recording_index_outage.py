@@ -12,8 +12,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from media_peers import broadcast
 from test_recording_failures import engine_config, running, wait_for
-from test_recording_http import broadcast, stop
+from test_recording_http import stop
 
 from engine.app import App
 from tests.redis_server import RedisServer

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from media_peers import broadcast
 from test_recording_failures import engine_config, listing, running, wait_for
-from test_recording_http import broadcast, stop
+from test_recording_http import stop
 
 from engine.app import App
 
