@@ -13,7 +13,7 @@ is the hash tag; room ids hold no braces):
   cart:<user>     zset  reservation ids in the order they entered the cart
   expiry          zset  reservation id by expires_at
   req:<user>      hash  request id -> the first reserve result (JSON)
-  reqo:<user>     zset  that user's request ids, oldest first (the per-user bound drops these first)
+  reql:<user>     list  that user's request ids, oldest first (the per-user bound drops these first)
   reqx            zset  "user\\nrequest" by the time the result stops being remembered
   ck:<user>       hash  the user's last commit made with a request id: request, lines (for a retry)
   ckx             zset  users with a remembered commit, by the end of its lines' hold
@@ -53,9 +53,13 @@ from overlays.stock.base import Counters, Reservation, ReserveResult, Returned
 #: scripts rather than one that holds Redis for as long as a whole room takes.
 EXPIRE_BATCH = 500
 
-# Helpers every script shares. `base` is the room's key base ("{prefix}{room}:").
-_LIB = r"""
+# Helpers the scripts share, each script taking only those it calls: Redis runs a script's whole
+# text at every call, and each function defined there is a closure made again each time. `base` is
+# the room's key base ("{prefix}{room}:"), ARGV[1] of the scripts that derive keys from it.
+_BASE = r"""
 local base = ARGV[1]
+"""
+_COUNTERS_LIB = r"""
 local function counters(pkey)
   local c = redis.call('HMGET', pkey, 'quantity', 'reserved', 'sold', 'version')
   return {tonumber(c[1]), tonumber(c[2]), tonumber(c[3]), tonumber(c[4])}
@@ -63,8 +67,10 @@ end
 local function figures(c)
   return {c[1], c[1] - c[2] - c[3], c[2], c[3], c[4]}
 end
--- Whether the pool's availability, now `available`, moved to 0 (1), back from 0 (-1) or neither (0)
--- since the last call that said so: each transition is reported to exactly one caller of all nodes.
+"""
+# Whether the pool's availability, now `available`, moved to 0 (1), back from 0 (-1) or neither (0)
+# since the last call that said so: each transition is reported to exactly one caller of all nodes.
+_TURN_LIB = r"""
 local function turn(pkey, available)
   local out = redis.call('HGET', pkey, 'out') == '1'
   if available == 0 and not out then
@@ -76,11 +82,15 @@ local function turn(pkey, available)
   end
   return 0
 end
+"""
+_HELD_LIB = r"""
 local function add_held(pool, user, delta)
   local hkey = base .. 'held:' .. pool
   if redis.call('HINCRBY', hkey, user, delta) <= 0 then redis.call('HDEL', hkey, user) end
 end
--- Remove a live reservation and give its units back: {id, record, available, version, turned}.
+"""
+# Remove a live reservation and give its units back: {id, record, available, version, turned}.
+_UNHOLD_LIB = _COUNTERS_LIB + _TURN_LIB + _HELD_LIB + r"""
 local function unhold(id, rec)
   local r = cjson.decode(rec)
   local pool, user, qty = r[1], r[2], tonumber(r[3])
@@ -95,18 +105,23 @@ local function unhold(id, rec)
   local available = c[1] - c[2] - c[3]
   return {id, rec, available, c[4], turn(pkey, available)}
 end
--- Remember a request's first result until expires_at, at most `bound` per user (oldest go first).
-local function remember(req, reqo, reqx, seq, user, request, encoded, expires_at, bound)
+"""
+# What a tap's scripts share. remember: keep a request's first result until expires_at, at most
+# `bound` per user, oldest dropped first (the per-user list keeps arrival order, and the push
+# answers its length); a dropped one also leaves `reqx`, so expiry never looks for it.
+# with_totals: append the quantity and total of the user's cart lines unexpired at `now` to a
+# reply whose result holds a reservation (a tap's answer shows them); nothing for a refusal, or
+# without `now`.
+_TAP_LIB = r"""
+local function remember(req, reql, reqx, user, request, encoded, expires_at, bound)
   redis.call('HSET', req, request, encoded)
-  redis.call('ZADD', reqo, redis.call('INCR', seq), request)
   redis.call('ZADD', reqx, expires_at, user .. '\n' .. request)
-  if redis.call('ZCARD', reqo) > tonumber(bound) then
-    local oldest = redis.call('ZPOPMIN', reqo)
-    redis.call('HDEL', req, oldest[1])
+  if redis.call('RPUSH', reql, request) > tonumber(bound) then
+    local oldest = redis.call('LPOP', reql)
+    redis.call('HDEL', req, oldest)
+    redis.call('ZREM', reqx, user .. '\n' .. oldest)
   end
 end
--- Append the quantity and total of the user's cart lines unexpired at `now` to a reply whose
--- result holds a reservation (a tap's answer shows them); nothing for a refusal, or without `now`.
 local function with_totals(reply, encoded, cart, res, now)
   if now == '' or string.sub(encoded, 1, 4) ~= '["",' then return reply end
   local ids = redis.call('ZRANGE', cart, 0, -1)
@@ -131,7 +146,7 @@ end
 """
 
 # KEYS: pool, held. ARGV: base, quantity, reset ("1" with sold_by pairs after it), user, units, ...
-_DEFINE = _LIB + r"""
+_DEFINE = _BASE + _COUNTERS_LIB + _TURN_LIB + r"""
 local pkey, hkey = KEYS[1], KEYS[2]
 local quantity = tonumber(ARGV[2])
 local exists = redis.call('EXISTS', pkey) == 1
@@ -166,81 +181,89 @@ return {'ok', f}
 """
 
 # KEYS: pool, held. ARGV: base.
-_DROP = _LIB + r"""
+_DROP = r"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'ok' end
 if tonumber(redis.call('HGET', KEYS[1], 'reserved')) > 0 then return 'conflict' end
 redis.call('DEL', KEYS[1], KEYS[2])
 return 'ok'
 """
 
-# KEYS: pool, held, res, cart:<user>, expiry, req:<user>, reqo:<user>, reqx, seq.
-# ARGV: base, pool, user, request, qty, limit ('' for none), expires_at, unit_amount, per-user bound,
+# KEYS: pool, held, res, cart:<user>, expiry, req:<user>, reql:<user>, reqx, seq.
+# ARGV: pool, user, request, qty, limit ('' for none), expires_at, unit_amount, per-user bound,
 # now ('' for no totals).
 # Returns {1 if a replay else 0, the result as stored (JSON: code ('' on success), available,
 # version, and on success id, pool, user, qty, expires_at, unit_amount and the turn it made; for a
 # closed pool its message), then for a result holding a reservation the quantity and total of the
 # user's cart lines unexpired at `now`}: the caller's ack needs no other round trip, and a refusal
 # (most taps of a sell-out) costs neither side the cart.
-_RESERVE = _LIB + r"""
-local pkey, hkey, res, cart, expiry, req, reqo, reqx, seq = unpack(KEYS)
-local pool, user, request = ARGV[2], ARGV[3], ARGV[4]
-local qty, expires_at, unit = tonumber(ARGV[5]), ARGV[7], ARGV[8]
+# Each Redis call inside a script costs about what a small script's whole start does, so the pool
+# is read in one HMGET (existence, counters, closed, announced out), the user's holding only when
+# a unit is there to take, and the pool written back in one HSET: a sell-out's refusal makes two
+# reads and three writes (remembering it), a reservation a dozen calls.
+_RESERVE = _TAP_LIB + r"""
+local pkey, hkey, res, cart, expiry, req, reql, reqx, seq = unpack(KEYS)
+local pool, user, request = ARGV[1], ARGV[2], ARGV[3]
+local qty, expires_at, unit = tonumber(ARGV[4]), ARGV[6], ARGV[7]
 local replay, encoded = 1, redis.call('HGET', req, request)
 if not encoded then
   replay = 0
   local out
-  if redis.call('EXISTS', pkey) == 0 then
+  local c = redis.call('HMGET', pkey, 'quantity', 'reserved', 'sold', 'version', 'closed', 'out')
+  if not c[1] then
     out = {'not_found', 0, 0}
   else
-    local c = counters(pkey)
-    local available = c[1] - c[2] - c[3]
-    local held = tonumber(redis.call('HGET', hkey, user) or '0')
-    local closed = redis.call('HGET', pkey, 'closed')
-    if closed then
-      out = {'sale_not_live', available, c[4], closed}
+    local reserved, version = tonumber(c[2]), tonumber(c[4])
+    local available = tonumber(c[1]) - reserved - tonumber(c[3])
+    if c[5] then
+      out = {'sale_not_live', available, version, c[5]}
     elseif qty < 1 then
-      out = {'bad_request', available, c[4]}
+      out = {'bad_request', available, version}
     elseif qty > available then
-      out = {'sold_out', available, c[4]}
-    elseif ARGV[6] ~= '' and held + qty > tonumber(ARGV[6]) then
-      out = {'limit_reached', available, c[4]}
+      out = {'sold_out', available, version}
+    elseif ARGV[5] ~= '' and tonumber(redis.call('HGET', hkey, user) or '0') + qty > tonumber(ARGV[5]) then
+      out = {'limit_reached', available, version}
     else
       local n = redis.call('INCR', seq)
       local id = 'r' .. n
-      redis.call('HINCRBY', pkey, 'reserved', qty)
-      local version = redis.call('HINCRBY', pkey, 'version', 1)
+      local left, turned = available - qty, 0
+      version = version + 1
+      if left == 0 and c[6] ~= '1' then turned = 1 elseif left > 0 and c[6] == '1' then turned = -1 end
+      if turned == 0 then
+        redis.call('HSET', pkey, 'reserved', reserved + qty, 'version', version)
+      else
+        redis.call('HSET', pkey, 'reserved', reserved + qty, 'version', version, 'out', turned == 1 and '1' or '0')
+      end
       redis.call('HINCRBY', hkey, user, qty)
-      redis.call('HSET', res, id, cjson.encode({pool, user, ARGV[5], expires_at, unit}))
+      redis.call('HSET', res, id, cjson.encode({pool, user, ARGV[4], expires_at, unit}))
       redis.call('ZADD', cart, n, id)
       redis.call('ZADD', expiry, expires_at, id)
-      out = {'', available - qty, version, id, pool, user, ARGV[5], expires_at, unit,
-             turn(pkey, available - qty)}
+      out = {'', left, version, id, pool, user, ARGV[4], expires_at, unit, turned}
     end
   end
   encoded = cjson.encode(out)
-  remember(req, reqo, reqx, seq, user, request, encoded, expires_at, ARGV[9])
+  remember(req, reql, reqx, user, request, encoded, expires_at, ARGV[8])
 end
-return with_totals({replay, encoded}, encoded, cart, res, ARGV[10])
+return with_totals({replay, encoded}, encoded, cart, res, ARGV[9])
 """
 
-# KEYS: req:<user>, reqo:<user>, reqx, seq, res, cart:<user>.
-# ARGV: base, user, request, code, message, expires_at, per-user bound, now ('' for no totals).
+# KEYS: req:<user>, reql:<user>, reqx, res, cart:<user>.
+# ARGV: user, request, code, message, expires_at, per-user bound, now ('' for no totals).
 # A refusal the shop decided itself (sale not live, unknown item), remembered like a reserve's
 # result; a request id already remembered answers its first result. Replies as _RESERVE does.
-_REFUSE = _LIB + r"""
-local req, reqo, reqx, seq, res, cart = unpack(KEYS)
-local user, request = ARGV[2], ARGV[3]
+_REFUSE = _TAP_LIB + r"""
+local req, reql, reqx, res, cart = unpack(KEYS)
+local user, request = ARGV[1], ARGV[2]
 local replay, encoded = 1, redis.call('HGET', req, request)
 if not encoded then
   replay = 0
-  encoded = cjson.encode({ARGV[4], 0, 0, ARGV[5]})
-  remember(req, reqo, reqx, seq, user, request, encoded, ARGV[6], ARGV[7])
+  encoded = cjson.encode({ARGV[3], 0, 0, ARGV[4]})
+  remember(req, reql, reqx, user, request, encoded, ARGV[5], ARGV[6])
 end
-return with_totals({replay, encoded}, encoded, cart, res, ARGV[8])
+return with_totals({replay, encoded}, encoded, cart, res, ARGV[7])
 """
 
 # KEYS: res. ARGV: base, user, reservation id. Returns {id, record, available, version, turned} or {}.
-_RELEASE = _LIB + r"""
+_RELEASE = _BASE + _UNHOLD_LIB + r"""
 local rec = redis.call('HGET', KEYS[1], ARGV[3])
 if not rec then return {} end
 if cjson.decode(rec)[2] ~= ARGV[2] then return {} end
@@ -249,7 +272,7 @@ return unhold(ARGV[3], rec)
 
 # KEYS: res, expiry, reqx, ckx. ARGV: base, now, batch. Returns the units given back, flattened by 5.
 # The request ids and commits remembered until `now` are forgotten in the first batch.
-_EXPIRE = _LIB + r"""
+_EXPIRE = _BASE + _UNHOLD_LIB + r"""
 local res, expiry, reqx, ckx = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = ARGV[2]
 for _, user in ipairs(redis.call('ZRANGEBYSCORE', ckx, '-inf', now)) do
@@ -260,7 +283,7 @@ for _, member in ipairs(redis.call('ZRANGEBYSCORE', reqx, '-inf', now)) do
   -- request ids hold no newline (user ids might): the last one separates them
   local user, request = string.match(member, '^(.*)\n([^\n]*)$')
   redis.call('HDEL', base .. 'req:' .. user, request)
-  redis.call('ZREM', base .. 'reqo:' .. user, request)
+  redis.call('LREM', base .. 'reql:' .. user, 1, request)
 end
 redis.call('ZREMRANGEBYSCORE', reqx, '-inf', now)
 local out = {}
@@ -277,7 +300,7 @@ return out
 
 # KEYS: res, cart:<user>, expiry, ck:<user>, ckx. ARGV: base, now, request id ('' for none), user.
 # Returns the committed records, flattened by 2.
-_COMMIT = _LIB + r"""
+_COMMIT = _BASE + r"""
 local res, cart, expiry, ck, ckx = unpack(KEYS)
 local request = ARGV[3]
 if request ~= '' then
@@ -312,7 +335,7 @@ return out
 """
 
 # KEYS: res, expiry, seq, ckx. ARGV: base, then id, record pairs (as commit returned them).
-_RESTORE = _LIB + r"""
+_RESTORE = _BASE + r"""
 local res, expiry, seq, ckx = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 for i = 2, #ARGV, 2 do
   local id, rec = ARGV[i], ARGV[i + 1]
@@ -335,7 +358,7 @@ return 'ok'
 
 # KEYS: seq (for the slot). ARGV: base, then pool, user, qty triples.
 # Returns pool, counters and turn, flattened by 7, one per line refunded.
-_REFUND = _LIB + r"""
+_REFUND = _BASE + _COUNTERS_LIB + _TURN_LIB + _HELD_LIB + r"""
 local out = {}
 for i = 2, #ARGV, 3 do
   local pool, user, qty = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
@@ -356,19 +379,19 @@ return out
 """
 
 # KEYS: pool. ARGV: base, message.
-_CLOSE = _LIB + r"""
+_CLOSE = r"""
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSETNX', KEYS[1], 'closed', ARGV[2]) end
 return 'ok'
 """
 
 # KEYS: pool. ARGV: base.
-_COUNTERS = _LIB + r"""
+_COUNTERS = _COUNTERS_LIB + r"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 return figures(counters(KEYS[1]))
 """
 
 # KEYS: cart:<user>, res. ARGV: base. Returns id, record pairs, oldest first.
-_CART = _LIB + r"""
+_CART = r"""
 local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
 if #ids == 0 then return {} end
 local recs = redis.call('HMGET', KEYS[2], unpack(ids))
@@ -518,9 +541,9 @@ class RedisStockStore:
     ) -> ReserveResult:
         base = self._base(room)
         keys = [f"{base}pool:{pool}", f"{base}held:{pool}", f"{base}res", f"{base}cart:{user}", f"{base}expiry",
-                f"{base}req:{user}", f"{base}reqo:{user}", f"{base}reqx", f"{base}seq"]
+                f"{base}req:{user}", f"{base}reql:{user}", f"{base}reqx", f"{base}seq"]
         limit = "" if per_user_limit is None else per_user_limit
-        args = [base, pool, user, request_id, qty, limit, repr(float(expires_at)), unit_amount,
+        args = [pool, user, request_id, qty, limit, repr(float(expires_at)), unit_amount,
                 self.max_user_requests, "" if now is None else repr(float(now))]
         return _reserve_result(await self._run(self._reserve, keys, args))
 
@@ -529,9 +552,8 @@ class RedisStockStore:
         now: float | None = None,
     ) -> ReserveResult:
         base = self._base(room)
-        keys = [f"{base}req:{user}", f"{base}reqo:{user}", f"{base}reqx", f"{base}seq", f"{base}res",
-                f"{base}cart:{user}"]
-        args = [base, user, request_id, code, message, repr(float(expires_at)), self.max_user_requests,
+        keys = [f"{base}req:{user}", f"{base}reql:{user}", f"{base}reqx", f"{base}res", f"{base}cart:{user}"]
+        args = [user, request_id, code, message, repr(float(expires_at)), self.max_user_requests,
                 "" if now is None else repr(float(now))]
         return _reserve_result(await self._run(self._refuse, keys, args))
 

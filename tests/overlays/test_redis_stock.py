@@ -125,6 +125,26 @@ async def test_request_ids_of_a_user_id_with_a_newline_are_forgotten_in_time(sto
     assert store.prefix + "{room1}:req:ann\nlee" in keys
 
 
+async def test_remembered_taps_leave_no_key_behind(store: RedisStockStore) -> None:
+    """Tap results dropped by the per-user bound and those whose hold ended both leave every key
+    that remembered them, so a busy room's request memory does not outgrow its taps."""
+    store.max_user_requests = 2
+    await store.define("room1", "p", 0)
+    for n in range(5):
+        assert (await store.reserve("room1", "p", "ann", f"t{n}", 1, None, 10.0 + n, 100)).code == "sold_out"
+    await store.refuse("room1", "bob", "b1", "sale_not_live", "later", 12.0)
+    base = f"{store.prefix}{{room1}}:"
+    assert await store.client.lrange(base + "reql:ann", 0, -1) == [b"t3", b"t4"]
+    assert sorted(await store.client.hkeys(base + "req:ann")) == [b"t3", b"t4"]
+    assert await store.client.zrange(base + "reqx", 0, -1) == [b"bob\nb1", b"ann\nt3", b"ann\nt4"]
+    await store.expire("room1", 13.0)
+    assert await store.client.zrange(base + "reqx", 0, -1) == [b"ann\nt4"]
+    assert await store.client.lrange(base + "reql:ann", 0, -1) == [b"t4"]
+    await store.expire("room1", 14.0)
+    keys = {key.decode() async for key in store.client.scan_iter(match=store.prefix + "*req*")}
+    assert keys == set()
+
+
 async def test_two_nodes_expiring_at_once_return_each_unit_once(redis_target: RedisTarget) -> None:
     nodes = [RedisStockStore.from_url(redis_target.url, prefix=redis_target.prefix) for _ in range(3)]
     try:

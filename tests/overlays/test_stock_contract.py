@@ -142,6 +142,23 @@ async def test_idempotency_lasts_the_hold_time_whatever_other_users_do(stock) ->
     assert fresh.ok and not fresh.replay and fresh.reservation.id != first.reservation.id
 
 
+async def test_a_users_remembered_taps_are_bounded_oldest_first(stock) -> None:
+    """Past the per-user bound a user's oldest tap results go first (a retry of one is a new tap);
+    their later ones and other users' stay."""
+    stock.max_user_requests = 3
+    await stock.define(R, "p", 100)
+    other = await stock.reserve(R, "p", "v", "x", 1, None, 100.0, 5)
+    firsts = [await stock.reserve(R, "p", "u", f"t{n}", 1, None, 100.0, 5) for n in range(5)]
+    for n in (2, 3, 4):
+        again = await stock.reserve(R, "p", "u", f"t{n}", 1, None, 100.0, 5)
+        assert again.replay and again.reservation == firsts[n].reservation
+    again = await stock.reserve(R, "p", "v", "x", 1, None, 100.0, 5)
+    assert again.replay and again.reservation == other.reservation
+    fresh = await stock.reserve(R, "p", "u", "t0", 1, None, 100.0, 5)
+    assert fresh.ok and not fresh.replay and fresh.reservation.id != firsts[0].reservation.id
+    assert (await stock.counters(R, "p")).reserved == 7
+
+
 async def test_refusals_are_remembered_for_the_hold_time(stock) -> None:
     await stock.define(R, "p", 1)
     assert (await stock.reserve(R, "p", "u", "a", 2, None, 10.0, 5)).code == "sold_out"
