@@ -62,8 +62,9 @@ def new_prefix() -> str:
 
 
 def redis_url(args: argparse.Namespace, stack: contextlib.ExitStack) -> str:
-    """``--redis-url``, or the URL of a redis-server of the bench's own that ``stack`` stops at its end."""
-    return args.redis_url or stack.enter_context(own_redis(args.redis_core))
+    """``--redis-url``, or the URL of a redis-server of the bench's own that ``stack`` stops at its end
+    (at ``--server-nice``, as the nodes)."""
+    return args.redis_url or stack.enter_context(own_redis(args.redis_core, args.server_nice))
 
 
 def core_split(args: argparse.Namespace, load_core: int = 1) -> str:
@@ -73,6 +74,7 @@ def core_split(args: argparse.Namespace, load_core: int = 1) -> str:
              f"{args.nodes} nodes, node i on core {' / '.join(str(c) for c in args.node_core_list)} (i mod "
              f"{len(args.node_core_list)})")
     redis = (f"Redis at {args.redis_url} (not pinned by the bench)" if args.redis_url else
-             f"the bench's own redis-server (no persistence) on core {args.redis_core}")
+             f"the bench's own redis-server (no persistence) on core {args.redis_core}"
+             + (f" at the servers' nice value {args.server_nice}" if args.server_nice else ""))
     return (f"Cores: {nodes}; {redis}; the load (viewers or tappers, publisher, probe) on core {load_core}. "
             f"The memory-backed baseline is one node on core {cores[0]}.")

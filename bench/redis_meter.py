@@ -28,13 +28,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import redis
-from measure import free_port
+from measure import free_port, prioritise
 
 
 @contextlib.contextmanager
-def own_redis(core: int | None = None) -> Iterator[str]:
+def own_redis(core: int | None = None, nice: int = 0) -> Iterator[str]:
     """A redis-server for this bench alone (no persistence) on a free loopback port, pinned to
-    ``core`` when given; yields its URL once it answers, and kills it at the end."""
+    ``core`` when given, at the nice value ``nice`` (in a session of its own, like the benches'
+    servers: Redis is part of the server side, so on a core it shares with the load it is served
+    first, as the nodes are); yields its URL once it answers, and kills it at the end."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed (apt-get install -y redis-server), or pass --redis-url")
@@ -42,7 +44,9 @@ def own_redis(core: int | None = None) -> Iterator[str]:
     directory = tempfile.mkdtemp(prefix="livecart-bench-redis-")
     pin = [] if core is None else ["taskset", "-c", str(core)]
     process = subprocess.Popen([*pin, binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
-                                "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+                                "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL,
+                               start_new_session=True)
+    prioritise(process.pid, nice)
     url = f"redis://127.0.0.1:{port}/0"
     try:
         wait_for(url)

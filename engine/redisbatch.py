@@ -18,7 +18,8 @@ What a caller is guaranteed:
   twice ``timeout`` (up to it for the connection to be made, up to it for the replies); a refused
   connection fails them at once, and the next call connects again;
 - ``evalsha`` loads a script Redis does not hold (NOSCRIPT, after a restart or SCRIPT FLUSH) and
-  runs that command again, once.
+  runs that command again, once; callers that meet NOSCRIPT while that script is loading wait for
+  the same load (a thousand taps in flight when Redis restarts send one SCRIPT LOAD, not a thousand).
 
 A command whose caller gave up (its answer came too late) may still have run: callers that write
 keep their commands idempotent, as for any Redis call that timed out.
@@ -84,6 +85,7 @@ class RedisBatcher:
         self._closed = False
         self._posts = 0  # posts queued or in a pipeline not yet answered
         self._posts_failing = False
+        self._loading: dict[str, asyncio.Future[Any]] = {}  # script SHA -> its SCRIPT LOAD in flight
         settings = LinkSettings(pool, timeout)
         self._links = [RedisLink(settings, self._answer) for _ in range(connections)]
         self._pipelines = REDIS_PIPELINES.labels(name)
@@ -93,19 +95,31 @@ class RedisBatcher:
     async def call(self, *args: Any) -> Any:
         """Send one command with the others of this loop turn and return its reply (raw, as Redis
         gave it); an error reply raises ResponseError, Redis away ConnectionError or TimeoutError."""
+        return await self._submit(args)
+
+    def _submit(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((args, future, False))
         self._schedule()
-        return await future
+        return future
 
     async def evalsha(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run a registered script by its SHA; when Redis does not hold it, load it and run again."""
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            return await self.call(*command)
+            return await self._submit(command)
         except NoScriptError:
-            await self.call("SCRIPT", "LOAD", script.script)
-            return await self.call(*command)
+            await self.load(script)
+            return await self._submit(command)
+
+    async def load(self, script: AsyncScript) -> None:
+        """SCRIPT LOAD ``script``, or wait for the load of it already in flight. A caller that gives
+        up does not cancel a load others wait for."""
+        loading = self._loading.get(script.sha)
+        if loading is None:
+            loading = self._loading[script.sha] = self._submit(("SCRIPT", "LOAD", script.script))
+            loading.add_done_callback(lambda _: self._loading.pop(script.sha, None))
+        await asyncio.shield(loading)
 
     def post(self, *args: Any) -> None:
         """Queue a command whose reply nobody awaits; dropped (and counted) when ``max_posts``

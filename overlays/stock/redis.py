@@ -33,6 +33,7 @@ hangs, and a retry with the same request id finds the first outcome if the scrip
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -473,6 +474,8 @@ class RedisStockStore:
         self._close_pool = register(_CLOSE)
         self._counters = register(_COUNTERS)
         self._cart = register(_CART)
+        self._scripts = (self._define, self._drop, self._reserve, self._refuse, self._release, self._expire,
+                         self._commit, self._restore, self._refund, self._close_pool, self._counters, self._cart)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "livecart:", max_user_requests: int = 1000,
@@ -482,9 +485,11 @@ class RedisStockStore:
                    timeout=timeout, batch=batch, pipelines=pipelines)
 
     async def ping(self) -> None:
-        """Check that Redis answers (at start); StorageUnavailable if it does not."""
+        """Check that Redis answers, and load the scripts into it (at start), so a show's first taps
+        are one round trip each; StorageUnavailable if it does not answer."""
         try:
             await self.client.ping()
+            await asyncio.gather(*(self._batch.load(script) for script in self._scripts))
         except (RedisError, OSError) as exc:  # unreachable, or a wrong password or database
             raise StorageUnavailable(f"Redis does not answer ({exc})") from exc
 

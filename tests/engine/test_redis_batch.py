@@ -95,6 +95,42 @@ async def test_noscript_reloads_and_runs_again_only_the_commands_redis_did_not_k
     assert int(await client.get("a")) == int(await client.get("b")) == 11  # none ran twice
 
 
+async def test_callers_meeting_noscript_together_share_one_load(client: aioredis.Redis) -> None:
+    """A Redis that restarted mid-show answers NOSCRIPT to every tap in flight: one SCRIPT LOAD
+    serves them all, and a caller that gives up does not cancel it for the others."""
+    batcher = RedisBatcher(client.connection_pool, name="test", timeout=5.0)
+    script = client.register_script(_COUNTING)
+    await batcher.evalsha(script, ["a"], [0])
+    await client.script_flush()
+    await client.config_resetstat()
+    calls = [asyncio.ensure_future(batcher.evalsha(script, ["a"], [i])) for i in range(CALLS)]
+    await asyncio.sleep(0)
+    calls[0].cancel()
+    replies = await asyncio.gather(*calls[1:])
+    assert replies == [str(i).encode() for i in range(1, CALLS)]
+    stats = await client.info("commandstats")
+    assert stats["cmdstat_script|load"]["calls"] == 1
+
+
+async def test_the_stock_store_loads_its_scripts_at_start(own_redis: RedisServer) -> None:
+    """Scripts are in Redis before the first tap, so even the show's first taps are one call each."""
+    store = RedisStockStore.from_url(own_redis.url, prefix="start:")
+    try:
+        admin = aioredis.from_url(own_redis.url)
+        await admin.script_flush()
+        await store.ping()
+        await admin.config_resetstat()
+        await store.define("room", "p", 5)
+        results = await asyncio.gather(*(store.reserve("room", "p", f"u{i}", "t", 1, None, 9e9, 100)
+                                         for i in range(CALLS)))
+        assert sum(result.ok for result in results) == 5
+        stats = await admin.info("commandstats")
+        assert "cmdstat_script|load" not in stats and stats["cmdstat_evalsha"]["calls"] == CALLS + 1
+        await admin.aclose()
+    finally:
+        await store.close()
+
+
 async def test_the_stock_store_and_the_bus_pipeline_calls_made_together(own_redis: RedisServer,
                                                                         client: aioredis.Redis) -> None:
     store = RedisStockStore.from_url(own_redis.url, timeout=5.0)
