@@ -67,6 +67,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from array import array
 from collections.abc import Callable
@@ -99,6 +100,7 @@ ROOM = "bench"
 SALE = "flash"
 #: Seconds before a tap answered ``unavailable`` is sent again with the same request id.
 RETRY_AFTER = 0.05
+HTTP_ATTEMPTS = 25  # an admin call answered 503 is sent again, 0.2 s apart, about 5 s in all
 HERE = os.path.dirname(os.path.abspath(__file__))
 ECHO = os.path.join(HERE, "echo_floor.py")
 ECHO_FLOORS = ("websockets", "picows")
@@ -337,11 +339,19 @@ async def domain_main(count: int) -> dict[str, float]:
 
 
 def http(port: int, method: str, path: str, body: Any = None) -> Any:
+    """One admin call; a 503 (``unavailable``: a node's Redis pool busy for a moment, as while
+    2,000 viewers join at once) is sent again after a short wait, as a host's studio would."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
                                      data=None if body is None else json.dumps(body).encode(),
                                      headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+    for attempt in range(HTTP_ATTEMPTS):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or attempt == HTTP_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2)
 
 
 def wait_quiet(limit: float, timeout: float) -> float:

@@ -1,13 +1,15 @@
 """The coalescing tick's pace: stretched while the loop is loaded, back to the configured tick when quiet.
 
 Every state flush fans a frame out to every viewer of a room, so on a saturated core the
-counters compete with the taps they count. The ticker already knows how loaded the loop is
-without any work on the hot path: it is woken late by exactly the time the loop spent on other
-callbacks past its deadline. A smoothed lag above ``LOADED_LAG`` doubles the interval (up to the
-maximum); below it the interval halves back toward the configured tick. Doubling and halving
-reach either end in a few ticks, and the smoothing keeps a single stray pause (a GC pass) from
-stretching the tick for long. Discrete events (sold out, sale start and end) never wait for the
-tick, so only the coalesced counters slow down.
+counters compete with the taps they count. The ticker knows how loaded the loop is without any
+work on the hot path, in two ways. It is woken late by exactly the time the loop spent on other
+callbacks past its deadline: a smoothed lag above ``LOADED_LAG`` doubles the interval (up to the
+maximum), and the smoothing keeps a single stray pause (a GC pass) from stretching the tick for
+long. And the loop's thread's CPU time since the last wake-up says how busy the loop was: at
+``LOADED_BUSY`` or more the loop is close to saturation before any timer is late (a sell-out
+fills a core within a tick), so the interval goes to the maximum at once. Otherwise the interval
+halves back toward the configured tick. Discrete events (sold out, sale start and end) never wait
+for the tick, so only the coalesced counters slow down.
 
 Both buses (memory and Redis) run their flush through the same ``Ticker``.
 """
@@ -15,6 +17,7 @@ Both buses (memory and Redis) run their flush through the same ``Ticker``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from engine import metrics
@@ -25,10 +28,13 @@ from engine.tasks import cancel_and_wait
 LOADED_LAG = 0.010
 # Weight of the newest lag sample in the smoothed lag.
 SMOOTHING = 0.5
+# Share of the time between two wake-ups the loop's thread spent on the CPU, at and above which the
+# loop counts as loaded: past it, the core has too little room left for a burst of taps.
+LOADED_BUSY = 0.75
 
 
 class TickPacer:
-    """Chooses the next tick interval from how late the ticker woke from the previous one."""
+    """Chooses the next tick interval from how late the ticker woke and how busy the loop was."""
 
     __slots__ = ("quiet", "maximum", "interval", "lag")
 
@@ -39,11 +45,16 @@ class TickPacer:
         self.lag = 0.0
         metrics.BUS_TICK.set(quiet)
 
-    def woke(self, late: float) -> None:
-        """Record how late (seconds) the ticker woke and pick the next interval."""
+    def woke(self, late: float, busy: float) -> None:
+        """Record how late (seconds) the ticker woke and how busy (share of a core) the loop was
+        since its last wake-up, and pick the next interval."""
         self.lag += SMOOTHING * (max(late, 0.0) - self.lag)
-        loaded = self.lag > LOADED_LAG
-        interval = min(self.maximum, self.interval * 2) if loaded else max(self.quiet, self.interval / 2)
+        if busy >= LOADED_BUSY:
+            interval = self.maximum
+        elif self.lag > LOADED_LAG:
+            interval = min(self.maximum, self.interval * 2)
+        else:
+            interval = max(self.quiet, self.interval / 2)
         if interval != self.interval:
             self.interval = interval
             metrics.BUS_TICK.set(interval)
@@ -70,11 +81,14 @@ class Ticker:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        since, cpu = loop.time(), time.thread_time()
         while True:
             interval = self.pacer.interval
             due = loop.time() + interval
             await asyncio.sleep(interval)
-            self.pacer.woke(loop.time() - due)
+            now, now_cpu = loop.time(), time.thread_time()
+            self.pacer.woke(now - due, (now_cpu - cpu) / max(now - since, 1e-6))
+            since, cpu = now, now_cpu
             await self._flush()
 
     def start(self) -> None:
