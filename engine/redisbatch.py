@@ -31,6 +31,7 @@ or travel at once, more are dropped, and failures are logged once per outage.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -118,8 +119,15 @@ class RedisBatcher:
         loading = self._loading.get(script.sha)
         if loading is None:
             loading = self._loading[script.sha] = self._submit(("SCRIPT", "LOAD", script.script))
-            loading.add_done_callback(lambda _: self._loading.pop(script.sha, None))
+            loading.add_done_callback(functools.partial(self._loaded, script.sha))
         await asyncio.shield(loading)
+
+    def _loaded(self, sha: str, loading: asyncio.Future[Any]) -> None:
+        """A load ended: the next NOSCRIPT loads again. Its error is read here, since every caller
+        waiting for it may have given up."""
+        del self._loading[sha]
+        if not loading.cancelled():
+            loading.exception()
 
     def post(self, *args: Any) -> None:
         """Queue a command whose reply nobody awaits; dropped (and counted) when ``max_posts``

@@ -236,9 +236,9 @@ class Shop:
         # The stock first: until it is accepted, taps keep seeing (and locking) the current price.
         counters = await self._stock.define(self.room, product.pool, product.stock)
         self._catalog.put(product)
+        self._pools[product.pool] = (product.id, None)  # with the product: taps find both or neither
         self._changed()  # now, not only with the outcome: the records' write below may fail
         await self._records.put_product(self.room, product.to_dict())
-        self._pools[product.pool] = (product.id, None)
         view = {**self._catalog.public(product.id), "available": counters.available}
         stock = self._stock_events(product.pool, counters.available, counters.version, turned=counters.turned)
         return self._outcome(view, [discrete("product.put", view), *stock])
@@ -303,11 +303,13 @@ class Shop:
             raise DomainError("conflict", f"sale {sale.id!r} exists")
         if len(self._sales) >= self._sales.max_sales:
             await self._prune_sales(now)
+        # The sale and its pool enter this copy together: a tap that finds the sale while the
+        # writes below wait (or after one failed) can always name its line.
         self._sales.add(sale, now)
+        self._pools[sale.pool] = (product.id, sale.id)
         self._changed()
         counters = await self._stock.define(self.room, sale.pool, sale.quantity)
         await self._records.put_sale(self.room, sale.to_dict())
-        self._pools[sale.pool] = (product.id, sale.id)
         view = self._sale_view(sale, counters.available, now)
         kind = "sale.started" if sale.phase(now) == LIVE else "sale.scheduled"
         return self._outcome(

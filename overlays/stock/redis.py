@@ -1,8 +1,13 @@
 """StockStore on Redis: every node of a deployment counts the same units.
 
-Each method is one Lua script, run atomically by Redis and called by EVALSHA (redis-py's Script
-loads it once and reloads it when Redis answers NOSCRIPT, e.g. after a restart): a tap is one
-round trip whatever the number of nodes tapping, and no two nodes can interleave inside one.
+Each method is one Lua script, run atomically by Redis and called by EVALSHA (the scripts are
+loaded when the store starts, and loaded again, once for all callers, when Redis answers NOSCRIPT,
+e.g. after a restart: engine.redisbatch): a tap is one round trip whatever the number of nodes
+tapping, and no two nodes can interleave inside one.
+
+Upgrading from a version that kept the per-user request order in sorted sets (`reqo:<user>`):
+stop the old nodes before the new ones start; their `reqo:*` keys are no longer read and may be
+deleted.
 
 Keys, all under ``{prefix}{{room}}:`` so one room's keys share a Redis Cluster slot (the room id
 is the hash tag; room ids hold no braces):
@@ -217,7 +222,7 @@ if not encoded then
     local available = tonumber(c[1]) - reserved - tonumber(c[3])
     if c[5] then
       out = {'sale_not_live', available, version, c[5]}
-    elseif qty < 1 then
+    elseif not (qty >= 1 and qty == math.floor(qty)) then  -- NaN and fractions too: never written
       out = {'bad_request', available, version}
     elseif qty > available then
       out = {'sold_out', available, version}
@@ -490,8 +495,8 @@ class RedisStockStore:
         try:
             await self.client.ping()
             await asyncio.gather(*(self._batch.load(script) for script in self._scripts))
-        except (RedisError, OSError) as exc:  # unreachable, or a wrong password or database
-            raise StorageUnavailable(f"Redis does not answer ({exc})") from exc
+        except (RedisError, OSError) as exc:  # unreachable, a wrong password or database, no SCRIPT right
+            raise StorageUnavailable(f"Redis does not answer, or does not take this store's scripts ({exc})") from exc
 
     async def close(self) -> None:
         await self.client.aclose(close_connection_pool=True)

@@ -104,7 +104,9 @@ async def test_callers_meeting_noscript_together_share_one_load(client: aioredis
     await client.script_flush()
     await client.config_resetstat()
     calls = [asyncio.ensure_future(batcher.evalsha(script, ["a"], [i])) for i in range(CALLS)]
-    await asyncio.sleep(0)
+    async with asyncio.timeout(10):
+        while not batcher._loading:  # every call met NOSCRIPT; the first waits for the load
+            await asyncio.sleep(0)
     calls[0].cancel()
     replies = await asyncio.gather(*calls[1:])
     assert replies == [str(i).encode() for i in range(1, CALLS)]

@@ -17,8 +17,10 @@ from engine.bus.pacing import LOADED_LAG, Ticker, TickPacer
 QUIET, MAXIMUM = 0.02, 0.32
 
 
-def test_a_busy_loop_stretches_the_tick_to_its_maximum_at_once_and_a_quiet_one_halves_it_back() -> None:
+def test_a_loop_busy_twice_in_a_row_stretches_the_tick_to_its_maximum_and_a_quiet_one_halves_it_back() -> None:
     pacer = TickPacer(QUIET, MAXIMUM)
+    pacer.woke(0.0, 0.9)  # once may be a GC pass
+    assert pacer.interval == QUIET
     pacer.woke(0.0, 0.9)
     assert pacer.interval == MAXIMUM
     pacer.woke(0.0, 0.9)

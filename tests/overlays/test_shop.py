@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from shopkit import Clock, make_shop
 
+from engine.storage import StorageUnavailable
 from overlays.events import DomainError
 from overlays.shop import Shop
 
@@ -286,3 +287,20 @@ async def test_snapshot_shape(stocked: Shop) -> None:
     assert set(snap) == {"products", "tags", "sales", "totals", "recent", "cart"}
     assert snap["cart"]["total"] == 1200 and snap["cart"]["currency"] == "EUR"
     assert "cart" not in await stocked.snapshot()
+
+
+async def test_a_sale_whose_record_could_not_be_written_still_names_its_taps_lines(clock: Clock) -> None:
+    """The host's sale is in this copy of the shop once its write started; if the records' write
+    then fails (Redis away for a moment), a tap on the sale still gets its line, not a failure."""
+    shop = make_shop(clock)
+    await shop.load()
+    await shop.put_product(MUG)
+
+    async def unavailable(room: str, sale: dict[str, Any]) -> None:
+        raise StorageUnavailable("records away")
+
+    shop._records.put_sale = unavailable  # type: ignore[method-assign]
+    with pytest.raises(StorageUnavailable):
+        await shop.start_sale({"id": "s1", "product_id": "mug", "price": 500, "quantity": 3, "duration": 60})
+    out = await shop.tap("u1", "r1", sale_id="s1")
+    assert out.events[0].type == "cart.added" and out.events[0].data["sale"] == "s1"
