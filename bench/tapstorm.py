@@ -253,12 +253,12 @@ async def client_main(args: argparse.Namespace) -> None:
         n = await pace(tappers, step["kind"], args.rate, step["start"], step["end"], n)
         cpu = time.process_time() - cpu
         ok = await drained(tappers, args.drain)
-        print(json.dumps({
+        await report(loop, {
             "phase": step["phase"], "drained": ok, "cpu": cpu, "lat": list(lat),
             "replies": sum(t.replies for t in tappers),  # every answer, in the window or after it
             "in_window": sum(t.in_window for t in tappers),  # answers that arrived within the window
             "codes": merge(t.codes for t in tappers),
-        }), flush=True)
+        })
     buyers = [t for t in tappers if t.units and not (t.closed or t.transport.is_closing())]
     checkout = masked(TEXT, b'{"type":"checkout","id":"checkout"}')
     for t in buyers:
@@ -270,12 +270,26 @@ async def client_main(args: argparse.Namespace) -> None:
             if t.retry and not t.transport.is_closing():
                 t.retry = False
                 t.transport.write(checkout)
-    print(json.dumps({
+    await report(loop, {
         "reserved": sum(t.units for t in tappers),
         "ordered": sum(t.order.get("quantity", 0) for t in buyers if t.order),
         "closed": merge({str(t.close_code): 1} for t in (*tappers, *watchers) if t.closed),
         "zero_at": [w.zero_at for w in watchers], "sold_out_ts": [w.sold_out_ts for w in watchers if w.sold_out_ts],
-    }), flush=True)
+    })
+
+
+async def report(loop: asyncio.AbstractEventLoop, body: dict[str, Any]) -> None:
+    """Write one report line from a thread. The orchestrator reads the clients' lines one client
+    after the other, and a phase's line (every latency) is larger than a pipe holds: written from
+    the loop, it stopped this client's loop until its turn came, its sockets went unread, and the
+    server rightly closed them as too slow (500 connections of one client, cut at once)."""
+    line = json.dumps(body) + "\n"
+    await loop.run_in_executor(None, _write_line, line)
+
+
+def _write_line(line: str) -> None:
+    sys.stdout.write(line)
+    sys.stdout.flush()
 
 
 def merge(counts: Any) -> dict[str, int]:
