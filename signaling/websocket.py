@@ -119,16 +119,22 @@ class Listener:
         self._gone.set()
 
     def ping_all(self, now: float) -> None:
-        """Keepalive: cut connections that sent nothing since the last ping, ping the others."""
+        """Keepalive: cut connections that sent nothing since the last ping, ping the others. The
+        cuts are logged, one line per round: a client sees them as a reset without a close frame."""
+        cut = 0
         for ws in list(self.connections):
             if ws.protocol.state is not OPEN:
                 continue
             if ws.pinged_at is not None and ws.received_at < ws.pinged_at and not ws.held:
                 ws.abort()  # (a held connection is not read: its pong may be waiting unread)
+                cut += 1
                 continue
             ws.pinged_at = now
             ws.protocol.send_ping(b"")
             ws.flush_protocol()
+        if cut:
+            log.info("keepalive: cut %d connection(s) that sent nothing, not even a pong, for a whole ping interval",
+                     cut)
 
 
 class WebSocket(asyncio.Protocol):

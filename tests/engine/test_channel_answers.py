@@ -4,6 +4,7 @@ read, refusals byte-exact for every request id, a bounded inbox, and keepalive f
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from pathlib import Path
@@ -177,7 +178,9 @@ async def read_answers(sock: socket.socket, count: int) -> list[Any]:
     return ids
 
 
-async def test_keepalive_cuts_a_silent_peer_and_keeps_a_live_one(tmp_path: Path) -> None:
+async def test_keepalive_cuts_a_silent_peer_and_keeps_a_live_one(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="signaling.websocket")
     config = Config(http_port=0, ws_port=0, data_dir=str(tmp_path), secret="s" * 32, admin_key="a",
                     ws_ping_interval=0.3)
     app = App(config)
@@ -192,6 +195,7 @@ async def test_keepalive_cuts_a_silent_peer_and_keeps_a_live_one(tmp_path: Path)
             await asyncio.sleep(0.05)
         (left,) = app.channel.sessions.values()
         assert left.sub == "live"
+        assert "keepalive: cut 1 connection(s)" in caplog.text  # the operator sees why the client was reset
         await asyncio.sleep(1.0)  # several more intervals
         assert len(app.channel.sessions) == 1
         await live.recv_type("snapshot")
