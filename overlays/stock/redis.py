@@ -46,6 +46,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -75,18 +76,20 @@ local function figures(c)
 end
 """
 # Whether the pool's availability, now `available`, moved to 0 (1), back from 0 (-1) or neither (0)
-# since the last call that said so: each transition is reported to exactly one caller of all nodes.
-_TURN_LIB = r"""
-local function turn(pkey, available)
-  local out = redis.call('HGET', pkey, 'out') == '1'
-  if available == 0 and not out then
-    redis.call('HSET', pkey, 'out', '1')
-    return 1
-  elseif available > 0 and out then
-    redis.call('HSET', pkey, 'out', '0')
-    return -1
-  end
+# since the last call that said so, given the pool's `out` field as read: `turned` decides, and the
+# caller stores the new `out` in the same step, so each transition is reported to exactly one caller
+# of all nodes. `turn` reads and writes the field itself (the reserve script has it read already).
+_TURNED_LIB = r"""
+local function turned(available, out)
+  if available == 0 and out ~= '1' then return 1 elseif available > 0 and out == '1' then return -1 end
   return 0
+end
+"""
+_TURN_LIB = _TURNED_LIB + r"""
+local function turn(pkey, available)
+  local t = turned(available, redis.call('HGET', pkey, 'out'))
+  if t ~= 0 then redis.call('HSET', pkey, 'out', t == 1 and '1' or '0') end
+  return t
 end
 """
 _HELD_LIB = r"""
@@ -206,7 +209,7 @@ return 'ok'
 # is read in one HMGET (existence, counters, closed, announced out), the user's holding only when
 # a unit is there to take, and the pool written back in one HSET: a sell-out's refusal makes two
 # reads and three writes (remembering it), a reservation a dozen calls.
-_RESERVE = _TAP_LIB + r"""
+_RESERVE = _TAP_LIB + _TURNED_LIB + r"""
 local pkey, hkey, res, cart, expiry, req, reql, reqx, seq = unpack(KEYS)
 local pool, user, request = ARGV[1], ARGV[2], ARGV[3]
 local qty, expires_at, unit = tonumber(ARGV[4]), ARGV[6], ARGV[7]
@@ -231,19 +234,19 @@ if not encoded then
     else
       local n = redis.call('INCR', seq)
       local id = 'r' .. n
-      local left, turned = available - qty, 0
+      local left = available - qty
+      local turn = turned(left, c[6])
       version = version + 1
-      if left == 0 and c[6] ~= '1' then turned = 1 elseif left > 0 and c[6] == '1' then turned = -1 end
-      if turned == 0 then
+      if turn == 0 then
         redis.call('HSET', pkey, 'reserved', reserved + qty, 'version', version)
       else
-        redis.call('HSET', pkey, 'reserved', reserved + qty, 'version', version, 'out', turned == 1 and '1' or '0')
+        redis.call('HSET', pkey, 'reserved', reserved + qty, 'version', version, 'out', turn == 1 and '1' or '0')
       end
       redis.call('HINCRBY', hkey, user, qty)
       redis.call('HSET', res, id, cjson.encode({pool, user, ARGV[4], expires_at, unit}))
       redis.call('ZADD', cart, n, id)
       redis.call('ZADD', expiry, expires_at, id)
-      out = {'', left, version, id, pool, user, ARGV[4], expires_at, unit, turned}
+      out = {'', left, version, id, pool, user, ARGV[4], expires_at, unit, turn}
     end
   end
   encoded = cjson.encode(out)
@@ -466,7 +469,13 @@ class RedisStockStore:
         # together share a round trip's client CPU), each answered within twice `timeout`.
         self._batch = RedisBatcher(client.connection_pool, name="stock", timeout=timeout, max_batch=batch,
                                    connections=pipelines)
-        register = client.register_script
+        self._scripts: list[AsyncScript] = []  # every script, loaded at start
+
+        def register(text: str) -> AsyncScript:
+            script = client.register_script(text)
+            self._scripts.append(script)
+            return script
+
         self._define = register(_DEFINE)
         self._drop = register(_DROP)
         self._reserve = register(_RESERVE)
@@ -479,8 +488,6 @@ class RedisStockStore:
         self._close_pool = register(_CLOSE)
         self._counters = register(_COUNTERS)
         self._cart = register(_CART)
-        self._scripts = (self._define, self._drop, self._reserve, self._refuse, self._release, self._expire,
-                         self._commit, self._restore, self._refund, self._close_pool, self._counters, self._cart)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "livecart:", max_user_requests: int = 1000,
