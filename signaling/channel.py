@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 CLIENT_TURN = 0.002  # seconds one client's messages may hold the loop before others get a turn
 UNGREETED = 1 << 63  # a connection's last seq until its snapshot or replay: past every seq, it gets no event
 
+# A message's checks: its action, body and request id, or the error to answer it with.
+Checked = tuple["Action | None", "dict[str, Any] | None", Any, "Exception | None"]
+
 # A handler answers with the ack's fields, or returns (or raises) a CodedError for an error reply.
 # It is a coroutine function: the channel steps it itself, and makes a task only if it suspends.
 Handler = Callable[["Session", dict[str, Any]], Coroutine[Any, Any, dict[str, Any] | CodedError | None]]
@@ -370,10 +373,22 @@ class Channel:
             return
         # A shared backend: the bus may first load the room, and parts of the snapshot are read
         # from a store that suspends; the connection's messages wait meanwhile.
-        ws.hold()
+        ws.hold(reading=True)
         self._spawn(self._greet_later(session, since))
 
-    def received(self, ws: WebSocket, data: bytes, binary: bool) -> None:
+    def arrived(self, ws: WebSocket, data: bytes, binary: bool) -> Checked | None:
+        """A message that arrived while an answer is in flight: its checks (rate limits above all)
+        are made now, when the client sent it, and their verdict waits with it for its turn. Were
+        they made in its turn, a client whose taps waited on a slow Redis would see them judged as
+        one burst and refused ``rate_limited`` for our own delay."""
+        session: Session | None = ws.session
+        if session is None:
+            return None
+        if session.lagging_since is not None:
+            ws.hold()  # a client that does not read: read nothing more from it either
+        return self._check(session, data, binary)
+
+    def received(self, ws: WebSocket, data: bytes, binary: bool, early: Checked | None) -> None:
         session: Session | None = ws.session
         if session is None:
             return  # refused: its close is on the way
@@ -381,9 +396,9 @@ class Channel:
             # Its answers would only be dropped: read nothing more from it until it reads again
             # (then the lagging watcher resyncs it and releases its messages) or is closed.
             session.deferred = True
-            ws.defer(data, binary)
+            ws.defer(data, binary, early)
             return
-        self._on_message(session, data, binary)
+        self._on_message(session, data, binary, early)
 
     def closed(self, ws: WebSocket) -> None:
         session: Session | None = ws.session
@@ -479,15 +494,9 @@ class Channel:
 
     # -- messages -----------------------------------------------------------------------------
 
-    def _on_message(self, session: Session, data: bytes, binary: bool) -> None:
-        """Check, route and answer one message, in the websocket layer's callback.
-
-        An inline handler (a tap on the memory store, chat) and every refusal are run to their end
-        right here, without a task. With Redis, a hot message (a tap on a loaded shop: see
-        ``Action.hot``) starts here too and is stepped from its Redis replies. Other handlers (a
-        checkout writing its order, a media offer, anything calling redis-py, which needs a task
-        around its calls) run as a task, and so does the rest of an inline one that did suspend;
-        this connection's next messages wait for it, so each connection is still answered in order."""
+    def _check(self, session: Session, data: bytes, binary: bool) -> Checked:
+        """Rate limits, decoding, routing and role of one message: its action and body to run, or
+        the error to answer it with (with its request id once known)."""
         request_id = None
         try:
             if not session.limits.messages.take():
@@ -505,6 +514,25 @@ class Channel:
                 raise ProtocolError("forbidden", f"a {session.role} may not send {shown(body['type'])}")
             if action.rate is not None and not session.limits.take(body["type"], action.rate):
                 raise ProtocolError("rate_limited", f"too many {shown(body['type'])} messages, slow down")
+        except Exception as exc:
+            return None, None, request_id, exc
+        return action, body, request_id, None
+
+    def _on_message(self, session: Session, data: bytes, binary: bool, early: Checked | None) -> None:
+        """Check (unless ``early`` holds its checks, made when it arrived), route and answer one
+        message, in the websocket layer's callback.
+
+        An inline handler (a tap on the memory store, chat) and every refusal are run to their end
+        right here, without a task. With Redis, a hot message (a tap on a loaded shop: see
+        ``Action.hot``) starts here too and is stepped from its Redis replies. Other handlers (a
+        checkout writing its order, a media offer, anything calling redis-py, which needs a task
+        around its calls) run as a task, and so does the rest of an inline one that did suspend;
+        this connection's next messages wait for it, so each connection is still answered in order."""
+        action, body, request_id, error = self._check(session, data, binary) if early is None else early
+        if error is not None or action is None or body is None:
+            self._conclude(session, None, error, request_id)
+            return
+        try:
             answer = action.handler(session, body)
             pending: Awaitable[Any] = answer
             hot = not self._inline and action.hot is not None and action.hot(session, body)
@@ -518,9 +546,9 @@ class Channel:
                     _Stepped(self, session, answer, request_id).follow(waiting_on)
                     return
                 pending = _Resumed(answer, waiting_on)  # it did suspend: a task drives the rest
-            session.connection.hold()
+            session.connection.hold(reading=True)
             self._spawn(self._answer_later(session, pending, request_id))
-        except Exception as exc:  # a ProtocolError, a domain/media refusal raised by a handler, or a failure
+        except Exception as exc:  # a domain/media refusal raised by a handler, or a failure
             self._conclude(session, None, exc, request_id)
 
     async def _answer_later(self, session: Session, pending: Awaitable[Any], request_id: Any) -> None:
@@ -619,7 +647,7 @@ class _Stepped:
         self._session = session
         self._coro = coro
         self._request_id = request_id
-        session.connection.hold()
+        session.connection.hold(reading=True)
         channel._stepped.add(self)
 
     def follow(self, waiting_on: Any) -> None:

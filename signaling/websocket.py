@@ -7,9 +7,12 @@ limits, UTF-8 of close reasons, ping answers, the close handshake) is driven str
 ``data_received``, and each complete message is handed to the ``Handler`` in that callback.
 
 What the layer guarantees its handler:
-- messages of one connection arrive in order, one at a time; a handler that must wait (an
-  answer that suspends, a client that does not read) calls ``hold`` and later ``release``:
-  meanwhile reading stops and messages already read wait in a bounded inbox;
+- messages of one connection arrive in order, one at a time; a handler that must wait calls
+  ``hold`` and later ``release``, and meanwhile messages wait in a bounded inbox. A hold for an
+  answer in flight keeps reading (``hold(reading=True)``): each message is shown to the handler
+  as it arrives (``arrived``, where it meets its rate limits at the time the client sent it) and
+  handed over in its turn with what ``arrived`` returned. A hold for a client that does not read
+  stops reading;
 - one client's burst holds the loop for at most ``turn`` seconds before others get a turn;
 - writes made while messages are handled are corked and go out in one ``write`` per read,
   so an answer and the direct messages it caused share a TCP segment;
@@ -50,8 +53,13 @@ class Handler(Protocol):
     def opened(self, ws: WebSocket) -> None:
         """The handshake succeeded (101 sent); the handler may write, hold or close."""
 
-    def received(self, ws: WebSocket, data: bytes, binary: bool) -> None:
-        """One complete message (text frames arrive as their UTF-8 bytes)."""
+    def arrived(self, ws: WebSocket, data: bytes, binary: bool) -> Any:
+        """A message read while the connection is held but reading; what this returns comes back
+        with the message in ``received``. It may close the connection (the message is then dropped)."""
+
+    def received(self, ws: WebSocket, data: bytes, binary: bool, early: Any) -> None:
+        """One complete message (text frames arrive as their UTF-8 bytes), in its turn; ``early`` is
+        what ``arrived`` returned for it, or None when it was read while the connection was not held."""
 
     def closed(self, ws: WebSocket) -> None:
         """The TCP connection is gone (after ``opened`` only)."""
@@ -125,8 +133,8 @@ class Listener:
         for ws in list(self.connections):
             if ws.protocol.state is not OPEN:
                 continue
-            if ws.pinged_at is not None and ws.received_at < ws.pinged_at and not ws.held:
-                ws.abort()  # (a held connection is not read: its pong may be waiting unread)
+            if ws.pinged_at is not None and ws.received_at < ws.pinged_at and not ws.paused:
+                ws.abort()  # (a connection whose reading is paused may have its pong waiting unread)
                 cut += 1
                 continue
             ws.pinged_at = now
@@ -159,8 +167,10 @@ class WebSocket(asyncio.Protocol):
         self._rest = b""  # the start of a frame not yet complete
         self._parts: list[bytes] = []  # fragments of a message being assembled
         self._parts_binary = False
-        self._inbox: deque[tuple[bytes, bool]] = deque()
+        self._inbox: deque[tuple[bytes, bool, Any]] = deque()  # message, binary, what `arrived` made of it
         self._held = False
+        self._reading = False  # the hold keeps reading the socket
+        self._paused = False  # reading the socket is paused
         self._turn_started = 0.0
         self._split = False  # this read's turn is over: its remaining messages wait, whatever their number
         self._opened = False
@@ -302,47 +312,64 @@ class WebSocket(asyncio.Protocol):
         if self._closing:
             return  # we sent our close frame: nothing more is answered
         if self._held or self._inbox:
-            self._queue(data, binary)
+            early = None
+            if self._reading and self._held:
+                early = self.listener.handler.arrived(self, data, binary)
+                if self._closing:
+                    return
+            self._queue(data, binary, early)
             return
         if time.perf_counter() - self._turn_started > self.listener.turn:
             # The rest of this read waits for the next turn. It is bounded by the read itself
             # (reading stops meanwhile), and each of its messages still meets the rate limit.
             self._split = True
-            self._queue(data, binary)
+            self._queue(data, binary, None)
             self.hold()
             asyncio.get_running_loop().call_soon(self.release)
             return
-        self.listener.handler.received(self, data, binary)
+        self.listener.handler.received(self, data, binary, None)
 
-    def _queue(self, data: bytes, binary: bool) -> None:
+    def _queue(self, data: bytes, binary: bool, early: Any) -> None:
         if len(self._inbox) >= self.listener.max_inbox and not self._split:
             # Only a client that pipelines far past its rate limit gets here.
             self._inbox.clear()
             self.close(4429, "message flood")
             return
-        self._inbox.append((data, binary))
+        self._inbox.append((data, binary, early))
 
-    def defer(self, data: bytes, binary: bool) -> None:
-        """Put a message handed over just now back in front of the inbox, and hold."""
-        self._inbox.appendleft((data, binary))
+    def defer(self, data: bytes, binary: bool, early: Any) -> None:
+        """Put a message handed over just now back in front of the inbox, and hold without reading."""
+        self._inbox.appendleft((data, binary, early))
         self.hold()
 
     @property
-    def held(self) -> bool:
-        return self._held
+    def paused(self) -> bool:
+        """Reading the socket is paused (bytes the client sent, a pong say, may wait unread)."""
+        return self._paused
 
-    def hold(self) -> None:
-        """Hand over no more messages until ``release``; stop reading the socket meanwhile."""
-        if not self._held:
-            self._held = True
+    def hold(self, reading: bool = False) -> None:
+        """Hand over no more messages until ``release``. ``reading``: keep reading the socket and
+        show each message to the handler as it arrives (an answer in flight); otherwise stop reading
+        (a client that does not read, a burst whose turn is over). Holding without reading while
+        held with reading stops reading too."""
+        self._reading = reading and (self._reading or not self._held)
+        self._held = True
+        self._read_as_held()
+
+    def _read_as_held(self) -> None:
+        """Pause or resume reading the socket as the hold says."""
+        pause = self._held and not self._reading
+        if pause is not self._paused:
+            self._paused = pause
             if not self.transport.is_closing():
-                self.transport.pause_reading()
+                (self.transport.pause_reading if pause else self.transport.resume_reading)()
 
     def release(self) -> None:
-        """Hand over the messages that waited, then read the socket again (unless held again)."""
+        """Hand over the messages that waited, then read the socket (unless held again without reading)."""
         if not self._held:
             return
         self._held = False
+        self._reading = False
         handler = self.listener.handler
         self.cork()
         self._turn_started = time.perf_counter()
@@ -355,11 +382,10 @@ class WebSocket(asyncio.Protocol):
                     self.hold()
                     asyncio.get_running_loop().call_soon(self.release)
                     return
-                data, binary = inbox.popleft()
-                handler.received(self, data, binary)
-            if not self._held and not self.transport.is_closing():
-                self.transport.resume_reading()
+                data, binary, early = inbox.popleft()
+                handler.received(self, data, binary, early)
         finally:
+            self._read_as_held()
             self.uncork()
 
     # -- sending ------------------------------------------------------------------------------
@@ -423,9 +449,8 @@ class WebSocket(asyncio.Protocol):
         # Read again, to see the client's answer (or its end of stream) instead of waiting for the timeout.
         self._closing = True
         self._inbox.clear()
-        if self._held:
-            self._held = False
-            self.transport.resume_reading()
+        self._held = False
+        self._read_as_held()
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.listener.close_timeout, self.abort)
 

@@ -162,6 +162,49 @@ async def test_a_client_pipelining_past_its_inbox_while_it_waits_is_closed(tmp_p
         await app.stop()
 
 
+async def test_messages_sent_while_an_answer_waits_meet_their_rate_limit_when_sent(tmp_path: Path) -> None:
+    """A client pacing its messages within its rate while its first answer waits (on a slow Redis,
+    say) is refused nothing: each message is judged when it arrives, not all at once in its turn.
+    A burst past the limit sent meanwhile is still refused, in order."""
+    config = Config(http_port=0, ws_port=0, data_dir=str(tmp_path), secret="s" * 32, admin_key="a",
+                    msg_rate=20, msg_burst=4)
+    app = App(config)
+    add_test_actions(app)
+    await app.start()
+    try:
+        client = await connect(app)
+        await client.recv_type("snapshot")
+        await client.send({"type": "slow", "id": 0, "wait": 1.0})
+        for i in range(1, 11):  # 10 messages/s for most of the wait: half the rate
+            await asyncio.sleep(0.08)
+            await client.send({"type": "fast", "id": i})
+        answers = [await next_answer(client) for _ in range(11)]
+        assert [(a["type"], a["re"]) for a in answers] == [("ack", i) for i in range(11)]
+        assert answers[0]["slow"]
+        # A burst behind a waiting answer: what the bucket holds passes, the rest is refused, in order.
+        await asyncio.sleep(0.5)  # the bucket refills
+        await client.send({"type": "slow", "id": 20, "wait": 0.5})
+        for i in range(21, 28):
+            await client.send({"type": "fast", "id": i})
+        answers = [await next_answer(client) for _ in range(8)]
+        kinds = [a["type"] for a in answers]
+        passed = kinds.count("ack")
+        assert 4 <= passed <= 5 and kinds == ["ack"] * passed + ["error"] * (8 - passed)  # 5: a token refilled
+        assert [a["re"] for a in answers[:passed]] == list(range(20, 20 + passed))
+        assert {a["code"] for a in answers[passed:]} == {"rate_limited"}
+        await client.close()
+    finally:
+        await app.stop()
+
+
+async def next_answer(client: Any) -> dict[str, Any]:
+    """The next ack or error, skipping room events."""
+    while True:
+        message = await client.recv()
+        if message["type"] in ("ack", "error"):
+            return message
+
+
 async def read_answers(sock: socket.socket, count: int) -> list[Any]:
     """The request ids of the next ``count`` acks or errors, skipping the snapshot and events."""
     loop = asyncio.get_running_loop()
