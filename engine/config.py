@@ -90,6 +90,8 @@ class Config:
         "help": "seconds a client has to complete the websocket handshake (then closed)"})
     ws_ping_interval: float = field(default=20.0, metadata={
         "help": "seconds between websocket keepalive pings; a client silent for a whole interval is cut"})
+    ws_inbox_bytes: int = field(default=256 * 1024, metadata={
+        "help": "bytes of client messages held while a connection waits for an answer (more: reading pauses)"})
     ws_inbox: int = field(default=256, metadata={
         "help": "client messages held while a connection waits for an answer (more: closed 4429)"})
     guest_rate: float = field(default=1.0, metadata={"help": "guest tokens minted per second per client address"})

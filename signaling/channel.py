@@ -253,7 +253,8 @@ class Channel:
             self, gate=AddressGate(config.max_ws_per_ip), path="/ws",
             subprotocols=[protocol.MSGPACK_SUBPROTOCOL], compression=config.permessage_deflate,
             max_size=config.max_frame, open_timeout=config.ws_handshake_timeout, close_timeout=2.0,
-            max_inbox=config.ws_inbox, turn=CLIENT_TURN, max_buffer=config.send_queue_bytes)
+            max_inbox=config.ws_inbox, max_inbox_bytes=config.ws_inbox_bytes, turn=CLIENT_TURN,
+            max_buffer=config.send_queue_bytes)
         self._ids = itertools.count(1)
         self._refusals = Refusals()
         # With Redis every action may wait on it, and redis-py's calls need a task around them

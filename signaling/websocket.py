@@ -8,7 +8,8 @@ limits, UTF-8 of close reasons, ping answers, the close handshake) is driven str
 
 What the layer guarantees its handler:
 - messages of one connection arrive in order, one at a time; a handler that must wait calls
-  ``hold`` and later ``release``, and meanwhile messages wait in a bounded inbox. A hold for an
+  ``hold`` and later ``release``, and meanwhile messages wait in an inbox bounded in count (past
+  it the connection is closed 4429) and in bytes (past it reading pauses). A hold for an
   answer in flight keeps reading (``hold(reading=True)``): each message is shown to the handler
   as it arrives (``arrived``, where it meets its rate limits at the time the client sent it) and
   handed over in its turn with what ``arrived`` returned. A hold for a client that does not read
@@ -79,7 +80,7 @@ class Listener:
 
     def __init__(self, handler: Handler, *, gate: AddressGate, path: str, subprotocols: Sequence[str],
                  compression: bool, max_size: int, open_timeout: float, close_timeout: float,
-                 max_inbox: int, turn: float, max_buffer: int) -> None:
+                 max_inbox: int, max_inbox_bytes: int, turn: float, max_buffer: int) -> None:
         self.handler = handler
         self.gate = gate
         self.path = path
@@ -89,6 +90,7 @@ class Listener:
         self.open_timeout = open_timeout
         self.close_timeout = close_timeout
         self.max_inbox = max_inbox
+        self.max_inbox_bytes = max_inbox_bytes  # past it, a hold that reads stops reading until released
         self.turn = turn
         self.max_buffer = max_buffer  # bytes a client may owe before pongs to its pings are dropped
         self.connections: set[WebSocket] = set()
@@ -168,6 +170,7 @@ class WebSocket(asyncio.Protocol):
         self._parts: list[bytes] = []  # fragments of a message being assembled
         self._parts_binary = False
         self._inbox: deque[tuple[bytes, bool, Any]] = deque()  # message, binary, what `arrived` made of it
+        self._inbox_bytes = 0
         self._held = False
         self._reading = False  # the hold keeps reading the socket
         self._paused = False  # reading the socket is paused
@@ -259,6 +262,7 @@ class WebSocket(asyncio.Protocol):
         protocol = self.protocol
         protocol.receive_eof()  # state CLOSED whatever the peer did
         self._inbox.clear()
+        self._inbox_bytes = 0
         if self._opened:
             self._opened = False
             try:
@@ -312,12 +316,15 @@ class WebSocket(asyncio.Protocol):
         if self._closing:
             return  # we sent our close frame: nothing more is answered
         if self._held or self._inbox:
-            early = None
-            if self._reading and self._held:
-                early = self.listener.handler.arrived(self, data, binary)
-                if self._closing:
-                    return
-            self._queue(data, binary, early)
+            if not (self._reading and self._held):
+                self._queue(data, binary, None)
+                return
+            early = self.listener.handler.arrived(self, data, binary)
+            if not self._closing:
+                self._queue(data, binary, early)
+                if self._inbox_bytes >= self.listener.max_inbox_bytes:
+                    self._reading = False  # bounded in bytes too: the client waits on TCP meanwhile
+                    self._read_as_held()
             return
         if time.perf_counter() - self._turn_started > self.listener.turn:
             # The rest of this read waits for the next turn. It is bounded by the read itself
@@ -332,14 +339,15 @@ class WebSocket(asyncio.Protocol):
     def _queue(self, data: bytes, binary: bool, early: Any) -> None:
         if len(self._inbox) >= self.listener.max_inbox and not self._split:
             # Only a client that pipelines far past its rate limit gets here.
-            self._inbox.clear()
             self.close(4429, "message flood")
             return
         self._inbox.append((data, binary, early))
+        self._inbox_bytes += len(data)
 
     def defer(self, data: bytes, binary: bool, early: Any) -> None:
         """Put a message handed over just now back in front of the inbox, and hold without reading."""
         self._inbox.appendleft((data, binary, early))
+        self._inbox_bytes += len(data)
         self.hold()
 
     @property
@@ -383,6 +391,7 @@ class WebSocket(asyncio.Protocol):
                     asyncio.get_running_loop().call_soon(self.release)
                     return
                 data, binary, early = inbox.popleft()
+                self._inbox_bytes -= len(data)
                 handler.received(self, data, binary, early)
         finally:
             self._read_as_held()
@@ -449,6 +458,7 @@ class WebSocket(asyncio.Protocol):
         # Read again, to see the client's answer (or its end of stream) instead of waiting for the timeout.
         self._closing = True
         self._inbox.clear()
+        self._inbox_bytes = 0
         self._held = False
         self._read_as_held()
         if self._timer is None:

@@ -197,6 +197,32 @@ async def test_messages_sent_while_an_answer_waits_meet_their_rate_limit_when_se
         await app.stop()
 
 
+async def test_messages_waiting_behind_an_answer_are_bounded_in_bytes_by_pausing_reading(tmp_path: Path) -> None:
+    """Past ``--ws-inbox-bytes`` of waiting messages the connection is not read until its answer is
+    sent (the client waits on TCP), then every message is answered, in order: nothing is closed."""
+    config = Config(http_port=0, ws_port=0, data_dir=str(tmp_path), secret="s" * 32, admin_key="a",
+                    ws_inbox_bytes=4096, msg_rate=10_000, msg_burst=10_000)
+    app = App(config)
+    add_test_actions(app)
+    await app.start()
+    try:
+        client = await connect(app)
+        await client.recv_type("snapshot")
+        await client.send({"type": "slow", "id": 0, "wait": 0.5})
+        pad = "x" * 1000
+        for i in range(1, 21):  # about 20 KB behind the waiting answer
+            await client.send({"type": "fast", "id": i, "pad": pad})
+        await asyncio.sleep(0.2)
+        (session,) = app.channel.sessions.values()
+        assert session.connection.paused  # the inbox holds what fits; the rest waits unread
+        answers = [await next_answer(client) for _ in range(21)]
+        assert [(a["type"], a["re"]) for a in answers] == [("ack", i) for i in range(21)]
+        assert not session.connection.paused
+        await client.close()
+    finally:
+        await app.stop()
+
+
 async def next_answer(client: Any) -> dict[str, Any]:
     """The next ack or error, skipping room events."""
     while True:
