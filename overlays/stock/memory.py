@@ -38,6 +38,39 @@ class _Pool:
             self.held.pop(user, None)
 
 
+class _Cart:
+    """One user's reservations in one room, with their quantity and total kept as they change, so
+    a tap's answer carries the cart's totals without a pass over its lines. The totals count every
+    line held; they are the answer's while no line has passed its expiry (``soonest``), which in a
+    storm is always: after that, until the room's tick expires the line, the caller counts."""
+
+    __slots__ = ("lines", "quantity", "total", "soonest")
+
+    def __init__(self) -> None:
+        self.lines: dict[str, Reservation] = {}
+        self.quantity = 0
+        self.total = 0
+        self.soonest = float("inf")  # the earliest expiry of a line held
+
+    def add(self, reservation: Reservation) -> None:
+        self.lines[reservation.id] = reservation
+        self.quantity += reservation.qty
+        self.total += reservation.qty * reservation.unit_amount
+        if reservation.expires_at < self.soonest:
+            self.soonest = reservation.expires_at
+
+    def remove(self, reservation: Reservation) -> None:
+        del self.lines[reservation.id]
+        self.quantity -= reservation.qty
+        self.total -= reservation.qty * reservation.unit_amount
+        if reservation.expires_at <= self.soonest:
+            self.soonest = min((r.expires_at for r in self.lines.values()), default=float("inf"))
+
+    def totals(self, now: float | None) -> tuple[int, int] | None:
+        """The quantity and total of the lines unexpired at ``now``, if no line has expired yet."""
+        return (self.quantity, self.total) if now is not None and now < self.soonest else None
+
+
 def _replayed(result: ReserveResult) -> ReserveResult:
     """The remembered result, marked as handed out again (built directly: `_replace` costs twice
     as much, and every retry pays it)."""
@@ -52,7 +85,7 @@ class MemoryStockStore:
         self.max_user_requests = max_user_requests
         self._pools: dict[tuple[str, str], _Pool] = {}
         self._reservations: dict[str, tuple[str, Reservation]] = {}  # id -> (room, reservation)
-        self._carts: dict[tuple[str, str], dict[str, Reservation]] = {}
+        self._carts: dict[tuple[str, str], _Cart] = {}
         self._expiry: dict[str, list[tuple[float, str]]] = {}  # room -> heap, lazily cleaned
         self._requests: dict[str, RequestMemory[ReserveResult]] = {}  # room -> remembered results
         # (room, user) -> their last commit with a request id, and per room when each is forgotten
@@ -126,8 +159,9 @@ class MemoryStockStore:
             elif per_user_limit is not None and current.held.get(user, 0) + qty > per_user_limit:
                 result = ReserveResult("limit_reached", None, available, current.version)
             else:
-                reservation = self._hold(room, current, pool, user, qty, expires_at, unit_amount)
-                result = ReserveResult(None, reservation, available - qty, current.version)
+                reservation, cart = self._hold(room, current, pool, user, qty, expires_at, unit_amount)
+                result = ReserveResult(None, reservation, available - qty, current.version,
+                                       totals=cart.totals(now))
         memory.remember(user, request_id, result, expires_at)
         return result
 
@@ -151,7 +185,7 @@ class MemoryStockStore:
 
     def _hold(
         self, room: str, current: _Pool, pool: str, user: str, qty: int, expires_at: float, unit_amount: int
-    ) -> Reservation:
+    ) -> tuple[Reservation, _Cart]:
         reservation = Reservation(f"r{next(self._ids)}", pool, user, qty, expires_at, unit_amount)
         current.reserved += qty
         current.version += 1
@@ -159,20 +193,20 @@ class MemoryStockStore:
         self._reservations[reservation.id] = (room, reservation)
         cart = self._carts.get((room, user))
         if cart is None:
-            cart = self._carts[(room, user)] = {}
-        cart[reservation.id] = reservation
+            cart = self._carts[(room, user)] = _Cart()
+        cart.add(reservation)
         heap = self._expiry.get(room)
         if heap is None:
             heap = self._expiry[room] = []
         heapq.heappush(heap, (expires_at, reservation.id))
-        return reservation
+        return reservation, cart
 
     def _unhold(self, room: str, reservation: Reservation) -> Returned:
         """Remove a live reservation and give its units back."""
         del self._reservations[reservation.id]
         cart = self._carts[(room, reservation.user)]
-        del cart[reservation.id]
-        if not cart:
+        cart.remove(reservation)
+        if not cart.lines:
             del self._carts[(room, reservation.user)]
         current = self._pools[(room, reservation.pool)]  # drop() refuses pools with reservations
         current.reserved -= reservation.qty
@@ -217,21 +251,21 @@ class MemoryStockStore:
             if last is not None and last[0] == request_id:
                 return list(last[1])
         cart = self._carts.get((room, user))
-        if not cart:
+        if cart is None:
             return []
-        lines = [r for r in cart.values() if r.expires_at > now]
+        lines = [r for r in cart.lines.values() if r.expires_at > now]
         if request_id is not None and lines:
             self._commits[(room, user)] = (request_id, lines)
             until = max(r.expires_at for r in lines)
             heapq.heappush(self._commit_expiry.setdefault(room, []), (until, user, request_id))
         for reservation in lines:
-            del cart[reservation.id]
+            cart.remove(reservation)
             del self._reservations[reservation.id]
             current = self._pools[(room, reservation.pool)]
             current.reserved -= reservation.qty
             current.sold += reservation.qty
             current.version += 1
-        if not cart:
+        if not cart.lines:
             del self._carts[(room, user)]
         return lines
 
@@ -247,8 +281,8 @@ class MemoryStockStore:
             self._reservations[reservation.id] = (room, reservation)
             cart = self._carts.get((room, reservation.user))
             if cart is None:
-                cart = self._carts[(room, reservation.user)] = {}
-            cart[reservation.id] = reservation
+                cart = self._carts[(room, reservation.user)] = _Cart()
+            cart.add(reservation)
             heapq.heappush(self._expiry.setdefault(room, []), (reservation.expires_at, reservation.id))
 
     async def refund(self, room: str, lines: list[Reservation]) -> dict[str, Counters]:
@@ -274,4 +308,5 @@ class MemoryStockStore:
         return None if current is None else current.counters()
 
     async def cart(self, room: str, user: str) -> list[Reservation]:
-        return list(self._carts.get((room, user), {}).values())
+        cart = self._carts.get((room, user))
+        return [] if cart is None else list(cart.lines.values())

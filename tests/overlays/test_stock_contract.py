@@ -217,3 +217,28 @@ async def test_a_closed_pool_refuses_taps_and_keeps_its_carts(stock) -> None:
     assert (await stock.reserve(R, "s", "v", "c", 1, None, 100.0, 5)).code == "sale_not_live"
     await stock.close_pool(R, "missing", "x")  # no such pool: nothing happens
     assert await stock.counters(R, "missing") is None
+
+
+async def test_a_reservations_totals_when_given_are_the_unexpired_lines_at_its_time(stock) -> None:
+    """A store that counts the cart in the tap's own step (totals not None) counts exactly the lines
+    unexpired at the call's `now`, whatever was released, committed or left unexpired-but-unswept."""
+    await stock.define(R, "p", 100)
+
+    async def check(request: str, qty: int, until: float, now: float) -> None:
+        result = await stock.reserve(R, "p", "u", request, qty, None, until, 7, now)
+        assert result.ok
+        if result.totals is not None:
+            held = [r for r in await stock.cart(R, "u") if r.expires_at > now]
+            assert result.totals == (sum(r.qty for r in held), sum(r.qty * r.unit_amount for r in held))
+
+    await check("a", 2, 10.0, 1.0)
+    await check("b", 3, 50.0, 2.0)
+    first = (await stock.cart(R, "u"))[0]
+    await stock.release(R, "u", first.id)
+    await check("c", 1, 60.0, 3.0)
+    await check("d", 1, 15.0, 4.0)
+    await check("e", 4, 70.0, 20.0)  # "d" expired at 15 and no clock has swept it
+    await stock.expire(R, 20.0)
+    await check("f", 1, 80.0, 21.0)
+    await stock.commit(R, "u", 22.0)
+    await check("g", 5, 90.0, 23.0)
