@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 CLIENT_TURN = 0.002  # seconds one client's messages may hold the loop before others get a turn
 UNGREETED = 1 << 63  # a connection's last seq until its snapshot or replay: past every seq, it gets no event
 
-# A message's checks: its action, body and request id, or the error to answer it with.
+# A message's checks: its action, body (None once checked: decoded again) and request id, or the
+# error to answer it with.
 Checked = tuple["Action | None", "dict[str, Any] | None", Any, "Exception | None"]
 
 # A handler answers with the ack's fields, or returns (or raises) a CodedError for an error reply.
@@ -387,7 +388,10 @@ class Channel:
             return None
         if session.lagging_since is not None:
             ws.hold()  # a client that does not read: read nothing more from it either
-        return self._check(session, data, binary)
+        action, _, request_id, error = self._check(session, data, binary)
+        # Only the verdict waits: the body is decoded again in its turn, as a decoded body can
+        # take many times the bytes the inbox's bound counts.
+        return action, None, request_id, error
 
     def received(self, ws: WebSocket, data: bytes, binary: bool, early: Checked | None) -> None:
         session: Session | None = ws.session
@@ -529,11 +533,16 @@ class Channel:
         checkout writing its order, a media offer, anything calling redis-py, which needs a task
         around its calls) run as a task, and so does the rest of an inline one that did suspend;
         this connection's next messages wait for it, so each connection is still answered in order."""
-        action, body, request_id, error = self._check(session, data, binary) if early is None else early
-        if error is not None or action is None or body is None:
+        if early is None:
+            action, body, request_id, error = self._check(session, data, binary)
+        else:
+            action, body, request_id, error = early
+        if error is not None or action is None:
             self._conclude(session, None, error, request_id)
             return
         try:
+            if body is None:  # checked when it arrived
+                body = protocol.decode(data, binary and session.packed)
             answer = action.handler(session, body)
             pending: Awaitable[Any] = answer
             hot = not self._inline and action.hot is not None and action.hot(session, body)

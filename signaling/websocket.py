@@ -171,6 +171,7 @@ class WebSocket(asyncio.Protocol):
         self._parts_binary = False
         self._inbox: deque[tuple[bytes, bool, Any]] = deque()  # message, binary, what `arrived` made of it
         self._inbox_bytes = 0
+        self._unjudged = 0  # messages in the inbox read without `arrived` (judged in their turn)
         self._held = False
         self._reading = False  # the hold keeps reading the socket
         self._paused = False  # reading the socket is paused
@@ -263,6 +264,7 @@ class WebSocket(asyncio.Protocol):
         protocol.receive_eof()  # state CLOSED whatever the peer did
         self._inbox.clear()
         self._inbox_bytes = 0
+        self._unjudged = 0
         if self._opened:
             self._opened = False
             try:
@@ -316,15 +318,23 @@ class WebSocket(asyncio.Protocol):
         if self._closing:
             return  # we sent our close frame: nothing more is answered
         if self._held or self._inbox:
-            if not (self._reading and self._held):
+            if not (self._reading and self._held) or self._unjudged:
+                # Judged in its turn; so is every later one while an earlier one waits unjudged, so
+                # the rate limits see the messages in the order they were sent.
                 self._queue(data, binary, None)
+                return
+            if time.perf_counter() - self._turn_started > self.listener.turn:
+                # This read's turn is over: the rest of it waits to be judged in its turn, and the
+                # socket is not read again until the answer in flight is sent.
+                self._split = True
+                self._queue(data, binary, None)
+                self._reading = False
+                self._read_as_held()
                 return
             early = self.listener.handler.arrived(self, data, binary)
             if not self._closing:
                 self._queue(data, binary, early)
-                if self._inbox_bytes >= self.listener.max_inbox_bytes:
-                    self._reading = False  # bounded in bytes too: the client waits on TCP meanwhile
-                    self._read_as_held()
+                self._read_as_held()  # past the byte bound, the client waits on TCP meanwhile
             return
         if time.perf_counter() - self._turn_started > self.listener.turn:
             # The rest of this read waits for the next turn. It is bounded by the read itself
@@ -338,16 +348,21 @@ class WebSocket(asyncio.Protocol):
 
     def _queue(self, data: bytes, binary: bool, early: Any) -> None:
         if len(self._inbox) >= self.listener.max_inbox and not self._split:
-            # Only a client that pipelines far past its rate limit gets here.
+            # A client that pipelines past its rate limit, or that keeps sending within it while
+            # one answer waits longer than --ws-inbox messages take at that rate.
             self.close(4429, "message flood")
             return
         self._inbox.append((data, binary, early))
         self._inbox_bytes += len(data)
+        if early is None:
+            self._unjudged += 1
 
     def defer(self, data: bytes, binary: bool, early: Any) -> None:
         """Put a message handed over just now back in front of the inbox, and hold without reading."""
         self._inbox.appendleft((data, binary, early))
         self._inbox_bytes += len(data)
+        if early is None:
+            self._unjudged += 1
         self.hold()
 
     @property
@@ -365,8 +380,8 @@ class WebSocket(asyncio.Protocol):
         self._read_as_held()
 
     def _read_as_held(self) -> None:
-        """Pause or resume reading the socket as the hold says."""
-        pause = self._held and not self._reading
+        """Pause or resume reading the socket as the hold and the inbox's byte bound say."""
+        pause = self._held and (not self._reading or self._inbox_bytes >= self.listener.max_inbox_bytes)
         if pause is not self._paused:
             self._paused = pause
             if not self.transport.is_closing():
@@ -392,6 +407,8 @@ class WebSocket(asyncio.Protocol):
                     return
                 data, binary, early = inbox.popleft()
                 self._inbox_bytes -= len(data)
+                if early is None:
+                    self._unjudged -= 1
                 handler.received(self, data, binary, early)
         finally:
             self._read_as_held()
@@ -459,6 +476,7 @@ class WebSocket(asyncio.Protocol):
         self._closing = True
         self._inbox.clear()
         self._inbox_bytes = 0
+        self._unjudged = 0
         self._held = False
         self._read_as_held()
         if self._timer is None:
