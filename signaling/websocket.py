@@ -477,7 +477,7 @@ class WebSocket(asyncio.Protocol):
         self._inbox.clear()
         self._inbox_bytes = 0
         self._unjudged = 0
-        self._held = False
+        self._held = self._reading = False
         self._read_as_held()
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.listener.close_timeout, self.abort)
