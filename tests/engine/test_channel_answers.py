@@ -4,9 +4,11 @@ read, refusals byte-exact for every request id, a bounded inbox, and keepalive f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,18 @@ def add_test_actions(app: App) -> None:
     app.channel.actions.register("slow", VIEWERS, slow)
     app.channel.actions.register("fast", VIEWERS, fast, inline=True)
     app.channel.actions.register("twice", VIEWERS, twice, inline=True)
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[App]:
+    """An engine on its embedded backends with the test actions, running for the block."""
+    app = App(Config(http_port=0, ws_port=0, data_dir=str(tmp_path), secret="s" * 32, admin_key="a", **settings))
+    add_test_actions(app)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
 
 
 async def test_answers_keep_each_connections_order_when_a_handler_suspends(engine: App) -> None:
@@ -166,12 +180,7 @@ async def test_messages_sent_while_an_answer_waits_meet_their_rate_limit_when_se
     """A client pacing its messages within its rate while its first answer waits (on a slow Redis,
     say) is refused nothing: each message is judged when it arrives, not all at once in its turn.
     A burst past the limit sent meanwhile is still refused, in order."""
-    config = Config(http_port=0, ws_port=0, data_dir=str(tmp_path), secret="s" * 32, admin_key="a",
-                    msg_rate=20, msg_burst=4)
-    app = App(config)
-    add_test_actions(app)
-    await app.start()
-    try:
+    async with serving(tmp_path, msg_rate=20, msg_burst=4) as app:
         client = await connect(app)
         await client.recv_type("snapshot")
         await client.send({"type": "slow", "id": 0, "wait": 1.0})
@@ -193,19 +202,12 @@ async def test_messages_sent_while_an_answer_waits_meet_their_rate_limit_when_se
         assert [a["re"] for a in answers[:passed]] == list(range(20, 20 + passed))
         assert {a["code"] for a in answers[passed:]} == {"rate_limited"}
         await client.close()
-    finally:
-        await app.stop()
 
 
 async def test_messages_waiting_behind_an_answer_are_bounded_in_bytes_by_pausing_reading(tmp_path: Path) -> None:
     """Past ``--ws-inbox-bytes`` of waiting messages the connection is not read until its answer is
     sent (the client waits on TCP), then every message is answered, in order: nothing is closed."""
-    config = Config(http_port=0, ws_port=0, data_dir=str(tmp_path), secret="s" * 32, admin_key="a",
-                    ws_inbox_bytes=4096, msg_rate=10_000, msg_burst=10_000)
-    app = App(config)
-    add_test_actions(app)
-    await app.start()
-    try:
+    async with serving(tmp_path, ws_inbox_bytes=4096, msg_rate=10_000, msg_burst=10_000) as app:
         client = await connect(app)
         await client.recv_type("snapshot")
         await client.send({"type": "slow", "id": 0, "wait": 0.5})
@@ -219,8 +221,6 @@ async def test_messages_waiting_behind_an_answer_are_bounded_in_bytes_by_pausing
         assert [(a["type"], a["re"]) for a in answers] == [("ack", i) for i in range(21)]
         assert not session.connection.paused
         await client.close()
-    finally:
-        await app.stop()
 
 
 async def next_answer(client: Any) -> dict[str, Any]:

@@ -12,20 +12,14 @@ import msgpack
 import orjson
 import websockets
 
-from engine.app import App
-from engine.config import Config
 from signaling import protocol
 from signaling.channel import Session
 from signaling.websocket import WebSocket
 from tests.conftest import token
 from tests.engine.rawws import client_frame, server_frames, ws_client
-from tests.engine.test_channel_answers import VIEWERS, add_test_actions, read_answers
+from tests.engine.test_channel_answers import VIEWERS, read_answers, serving
 
 READ = 256 * 1024  # the most one read hands over
-
-
-def config(tmp_path: Path, **settings: Any) -> Config:
-    return Config(http_port=0, ws_port=0, data_dir=str(tmp_path), secret="s" * 32, admin_key="a", **settings)
 
 
 def watch_inbox(ws: WebSocket) -> dict[str, Any]:
@@ -43,10 +37,7 @@ def watch_inbox(ws: WebSocket) -> dict[str, Any]:
 
 
 async def test_the_byte_bound_holds_while_answers_wait_one_after_another(tmp_path: Path) -> None:
-    app = App(config(tmp_path, msg_rate=10_000, msg_burst=10_000))
-    add_test_actions(app)
-    await app.start()
-    try:
+    async with serving(tmp_path, msg_rate=10_000, msg_burst=10_000) as app:
         sock = await ws_client(app.ws_port, token(app))
         (session,) = app.channel.sessions.values()
         seen = watch_inbox(session.connection)
@@ -60,17 +51,12 @@ async def test_the_byte_bound_holds_while_answers_wait_one_after_another(tmp_pat
         await sending
         assert seen["bytes"] <= app.config.ws_inbox_bytes + READ + 64 * 1024, seen  # the bound, one read's overshoot
         sock.close()
-    finally:
-        await app.stop()
 
 
 async def test_no_decoded_body_waits_in_the_inbox(tmp_path: Path) -> None:
     """msgpack decodes one byte (an empty map) to a dict of 64: a body kept with its verdict would
     make the byte bound count a small share of what waits."""
-    app = App(config(tmp_path, msg_rate=10_000, msg_burst=10_000))
-    add_test_actions(app)
-    await app.start()
-    try:
+    async with serving(tmp_path, msg_rate=10_000, msg_burst=10_000) as app:
         url = f"ws://127.0.0.1:{app.ws_port}/ws?token={token(app)}"
         async with websockets.connect(url, subprotocols=[protocol.MSGPACK_SUBPROTOCOL]) as ws:
             await asyncio.sleep(0.1)
@@ -86,22 +72,16 @@ async def test_no_decoded_body_waits_in_the_inbox(tmp_path: Path) -> None:
                     answers.append((message["type"], message["re"]))
             assert answers == [("ack", n) for n in range(5)]
             assert seen["bodies"] == 0
-    finally:
-        await app.stop()
 
 
 async def test_rate_limits_judge_messages_in_the_order_they_were_sent(tmp_path: Path) -> None:
     """Messages read past the byte bound wait unjudged; messages read later, while a later answer
     waits, must not take the tokens before them."""
-    app = App(config(tmp_path, ws_inbox_bytes=4096, msg_rate=10_000, msg_burst=10_000))
-    add_test_actions(app)
+    async with serving(tmp_path, ws_inbox_bytes=4096, msg_rate=10_000, msg_burst=10_000) as app:
+        async def limited(session: Session, message: dict[str, Any]) -> dict[str, Any]:
+            return {}
 
-    async def limited(session: Session, message: dict[str, Any]) -> dict[str, Any]:
-        return {}
-
-    app.channel.actions.register("limited", VIEWERS, limited, rate=(0.001, 3), inline=True)
-    await app.start()
-    try:
+        app.channel.actions.register("limited", VIEWERS, limited, rate=(0.001, 3), inline=True)
         sock = await ws_client(app.ws_port, token(app))
         loop = asyncio.get_running_loop()
         pad = "x" * 3000
@@ -126,18 +106,13 @@ async def test_rate_limits_judge_messages_in_the_order_they_were_sent(tmp_path: 
                        ("ack", "early0"), ("ack", "early1"), ("ack", "early2"),
                        ("error", "late0"), ("error", "late1"), ("error", "late2")], got
         sock.close()
-    finally:
-        await app.stop()
 
 
 async def test_checks_on_arrival_stop_at_the_clients_turn(tmp_path: Path) -> None:
     """A read that arrives with the turn already over (here: no turn at all while the answer waits)
     is not checked in the read callback: it waits unjudged, reading stops until the answer is sent,
     and all is answered in order."""
-    app = App(config(tmp_path, msg_rate=10_000, msg_burst=10_000))
-    add_test_actions(app)
-    await app.start()
-    try:
+    async with serving(tmp_path, msg_rate=10_000, msg_burst=10_000) as app:
         sock = await ws_client(app.ws_port, token(app))
         (session,) = app.channel.sessions.values()
         seen = watch_inbox(session.connection)
@@ -153,5 +128,3 @@ async def test_checks_on_arrival_stop_at_the_clients_turn(tmp_path: Path) -> Non
         assert await read_answers(sock, 4) == [0, 1, 2, 3]
         assert seen["bodies"] == 0 and not session.connection.paused
         sock.close()
-    finally:
-        await app.stop()
