@@ -16,7 +16,7 @@ from engine.config import Config
 from tests.redis_server import RedisServer
 
 PACE = 0.2  # seconds between two taps: 5 taps/s, half the node's tap rate
-TAPS = 6
+TAPS = 8
 
 
 async def test_taps_sent_within_the_rate_while_redis_stalls_are_all_answered_in_order(
@@ -25,7 +25,7 @@ async def test_taps_sent_within_the_rate_while_redis_stalls_are_all_answered_in_
     server.start()
     try:
         node = config.replace(data_dir=str(tmp_path / "node"), redis_url=server.url, redis_timeout=5.0,
-                              tap_rate=10.0, tap_burst=2)
+                              tap_rate=10.0, tap_burst=4)
         async with running(node) as app:
             host, _ = await joined(app, "host", "hana")
             await host.request({"type": "product.put", "id": 1, "product": {**MUG, "stock": 100}})
