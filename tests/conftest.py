@@ -71,6 +71,15 @@ class Client:
     async def send(self, message: dict[str, Any]) -> None:
         await self.ws.send(orjson.dumps(message).decode())
 
+    async def answers(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The next ``count`` acks or errors, in the order they came, skipping room events."""
+        got: list[dict[str, Any]] = []
+        while len(got) < count:
+            reply = await self.recv(timeout)
+            if reply["type"] in ("ack", "error"):
+                got.append(reply)
+        return got
+
     async def request(self, message: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
         """Send an action and return its ack or error, skipping room events in between."""
         await self.send(message)

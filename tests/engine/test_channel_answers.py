@@ -187,7 +187,7 @@ async def test_messages_sent_while_an_answer_waits_meet_their_rate_limit_when_se
         for i in range(1, 11):  # 10 messages/s for most of the wait: half the rate
             await asyncio.sleep(0.08)
             await client.send({"type": "fast", "id": i})
-        answers = [await next_answer(client) for _ in range(11)]
+        answers = await client.answers(11)
         assert [(a["type"], a["re"]) for a in answers] == [("ack", i) for i in range(11)]
         assert answers[0]["slow"]
         # A burst behind a waiting answer: what the bucket holds passes, the rest is refused, in order.
@@ -195,7 +195,7 @@ async def test_messages_sent_while_an_answer_waits_meet_their_rate_limit_when_se
         await client.send({"type": "slow", "id": 20, "wait": 0.5})
         for i in range(21, 28):
             await client.send({"type": "fast", "id": i})
-        answers = [await next_answer(client) for _ in range(8)]
+        answers = await client.answers(8)
         kinds = [a["type"] for a in answers]
         passed = kinds.count("ack")
         assert 4 <= passed <= 5 and kinds == ["ack"] * passed + ["error"] * (8 - passed)  # 5: a token refilled
@@ -217,34 +217,31 @@ async def test_messages_waiting_behind_an_answer_are_bounded_in_bytes_by_pausing
         await asyncio.sleep(0.2)
         (session,) = app.channel.sessions.values()
         assert session.connection.paused  # the inbox holds what fits; the rest waits unread
-        answers = [await next_answer(client) for _ in range(21)]
+        answers = await client.answers(21)
         assert [(a["type"], a["re"]) for a in answers] == [("ack", i) for i in range(21)]
         assert not session.connection.paused
         await client.close()
 
 
-async def next_answer(client: Any) -> dict[str, Any]:
-    """The next ack or error, skipping room events."""
-    while True:
-        message = await client.recv()
-        if message["type"] in ("ack", "error"):
-            return message
-
-
-async def read_answers(sock: socket.socket, count: int) -> list[Any]:
-    """The request ids of the next ``count`` acks or errors, skipping the snapshot and events."""
+async def read_replies(sock: socket.socket, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` acks or errors read from a raw socket, skipping the snapshot and events."""
     loop = asyncio.get_running_loop()
-    ids: list[Any] = []
+    replies: list[dict[str, Any]] = []
     rest = b""
-    while len(ids) < count:
+    while len(replies) < count:
         chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
         assert chunk
         frames, rest = server_frames(rest + chunk)
         for _, payload in frames:
             message = orjson.loads(payload)
             if message["type"] in ("ack", "error"):
-                ids.append(message["re"])
-    return ids
+                replies.append(message)
+    return replies
+
+
+async def read_answers(sock: socket.socket, count: int) -> list[Any]:
+    """The request ids of the next ``count`` acks or errors, skipping the snapshot and events."""
+    return [reply["re"] for reply in await read_replies(sock, count)]
 
 
 async def test_keepalive_cuts_a_silent_peer_and_keeps_a_live_one(

@@ -16,8 +16,8 @@ from signaling import protocol
 from signaling.channel import Session
 from signaling.websocket import WebSocket
 from tests.conftest import token
-from tests.engine.rawws import client_frame, server_frames, ws_client
-from tests.engine.test_channel_answers import VIEWERS, read_answers, serving
+from tests.engine.rawws import client_frame, ws_client
+from tests.engine.test_channel_answers import VIEWERS, read_answers, read_replies, serving
 
 READ = 256 * 1024  # the most one read hands over
 
@@ -93,15 +93,7 @@ async def test_rate_limits_judge_messages_in_the_order_they_were_sent(tmp_path: 
         await asyncio.sleep(0.5)  # "slow" 3 waits now
         later = [client_frame(orjson.dumps({"type": "limited", "id": f"late{i}"})) for i in range(3)]
         await loop.sock_sendall(sock, b"".join(later))
-        got: list[tuple[str, Any]] = []
-        rest = b""
-        while len(got) < 10:
-            chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
-            frames, rest = server_frames(rest + chunk)
-            for _, payload in frames:
-                message = orjson.loads(payload)
-                if message["type"] in ("ack", "error"):
-                    got.append((message["type"], message["re"]))
+        got = [(reply["type"], reply["re"]) for reply in await read_replies(sock, 10)]
         assert got == [("ack", 0), ("ack", 1), ("ack", 2), ("ack", 3),
                        ("ack", "early0"), ("ack", "early1"), ("ack", "early2"),
                        ("error", "late0"), ("error", "late1"), ("error", "late2")], got

@@ -57,21 +57,12 @@ def add_hot_actions(app: App) -> None:
     app.channel.actions.register("taskbound", VIEWERS, taskbound, inline=True, hot=always)
 
 
-async def answers(client: Any, count: int) -> list[dict[str, Any]]:
-    got: list[dict[str, Any]] = []
-    while len(got) < count:
-        reply = await client.recv()
-        if reply["type"] in ("ack", "error"):
-            got.append(reply)
-    return got
-
-
 async def test_hot_answers_keep_the_connections_order_and_leave_in_one_write(engine: App) -> None:
     client = await connect(engine)
     await client.recv_type("snapshot")
     for n in range(1, 4):
         await client.send({"type": "hot", "id": n, "wait": REPLY_AFTER * (4 - n)})  # later ones reply sooner
-    assert [(a["re"], a["hot"]) for a in await answers(client, 3)] == [(1, "replied"), (2, "replied"), (3, "replied")]
+    assert [(a["re"], a["hot"]) for a in await client.answers(3)] == [(1, "replied"), (2, "replied"), (3, "replied")]
 
     (session,) = engine.channel.sessions.values()
     counting = CountingTransport(session.connection.transport)
@@ -89,7 +80,7 @@ async def test_a_hot_handler_that_needs_a_task_is_answered_with_an_error(engine:
     await client.recv_type("snapshot")
     await client.send({"type": "taskbound", "id": "t"})
     await client.send({"type": "hot", "id": "h"})
-    refused, answered = await answers(client, 2)
+    refused, answered = await client.answers(2)
     assert (refused["type"], refused["re"], refused["code"]) == ("error", "t", "internal")
     assert (answered["type"], answered["re"]) == ("ack", "h")  # the connection goes on
     await client.close()
